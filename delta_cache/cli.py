@@ -1,0 +1,48 @@
+"""Helpers shared by the front ends (`Wan2.1/generate.py`, `HunyuanVideo/sample_video.py`).
+
+The contract with users: bad input -> one line on stderr naming the problem, exit code 2,
+no traceback, no output file. Bugs still raise normally.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from .errors import UserInputError
+
+
+def set_offline() -> None:
+    """Never contact a model hub: every file comes from the user's checkpoint folders."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "DIFFUSERS_OFFLINE"):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def run_cli(main: Callable[[], None]) -> None:
+    """Run a front end's `main`, turning `UserInputError` into one clear line and exit code 2."""
+    try:
+        main()
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def summary_line(denoise_seconds: float, cache_stats: dict | None) -> str:
+    """The one line printed at the end of a generation."""
+    line = f"denoising time: {denoise_seconds:.2f} s"
+    if cache_stats is not None:
+        line += (
+            f" | delta_cache: computed {cache_stats['computed_block_evals']}/{cache_stats['total_block_evals']}"
+            f" block evaluations"
+        )
+        per_branch = cache_stats.get("branches", {})
+        if len(per_branch) > 1:
+            parts = [f"{name} {b['computed_block_evals']}/{b['total_block_evals']}" for name, b in per_branch.items()]
+            line += " (" + ", ".join(parts) + ")"
+        line += f" | ideal speedup {cache_stats['ideal_speedup']:.2f}x"
+    return line

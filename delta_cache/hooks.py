@@ -1,0 +1,301 @@
+"""The delta cache, attached to a diffusers transformer with diffusers' own hook machinery.
+
+Two kinds of hooks share one `StateManager`, so every `cache_context` branch ("cond", "uncond", ...)
+gets its own `BranchState` (its own deltas), exactly like diffusers' built-in caches:
+
+- `DeltaCacheRootHook` on the transformer: at each call it works out the step (the pipeline's
+  `step_index` when given, else its own per-branch call counter) and decides, per block list, whether this
+  is a refresh step. The decision depends only on (step, block list), so every GPU decides alike.
+- `DeltaCacheBlockHook` on each background block: on refresh steps the block runs and the hook on the
+  first/last block of a run records `delta = output(last) - input(first)` (overwriting, never
+  accumulating); on reuse steps the run is skipped and the first block returns `input + delta` for every
+  stream the block carries (image and text tokens for HunyuanVideo), the others pass their input through.
+Foreground blocks get no hook at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
+
+from .errors import UserInputError
+from .schedule import Schedule, load_schedule
+from .stats import DeltaCacheStats
+
+_ROOT_HOOK = "delta_cache_root"
+_BLOCK_HOOK = "delta_cache_block"
+_HANDLE_ATTR = "_delta_cache_handle"
+DEFAULT_BRANCH = "default"  # branch name for calls made outside any `cache_context`
+
+
+@dataclass
+class DeltaCacheConfig:
+    """How to run the delta cache.
+
+    Args:
+        schedule: a `Schedule`, a preset name or a path to a schedule JSON file.
+        delta_dtype: dtype of the delta buffers; None keeps the activation dtype, `torch.float32` keeps
+            them in full precision (more memory, slightly more faithful in bf16 runs).
+        delta_device: where the delta buffers live; None keeps them beside the activations, "cpu" moves
+            them to host memory (for 24 GB cards; costs one copy per run and step).
+        num_inference_steps: the run's step count, for pipelines that do not pass it in their
+            `cache_context` (HunyuanVideo); None uses the context's value, else the schedule's grid.
+    """
+
+    schedule: Schedule | str
+    delta_dtype: torch.dtype | None = None
+    delta_device: str | torch.device | None = None
+    num_inference_steps: int | None = None
+
+
+class BranchState(BaseState):
+    """Everything one branch (cond / uncond) remembers within one generation."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.num_calls = 0
+        self.refresh_now: dict[str, bool] = {}  # block list -> is the current call a refresh step
+        self.run_inputs: dict[tuple[str, int], tuple] = {}  # inputs of a run's first block, until its last
+        self.deltas: dict[tuple[str, int], tuple] = {}  # (block list, first block of run) -> per-stream deltas
+
+    def delta_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for ds in self.deltas.values() for t in ds if t is not None)
+
+
+class DeltaCacheRootHook(ModelHook):
+    _is_stateful = True
+
+    def __init__(self, state_manager: StateManager, schedule: Schedule, config: DeltaCacheConfig,
+                 stats: DeltaCacheStats, runs_per_list: dict[str, int]):
+        super().__init__()
+        self.state_manager = state_manager
+        self.schedule = schedule
+        self.config = config
+        self.stats = stats
+        self.runs_per_list = runs_per_list
+        self._refresh_sets: dict[tuple[str, int], frozenset[int]] = {}
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        owns_context = self.state_manager._context is None
+        if owns_context:
+            self.state_manager.set_context(CacheContext(DEFAULT_BRANCH))
+        try:
+            self._start_call()
+            return self.fn_ref.original_forward(*args, **kwargs)
+        finally:
+            if owns_context:
+                self.state_manager.set_context(None)
+
+    def _start_call(self) -> None:
+        context = self.state_manager.context
+        state: BranchState = self.state_manager.get_state()
+        step = context.step_index if context.step_index is not None else state.num_calls
+        state.num_calls += 1
+        num_steps = self.config.num_inference_steps or context.num_inference_steps or self.schedule.num_steps
+        for list_name in self.runs_per_list:
+            refresh = step >= num_steps or step in self._refresh_steps(list_name, num_steps)
+            # Without a delta for every run (e.g. a pipeline that skipped steps) reuse is impossible: compute.
+            has_all_deltas = sum(1 for key in state.deltas if key[0] == list_name) == self.runs_per_list[list_name]
+            state.refresh_now[list_name] = refresh or not has_all_deltas
+        self.stats.record_call(context.name)
+
+    def _refresh_steps(self, list_name: str, num_steps: int) -> frozenset[int]:
+        key = (list_name, num_steps)
+        if key not in self._refresh_sets:
+            block_list = self.schedule.block_lists[list_name]
+            self._refresh_sets[key] = block_list.refresh_steps_for(num_steps, self.schedule.num_steps)
+        return self._refresh_sets[key]
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.state_manager.reset()
+        return module
+
+
+class DeltaCacheBlockHook(ModelHook):
+    """Hook on one background block at position `block_index` of run [run_first, run_last]."""
+
+    def __init__(self, state_manager: StateManager, list_name: str, block_index: int, run: tuple[int, int],
+                 metadata: TransformerBlockMetadata, config: DeltaCacheConfig, stats: DeltaCacheStats):
+        super().__init__()
+        self.state_manager = state_manager
+        self.list_name = list_name
+        self.run_key = (list_name, run[0])
+        self.is_run_first = block_index == run[0]
+        self.is_run_last = block_index == run[1]
+        self.metadata = metadata
+        self.config = config
+        self.stats = stats
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        state: BranchState = self.state_manager.get_state()
+        streams = self._input_streams(args, kwargs)
+        if state.refresh_now[self.list_name]:
+            output = self.fn_ref.original_forward(*args, **kwargs)
+            if self.is_run_first:
+                state.run_inputs[self.run_key] = streams
+            if self.is_run_last:
+                run_inputs = state.run_inputs.pop(self.run_key)
+                state.deltas[self.run_key] = tuple(
+                    None if x is None else self._make_delta(y, x)
+                    for x, y in zip(run_inputs, self._output_streams(output))
+                )
+                self.stats.record_delta_bytes(
+                    sum(s.delta_bytes() for s in self.state_manager._state_cache.values())
+                )
+            return output
+
+        self.stats.record_skip(self.state_manager.context.name, self.list_name)
+        if self.is_run_first:
+            streams = tuple(
+                None if x is None else self._add_delta(x, d) for x, d in zip(streams, state.deltas[self.run_key])
+            )
+        return self._pack(streams)
+
+    # ---- streams: (hidden_states, encoder_hidden_states or None) ---------------------------------------
+    def _input_streams(self, args, kwargs) -> tuple:
+        md = self.metadata
+        hidden = md._get_parameter_from_args_kwargs(md.hidden_states_argument_name, args, kwargs)
+        encoder = None
+        if md.return_encoder_hidden_states_index is not None:
+            encoder = md._get_parameter_from_args_kwargs(md.encoder_hidden_states_argument_name, args, kwargs)
+        return hidden, encoder
+
+    def _output_streams(self, output) -> tuple:
+        md = self.metadata
+        if not isinstance(output, (tuple, list)):
+            return output, None
+        encoder = None if md.return_encoder_hidden_states_index is None else output[md.return_encoder_hidden_states_index]
+        return output[md.return_hidden_states_index], encoder
+
+    def _pack(self, streams: tuple):
+        md = self.metadata
+        if md.return_encoder_hidden_states_index is None:
+            return streams[0]
+        packed = [None] * (max(md.return_hidden_states_index, md.return_encoder_hidden_states_index) + 1)
+        packed[md.return_hidden_states_index] = streams[0]
+        packed[md.return_encoder_hidden_states_index] = streams[1]
+        return tuple(packed)
+
+    # ---- delta arithmetic --------------------------------------------------------------------------
+    def _make_delta(self, output: torch.Tensor, run_input: torch.Tensor) -> torch.Tensor:
+        dtype = self.config.delta_dtype or output.dtype
+        delta = output - run_input if dtype == output.dtype else output.to(dtype) - run_input.to(dtype)
+        if self.config.delta_device is not None:
+            delta = delta.to(self.config.delta_device)
+        return delta
+
+    @staticmethod
+    def _add_delta(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        delta = delta.to(x.device, non_blocking=True)
+        if delta.dtype == x.dtype:
+            return x + delta
+        return (x.to(delta.dtype) + delta).to(x.dtype)
+
+
+class DeltaCacheHandle:
+    """What `apply_delta_cache` returns: statistics and removal."""
+
+    def __init__(self, transformer: torch.nn.Module, schedule: Schedule, config: DeltaCacheConfig,
+                 stats: DeltaCacheStats):
+        self.transformer = transformer
+        self.schedule = schedule
+        self.config = config
+        self._stats = stats
+
+    def stats(self) -> dict:
+        """Counts since `apply_delta_cache` or `reset_stats()`, summed over branches, plus per-branch detail.
+
+        Keys: computed_block_evals, total_block_evals, ideal_speedup (= total / computed),
+        delta_memory_bytes (peak bytes held in delta buffers, all branches), branches.
+        """
+        return self._stats.as_dict()
+
+    def reset_stats(self) -> None:
+        self._stats.reset()
+
+    def remove(self) -> None:
+        remove_delta_cache(self.transformer)
+
+
+def model_block_lists(transformer: torch.nn.Module) -> dict[str, int]:
+    """Block lists of a transformer (direct `nn.ModuleList` children of registered block classes) -> depth."""
+    TransformerBlockRegistry._register()
+    found = {}
+    for name, child in transformer.named_children():
+        if isinstance(child, torch.nn.ModuleList) and len(child) and type(child[0]) in TransformerBlockRegistry._registry:
+            found[name] = len(child)
+    return found
+
+
+def apply_delta_cache(
+    transformer: torch.nn.Module,
+    schedule: "Schedule | str | DeltaCacheConfig",
+    *,
+    delta_dtype: torch.dtype | None = None,
+    delta_device: str | torch.device | None = None,
+    num_inference_steps: int | None = None,
+) -> DeltaCacheHandle:
+    """Attach the delta cache to `transformer` (a diffusers transformer, inside a pipeline or not)."""
+    if isinstance(schedule, DeltaCacheConfig):
+        config = schedule
+    else:
+        config = DeltaCacheConfig(schedule, delta_dtype=delta_dtype, delta_device=delta_device,
+                                  num_inference_steps=num_inference_steps)
+    resolved = load_schedule(config.schedule)
+    if getattr(transformer, _HANDLE_ATTR, None) is not None:
+        raise UserInputError("the delta cache is already applied to this transformer; remove_delta_cache() first")
+    if getattr(transformer, "_cache_config", None) is not None:
+        raise UserInputError("this transformer already has a diffusers cache enabled; call disable_cache() first")
+
+    depths = model_block_lists(transformer)
+    for list_name in resolved.block_lists:
+        child = getattr(transformer, list_name, None)
+        if isinstance(child, torch.nn.ModuleList):
+            depths.setdefault(list_name, len(child))
+    resolved.check_fits(depths)
+
+    state_manager = StateManager(BranchState)
+    stats = DeltaCacheStats(depths)
+    runs_per_list = {}
+    for list_name, block_list in resolved.block_lists.items():
+        blocks = getattr(transformer, list_name)
+        runs = block_list.runs()
+        runs_per_list[list_name] = len(runs)
+        for run in runs:
+            for index in range(run[0], run[1] + 1):
+                block = blocks[index]
+                hook = DeltaCacheBlockHook(state_manager, list_name, index, run, _block_metadata(block), config, stats)
+                HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _BLOCK_HOOK)
+
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    registry.register_hook(DeltaCacheRootHook(state_manager, resolved, config, stats, runs_per_list), _ROOT_HOOK)
+    registry.invalidate_child_registries_cache()
+    handle = DeltaCacheHandle(transformer, resolved, config, stats)
+    setattr(transformer, _HANDLE_ATTR, handle)
+    return handle
+
+
+def remove_delta_cache(transformer: torch.nn.Module) -> None:
+    """Detach the delta cache; the transformer behaves exactly as before `apply_delta_cache`."""
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    registry.remove_hook(_ROOT_HOOK, recurse=False)
+    registry.remove_hook(_BLOCK_HOOK, recurse=True)
+    registry.invalidate_child_registries_cache()
+    if hasattr(transformer, _HANDLE_ATTR):
+        delattr(transformer, _HANDLE_ATTR)
+
+
+def _block_metadata(block: torch.nn.Module) -> TransformerBlockMetadata:
+    try:
+        return TransformerBlockRegistry.get(type(block))
+    except ValueError:
+        raise UserInputError(
+            f"block class {type(block).__name__} is not registered in diffusers' TransformerBlockRegistry; "
+            "register it (which outputs are hidden/encoder hidden states) before applying the delta cache"
+        ) from None

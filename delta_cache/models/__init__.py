@@ -1,0 +1,1 @@
+"""Model-family adapters: checkpoint loading, sampling defaults, tiny checkpoints."""

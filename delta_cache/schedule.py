@@ -1,0 +1,261 @@
+"""Cache schedules: which blocks are reused on which steps.
+
+A schedule names, for each block list of a transformer (the attribute holding an `nn.ModuleList`, e.g.
+`blocks` for Wan, `transformer_blocks` and `single_transformer_blocks` for HunyuanVideo):
+
+- `background_blocks`: the blocks whose residual is cached and reused (the paper's "background-focused"
+  blocks). They are grouped into maximal runs of consecutive indices; each run has one delta.
+- `refresh_steps`: the steps (0-based, on a grid of `num_steps`) on which every block is computed and the
+  deltas are refreshed. On all other steps the background runs are skipped and their delta is added.
+
+The JSON format is documented in `docs/schedule-format.md`. Everything here is pure Python: a schedule
+is checked against a model only when it is applied (`check_fits`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import ScheduleError
+
+FORMAT_VERSION = 1
+_TOP_LEVEL_KEYS = {"format_version", "name", "description", "num_steps", "block_lists", "provenance"}
+_BLOCK_LIST_KEYS = {"background_blocks", "refresh_steps", "num_blocks"}
+
+
+@dataclass(frozen=True)
+class BlockListSchedule:
+    """The schedule of one block list."""
+
+    background_blocks: tuple[int, ...]
+    refresh_steps: tuple[int, ...]
+    num_blocks: int | None = None  # depth the schedule was made for; checked against the model if given
+
+    def runs(self) -> list[tuple[int, int]]:
+        """Maximal runs of consecutive background blocks as inclusive (first, last) pairs."""
+        runs: list[tuple[int, int]] = []
+        for index in self.background_blocks:
+            if runs and runs[-1][1] == index - 1:
+                runs[-1] = (runs[-1][0], index)
+            else:
+                runs.append((index, index))
+        return runs
+
+    def warmup_steps(self) -> int:
+        """Length of the leading stretch 0, 1, 2, ... of refresh steps (the warm-up)."""
+        refresh = set(self.refresh_steps)
+        count = 0
+        while count in refresh:
+            count += 1
+        return count
+
+    def refresh_steps_for(self, num_steps: int, schedule_steps: int) -> frozenset[int]:
+        """Refresh steps of a run with `num_steps` steps, for a schedule made on `schedule_steps` steps.
+
+        Rule (documented in docs/schedule-format.md): run step i covers the schedule interval
+        [i*S/N, (i+1)*S/N). It is a refresh step if that interval starts inside the warm-up, or if it
+        contains a refresh step of the schedule. With N == S this is the schedule itself; with N < S no
+        refresh is lost; with N > S the warm-up keeps its share of the trajectory and each later
+        refresh step maps to exactly one run step.
+        """
+        if num_steps == schedule_steps:
+            return frozenset(self.refresh_steps)
+        warmup = self.warmup_steps()
+        refresh = set(self.refresh_steps)
+        result = set()
+        for i in range(num_steps):
+            # interval [lo, hi) in schedule steps, kept in exact integer arithmetic (times num_steps)
+            lo, hi = i * schedule_steps, (i + 1) * schedule_steps
+            if lo < warmup * num_steps:
+                result.add(i)
+                continue
+            # schedule steps k with lo <= k*N < hi, i.e. ceil(lo/N) <= k < ceil(hi/N)
+            if any(k in refresh for k in range(-(-lo // num_steps), -(-hi // num_steps))):
+                result.add(i)
+        return frozenset(result)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A whole schedule: one `BlockListSchedule` per block list, on a grid of `num_steps` steps."""
+
+    name: str
+    num_steps: int
+    block_lists: dict[str, BlockListSchedule]
+    description: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    # ---- serialisation -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "schedule") -> "Schedule":
+        if not isinstance(data, dict):
+            raise ScheduleError(f"{source}: expected a JSON object at the top level")
+        unknown = set(data) - _TOP_LEVEL_KEYS
+        if unknown:
+            raise ScheduleError(f"{source}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_TOP_LEVEL_KEYS)}")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ScheduleError(f"{source}: format_version must be {FORMAT_VERSION}, got {version!r}")
+        num_steps = data.get("num_steps")
+        if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+            raise ScheduleError(f"{source}: num_steps must be a positive integer, got {num_steps!r}")
+        lists = data.get("block_lists")
+        if not isinstance(lists, dict) or not lists:
+            raise ScheduleError(f"{source}: block_lists must be a non-empty object of block-list name -> schedule")
+        block_lists = {
+            list_name: _parse_block_list(spec, num_steps, f"{source}: block_lists.{list_name}")
+            for list_name, spec in lists.items()
+        }
+        name = data.get("name", Path(source).stem)
+        if not isinstance(name, str):
+            raise ScheduleError(f"{source}: name must be a string")
+        description = data.get("description", "")
+        provenance = data.get("provenance", {})
+        if not isinstance(description, str) or not isinstance(provenance, dict):
+            raise ScheduleError(f"{source}: description must be a string and provenance an object")
+        return cls(name=name, num_steps=num_steps, block_lists=block_lists, description=description,
+                   provenance=provenance)
+
+    def to_dict(self) -> dict[str, Any]:
+        lists = {}
+        for list_name, bl in self.block_lists.items():
+            spec: dict[str, Any] = {}
+            if bl.num_blocks is not None:
+                spec["num_blocks"] = bl.num_blocks
+            spec["background_blocks"] = compress_ranges(bl.background_blocks)
+            spec["refresh_steps"] = compress_ranges(bl.refresh_steps)
+            lists[list_name] = spec
+        return {"format_version": FORMAT_VERSION, "name": self.name, "description": self.description,
+                "num_steps": self.num_steps, "block_lists": lists, "provenance": self.provenance}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    # ---- model fit and accounting --------------------------------------------------------------
+    def check_fits(self, block_list_depths: dict[str, int]) -> None:
+        """Raise ScheduleError unless every block list exists on the model with a compatible depth."""
+        for list_name, bl in self.block_lists.items():
+            if list_name not in block_list_depths:
+                raise ScheduleError(
+                    f"schedule '{self.name}' names block list '{list_name}', which this model does not have "
+                    f"(it has: {', '.join(sorted(block_list_depths)) or 'none'})"
+                )
+            depth = block_list_depths[list_name]
+            if bl.num_blocks is not None and bl.num_blocks != depth:
+                raise ScheduleError(
+                    f"schedule '{self.name}' was made for {bl.num_blocks} blocks in '{list_name}', "
+                    f"but this model has {depth}"
+                )
+            beyond = [b for b in bl.background_blocks if b >= depth]
+            if beyond:
+                raise ScheduleError(
+                    f"schedule '{self.name}': block {beyond[0]} in '{list_name}' is beyond the model's depth "
+                    f"({depth} blocks, indices 0-{depth - 1})"
+                )
+
+    def predicted_block_evals(self, block_list_depths: dict[str, int], num_steps: int) -> tuple[int, int]:
+        """(computed, total) block evaluations of one branch over `num_steps` steps, from the schedule alone."""
+        total = sum(block_list_depths.values()) * num_steps
+        skipped = 0
+        for list_name, bl in self.block_lists.items():
+            refresh = bl.refresh_steps_for(num_steps, self.num_steps)
+            skipped += len(bl.background_blocks) * (num_steps - len(refresh))
+        return total - skipped, total
+
+
+def _parse_block_list(spec: Any, num_steps: int, where: str) -> BlockListSchedule:
+    if not isinstance(spec, dict):
+        raise ScheduleError(f"{where}: expected an object with background_blocks and refresh_steps")
+    unknown = set(spec) - _BLOCK_LIST_KEYS
+    if unknown:
+        raise ScheduleError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_BLOCK_LIST_KEYS)}")
+    for key in ("background_blocks", "refresh_steps"):
+        if key not in spec:
+            raise ScheduleError(f"{where}: missing key '{key}'")
+    num_blocks = spec.get("num_blocks")
+    if num_blocks is not None and (not isinstance(num_blocks, int) or isinstance(num_blocks, bool) or num_blocks < 1):
+        raise ScheduleError(f"{where}.num_blocks: must be a positive integer, got {num_blocks!r}")
+    blocks = expand_ranges(spec["background_blocks"], f"{where}.background_blocks")
+    steps = expand_ranges(spec["refresh_steps"], f"{where}.refresh_steps")
+    if num_blocks is not None and blocks and blocks[-1] >= num_blocks:
+        raise ScheduleError(f"{where}.background_blocks: block {blocks[-1]} is beyond num_blocks={num_blocks}")
+    if steps and steps[-1] >= num_steps:
+        raise ScheduleError(
+            f"{where}.refresh_steps: step {steps[-1]} is beyond the schedule's {num_steps} steps (0-{num_steps - 1})"
+        )
+    if blocks and 0 not in steps:
+        raise ScheduleError(
+            f"{where}: step 0 must be a refresh step (a reuse step before any compute step has no delta to reuse)"
+        )
+    return BlockListSchedule(background_blocks=tuple(blocks), refresh_steps=tuple(steps), num_blocks=num_blocks)
+
+
+def expand_ranges(items: Any, where: str) -> list[int]:
+    """[0, "2-7", 9] -> [0, 2, 3, 4, 5, 6, 7, 9]; rejects duplicates, negatives and non-integers."""
+    if not isinstance(items, list):
+        raise ScheduleError(f"{where}: expected a list of integers or \"first-last\" ranges, got {items!r}")
+    values: list[int] = []
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool):
+            values.append(item)
+        elif isinstance(item, str) and item.count("-") == 1 and all(p.strip().isdigit() for p in item.split("-")):
+            first, last = (int(p) for p in item.split("-"))
+            if last < first:
+                raise ScheduleError(f"{where}: range {item!r} is empty (last < first)")
+            values.extend(range(first, last + 1))
+        else:
+            raise ScheduleError(f"{where}: {item!r} is neither an integer nor a \"first-last\" range")
+    negatives = [v for v in values if v < 0]
+    if negatives:
+        raise ScheduleError(f"{where}: negative index {negatives[0]}")
+    seen: set[int] = set()
+    for v in values:
+        if v in seen:
+            raise ScheduleError(f"{where}: {v} is listed more than once")
+        seen.add(v)
+    return sorted(values)
+
+
+def compress_ranges(values: Iterable[int]) -> list[int | str]:
+    """[0, 2, 3, 4, 9] -> [0, "2-4", 9] (the inverse of expand_ranges, for readable files)."""
+    out: list[int | str] = []
+    for first, last in BlockListSchedule(tuple(sorted(values)), ()).runs():
+        if last - first >= 2:
+            out.append(f"{first}-{last}")
+        else:
+            out.extend(range(first, last + 1))
+    return out
+
+
+# ---- presets and loading -----------------------------------------------------------------------
+def list_presets() -> list[str]:
+    folder = resources.files("delta_cache") / "presets"
+    return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def load_schedule(name_or_path: "str | Path | Schedule") -> Schedule:
+    """A preset name (see `list_presets()`) or a path to a schedule JSON file -> Schedule."""
+    if isinstance(name_or_path, Schedule):
+        return name_or_path
+    text = str(name_or_path)
+    path = Path(text)
+    if path.suffix.lower() == ".json" or path.exists() or "/" in text or "\\" in text:
+        if not path.is_file():
+            raise ScheduleError(f"schedule file not found: {path}")
+        source = str(path)
+        raw = path.read_text()
+    else:
+        presets = list_presets()
+        if text.lower() not in presets:
+            raise ScheduleError(f"unknown schedule preset '{text}'; presets: {', '.join(presets)} (or a .json path)")
+        source = f"preset {text.lower()}"
+        raw = (resources.files("delta_cache") / "presets" / f"{text.lower()}.json").read_text()
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ScheduleError(f"{source}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    return Schedule.from_dict(data, source=source)

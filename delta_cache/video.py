@@ -1,0 +1,68 @@
+"""Writing videos and images exactly once, atomically (no half-written files on failure)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def to_uint8_frames(frames) -> np.ndarray:
+    """(F, H, W, C) float in [0, 1] (diffusers' `output_type="np"`) -> uint8 (F, H, W, C)."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8:
+        frames = (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return frames
+
+
+def save_video(frames, path: str | os.PathLike, fps: int) -> Path:
+    """Encode frames to an H.264 mp4 (yuv420p, as the upstream scripts do) via imageio-ffmpeg."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = to_uint8_frames(frames)
+    fd, tmp = tempfile.mkstemp(suffix=path.suffix or ".mp4", dir=path.parent, prefix=".tmp_")
+    os.close(fd)
+    try:
+        writer = imageio.get_writer(
+            tmp, fps=fps, codec="libx264", quality=8, pixelformat="yuv420p", macro_block_size=1,
+            ffmpeg_log_level="error",
+        )
+        try:
+            for frame in frames:
+                writer.append_data(frame)
+        finally:
+            writer.close()
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def save_image(frame, path: str | os.PathLike) -> Path:
+    """Save one frame as PNG (used for Wan's t2i task)."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = to_uint8_frames(frame[None])[0]
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent, prefix=".tmp_")
+    os.close(fd)
+    try:
+        imageio.imwrite(tmp, frame, format="png")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def read_video(path: str | os.PathLike) -> np.ndarray:
+    """Decode an mp4 into uint8 (F, H, W, C) frames."""
+    import imageio.v2 as imageio
+
+    return np.stack(list(imageio.get_reader(str(path), format="ffmpeg")))
