@@ -1,0 +1,247 @@
+"""The cache semantics (method.md section 2) on hand-checkable dummy models and on a tiny WanPipeline."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+from diffusers.models.cache_utils import CacheMixin
+
+import delta_cache as dc
+import tiny_wan
+
+
+class AffineBlock(torch.nn.Module):
+    """hidden -> scale * hidden + weight * temb; optional text stream: text -> text + text_weight * temb."""
+
+    calls = 0  # real computations, counted inside forward
+
+    def __init__(self, scale, weight, text_weight=None):
+        super().__init__()
+        self.scale, self.weight, self.text_weight = scale, weight, text_weight
+
+    def forward(self, hidden_states, encoder_hidden_states=None, temb=None):
+        AffineBlock.calls += 1
+        hidden = self.scale * hidden_states + self.weight * temb
+        if self.text_weight is None:
+            return hidden
+        return hidden, encoder_hidden_states + self.text_weight * temb
+
+
+class TwoStreamBlock(AffineBlock):
+    pass
+
+
+TransformerBlockRegistry.register(AffineBlock, TransformerBlockMetadata(0, None))
+TransformerBlockRegistry.register(TwoStreamBlock, TransformerBlockMetadata(0, 1))
+
+
+class DummyTransformer(torch.nn.Module, CacheMixin):
+    def __init__(self, blocks):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(blocks)
+
+    def forward(self, hidden, text, temb):
+        for block in self.blocks:
+            out = block(hidden, text, temb)
+            hidden, text = out if isinstance(out, tuple) else (out, text)
+        return hidden, text
+
+
+def _schedule(background, refresh, num_steps):
+    return dc.Schedule.from_dict({"format_version": 1, "name": "test", "num_steps": num_steps,
+                                  "block_lists": {"blocks": {"background_blocks": background,
+                                                             "refresh_steps": refresh}}})
+
+
+def _denoise(model, temb_by_step, branch="cond", hidden=1.0, text=0.0):
+    outputs = []
+    for step, temb in enumerate(temb_by_step):
+        with model.cache_context(branch, step_index=step, num_inference_steps=len(temb_by_step)):
+            h, t = model(torch.tensor([hidden]), torch.tensor([text]), torch.tensor([temb]))
+        outputs.append((h.item(), t.item()))
+    return outputs
+
+
+def test_hand_computed_runs_at_first_and_last_block():
+    # block 0: h -> 2h + t (cached, run starts at 0); block 1: h + 10t (computed); block 2: h + 100t (cached, last)
+    model = DummyTransformer([AffineBlock(2.0, 1.0), AffineBlock(1.0, 10.0), AffineBlock(1.0, 100.0)])
+    dc.apply_delta_cache(model, _schedule([0, 2], [0], num_steps=2))
+    (step0, _), (step1, _) = _denoise(model, [1.0, 2.0])
+    assert step0 == 113.0  # refresh: 2*1+1 = 3 (delta 2), 3+10 = 13, 13+100 = 113 (delta 100)
+    assert step1 == 123.0  # reuse: 1+2 = 3, 3+20 = 23, 23+100 = 123 (uncached would be 224)
+
+
+def _reference(blocks, background, refresh, temb_by_step, hidden=1.0, text=0.0):
+    """Plain-Python statement of the semantics: runs, delta = out(last) - in(first), overwrite."""
+    runs = dc.BlockListSchedule(tuple(background), ()).runs()
+    run_of = {i: run for run in runs for i in range(run[0], run[1] + 1)}
+    deltas, outputs = {}, []
+    for step, temb in enumerate(temb_by_step):
+        h, t = hidden, text
+        run_inputs = {}
+        for i, b in enumerate(blocks):
+            run = run_of.get(i)
+            if run is not None and step not in refresh:
+                if i == run[0]:
+                    h, t = h + deltas[run][0], t + deltas[run][1]
+                continue
+            if run is not None and i == run[0]:
+                run_inputs[run] = (h, t)
+            h = b.scale * h + b.weight * temb
+            t = t + (b.text_weight or 0.0) * temb
+            if run is not None and i == run[1]:
+                deltas[run] = (h - run_inputs[run][0], t - run_inputs[run][1])
+        outputs.append((h, t))
+    return outputs
+
+
+@pytest.mark.parametrize("block_cls", [AffineBlock, TwoStreamBlock])
+def test_matches_reference_semantics_and_counts_real_calls(block_cls):
+    rng = np.random.default_rng(0)
+    params = [(float(rng.uniform(0.5, 1.5)), float(rng.uniform(-1, 1)),
+               float(rng.uniform(-1, 1)) if block_cls is TwoStreamBlock else None) for _ in range(8)]
+    background, refresh = [0, 1, 2, 4, 6, 7], [0, 1, 4, 7]
+    temb = [float(x) for x in rng.uniform(0, 1, size=10)]
+    model = DummyTransformer([block_cls(*p) for p in params])
+    handle = dc.apply_delta_cache(model, _schedule(background, refresh, num_steps=10))
+    AffineBlock.calls = 0
+    got = _denoise(model, temb)
+    expected = _reference([block_cls(*p) for p in params], background, refresh, temb)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # 10 steps x 8 blocks, the 6 background blocks skipped on the 6 reuse steps
+    assert AffineBlock.calls == 80 - 6 * 6
+    assert handle.stats()["computed_block_evals"] == AffineBlock.calls
+    if block_cls is TwoStreamBlock:  # the text stream really is restored on skipped blocks
+        text_without_restore = _reference([AffineBlock(s, w, None) for s, w, _ in params], background, refresh, temb)
+        assert not np.allclose([t for _, t in got], [t for _, t in text_without_restore])
+
+
+def test_cond_and_uncond_keep_separate_deltas():
+    params = [(1.5, 1.0), (1.0, 2.0), (0.5, -1.0), (1.0, 3.0)]
+    background, refresh = [0, 1, 3], [0, 3]
+    cond_temb, uncond_temb = [1.0, 2.0, 3.0, 4.0, 5.0], [-3.0, 0.5, 7.0, -2.0, 1.0]
+    model = DummyTransformer([AffineBlock(*p) for p in params])
+    handle = dc.apply_delta_cache(model, _schedule(background, refresh, num_steps=5))
+    got_cond, got_uncond = [], []
+    for step in range(5):  # interleaved like a CFG pipeline
+        for branch, temb, out in (("cond", cond_temb, got_cond), ("uncond", uncond_temb, got_uncond)):
+            with model.cache_context(branch, step_index=step, num_inference_steps=5):
+                out.append(model(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([temb[step]]))[0].item())
+    reference = [AffineBlock(*p) for p in params]
+    np.testing.assert_allclose(got_cond, [h for h, _ in _reference(reference, background, refresh, cond_temb)])
+    np.testing.assert_allclose(got_uncond, [h for h, _ in _reference(reference, background, refresh, uncond_temb)])
+    branches = handle.stats()["branches"]
+    assert set(branches) == {"cond", "uncond"} and branches["cond"]["computed_block_evals"] == 20 - 3 * 3
+
+
+def test_counts_steps_itself_without_step_metadata_and_resets_per_generation():
+    # HunyuanVideo's pipeline passes no step_index: the cache counts calls per branch and must restart
+    # at 0 after the pipeline's end-of-call reset.
+    model = DummyTransformer([AffineBlock(1.5, 1.0), AffineBlock(1.0, 2.0), AffineBlock(0.5, -1.0)])
+    dc.apply_delta_cache(model, _schedule([0, 1], [0, 2], num_steps=4))
+    temb = [1.0, 2.0, 3.0, 4.0]
+
+    def generation():
+        outs = []
+        for value in temb:
+            with model.cache_context("cond"):
+                outs.append(model(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([value]))[0].item())
+        model._reset_stateful_cache()
+        return outs
+
+    first, second = generation(), generation()
+    assert first == second
+    expected = [h for h, _ in _reference(list(model.blocks), [0, 1], [0, 2], temb)]
+    np.testing.assert_allclose(first, expected)
+
+
+def test_calls_outside_any_cache_context_work():
+    model = DummyTransformer([AffineBlock(2.0, 1.0), AffineBlock(1.0, 10.0)])
+    handle = dc.apply_delta_cache(model, _schedule([0], [0], num_steps=2), num_inference_steps=2)
+    outs = [model(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([t]))[0].item() for t in (1.0, 2.0)]
+    assert outs == [13.0, 1.0 + 2.0 + 20.0]
+    assert handle.stats()["branches"]["default"]["computed_block_evals"] == 3
+
+
+def test_delta_buffer_dtype_and_device_options():
+    def model():
+        return DummyTransformer([AffineBlock(1.5, 1.0), AffineBlock(1.0, 2.0)]).to(torch.bfloat16)
+
+    temb = torch.linspace(0.1, 1.0, 6)
+    results = {}
+    for option in ({}, {"delta_dtype": torch.float32}, {"delta_device": "cpu"}):
+        m = model()
+        handle = dc.apply_delta_cache(m, _schedule([0, 1], [0], num_steps=6), **option)
+        hidden = torch.ones(4, 8, dtype=torch.bfloat16)
+        outs = []
+        for step, t in enumerate(temb):
+            with m.cache_context("cond", step_index=step, num_inference_steps=6):
+                outs.append(m(hidden, hidden, t.to(torch.bfloat16))[0])
+        assert outs[-1].dtype == torch.bfloat16
+        results[tuple(option)] = (torch.stack(outs).float(), handle.stats()["delta_memory_bytes"])
+    assert results[()][1] == 4 * 8 * 2  # one bf16 activation-sized delta
+    assert results[("delta_dtype",)][1] == 4 * 8 * 4  # fp32 doubles it
+    torch.testing.assert_close(results[("delta_dtype",)][0], results[()][0], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(results[("delta_device",)][0], results[()][0], rtol=0, atol=0)
+
+
+def test_apply_errors_are_clear():
+    model = DummyTransformer([AffineBlock(1.0, 1.0), AffineBlock(1.0, 1.0)])
+    with pytest.raises(dc.ScheduleError, match="block 5 .* beyond the model's depth"):
+        dc.apply_delta_cache(model, _schedule([5], [0], num_steps=2))
+    dc.apply_delta_cache(model, _schedule([0], [0], num_steps=2))
+    with pytest.raises(dc.UserInputError, match="already applied"):
+        dc.apply_delta_cache(model, _schedule([0], [0], num_steps=2))
+
+
+# ---- a real diffusers pipeline ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipe40():
+    pipe = tiny_wan.tiny_wan_pipeline(num_layers=40)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_paper_preset_computes_992_of_2000_block_evaluations_per_branch(pipe40):
+    transformer = pipe40.transformer
+    calls = {"transformer": 0, "cond": 0, "uncond": 0}
+
+    def on_transformer_call(module, args):
+        calls["transformer"] += 1
+
+    def on_ffn_call(module, args):  # ffn runs only when its block really computes
+        calls["cond" if calls["transformer"] % 2 == 1 else "uncond"] += 1  # WanPipeline: cond, then uncond
+
+    hooks = [transformer.register_forward_pre_hook(on_transformer_call)]
+    hooks += [block.ffn.register_forward_pre_hook(on_ffn_call) for block in transformer.blocks]
+    handle = dc.apply_delta_cache(transformer, "wan2.1-t2v-14b")
+    try:
+        tiny_wan.run(pipe40, steps=50)
+    finally:
+        dc.remove_delta_cache(transformer)
+        for h in hooks:
+            h.remove()
+    assert calls == {"transformer": 100, "cond": 992, "uncond": 992}
+    stats = handle.stats()
+    assert (stats["computed_block_evals"], stats["total_block_evals"]) == (1984, 4000)
+    assert stats["branches"]["cond"]["computed_block_evals"] == 992
+    assert stats["ideal_speedup"] == pytest.approx(2000 / 992)
+
+
+def test_pipeline_bit_identity_and_repeatability(pipe40):
+    plain = tiny_wan.run(pipe40, steps=8)
+    everything = _schedule(list(range(40)), list(range(8)), num_steps=8)  # caches all, but refreshes each step
+    handle = dc.apply_delta_cache(pipe40.transformer, everything)
+    np.testing.assert_array_equal(tiny_wan.run(pipe40, steps=8), plain)
+    assert handle.stats()["computed_block_evals"] == handle.stats()["total_block_evals"]
+    dc.remove_delta_cache(pipe40.transformer)
+
+    dc.apply_delta_cache(pipe40.transformer, "wan2.1-t2v-14b")
+    first, second = tiny_wan.run(pipe40, steps=20), tiny_wan.run(pipe40, steps=20)  # 10 of 20 steps reuse
+    dc.remove_delta_cache(pipe40.transformer)
+    np.testing.assert_array_equal(first, second)
+    plain20 = tiny_wan.run(pipe40, steps=20)
+    assert not np.array_equal(first, plain20)  # the cache really changed something
+    np.testing.assert_array_equal(tiny_wan.run(pipe40, steps=8), plain)  # and removal restores the model

@@ -1,0 +1,102 @@
+import json
+
+import pytest
+
+import delta_cache as dc
+from delta_cache.schedule import compress_ranges, expand_ranges
+
+
+def _schedule(**block_list):
+    spec = {"background_blocks": [1, 2], "refresh_steps": [0, 1, 5]}
+    spec.update(block_list)
+    return {"format_version": 1, "name": "t", "num_steps": 10, "block_lists": {"blocks": spec}}
+
+
+def test_presets_match_the_paper_counts():
+    wan = dc.load_schedule("wan2.1-t2v-14b")
+    assert wan.block_lists["blocks"].runs() == [(0, 0), (2, 7), (10, 20), (25, 32), (37, 38)]
+    assert wan.predicted_block_evals({"blocks": 40}, 50) == (992, 2000)
+    hv = dc.load_schedule("hunyuanvideo-720p")
+    assert hv.block_lists["transformer_blocks"].runs() == [(6, 19)]
+    assert hv.predicted_block_evals({"transformer_blocks": 20, "single_transformer_blocks": 40}, 50) == (1632, 3000)
+    small = dc.load_schedule("wan2.1-t2v-1.3b")
+    assert small.block_lists["blocks"].num_blocks == 30
+    assert max(small.block_lists["blocks"].background_blocks) < 30
+
+
+def test_preset_names_are_case_insensitive_and_unknown_names_list_presets():
+    assert dc.load_schedule("WAN2.1-T2V-14B").name == "wan2.1-t2v-14b"
+    with pytest.raises(dc.ScheduleError, match="unknown schedule preset 'nope'.*wan2.1-t2v-14b"):
+        dc.load_schedule("nope")
+
+
+def test_ranges_expand_and_compress():
+    assert expand_ranges([0, "2-4", 9], "x") == [0, 2, 3, 4, 9]
+    assert compress_ranges([0, 2, 3, 4, 9, 10]) == [0, "2-4", 9, 10]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"background_blocks": [1, 1]}, "listed more than once"),
+        ({"background_blocks": ["1-3", 2]}, "listed more than once"),
+        ({"refresh_steps": [1, 2]}, "step 0 must be a refresh step"),
+        ({"refresh_steps": [0, 10]}, "beyond the schedule's 10 steps"),
+        ({"background_blocks": [-1]}, "neither an integer|negative"),
+        ({"background_blocks": ["3-1"]}, "is empty"),
+        ({"background_blocks": [1.5]}, "neither an integer"),
+        ({"background_blocks": [5], "num_blocks": 4}, "beyond num_blocks=4"),
+        ({"cached": [1]}, "unknown key"),
+    ],
+)
+def test_bad_block_lists_are_rejected(tmp_path, change, message):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(_schedule(**change)))
+    with pytest.raises(dc.ScheduleError, match=message):
+        dc.load_schedule(path)
+
+
+def test_bad_files_are_rejected(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text("{not json")
+    with pytest.raises(dc.ScheduleError, match="not valid JSON"):
+        dc.load_schedule(path)
+    path.write_text(json.dumps({**_schedule(), "speed": 2}))
+    with pytest.raises(dc.ScheduleError, match="unknown key"):
+        dc.load_schedule(path)
+    path.write_text(json.dumps({**_schedule(), "format_version": 7}))
+    with pytest.raises(dc.ScheduleError, match="format_version"):
+        dc.load_schedule(path)
+    with pytest.raises(dc.ScheduleError, match="not found"):
+        dc.load_schedule(tmp_path / "missing.json")
+
+
+def test_schedule_round_trips_through_json(tmp_path):
+    schedule = dc.load_schedule("hunyuanvideo-720p")
+    schedule.save(tmp_path / "copy.json")
+    again = dc.load_schedule(tmp_path / "copy.json")
+    assert again.block_lists == schedule.block_lists and again.num_steps == 50
+
+
+def test_check_fits_names_the_problem():
+    schedule = dc.load_schedule("wan2.1-t2v-14b")
+    with pytest.raises(dc.ScheduleError, match="made for 40 blocks.*has 30"):
+        schedule.check_fits({"blocks": 30})
+    with pytest.raises(dc.ScheduleError, match="does not have"):
+        schedule.check_fits({"transformer_blocks": 40})
+    free_depth = dc.Schedule.from_dict({**_schedule(background_blocks=[7])})
+    with pytest.raises(dc.ScheduleError, match="block 7 .* beyond the model's depth"):
+        free_depth.check_fits({"blocks": 4})
+
+
+def test_step_rescaling_rule():
+    bl = dc.load_schedule("wan2.1-t2v-14b").block_lists["blocks"]
+    assert bl.refresh_steps_for(50, 50) == frozenset(bl.refresh_steps)
+    # Fewer steps: every schedule refresh falls in some run step's interval, none is lost.
+    for n in (10, 25, 30):
+        steps = bl.refresh_steps_for(n, 50)
+        covered = {k for i in steps for k in range(50) if i * 50 <= k * n < (i + 1) * 50}
+        assert set(bl.refresh_steps) <= covered
+    # More steps: the warm-up keeps its share (7 of 50 -> 14 of 100), later refreshes map one-to-one.
+    steps = sorted(bl.refresh_steps_for(100, 50))
+    assert steps[:14] == list(range(14)) and steps[14:] == [24, 36, 48, 60, 72, 84, 96]
