@@ -9,26 +9,26 @@
 """
 
 from .errors import CheckpointError, ScheduleError, UserInputError
-from .hooks import (
-    DeltaCacheConfig,
-    DeltaCacheHandle,
-    apply_delta_cache,
-    model_block_lists,
-    remove_delta_cache,
-)
-from .schedule import BlockListSchedule, Schedule, list_presets, load_schedule
 
-__all__ = [
-    "BlockListSchedule",
-    "CheckpointError",
-    "DeltaCacheConfig",
-    "DeltaCacheHandle",
-    "Schedule",
-    "ScheduleError",
-    "UserInputError",
-    "apply_delta_cache",
-    "list_presets",
-    "load_schedule",
-    "model_block_lists",
-    "remove_delta_cache",
-]
+# The rest imports diffusers (seconds): load it on first use so `--help` and flag errors stay instant.
+_LAZY = {
+    "DeltaCacheConfig": ".hooks",
+    "DeltaCacheHandle": ".hooks",
+    "apply_delta_cache": ".hooks",
+    "model_block_lists": ".hooks",
+    "remove_delta_cache": ".hooks",
+    "BlockListSchedule": ".schedule",
+    "Schedule": ".schedule",
+    "list_presets": ".schedule",
+    "load_schedule": ".schedule",
+}
+
+__all__ = ["CheckpointError", "ScheduleError", "UserInputError", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'delta_cache' has no attribute {name!r}")

@@ -6,9 +6,10 @@ no traceback, no output file. Bugs still raise normally.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
 from .errors import UserInputError
 
@@ -18,6 +19,23 @@ def set_offline() -> None:
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "DIFFUSERS_OFFLINE"):
         os.environ.setdefault(var, "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gives one line (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def str2bool(value: str) -> bool:
+    """Upstream's boolean flag values (e.g. --offload_model False)."""
+    lowered = value.lower()
+    if lowered in ("yes", "true", "t", "y", "1"):
+        return True
+    if lowered in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
 
 
 def run_cli(main: Callable[[], None]) -> None:
@@ -45,4 +63,5 @@ def summary_line(denoise_seconds: float, cache_stats: dict | None) -> str:
             parts = [f"{name} {b['computed_block_evals']}/{b['total_block_evals']}" for name, b in per_branch.items()]
             line += " (" + ", ".join(parts) + ")"
         line += f" | ideal speedup {cache_stats['ideal_speedup']:.2f}x"
+        line += f" | delta buffers {cache_stats['delta_memory_bytes'] / 2**20:.1f} MiB"
     return line

@@ -1,0 +1,182 @@
+"""Drop-in replacement for Wan2.1's `generate.py`, plus `--delta_cache`.
+
+Same flags, defaults, checkpoint folders and output files as upstream; the models are diffusers'
+WanTransformer3DModel / AutoencoderKLWan and transformers' UMT5EncoderModel, sampled by diffusers'
+Wan pipelines. Example (upstream's README command plus one flag):
+
+    python generate.py --task t2v-14B --size 832*480 --ckpt_dir ./Wan2.1-T2V-14B \
+        --prompt "Two anthropomorphic cats ..." --delta_cache
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # works without `pip install -e .` too
+
+from delta_cache.cli import OneLineArgumentParser, run_cli, set_offline, str2bool  # noqa: E402
+from delta_cache.errors import UserInputError  # noqa: E402
+from delta_cache.models.wan import tasks  # noqa: E402
+
+
+def build_parser() -> OneLineArgumentParser:
+    p = OneLineArgumentParser(description="Generate a video or image with Wan2.1 (drop-in for upstream generate.py).")
+    p.add_argument("--task", type=str, default="t2v-14B", choices=tasks.TASKS, help="The task to run.")
+    p.add_argument("--size", type=str, default="1280*720", choices=list(tasks.SIZES),
+                   help="The area (WIDTH*HEIGHT) of the generated video; for i2v the aspect ratio follows the image.")
+    p.add_argument("--frame_num", type=int, default=None, help="Frames to sample, 4n+1 (default 81; 1 for t2i).")
+    p.add_argument("--ckpt_dir", type=str, default=None, help="The checkpoint folder (upstream or diffusers layout).")
+    p.add_argument("--offload_model", type=str2bool, default=None,
+                   help="Offload models to the CPU between uses (default True on one GPU).")
+    p.add_argument("--ulysses_size", type=int, default=1, help="Ulysses sequence-parallel degree.")
+    p.add_argument("--ring_size", type=int, default=1, help="Ring attention degree.")
+    p.add_argument("--t5_fsdp", action="store_true", default=False, help="FSDP for T5 (multi-GPU).")
+    p.add_argument("--t5_cpu", action="store_true", default=False, help="Keep the T5 text encoder on the CPU.")
+    p.add_argument("--dit_fsdp", action="store_true", default=False, help="FSDP for the DiT (multi-GPU).")
+    p.add_argument("--save_file", type=str, default=None, help="Output file (default: upstream's generated name).")
+    p.add_argument("--src_video", type=str, default=None, help="VACE source video.")
+    p.add_argument("--src_mask", type=str, default=None, help="VACE source mask.")
+    p.add_argument("--src_ref_images", type=str, default=None, help="VACE reference images.")
+    p.add_argument("--prompt", type=str, default=None, help="The prompt (default: the task's example prompt).")
+    p.add_argument("--use_prompt_extend", action="store_true", default=False, help="Extend the prompt with an LLM.")
+    p.add_argument("--prompt_extend_method", type=str, default="local_qwen", choices=["dashscope", "local_qwen"])
+    p.add_argument("--prompt_extend_model", type=str, default=None)
+    p.add_argument("--prompt_extend_target_lang", type=str, default="zh", choices=["zh", "en"])
+    p.add_argument("--base_seed", type=int, default=-1, help="Seed; negative means random.")
+    p.add_argument("--image", type=str, default=None, help="Input image for i2v.")
+    p.add_argument("--first_frame", type=str, default=None, help="First frame for flf2v.")
+    p.add_argument("--last_frame", type=str, default=None, help="Last frame for flf2v.")
+    p.add_argument("--sample_solver", type=str, default="unipc", choices=["unipc", "dpm++"])
+    p.add_argument("--sample_steps", type=int, default=None, help="Sampling steps (default 50; 40 for i2v).")
+    p.add_argument("--sample_shift", type=float, default=None, help="Flow-matching shift (default per task).")
+    p.add_argument("--sample_guide_scale", type=float, default=5.0, help="Classifier-free guidance scale.")
+    cache = p.add_argument_group("delta cache (ProfilingDiT); any of these turns the cache on")
+    cache.add_argument("--delta_cache", action="store_true", default=False,
+                       help="Reuse background blocks' residuals with the task's preset schedule.")
+    cache.add_argument("--cache_schedule", type=str, default=None, metavar="PRESET|PATH",
+                       help="Schedule preset name or JSON file (default: the task's preset).")
+    cache.add_argument("--cache_fp32", action="store_true", default=False, help="Keep delta buffers in fp32.")
+    cache.add_argument("--cache_cpu", action="store_true", default=False, help="Keep delta buffers in CPU memory.")
+    return p
+
+
+def validate(args) -> None:
+    """Upstream's checks plus ours; fills upstream defaults. Raises UserInputError with one line."""
+    if args.ckpt_dir is None:
+        raise UserInputError("--ckpt_dir is required (the folder holding the Wan2.1 checkpoint)")
+    if not Path(args.ckpt_dir).is_dir():
+        raise UserInputError(f"--ckpt_dir {args.ckpt_dir}: no such folder")
+    if args.task not in tasks.SUPPORTED_TASKS:
+        raise UserInputError(f"task {args.task} is not supported yet (supported: {', '.join(tasks.SUPPORTED_TASKS)})")
+    if args.size not in tasks.SUPPORTED_SIZES[args.task]:
+        raise UserInputError(f"size {args.size} is not supported for task {args.task}; supported sizes: "
+                             f"{', '.join(tasks.SUPPORTED_SIZES[args.task])}")
+    if args.use_prompt_extend:
+        raise UserInputError("--use_prompt_extend is not supported yet")
+    if args.ulysses_size * args.ring_size > 1 or args.t5_fsdp or args.dit_fsdp:
+        raise UserInputError("multi-GPU flags (--ulysses_size, --ring_size, --t5_fsdp, --dit_fsdp) are not supported yet")
+    if args.task.startswith("i2v") and args.image is None:
+        raise UserInputError(f"--image is required for task {args.task}")
+    if args.image is not None and not Path(args.image).is_file():
+        raise UserInputError(f"--image {args.image}: no such file")
+
+    defaults = tasks.task_defaults(args.task, args.size)
+    args.frame_num = defaults.frame_num if args.frame_num is None else args.frame_num
+    args.sample_steps = defaults.sample_steps if args.sample_steps is None else args.sample_steps
+    args.sample_shift = defaults.sample_shift if args.sample_shift is None else args.sample_shift
+    if args.task.startswith("t2i") and args.frame_num != 1:
+        raise UserInputError(f"--frame_num must be 1 for task {args.task}, got {args.frame_num}")
+    if args.frame_num < 1 or (args.frame_num - 1) % 4 != 0:
+        raise UserInputError(f"--frame_num must be 4n+1 (1, 5, 9, ..., 81), got {args.frame_num}")
+    if args.sample_steps < 1:
+        raise UserInputError(f"--sample_steps must be positive, got {args.sample_steps}")
+    if args.sample_shift <= 0:
+        raise UserInputError(f"--sample_shift must be positive, got {args.sample_shift}")
+    if args.sample_guide_scale < 0:
+        raise UserInputError(f"--sample_guide_scale must be >= 0, got {args.sample_guide_scale}")
+    args.delta_cache = bool(args.delta_cache or args.cache_schedule or args.cache_fp32 or args.cache_cpu)
+    if args.prompt is None:
+        args.prompt = tasks.EXAMPLE_PROMPTS[args.task.split("-")[0]]
+    if args.base_seed < 0:
+        args.base_seed = random.randint(0, sys.maxsize)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    validate(args)
+    set_offline()
+
+    import torch
+    from loguru import logger
+
+    import delta_cache
+    from delta_cache.cli import summary_line
+    from delta_cache.models.wan.checkpoint import load_wan_components
+    from delta_cache.models.wan.pipeline import build_pipeline, generate
+    from delta_cache.video import save_image, save_video
+
+    schedule = None
+    if args.delta_cache:  # a bad schedule file should fail before minutes of checkpoint loading
+        schedule = delta_cache.load_schedule(args.cache_schedule or tasks.DEFAULT_PRESETS[args.task])
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    offload = args.offload_model if args.offload_model is not None else device.type == "cuda"
+    text_device = torch.device("cpu") if args.t5_cpu else device
+    logger.info(f"loading {args.task} from {args.ckpt_dir} ({device}, {dtype})")
+    components = load_wan_components(
+        args.ckpt_dir, task=args.task, dtype=dtype,
+        text_encoder_dtype=torch.float32 if text_device.type == "cpu" else torch.bfloat16,
+    )
+
+    handle = None
+    if schedule is not None:
+        handle = delta_cache.apply_delta_cache(
+            components.transformer, schedule, delta_dtype=torch.float32 if args.cache_fp32 else None,
+            delta_device="cpu" if args.cache_cpu else None,
+        )
+        logger.info(f"delta cache: schedule '{schedule.name}'")
+
+    image = None
+    width, height = tasks.SIZES[args.size]
+    if args.image is not None:
+        from PIL import Image
+
+        image = Image.open(args.image).convert("RGB")
+        width, height = tasks.i2v_output_size(args.size, image.width, image.height)
+
+    pipe = build_pipeline(components, image_to_video=image is not None, solver=args.sample_solver,
+                          shift=args.sample_shift)
+    if device.type == "cuda":
+        if offload:
+            if args.t5_cpu:
+                pipe._exclude_from_cpu_offload.append("text_encoder")
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            for name in ("transformer", "vae", "image_encoder") + (() if args.t5_cpu else ("text_encoder",)):
+                module = getattr(pipe, name, None)
+                if module is not None:
+                    module.to(device)
+
+    logger.info(f"generating {width}x{height}, {args.frame_num} frames, {args.sample_steps} steps, "
+                f"seed {args.base_seed}: {args.prompt!r}")
+    result = generate(
+        pipe, prompt=args.prompt, negative_prompt=tasks.negative_prompt(args.task), width=width, height=height,
+        num_frames=args.frame_num, num_inference_steps=args.sample_steps, guidance_scale=args.sample_guide_scale,
+        seed=args.base_seed, image=image, text_encoder_device=text_device,
+    )
+
+    save_path = args.save_file or tasks.output_file_name(args.task, args.size, args.ulysses_size, args.ring_size,
+                                                         args.prompt)
+    if args.task.startswith("t2i"):
+        save_image(result.frames[0], save_path)
+    else:
+        save_video(result.frames, save_path, fps=tasks.SAMPLE_FPS)
+    print(f"Saving generated video to {save_path}")
+    print(summary_line(result.denoise_seconds, handle.stats() if handle is not None else None))
+
+
+if __name__ == "__main__":
+    run_cli(main)

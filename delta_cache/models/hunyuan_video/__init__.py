@@ -1,0 +1,8 @@
+"""HunyuanVideo family adapter (Tencent, 13B text-to-video).
+
+- `checkpoint`: `load_hunyuan_video_components` for the upstream `ckpts/` layout or a diffusers folder
+- `keys`: width/depth-agnostic transformer key conversion (and its inverse), fp8 dequantisation
+- `tiny`: `write_tiny_checkpoint`, random-weight tiny checkpoints for tests and demos
+
+Submodules are imported directly (this package imports nothing, so `--help` stays fast).
+"""

@@ -1,0 +1,117 @@
+"""Sampling Wan2.1 with diffusers' pipelines, reproducing upstream's sampler grids.
+
+Upstream's UniPC sampler uses sigmas linspace(0.999, 0, N+1)[:-1] (diffusers' default grid starts at 1.0)
+and its dpm++ sampler linspace(1, 0, N+1)[:N], both shifted by shift*s / (1 + (shift-1)*s). The two small
+scheduler subclasses below only replace the grid; the solvers themselves are diffusers'.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler, WanPipeline
+
+
+def _shifted(sigmas: np.ndarray, shift: float) -> np.ndarray:
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+class UpstreamUniPCScheduler(UniPCMultistepScheduler):
+    """UniPC (order 2, bh2, x0-prediction) on upstream Wan's sigma grid, which starts at 0.999."""
+
+    def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None):
+        if sigmas is None:  # diffusers applies flow_shift to the sigmas it is given
+            sigmas = np.linspace(0.999, 0.0, num_inference_steps + 1)[:-1]
+        super().set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu)
+
+
+class UpstreamDPMSolverScheduler(DPMSolverMultistepScheduler):
+    """DPM-Solver++ (order 2) on upstream Wan's dpm++ grid, which starts at 1.0."""
+
+    def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):
+        super().set_timesteps(num_inference_steps, device=device, **kwargs)
+        sigmas = _shifted(np.linspace(1.0, 0.0, num_inference_steps + 1)[:num_inference_steps], self.config.flow_shift)
+        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+        self.timesteps = torch.from_numpy(sigmas * self.config.num_train_timesteps).to(device=device, dtype=torch.int64)
+
+
+def make_scheduler(solver: str, shift: float):
+    common = dict(num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True,
+                  flow_shift=shift, solver_order=2, lower_order_final=True, final_sigmas_type="zero")
+    if solver == "unipc":
+        return UpstreamUniPCScheduler(solver_type="bh2", predict_x0=True, **common)
+    if solver == "dpm++":
+        return UpstreamDPMSolverScheduler(algorithm_type="dpmsolver++", **common)
+    raise ValueError(f"unknown sample solver {solver!r}")
+
+
+def build_pipeline(components, *, image_to_video: bool, solver: str, shift: float):
+    """A diffusers Wan pipeline over already loaded components (`WanComponents`)."""
+    scheduler = make_scheduler(solver, shift)
+    if image_to_video:
+        from diffusers import WanImageToVideoPipeline  # lazy: importing it warns about torchvision on CPU installs
+
+        return WanImageToVideoPipeline(
+            tokenizer=components.tokenizer, text_encoder=components.text_encoder, vae=components.vae,
+            transformer=components.transformer, scheduler=scheduler, image_encoder=components.image_encoder,
+            image_processor=components.image_processor,
+        )
+    return WanPipeline(tokenizer=components.tokenizer, text_encoder=components.text_encoder, vae=components.vae,
+                       transformer=components.transformer, scheduler=scheduler)
+
+
+@dataclass
+class Generation:
+    frames: np.ndarray  # (F, H, W, C) float in [0, 1]
+    denoise_seconds: float
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def generate(pipe, *, prompt: str, negative_prompt: str, width: int, height: int, num_frames: int,
+             num_inference_steps: int, guidance_scale: float, seed: int, image=None,
+             text_encoder_device: torch.device | None = None, max_sequence_length: int = 512) -> Generation:
+    """Encode the prompts, denoise (timed on its own) and decode, exactly as `pipe(...)` would.
+
+    Prompts are encoded first, on `text_encoder_device` (upstream's --t5_cpu keeps T5 on the CPU), and handed
+    to the pipeline as embeddings; the initial noise comes from a CPU generator so a seed gives the same
+    video on any device.
+    """
+    device = pipe._execution_device
+    prompt_embeds, negative_embeds = pipe.encode_prompt(
+        prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=guidance_scale > 1.0,
+        num_videos_per_prompt=1, max_sequence_length=max_sequence_length, device=text_encoder_device or device,
+    )
+    extra = {} if image is None else {"image": image}
+    _synchronize(device)
+    start = time.perf_counter()
+    latents = pipe(
+        prompt_embeds=prompt_embeds.to(device),
+        negative_prompt_embeds=None if negative_embeds is None else negative_embeds.to(device),
+        height=height, width=width, num_frames=num_frames, num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale, generator=torch.Generator("cpu").manual_seed(seed),
+        output_type="latent", max_sequence_length=max_sequence_length, **extra,
+    ).frames
+    _synchronize(device)
+    denoise_seconds = time.perf_counter() - start
+    return Generation(frames=decode(pipe, latents)[0], denoise_seconds=denoise_seconds)
+
+
+@torch.no_grad()
+def decode(pipe, latents: torch.Tensor) -> np.ndarray:
+    """Latents -> (B, F, H, W, C) frames in [0, 1], the same operations as WanPipeline's own decode."""
+    vae = pipe.vae
+    latents = latents.to(vae.device, dtype=vae.dtype)
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    latents_mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
+    latents_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents.device, latents.dtype)
+    latents = latents / latents_std + latents_mean
+    video = vae.decode(latents, return_dict=False)[0]
+    return pipe.video_processor.postprocess_video(video, output_type="np")

@@ -1,0 +1,106 @@
+"""Facts about Wan2.1's upstream `generate.py` tasks that users rely on: sizes, defaults, prompts, names.
+
+Kept as data so the front end stays a thin argument parser. Sizes are WIDTH*HEIGHT strings as upstream.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+TASKS = ("t2v-14B", "t2v-1.3B", "i2v-14B", "t2i-14B", "flf2v-14B", "vace-1.3B", "vace-14B")
+SUPPORTED_TASKS = ("t2v-14B", "t2v-1.3B", "i2v-14B", "t2i-14B")
+
+SIZES = {  # WIDTH*HEIGHT -> (width, height)
+    "720*1280": (720, 1280),
+    "1280*720": (1280, 720),
+    "480*832": (480, 832),
+    "832*480": (832, 480),
+    "1024*1024": (1024, 1024),
+}
+_VIDEO_SIZES = ("720*1280", "1280*720", "480*832", "832*480")
+SUPPORTED_SIZES = {
+    "t2v-14B": _VIDEO_SIZES,
+    "t2v-1.3B": ("480*832", "832*480"),
+    "i2v-14B": _VIDEO_SIZES,
+    "t2i-14B": tuple(SIZES),
+    "flf2v-14B": ("720*1280", "1280*720"),
+    "vace-1.3B": ("480*832", "832*480"),
+    "vace-14B": _VIDEO_SIZES,
+}
+
+# Upstream's default negative prompt (its config's sample_neg_prompt); there is no flag for it.
+NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
+    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+I2V_NEGATIVE_PREFIX = "镜头晃动，"
+
+EXAMPLE_PROMPTS = {
+    "t2v": "Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely on a spotlighted stage.",
+    "t2i": "一个朴素端庄的美人",
+    "i2v": (
+        "Summer beach vacation style, a white cat wearing sunglasses sits on a surfboard. The fluffy-furred feline "
+        "gazes directly at the camera with a relaxed expression. Blurred beach scenery forms the background "
+        "featuring crystal-clear waters, distant green hills, and a blue sky dotted with white clouds. The cat "
+        "assumes a naturally relaxed posture, as if savoring the sea breeze and warm sunlight. A close-up shot "
+        "highlights the feline's intricate details and the refreshing atmosphere of the seaside."
+    ),
+}
+
+# Our delta-cache preset per task (i2v/t2i reuse the 14B T2V preset: same 40-block DiT, paper has none).
+DEFAULT_PRESETS = {
+    "t2v-14B": "wan2.1-t2v-14b",
+    "t2v-1.3B": "wan2.1-t2v-1.3b",
+    "i2v-14B": "wan2.1-t2v-14b",
+    "t2i-14B": "wan2.1-t2v-14b",
+}
+
+SAMPLE_FPS = 16
+VAE_STRIDE = (4, 8, 8)
+
+
+@dataclass(frozen=True)
+class TaskDefaults:
+    frame_num: int
+    sample_steps: int
+    sample_shift: float
+
+
+def task_defaults(task: str, size: str) -> TaskDefaults:
+    """Upstream defaults for flags left at None."""
+    kind = task.split("-")[0]
+    frame_num = 1 if kind == "t2i" else 81
+    steps = 40 if kind == "i2v" else 50
+    if kind in ("flf2v", "vace"):
+        shift = 16.0
+    elif kind == "i2v" and size in ("832*480", "480*832"):
+        shift = 3.0
+    else:
+        shift = 5.0
+    return TaskDefaults(frame_num=frame_num, sample_steps=steps, sample_shift=shift)
+
+
+def negative_prompt(task: str) -> str:
+    return I2V_NEGATIVE_PREFIX + NEGATIVE_PROMPT if task.startswith("i2v") else NEGATIVE_PROMPT
+
+
+def i2v_output_size(size: str, image_width: int, image_height: int, spatial_multiple: int = 16) -> tuple[int, int]:
+    """(width, height) for i2v: upstream keeps the image's aspect ratio at the area of `size`."""
+    width, height = SIZES[size]
+    max_area = width * height
+    aspect = image_height / image_width
+    out_h = round(math.sqrt(max_area * aspect)) // spatial_multiple * spatial_multiple
+    out_w = round(math.sqrt(max_area / aspect)) // spatial_multiple * spatial_multiple
+    return out_w, out_h
+
+
+def output_file_name(task: str, size: str, ulysses_size: int, ring_size: int, prompt: str,
+                     now: datetime | None = None) -> str:
+    """Upstream's default output name, written in the working directory."""
+    stamp = (now or datetime.now()).strftime("%Y%m%d_%H%M%S")
+    prompt_part = prompt.replace(" ", "_").replace("/", "_")[:50]
+    suffix = ".png" if task.startswith("t2i") else ".mp4"
+    return f"{task}_{size}_{ulysses_size}_{ring_size}_{prompt_part}_{stamp}{suffix}"

@@ -1,0 +1,356 @@
+"""Wan2.1 checkpoint loading (upstream and diffusers layouts), key mappings and the tiny-checkpoint writer."""
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
+from safetensors.torch import load_file, save_file
+
+from delta_cache.errors import CheckpointError, UserInputError
+from delta_cache.models.wan import keys
+from delta_cache.models.wan.checkpoint import load_wan_components
+from delta_cache.models.wan.tiny import write_tiny_checkpoint
+from delta_cache.models.wan.tiny import build_tiny_modules
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "make_tiny_checkpoint.py"
+NUM_LAYERS = 3
+PROMPT = "A small red cat walking on the beach at night, 4K, slow motion."
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """The modules the tiny writer builds for seed 0 (what every written layout must load back to)."""
+    return build_tiny_modules(num_layers=NUM_LAYERS, seed=0)
+
+
+@pytest.fixture(scope="session")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wan_ckpts")
+    return {
+        "upstream": write_tiny_checkpoint(root / "upstream", layout="upstream", num_layers=NUM_LAYERS),
+        "sharded": write_tiny_checkpoint(root / "sharded", layout="upstream", num_layers=NUM_LAYERS, shards=3),
+        "diffusers": write_tiny_checkpoint(root / "diffusers", layout="diffusers", num_layers=NUM_LAYERS),
+        "diffusers_i2v": write_tiny_checkpoint(root / "diffusers_i2v", layout="diffusers", num_layers=2, i2v=True),
+    }
+
+
+def _copy(ckpt: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(ckpt, tmp_path / "ckpt"))
+
+
+def _transformer_output(transformer) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1)
+    latents = torch.randn(1, 16, 2, 8, 8, generator=gen)
+    text = torch.randn(1, 7, 32, generator=gen)
+    with torch.no_grad():
+        return transformer(latents, timestep=torch.tensor([700]), encoder_hidden_states=text, return_dict=False)[0]
+
+
+def _assert_same_state_dict(module, expected_module):
+    got, expected = module.state_dict(), expected_module.state_dict()
+    assert got.keys() == expected.keys()
+    different = [k for k in expected if not torch.equal(got[k], expected[k])]
+    assert not different, different[:5]
+
+
+# --- key mappings ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("i2v", [False, True])
+def test_transformer_keys_invert_diffusers_converter(i2v):
+    state_dict = build_tiny_modules(num_layers=12, i2v=i2v)["transformer"].state_dict()
+    upstream = keys.transformer_to_upstream(state_dict)
+    # Names of the released Wan2.1 files (upstream-compat.md); upstream norm2 has no weights.
+    expected_names = {"head.modulation", "head.head.weight", "time_projection.1.weight", "text_embedding.2.bias",
+                      "blocks.11.modulation", "blocks.11.norm3.weight", "blocks.10.self_attn.o.weight",
+                      "blocks.0.cross_attn.norm_k.weight", "blocks.0.ffn.2.bias"}
+    if i2v:
+        expected_names |= {"img_emb.proj.4.weight", "blocks.0.cross_attn.k_img.weight", "blocks.0.cross_attn.norm_k_img.weight"}
+    assert expected_names <= upstream.keys()
+    assert not any(".norm2." in k for k in upstream)
+
+    back = convert_wan_transformer_to_diffusers(dict(upstream))
+    assert back.keys() == state_dict.keys()
+    assert all(back[k] is state_dict[k] for k in state_dict)
+
+
+def test_vae_keys_invert_diffusers_converter(reference):
+    state_dict = reference["vae"].state_dict()
+    upstream = keys.vae_to_upstream(state_dict)
+    expected_names = {"conv1.weight", "conv2.bias", "encoder.conv1.weight", "encoder.head.2.weight",
+                      "encoder.downsamples.2.resample.1.weight", "encoder.downsamples.5.time_conv.weight",
+                      "encoder.middle.1.to_qkv.weight", "decoder.middle.2.residual.6.weight",
+                      "decoder.upsamples.3.time_conv.weight", "decoder.upsamples.4.shortcut.weight",
+                      "decoder.upsamples.14.residual.0.gamma", "decoder.head.0.gamma"}
+    assert expected_names <= upstream.keys()
+    assert "encoder.downsamples.2.time_conv.weight" not in upstream  # first level: no temporal downsample
+
+    back = convert_wan_vae_to_diffusers(dict(upstream))
+    assert back.keys() == state_dict.keys()
+    assert all(back[k] is state_dict[k] for k in state_dict)
+
+
+def _t5_output(text_encoder, tokenizer):
+    batch = tokenizer([PROMPT], padding="max_length", max_length=24, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        return text_encoder(batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+
+
+def test_t5_mapping_loads_strict_and_matches_outputs(reference, ckpts, tmp_path):
+    upstream = keys.t5_to_upstream(reference["text_encoder"].state_dict())
+    assert {"token_embedding.weight", "norm.weight", "blocks.1.pos_embedding.embedding.weight",
+            "blocks.0.ffn.gate.0.weight", "blocks.0.ffn.fc1.weight", "blocks.0.attn.o.weight"} <= upstream.keys()
+
+    loaded = load_wan_components(ckpts["upstream"], task="t2v-14B").text_encoder
+    config, ref_config = loaded.config, reference["text_encoder"].config
+    for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets"):
+        assert getattr(config, name) == getattr(ref_config, name), name
+    expected = _t5_output(reference["text_encoder"], reference["tokenizer"])
+    assert torch.equal(_t5_output(loaded, reference["tokenizer"]), expected)
+
+    # Negative control: a file with the gate and fc1 projections swapped must give other outputs.
+    ckpt = _copy(ckpts["upstream"], tmp_path)
+    swapped = torch.load(ckpt / keys.T5_FILE, weights_only=True)
+    swapped["blocks.0.ffn.gate.0.weight"], swapped["blocks.0.ffn.fc1.weight"] = (
+        swapped["blocks.0.ffn.fc1.weight"], swapped["blocks.0.ffn.gate.0.weight"])
+    torch.save(swapped, ckpt / keys.T5_FILE)
+    wrong = load_wan_components(ckpt, task="t2v-14B").text_encoder
+    assert not torch.allclose(_t5_output(wrong, reference["tokenizer"]), expected)
+
+
+def test_t5_block_follows_upstream_semantics(ckpts):
+    """One encoder block computed by hand from the upstream-named tensors, in upstream's formulas:
+    x += o(softmax(q k^T + pos_bias) v) on norm1(x); x += fc2(gelu(gate.0(h)) * fc1(h)) with h = norm2(x)."""
+    upstream = torch.load(ckpts["upstream"] / keys.T5_FILE, weights_only=True)
+    block = load_wan_components(ckpts["upstream"], task="t2v-14B").text_encoder.encoder.block[1]
+    w = {k[len("blocks.1."):]: v for k, v in upstream.items() if k.startswith("blocks.1.")}
+    heads = w["pos_embedding.embedding.weight"].shape[1]
+
+    def rms_norm(x, weight):
+        return weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+    def split_heads(x):
+        return x.view(1, x.shape[1], heads, -1).transpose(1, 2)
+
+    x = torch.randn(1, 6, 32, generator=torch.Generator().manual_seed(2))
+    h = rms_norm(x, w["norm1.weight"])
+    q, k, v = (split_heads(h @ w[f"attn.{n}.weight"].T) for n in "qkv")
+    bias = block.layer[0].SelfAttention.compute_bias(6, 6)  # bucketing is transformers'; its table is pos_embedding
+    attn = torch.softmax(q @ k.transpose(-1, -2) + bias, dim=-1) @ v
+    x_attn = x + attn.transpose(1, 2).reshape(1, 6, -1) @ w["attn.o.weight"].T
+    h = rms_norm(x_attn, w["norm2.weight"])
+    gate = torch.nn.functional.gelu(h @ w["ffn.gate.0.weight"].T, approximate="tanh")
+    expected = x_attn + (gate * (h @ w["ffn.fc1.weight"].T)) @ w["ffn.fc2.weight"].T
+
+    with torch.no_grad():
+        got = block.layer[1](block.layer[0](x)[0])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+# --- layouts ---------------------------------------------------------------------------------------
+
+def test_all_layouts_load_the_same_weights(reference, ckpts):
+    expected_output = _transformer_output(reference["transformer"])
+    expected_ids = reference["tokenizer"](PROMPT).input_ids
+    assert expected_ids[-1] == 1 and 2 not in expected_ids  # eos appended; plain English has no <unk>
+    for name in ("upstream", "sharded", "diffusers"):
+        components = load_wan_components(ckpts[name], task="t2v-14B")
+        assert components.layout == ("diffusers" if name == "diffusers" else "upstream")
+        for part in ("transformer", "vae", "text_encoder"):
+            _assert_same_state_dict(getattr(components, part), reference[part])
+        output = _transformer_output(components.transformer)
+        if name == "diffusers":
+            # from_pretrained keeps the weights in unaligned (mmapped) memory, where the CPU matmul
+            # kernels round differently in the last bit; the weights themselves are equal (above).
+            torch.testing.assert_close(output, expected_output, rtol=1e-6, atol=1e-6)
+        else:
+            assert torch.equal(output, expected_output)
+        assert components.tokenizer(PROMPT).input_ids == expected_ids
+        assert components.image_encoder is None and components.image_processor is None
+
+
+def test_sharded_files_split_the_blocks(ckpts):
+    index = json.loads((ckpts["sharded"] / keys.TRANSFORMER_INDEX_FILE).read_text())
+    shard_names = sorted(set(index["weight_map"].values()))
+    assert shard_names == [keys.shard_file_name(i, 3) for i in (1, 2, 3)]
+    for shard in shard_names:
+        assert set(load_file(ckpts["sharded"] / shard)) == {k for k, f in index["weight_map"].items() if f == shard}
+
+
+def test_seed_changes_weights_and_same_seed_repeats():
+    first, again, other = (build_tiny_modules(num_layers=1, seed=s)["transformer"].state_dict() for s in (0, 0, 1))
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["proj_out.weight"], other["proj_out.weight"])
+
+
+@pytest.mark.parametrize("task", ["t2v-14B", "t2v-1.3B", "t2i-14B"])
+def test_dimensions_come_from_the_files_not_the_task(ckpts, task):
+    for name in ("upstream", "diffusers"):
+        components = load_wan_components(ckpts[name], task=task)
+        config = components.transformer.config
+        assert (config.num_layers, config.num_attention_heads, config.attention_head_dim) == (NUM_LAYERS, 2, 12)
+        assert (config.text_dim, config.ffn_dim, tuple(config.patch_size)) == (32, 32, (1, 2, 2))
+        assert components.vae.config.base_dim == 8
+        assert components.text_encoder.config.d_model == 32
+
+
+def test_dtypes_match_between_layouts(ckpts):
+    upstream = load_wan_components(ckpts["upstream"], task="t2v-14B", dtype=torch.bfloat16)
+    diffusers = load_wan_components(ckpts["diffusers"], task="t2v-14B", dtype=torch.bfloat16)
+    for part in ("transformer", "vae", "text_encoder"):
+        _assert_same_state_dict(getattr(upstream, part), getattr(diffusers, part))
+        dtypes = {k: v.dtype for k, v in getattr(upstream, part).state_dict().items()}
+        assert dtypes == {k: v.dtype for k, v in getattr(diffusers, part).state_dict().items()}
+    assert upstream.transformer.proj_out.weight.dtype == torch.bfloat16
+    assert upstream.transformer.scale_shift_table.dtype == torch.float32  # diffusers keeps it in fp32
+    assert upstream.vae.decoder.conv_in.weight.dtype == torch.float32  # vae_dtype default
+
+
+def test_i2v_diffusers_layout_and_task_checks(ckpts):
+    components = load_wan_components(ckpts["diffusers_i2v"], task="i2v-14B")
+    assert components.image_encoder is not None and components.image_processor is not None
+    assert components.transformer.config.image_dim == components.image_encoder.config.hidden_size
+    with pytest.raises(CheckpointError, match="image-to-video"):
+        load_wan_components(ckpts["diffusers_i2v"], task="t2v-14B")
+    with pytest.raises(CheckpointError, match="image_encoder"):
+        load_wan_components(ckpts["diffusers"], task="i2v-14B")
+    with pytest.raises(CheckpointError, match="upstream layout.*not supported"):
+        load_wan_components(ckpts["upstream"], task="i2v-14B")
+    with pytest.raises(UserInputError, match="unknown Wan task"):
+        load_wan_components(ckpts["upstream"], task="vace-14B")
+
+
+# --- errors ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout, relpath", [
+    ("upstream", "config.json"),
+    ("upstream", "diffusion_pytorch_model.safetensors"),
+    ("sharded", "diffusion_pytorch_model-00002-of-00003.safetensors"),
+    ("sharded", "diffusion_pytorch_model.safetensors.index.json"),
+    ("upstream", "Wan2.1_VAE.pth"),
+    ("upstream", "models_t5_umt5-xxl-enc-bf16.pth"),
+    ("upstream", "google/umt5-xxl"),
+    ("diffusers", "transformer"),
+    ("diffusers", "vae"),
+    ("diffusers", "text_encoder"),
+    ("diffusers", "tokenizer"),
+])
+def test_each_missing_file_has_its_own_error(ckpts, tmp_path, layout, relpath):
+    ckpt = _copy(ckpts[layout], tmp_path)
+    target = ckpt / relpath
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    with pytest.raises(CheckpointError) as err:
+        load_wan_components(ckpt, task="t2v-14B")
+    assert str(target) in str(err.value) and "missing" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def _edit_config(ckpt: Path, **changes):
+    path = ckpt / keys.CONFIG_FILE
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+
+
+def test_malformed_config_json(ckpts, tmp_path):
+    ckpt = _copy(ckpts["upstream"], tmp_path)
+    (ckpt / keys.CONFIG_FILE).write_text('{"dim": 24,')
+    with pytest.raises(CheckpointError, match=r"malformed .*config\.json: not valid JSON"):
+        load_wan_components(ckpt, task="t2v-14B")
+
+    (ckpt / keys.CONFIG_FILE).write_text(json.dumps({"dim": 24, "ffn_dim": 32, "freq_dim": 256, "in_dim": 16,
+                                                     "num_heads": 2, "num_layers": NUM_LAYERS, "out_dim": 16}))
+    load_wan_components(ckpt, task="t2v-14B")  # the optional keys (eps, text_len, model_type) may be absent
+    _edit_config(ckpt, num_heads=None)
+    with pytest.raises(CheckpointError, match=r"config\.json: missing or non-integer num_heads"):
+        load_wan_components(ckpt, task="t2v-14B")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"dim": 48, "num_heads": 4}, "patch_embedding.weight"),
+    ({"ffn_dim": 64}, "ffn_dim=64"),
+    ({"num_layers": 40}, "num_layers=40 but it has 3 blocks"),
+    ({"out_dim": 12}, "head.head.weight"),
+])
+def test_config_json_disagreeing_with_tensors(ckpts, tmp_path, change, message):
+    ckpt = _copy(ckpts["upstream"], tmp_path)
+    _edit_config(ckpt, **change)
+    with pytest.raises(CheckpointError, match=r"config\.json disagrees with .*safetensors.*" + message):
+        load_wan_components(ckpt, task="t2v-14B")
+
+
+def test_wrong_keys_and_unreadable_files(ckpts, tmp_path):
+    ckpt = _copy(ckpts["upstream"], tmp_path)
+    weights = load_file(ckpt / keys.TRANSFORMER_FILE)
+    weights["blocks.0.extra.weight"] = torch.zeros(1)
+    del weights["blocks.1.self_attn.norm_q.weight"]
+    save_file(weights, ckpt / keys.TRANSFORMER_FILE)
+    with pytest.raises(CheckpointError, match=r"missing blocks\.1\.attn1\.norm_q\.weight; unexpected blocks\.0\.extra"):
+        load_wan_components(ckpt, task="t2v-14B")
+
+    ckpt = _copy(ckpts["sharded"], tmp_path / "sharded")
+    shard = ckpt / keys.shard_file_name(2, 3)
+    shard.write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match=f"unreadable {shard}"):
+        load_wan_components(ckpt, task="t2v-14B")
+
+    vae = torch.load(ckpt / keys.VAE_FILE, weights_only=True)
+    vae["decoder.conv1.weight"] = vae["decoder.conv1.weight"][:, :8]
+    torch.save(vae, ckpt / keys.VAE_FILE)
+    shard.unlink()
+    shutil.copy(ckpts["sharded"] / shard.name, shard)
+    with pytest.raises(CheckpointError, match=r"Wan2\.1_VAE\.pth: weights do not match the AutoencoderKLWan .*size mismatch"):
+        load_wan_components(ckpt, task="t2v-14B")
+
+    (ckpt / keys.T5_FILE).write_bytes(b"garbage")
+    (ckpt / keys.VAE_FILE).unlink()
+    shutil.copy(ckpts["sharded"] / keys.VAE_FILE, ckpt / keys.VAE_FILE)
+    with pytest.raises(CheckpointError, match=r"unreadable .*models_t5_umt5-xxl-enc-bf16\.pth"):
+        load_wan_components(ckpt, task="t2v-14B")
+
+
+def test_missing_checkpoint_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint folder not found"):
+        load_wan_components(tmp_path / "nope", task="t2v-14B")
+
+
+# --- writer and CLI --------------------------------------------------------------------------------
+
+def test_writer_rejects_bad_options(tmp_path):
+    for options in ({"layout": "comfy"}, {"shards": 0}, {"shards": 2, "layout": "diffusers"},
+                    {"shards": 5, "num_layers": 3}, {"i2v": True}, {"head_dim": 9}):
+        with pytest.raises(UserInputError, match="tiny Wan checkpoint"):
+            write_tiny_checkpoint(tmp_path / "out", **options)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    with pytest.raises(UserInputError, match="not empty"):
+        write_tiny_checkpoint(tmp_path / "full", num_layers=1)
+
+
+def test_cli_writes_a_loadable_checkpoint(tmp_path):
+    out = tmp_path / "tiny"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--family", "wan", "--out", str(out), "--num_layers", "2",
+                             "--shards", "2", "--seed", "5"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert keys.shard_file_name(2, 2) in result.stdout and keys.VAE_FILE in result.stdout
+    components = load_wan_components(out, task="t2v-1.3B")
+    _assert_same_state_dict(components.transformer, build_tiny_modules(num_layers=2, seed=5)["transformer"])
+
+
+def test_cli_bad_arguments(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("make_tiny_checkpoint", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--family", "nope", "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+    with pytest.raises(UserInputError, match="shards"):
+        script.main(["--family", "wan", "--out", str(tmp_path / "y"), "--shards", "0"])
