@@ -143,3 +143,42 @@ def test_sampler_grids_match_upstream():
     assert float(dpm.sigmas[5]) == pytest.approx(3 * 0.5 / (1 + 2 * 0.5))
     assert tasks.task_defaults("i2v-14B", "832*480") == tasks.TaskDefaults(81, 40, 3.0)
     assert tasks.task_defaults("t2i-14B", "1024*1024") == tasks.TaskDefaults(1, 50, 5.0)
+
+
+def _frames(ckpt, **overrides):
+    components = load_wan_components(ckpt, task=overrides.pop("task", "t2v-14B"))
+    pipe = build_pipeline(components, image_to_video="image" in overrides, solver=overrides.pop("solver", "unipc"),
+                          shift=5.0)
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(prompt="a dog moves up", negative_prompt=tasks.NEGATIVE_PROMPT, width=64, height=48, num_frames=5,
+                  num_inference_steps=4, guidance_scale=5.0, seed=7)
+    kwargs.update(overrides)
+    return generate(pipe, **kwargs).frames
+
+
+def test_upstream_and_diffusers_layouts_give_the_same_video(tmp_path):
+    upstream = write_tiny_checkpoint(tmp_path / "up", num_layers=3, seed=5, shards=2)
+    diffusers_layout = write_tiny_checkpoint(tmp_path / "df", num_layers=3, seed=5, layout="diffusers")
+    for solver in ("unipc", "dpm++"):
+        a = (_frames(upstream, solver=solver) * 255).round()
+        b = (_frames(diffusers_layout, solver=solver) * 255).round()
+        np.testing.assert_array_equal(a, b)
+
+
+def test_i2v_from_a_diffusers_folder(tmp_path):
+    from PIL import Image
+
+    ckpt = write_tiny_checkpoint(tmp_path / "i2v", num_layers=2, layout="diffusers", i2v=True)
+    image = tmp_path / "input.png"
+    Image.fromarray(np.full((96, 128, 3), (200, 30, 30), dtype=np.uint8)).save(image)
+    schedule = tmp_path / "two_blocks.json"
+    schedule.write_text(json.dumps({"format_version": 1, "num_steps": 4, "block_lists": {
+        "blocks": {"num_blocks": 2, "background_blocks": [1], "refresh_steps": [0, 1]}}}))
+    proc = run_cli(["--task", "i2v-14B", "--size", "832*480", "--frame_num", "5", "--ckpt_dir", ckpt, "--image", image,
+                    "--sample_steps", "4", "--save_file", tmp_path / "i2v.mp4", "--cache_schedule", schedule],
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # 4 steps x 2 branches x 2 blocks = 16; block 1 skipped on steps 2 and 3 of both branches
+    assert "computed 12/16 block evaluations" in proc.stdout and (tmp_path / "i2v.mp4").stat().st_size > 0
+    # i2v keeps the image's aspect ratio (4:3) at the area of 832*480
+    assert tasks.i2v_output_size("832*480", 128, 96) == (720, 544)
