@@ -15,6 +15,7 @@ is checked against a model only when it is applied (`check_fits`).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -133,7 +134,12 @@ class Schedule:
                 "num_steps": self.num_steps, "block_lists": lists, "provenance": self.provenance}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+        # one line per list of numbers/ranges: [0, "2-7", 9] rather than one element per line
+        item = r'(?:-?[\d.eE+-]+|"\d+-\d+")'
+        text = re.sub(rf"\[\s*({item}(?:,\s*{item})*)\s*\]",
+                      lambda m: "[" + ", ".join(part.strip() for part in m.group(1).split(",")) + "]", text)
+        Path(path).write_text(text + "\n")
 
     # ---- model fit and accounting --------------------------------------------------------------
     def check_fits(self, block_list_depths: dict[str, int]) -> None:

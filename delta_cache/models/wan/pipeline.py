@@ -75,10 +75,10 @@ def _synchronize(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def generate(pipe, *, prompt: str, negative_prompt: str, width: int, height: int, num_frames: int,
-             num_inference_steps: int, guidance_scale: float, seed: int, image=None,
-             text_encoder_device: torch.device | None = None, max_sequence_length: int = 512) -> Generation:
-    """Encode the prompts, denoise (timed on its own) and decode, exactly as `pipe(...)` would.
+def denoise(pipe, *, prompt: str, negative_prompt: str, width: int, height: int, num_frames: int,
+            num_inference_steps: int, guidance_scale: float, seed: int, image=None,
+            text_encoder_device: torch.device | None = None, max_sequence_length: int = 512) -> tuple[torch.Tensor, float]:
+    """Encode the prompts, then run the denoising loop alone (timed). Returns (latents, seconds).
 
     Prompts are encoded first, on `text_encoder_device` (upstream's --t5_cpu keeps T5 on the CPU), and handed
     to the pipeline as embeddings; the initial noise comes from a CPU generator so a seed gives the same
@@ -100,8 +100,13 @@ def generate(pipe, *, prompt: str, negative_prompt: str, width: int, height: int
         output_type="latent", max_sequence_length=max_sequence_length, **extra,
     ).frames
     _synchronize(device)
-    denoise_seconds = time.perf_counter() - start
-    return Generation(frames=decode(pipe, latents)[0], denoise_seconds=denoise_seconds)
+    return latents, time.perf_counter() - start
+
+
+def generate(pipe, **kwargs) -> Generation:
+    """`denoise` then `decode`: the same frames as `pipe(..., output_type="np")`, plus the denoising time."""
+    latents, seconds = denoise(pipe, **kwargs)
+    return Generation(frames=decode(pipe, latents)[0], denoise_seconds=seconds)
 
 
 @torch.no_grad()
@@ -115,3 +120,10 @@ def decode(pipe, latents: torch.Tensor) -> np.ndarray:
     latents = latents / latents_std + latents_mean
     video = vae.decode(latents, return_dict=False)[0]
     return pipe.video_processor.postprocess_video(video, output_type="np")
+
+
+def token_grid(pipe, *, width: int, height: int, num_frames: int) -> tuple[int, int, int]:
+    """(frames, height, width) of the transformer's video tokens for a run of this size."""
+    _, patch_h, patch_w = pipe.transformer.config.patch_size
+    frames = (num_frames - 1) // pipe.vae_scale_factor_temporal + 1
+    return (frames, height // pipe.vae_scale_factor_spatial // patch_h, width // pipe.vae_scale_factor_spatial // patch_w)

@@ -1,0 +1,96 @@
+"""Foreground masks on the video-token grid (frames, height, width) after VAE and patching.
+
+Sources (pluggable, all weight-free):
+- `motion_mask`: where the predicted clean latent changes between latent frames (moving subjects);
+- `pca_mask`: 2-means clustering of a 3-component PCA of the latent (the paper's PCA image, with
+  clustering instead of SAM2, which needs downloaded weights);
+- `pixel_mask_to_tokens`: ground-truth or user-supplied pixel masks (F, H, W), e.g. from our synthetic data;
+- `load_mask_file`: a user's .npy file, either pixel-level (F, H, W) or token-level.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserInputError
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """The threshold that best separates `values` into two classes (Otsu's method)."""
+    hist, edges = np.histogram(values, bins=bins)
+    centers = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(hist)
+    weight_high = weight_low[-1] - weight_low
+    mean_low = np.cumsum(hist * centers) / np.maximum(weight_low, 1)
+    mean_high = (np.sum(hist * centers) - np.cumsum(hist * centers)) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(centers[int(np.argmax(between))])
+
+
+def _pool_patches(values: np.ndarray, patch: tuple[int, int]) -> np.ndarray:
+    """(F, H, W) -> (F, H/ph, W/pw) by averaging each patch."""
+    f, h, w = values.shape
+    ph, pw = patch
+    return values[:, : h - h % ph, : w - w % pw].reshape(f, h // ph, ph, w // pw, pw).mean(axis=(2, 4))
+
+
+def motion_mask(latents: np.ndarray, patch: tuple[int, int] = (2, 2)) -> np.ndarray:
+    """latents (C, F, H, W) -> bool token mask (F, H/ph, W/pw) of where the content moves."""
+    latents = np.asarray(latents, dtype=np.float32)
+    if latents.shape[1] < 2:
+        raise UserInputError("motion masks need at least 2 latent frames (5 video frames); use --mask_source pca")
+    change = np.abs(np.diff(latents, axis=1)).mean(axis=0)  # (F-1, H, W)
+    change = np.concatenate([change[:1], change], axis=0)  # frame 0 takes frame 1's motion
+    tokens = _pool_patches(change, patch)
+    return tokens > otsu_threshold(tokens)
+
+
+def pca_mask(latents: np.ndarray, patch: tuple[int, int] = (2, 2), iterations: int = 20) -> np.ndarray:
+    """latents (C, F, H, W) -> bool token mask: the smaller of two clusters of the 3-component PCA image."""
+    latents = np.asarray(latents, dtype=np.float32)
+    c, f, h, w = latents.shape
+    pooled = np.stack([_pool_patches(latents[i], patch) for i in range(c)])  # (C, F, h', w')
+    features = pooled.reshape(c, -1).T
+    features = features - features.mean(axis=0)
+    _, _, components = np.linalg.svd(features, full_matrices=False)
+    projected = features @ components[:3].T
+    centers = projected[[np.argmin(projected[:, 0]), np.argmax(projected[:, 0])]]
+    for _ in range(iterations):
+        labels = np.argmin(((projected[:, None] - centers[None]) ** 2).sum(-1), axis=1)
+        centers = np.stack([projected[labels == k].mean(0) if np.any(labels == k) else centers[k] for k in (0, 1)])
+    foreground = int(np.argmin(np.bincount(labels, minlength=2)))
+    return (labels == foreground).reshape(pooled.shape[1:])
+
+
+def pixel_mask_to_tokens(mask: np.ndarray, token_grid: tuple[int, int, int], temporal_stride: int = 4,
+                         min_coverage: float = 0.5) -> np.ndarray:
+    """Pixel mask (F, H, W) -> token mask: a token is foreground when >= min_coverage of its pixels are.
+
+    Latent frame 0 is video frame 0; latent frame k >= 1 covers video frames 4k-3 .. 4k (causal VAE).
+    """
+    mask = np.asarray(mask, dtype=np.float32)
+    frames, height, width = token_grid
+    groups = [mask[:1]] + [mask[1 + temporal_stride * (k - 1): 1 + temporal_stride * k] for k in range(1, frames)]
+    if any(g.shape[0] == 0 for g in groups):
+        raise UserInputError(f"mask has {mask.shape[0]} frames, too few for {frames} latent frames")
+    per_frame = np.stack([g.mean(axis=0) for g in groups])  # (frames, H, W)
+    ph, pw = mask.shape[1] // height, mask.shape[2] // width
+    if ph < 1 or pw < 1:
+        raise UserInputError(f"mask of {mask.shape[1]}x{mask.shape[2]} pixels is smaller than the token grid")
+    return _pool_patches(per_frame, (ph, pw))[:, :height, :width] >= min_coverage
+
+
+def load_mask_file(path: str | Path, token_grid: tuple[int, int, int]) -> np.ndarray:
+    """A user's .npy mask, pixel-level (F, H, W) or already token-level (frames, h, w)."""
+    path = Path(path)
+    try:
+        mask = np.load(path)
+    except (OSError, ValueError) as err:
+        raise UserInputError(f"mask file {path}: cannot read it as a .npy array ({err})") from None
+    if mask.ndim != 3:
+        raise UserInputError(f"mask file {path}: expected a 3-D array (frames, height, width), got shape {mask.shape}")
+    if tuple(mask.shape) == tuple(token_grid):
+        return mask.astype(bool)
+    return pixel_mask_to_tokens(mask, token_grid)

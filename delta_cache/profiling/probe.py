@@ -1,0 +1,204 @@
+"""Recording what each block does during a real (uncached) generation, with bounded memory.
+
+`ProfileProbe` attaches diffusers hooks to every block of the chosen block lists and to the transformer.
+For the profiled branch (default "cond") at every step it records, per block:
+
+- attention saliency: the first `scaled_dot_product_attention` call inside a block is its self-attention
+  (Wan: attn1; HunyuanVideo: the joint image+text attention, image tokens first). For a fixed random
+  subset of video-token queries (`max_queries`) it computes softmax(q k^T * scale) and averages over
+  heads and queries: the attention each video token *receives*. Per frame, the top `high_fraction` of
+  tokens are "high-attention"; only that bit mask is kept (real size: ~15 KB per block and step).
+- residual sketch: the block's residual (output - input, hidden stream) on a fixed subset of tokens,
+  projected to `sketch_dim` random directions. Sums of sketches are sketches of sums, so the residual of
+  any run of blocks, and how much it changes between steps, can be estimated later for any schedule.
+- the transformer output (noise prediction) step-to-step change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks._helpers import TransformerBlockRegistry
+from diffusers.hooks.hooks import BaseState, StateManager
+from torch.overrides import TorchFunctionMode
+
+_ROOT_HOOK = "delta_profile_root"
+_BLOCK_HOOK = "delta_profile_block"
+
+
+@dataclass
+class ProbeSettings:
+    token_grid: tuple[int, int, int]  # (frames, height, width) of the patched video tokens
+    max_queries: int = 256
+    high_fraction: float = 0.25
+    sketch_tokens: int = 256
+    sketch_dim: int = 64
+    branch: str = "cond"
+    seed: int = 0
+
+
+@dataclass
+class ProbeRecord:
+    """Everything recorded for one generation (one prompt)."""
+
+    high_attention: dict[str, list[list[np.ndarray]]] = field(default_factory=dict)  # list -> [step][block] bits
+    sketches: dict[str, list[list[np.ndarray]]] = field(default_factory=dict)  # list -> [step][block] (T, D)
+    output_change: list[float] = field(default_factory=list)  # mean|v_s - v_{s-1}| / mean|v_{s-1}|, s >= 1
+    output_change_abs: list[float] = field(default_factory=list)  # mean|v_s - v_{s-1}|
+
+
+class _CallState(BaseState):
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        pass
+
+
+class _SelfAttentionCapture(TorchFunctionMode):
+    """Inside one block call: turn its first SDPA call into received-attention saliency over video tokens."""
+
+    def __init__(self, probe: "ProfileProbe"):
+        super().__init__()
+        self.probe = probe
+        self.saliency: torch.Tensor | None = None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and self.saliency is None:
+            names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
+            bound = dict(zip(names, args))
+            bound.update(kwargs)
+            self.saliency = self.probe._received_attention(bound["query"], bound["key"], bound.get("attn_mask"),
+                                                           bound.get("scale"))
+        return func(*args, **kwargs)
+
+
+class _ProbeRootHook(ModelHook):
+    _is_stateful = True
+
+    def __init__(self, probe: "ProfileProbe"):
+        super().__init__()
+        self.probe = probe
+        self.state_manager = StateManager(_CallState)
+
+    def new_forward(self, module, *args, **kwargs):
+        context = self.state_manager._context
+        active = context is None or context.name == self.probe.settings.branch
+        self.probe._active = active
+        try:
+            output = self.fn_ref.original_forward(*args, **kwargs)
+        finally:
+            self.probe._active = False
+        if active:
+            self.probe._end_step(output[0] if isinstance(output, (tuple, list)) else output.sample)
+        return output
+
+    def reset_state(self, module):
+        self.state_manager.reset()
+        return module
+
+
+class _ProbeBlockHook(ModelHook):
+    def __init__(self, probe: "ProfileProbe", list_name: str, index: int):
+        super().__init__()
+        self.probe, self.list_name, self.index = probe, list_name, index
+
+    def new_forward(self, module, *args, **kwargs):
+        if not self.probe._active:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        metadata = TransformerBlockRegistry.get(type(module))
+        hidden_in = metadata._get_parameter_from_args_kwargs(metadata.hidden_states_argument_name, args, kwargs)
+        capture = _SelfAttentionCapture(self.probe)
+        with capture:
+            output = self.fn_ref.original_forward(*args, **kwargs)
+        hidden_out = output[metadata.return_hidden_states_index] if isinstance(output, tuple) else output
+        self.probe._record_block(self.list_name, self.index, capture.saliency, hidden_out - hidden_in)
+        return output
+
+
+class ProfileProbe:
+    """Attach to a transformer, run one generation, `detach()`; read `record`."""
+
+    def __init__(self, transformer: torch.nn.Module, block_lists: list[str], settings: ProbeSettings):
+        self.transformer = transformer
+        self.block_lists = block_lists
+        self.settings = settings
+        self.num_video_tokens = int(np.prod(settings.token_grid))
+        generator = torch.Generator().manual_seed(settings.seed)
+        self._queries = torch.randperm(self.num_video_tokens, generator=generator)[: settings.max_queries]
+        self._sketch_tokens = torch.randperm(self.num_video_tokens, generator=generator)[: settings.sketch_tokens]
+        self._projection = None  # (dim, sketch_dim), built on first use with the model's width
+        self._generator = generator
+        self._active = False
+        self._step_blocks: dict[str, list] = {}
+        self._previous_output: torch.Tensor | None = None
+        self.record = ProbeRecord(high_attention={n: [] for n in block_lists}, sketches={n: [] for n in block_lists})
+        self._attach()
+
+    # ---- hooks ---------------------------------------------------------------------------------
+    def _attach(self) -> None:
+        for list_name in self.block_lists:
+            for index, block in enumerate(getattr(self.transformer, list_name)):
+                registry = HookRegistry.check_if_exists_or_initialize(block)
+                registry.register_hook(_ProbeBlockHook(self, list_name, index), _BLOCK_HOOK)
+        root = HookRegistry.check_if_exists_or_initialize(self.transformer)
+        root.register_hook(_ProbeRootHook(self), _ROOT_HOOK)
+        root.invalidate_child_registries_cache()
+
+    def detach(self) -> None:
+        root = HookRegistry.check_if_exists_or_initialize(self.transformer)
+        root.remove_hook(_ROOT_HOOK, recurse=False)
+        root.remove_hook(_BLOCK_HOOK, recurse=True)
+        root.invalidate_child_registries_cache()
+
+    # ---- recording -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _received_attention(self, query, key, attn_mask, scale) -> torch.Tensor:
+        """(video tokens,) attention received from the sampled video-token queries, mean over heads."""
+        queries = query[:, :, self._queries.to(query.device)].float()  # (B, H, Q, D)
+        scale = scale if scale is not None else 1.0 / math.sqrt(query.shape[-1])
+        logits = queries @ key.float().transpose(-1, -2) * scale  # (B, H, Q, K): bounded by max_queries
+        if attn_mask is not None:
+            mask = attn_mask
+            if mask.dim() == 4 and mask.shape[-2] == query.shape[-2]:  # a mask per query row
+                mask = mask[:, :, self._queries.to(mask.device)]
+            logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
+        probs = logits.softmax(dim=-1)
+        return probs.mean(dim=(0, 1, 2))[: self.num_video_tokens].cpu()
+
+    @torch.no_grad()
+    def _record_block(self, list_name: str, index: int, saliency, residual: torch.Tensor) -> None:
+        frames = self.settings.token_grid[0]
+        if saliency is None:  # a block without attention: nothing is high-attention
+            high = np.zeros(self.num_video_tokens, dtype=bool)
+        else:
+            per_frame = saliency.reshape(frames, -1)
+            count = max(1, round(self.settings.high_fraction * per_frame.shape[1]))
+            top = per_frame.topk(count, dim=1).indices
+            high = torch.zeros_like(per_frame, dtype=torch.bool).scatter_(1, top, True).reshape(-1).numpy()
+        if self._projection is None:
+            self._projection = torch.randn(residual.shape[-1], self.settings.sketch_dim,
+                                           generator=self._generator) / math.sqrt(self.settings.sketch_dim)
+        tokens = residual[0, self._sketch_tokens.to(residual.device)].float().cpu()  # first sample of the batch
+        sketch = (tokens @ self._projection).numpy().astype(np.float32)
+        self._step_blocks.setdefault(list_name, []).append((index, np.packbits(high), sketch))
+
+    @torch.no_grad()
+    def _end_step(self, output: torch.Tensor) -> None:
+        for list_name in self.block_lists:
+            entries = sorted(self._step_blocks.get(list_name, []), key=lambda e: e[0])
+            self.record.high_attention[list_name].append([bits for _, bits, _ in entries])
+            self.record.sketches[list_name].append([sketch for _, _, sketch in entries])
+        self._step_blocks = {}
+        output = output.detach().float()
+        if self._previous_output is not None:
+            change = (output - self._previous_output).abs().mean().item()
+            self.record.output_change_abs.append(change)
+            self.record.output_change.append(change / max(self._previous_output.abs().mean().item(), 1e-12))
+        self._previous_output = output

@@ -1,0 +1,144 @@
+"""Profiles: what one generation revealed (`PromptProfile`) and the average over prompts (`Profile`).
+
+The foreground ratio of a block at a step (method.md section 4):
+
+    R = |high-attention tokens inside the foreground mask| / |mask tokens|
+
+computed per latent frame (frames with an empty mask are skipped) and averaged over frames; `Profile`
+averages it over prompts. With the top `high_fraction` of tokens marked high-attention, a block that
+attends uniformly has R close to `high_fraction`; foreground-focused blocks are above it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserInputError
+from ..schedule import Schedule
+from .probe import ProbeRecord
+
+
+@dataclass
+class PromptProfile:
+    prompt: str
+    seed: int
+    token_grid: tuple[int, int, int]
+    mask: np.ndarray  # bool (frames, h, w)
+    foreground_ratio: dict[str, np.ndarray]  # block list -> (steps, blocks)
+    sketches: dict[str, np.ndarray]  # block list -> (steps, blocks, tokens, dims) float16
+    output_change: np.ndarray  # (steps - 1,)
+    output_change_abs: np.ndarray  # (steps - 1,)
+
+    @classmethod
+    def from_record(cls, record: ProbeRecord, mask: np.ndarray, prompt: str, seed: int,
+                    token_grid: tuple[int, int, int]) -> "PromptProfile":
+        mask = np.asarray(mask, dtype=bool).reshape(token_grid)
+        frames_with_mask = [f for f in range(token_grid[0]) if mask[f].any()]
+        if not frames_with_mask:
+            raise UserInputError(f"the foreground mask for prompt {prompt!r} is empty: nothing to profile against")
+        tokens = int(np.prod(token_grid))
+        ratios = {}
+        for list_name, steps in record.high_attention.items():
+            ratio = np.zeros((len(steps), len(steps[0])), dtype=np.float32)
+            for s, blocks in enumerate(steps):
+                for b, bits in enumerate(blocks):
+                    high = np.unpackbits(bits)[:tokens].astype(bool).reshape(token_grid)
+                    per_frame = [(high[f] & mask[f]).sum() / mask[f].sum() for f in frames_with_mask]
+                    ratio[s, b] = float(np.mean(per_frame))
+            ratios[list_name] = ratio
+        sketches = {name: np.asarray(steps, dtype=np.float16) for name, steps in record.sketches.items()}
+        return cls(prompt=prompt, seed=seed, token_grid=tuple(token_grid), mask=mask, foreground_ratio=ratios,
+                   sketches=sketches, output_change=np.asarray(record.output_change, dtype=np.float32),
+                   output_change_abs=np.asarray(record.output_change_abs, dtype=np.float32))
+
+    def save(self, path: str | Path) -> None:
+        arrays = {"mask": self.mask, "output_change": self.output_change, "output_change_abs": self.output_change_abs}
+        for name in self.foreground_ratio:
+            arrays[f"ratio/{name}"] = self.foreground_ratio[name]
+            arrays[f"sketch/{name}"] = self.sketches[name]
+        meta = {"prompt": self.prompt, "seed": self.seed, "token_grid": list(self.token_grid)}
+        path = Path(path)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, meta=json.dumps(meta), **arrays)
+        tmp.replace(path)  # a crash never leaves a half-written profile that --resume would trust
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PromptProfile":
+        with np.load(path) as data:
+            meta = json.loads(str(data["meta"]))
+            ratio = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("ratio/")}
+            sketch = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("sketch/")}
+            return cls(prompt=meta["prompt"], seed=meta["seed"], token_grid=tuple(meta["token_grid"]),
+                       mask=data["mask"], foreground_ratio=ratio, sketches=sketch,
+                       output_change=data["output_change"], output_change_abs=data["output_change_abs"])
+
+
+@dataclass
+class Profile:
+    """The average over prompts, plus what schedule derivation needs."""
+
+    prompts: list[PromptProfile]
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._sums_cache: dict = {}  # the target search evaluates many schedules on the same block sets
+        if not self.prompts:
+            raise UserInputError("no prompt profiles to aggregate")
+
+    @property
+    def block_lists(self) -> list[str]:
+        return list(self.prompts[0].foreground_ratio)
+
+    @property
+    def depths(self) -> dict[str, int]:
+        return {name: ratio.shape[1] for name, ratio in self.prompts[0].foreground_ratio.items()}
+
+    @property
+    def num_steps(self) -> int:
+        return next(iter(self.prompts[0].foreground_ratio.values())).shape[0]
+
+    def foreground_ratio(self, list_name: str) -> np.ndarray:
+        """(steps, blocks), mean over prompts."""
+        return np.mean([p.foreground_ratio[list_name] for p in self.prompts], axis=0)
+
+    def block_foreground_ratio(self, list_name: str) -> np.ndarray:
+        """(blocks,), mean over steps and prompts."""
+        return self.foreground_ratio(list_name).mean(axis=0)
+
+    def output_change(self) -> np.ndarray:
+        return np.mean([p.output_change for p in self.prompts], axis=0)
+
+    def predicted_error(self, schedule: Schedule) -> float:
+        """Relative error of the reused residuals, from the sketches, averaged over reuse steps and prompts.
+
+        At a reuse step s with last refresh r, the cached blocks contribute B[r] instead of B[s], where B is
+        the sum of the background blocks' residuals (deltas add up along the residual stream, so the run
+        structure does not matter for this first-order estimate). Error = |B[s] - B[r]| / |sum of all
+        residuals of the block list at s|.
+        """
+        errors = []
+        for index, prompt in enumerate(self.prompts):
+            for list_name, block_list in schedule.block_lists.items():
+                cached, total_norm = self._background_sums(index, list_name, block_list.background_blocks)
+                steps = len(total_norm)
+                refresh = block_list.refresh_steps_for(steps, schedule.num_steps)
+                last_refresh = np.maximum.accumulate([s if s in refresh else 0 for s in range(steps)])
+                reuse = np.array([s not in refresh for s in range(steps)])
+                if reuse.any():
+                    drift = np.linalg.norm(cached[reuse] - cached[last_refresh[reuse]], axis=1)
+                    errors.extend(drift / np.maximum(total_norm[reuse], 1e-12))
+        return float(np.mean(errors)) if errors else 0.0
+
+    def _background_sums(self, prompt_index: int, list_name: str, background: tuple[int, ...]):
+        """(sum of the background blocks' residual sketches per step (steps, T*D), |sum of all| per step)."""
+        key = (prompt_index, list_name, tuple(background))
+        if key not in self._sums_cache:
+            sketch = self.prompts[prompt_index].sketches[list_name].astype(np.float32)
+            flat = sketch.reshape(sketch.shape[0], sketch.shape[1], -1)  # (steps, blocks, T*D)
+            cached = flat[:, list(background)].sum(axis=1)
+            self._sums_cache[key] = (cached, np.linalg.norm(flat.sum(axis=1), axis=1))
+        return self._sums_cache[key]

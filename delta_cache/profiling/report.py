@@ -1,0 +1,104 @@
+"""Figures and a markdown summary of a profile and the schedule derived from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..schedule import Schedule, compress_ranges
+from .profile import Profile
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_foreground_ratio(profile: Profile, path: Path) -> None:
+    """Heatmap of R over blocks x steps, one panel per block list (the paper's Fig. 2)."""
+    plt = _pyplot()
+    lists = profile.block_lists
+    fig, axes = plt.subplots(1, len(lists), figsize=(6 * len(lists), 4.5), squeeze=False)
+    for ax, list_name in zip(axes[0], lists):
+        ratio = profile.foreground_ratio(list_name).T  # (blocks, steps)
+        image = ax.imshow(ratio, aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=1)
+        ax.set(title=f"foreground ratio R: {list_name}", xlabel="step", ylabel="block")
+        fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_step_change(profile: Profile, warmup: int, path: Path) -> None:
+    """Relative change of the noise prediction between consecutive steps (the paper's Fig. 4)."""
+    plt = _pyplot()
+    change = profile.output_change()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(np.arange(1, len(change) + 1), change, marker="o", markersize=3)
+    ax.axvspan(0, warmup - 0.5, color="orange", alpha=0.2, label=f"warm-up ({warmup} steps)")
+    ax.set(xlabel="step", ylabel="mean |v_s - v_(s-1)| / mean |v_(s-1)|", title="noise-prediction step change",
+           yscale="log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_schedule(schedule: Schedule, depths: dict[str, int], path: Path) -> None:
+    """Blocks x steps grid: computed (dark) or reused (light)."""
+    plt = _pyplot()
+    lists = list(depths)
+    fig, axes = plt.subplots(1, len(lists), figsize=(6 * len(lists), 4.5), squeeze=False)
+    for ax, list_name in zip(axes[0], lists):
+        grid = np.ones((depths[list_name], schedule.num_steps))
+        block_list = schedule.block_lists.get(list_name)
+        if block_list is not None:
+            reuse_steps = [s for s in range(schedule.num_steps) if s not in block_list.refresh_steps]
+            for b in block_list.background_blocks:
+                grid[b, reuse_steps] = 0
+        ax.imshow(grid, aspect="auto", origin="lower", cmap="Blues", vmin=-0.3, vmax=1)
+        ax.set(title=f"{schedule.name}: {list_name} (dark = computed)", xlabel="step", ylabel="block")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(profile: Profile, schedule: Schedule, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    warmup = int(schedule.provenance.get("warmup_steps", 1))
+    paths = [out_dir / "foreground_ratio.png", out_dir / "step_change.png", out_dir / "schedule.png",
+             out_dir / "summary.md"]
+    plot_foreground_ratio(profile, paths[0])
+    plot_step_change(profile, warmup, paths[1])
+    plot_schedule(schedule, profile.depths, paths[2])
+    computed, total = schedule.predicted_block_evals(profile.depths, profile.num_steps)
+    lines = [
+        f"# Profile and schedule `{schedule.name}`", "",
+        f"- prompts: {len(profile.prompts)}; steps: {profile.num_steps}; token grid (frames, h, w): "
+        f"{profile.prompts[0].token_grid}",
+        f"- block evaluations per branch: {computed}/{total} (ideal speedup {total / computed:.2f}x); "
+        f"predicted residual error {profile.predicted_error(schedule):.4f}",
+        f"- warm-up: {warmup} steps; provenance: `{schedule.provenance}`", "",
+        "| block list | background blocks | refresh steps | mean R of background | mean R of the others |",
+        "|---|---|---|---|---|",
+    ]
+    for list_name, block_list in schedule.block_lists.items():
+        ratio = profile.block_foreground_ratio(list_name)
+        background = list(block_list.background_blocks)
+        others = [b for b in range(len(ratio)) if b not in block_list.background_blocks]
+        mean = lambda idx: f"{ratio[idx].mean():.3f}" if idx else "-"  # noqa: E731
+        lines.append(f"| {list_name} | {compress_ranges(background)} | {compress_ranges(block_list.refresh_steps)} "
+                     f"| {mean(background)} | {mean(others)} |")
+    lines += ["", "Per-block foreground ratio R (mean over steps and prompts):", ""]
+    for list_name in profile.block_lists:
+        values = ", ".join(f"{b}:{r:.2f}" for b, r in enumerate(profile.block_foreground_ratio(list_name)))
+        lines.append(f"- {list_name}: {values}")
+    lines += ["", "Figures: `foreground_ratio.png` (R over blocks x steps), `step_change.png` (noise-prediction "
+              "change per step), `schedule.png` (computed/reused grid).", ""]
+    paths[3].write_text("\n".join(lines))
+    return paths

@@ -1,0 +1,82 @@
+"""Profile a model over prompts: one uncached generation per prompt with a `ProfileProbe` attached.
+
+Model families plug in through two callables: `denoise(prompt, seed) -> latents (B, C, F, H, W)` (a real
+generation, the transformer called inside its pipeline) and the token grid of the run. Each prompt's
+profile is written as soon as it is done, so a long real-size run can be resumed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import UserInputError
+from . import masks
+from .probe import ProbeSettings, ProfileProbe
+from .profile import Profile, PromptProfile
+
+MASK_SOURCES = ("motion", "pca", "files", "ground_truth")
+
+
+@dataclass
+class ProfileRequest:
+    prompts: list[tuple[str, int]]  # (prompt, seed)
+    block_lists: list[str]
+    token_grid: tuple[int, int, int]
+    patch: tuple[int, int] = (2, 2)
+    mask_source: str = "motion"
+    mask_files: list[Path] | None = None  # one per prompt, for mask_source "files"
+    ground_truth_masks: list[np.ndarray] | None = None  # pixel masks (F, H, W), for "ground_truth"
+    max_queries: int = 256
+    high_fraction: float = 0.25
+    sketch_tokens: int = 128
+    sketch_dim: int = 32
+
+
+def foreground_mask(request: ProfileRequest, index: int, latents: torch.Tensor) -> np.ndarray:
+    if request.mask_source == "motion":
+        return masks.motion_mask(latents[0].float().cpu().numpy(), request.patch)
+    if request.mask_source == "pca":
+        return masks.pca_mask(latents[0].float().cpu().numpy(), request.patch)
+    if request.mask_source == "files":
+        return masks.load_mask_file(request.mask_files[index], request.token_grid)
+    if request.mask_source == "ground_truth":
+        return masks.pixel_mask_to_tokens(request.ground_truth_masks[index], request.token_grid)
+    raise UserInputError(f"unknown mask source {request.mask_source!r}; choose from {', '.join(MASK_SOURCES)}")
+
+
+def run_profile(transformer: torch.nn.Module, denoise: Callable[[str, int], torch.Tensor], request: ProfileRequest,
+                out_dir: Path | None = None, resume: bool = False, provenance: dict | None = None) -> Profile:
+    """Profile every prompt (skipping those already saved in `out_dir` when `resume`)."""
+    if request.mask_source == "files" and len(request.mask_files or []) != len(request.prompts):
+        raise UserInputError("--mask_source files needs one mask file per prompt (--mask_dir with 000.npy, 001.npy, ...)")
+    profiles = []
+    folder = None if out_dir is None else Path(out_dir) / "profiles"
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    for index, (prompt, seed) in enumerate(tqdm(request.prompts, desc="profiling prompts")):
+        path = None if folder is None else folder / f"{index:03d}.npz"
+        if resume and path is not None and path.exists():
+            saved = PromptProfile.load(path)
+            if saved.prompt == prompt and saved.seed == seed:
+                profiles.append(saved)
+                continue
+        settings = ProbeSettings(token_grid=request.token_grid, max_queries=request.max_queries,
+                                 high_fraction=request.high_fraction, sketch_tokens=request.sketch_tokens,
+                                 sketch_dim=request.sketch_dim, seed=index)
+        probe = ProfileProbe(transformer, request.block_lists, settings)
+        try:
+            latents = denoise(prompt, seed)
+        finally:
+            probe.detach()
+        profile = PromptProfile.from_record(probe.record, foreground_mask(request, index, latents), prompt, seed,
+                                            request.token_grid)
+        if path is not None:
+            profile.save(path)
+        profiles.append(profile)
+    return Profile(prompts=profiles, provenance=dict(provenance or {}))

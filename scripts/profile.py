@@ -1,0 +1,159 @@
+"""Profile a model and derive a delta-cache schedule from what it reveals.
+
+Runs one uncached generation per prompt through the same loader and pipeline as the front end, records
+per step and block which video tokens receive the most self-attention (sampled queries, bounded memory)
+and how each block's residual changes between steps, measures the foreground ratio R of every block
+against a foreground mask, and writes a schedule JSON plus figures and a summary:
+
+    python scripts/profile.py --family wan --task t2v-14B --ckpt_dir ./Wan2.1-T2V-14B --size 832*480 \
+        --frame_num 81 --prompts prompts.txt --target_speedup 2.0 --out profiles/wan14b
+    python Wan2.1/generate.py ... --cache_schedule profiles/wan14b/schedule.json
+
+See docs/profiling.md for the method, the options and what to expect at real size.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This file's name shadows the standard library's `profile` (imported by cProfile): keep its folder off
+# the import path, and put the repository root on it instead.
+_SCRIPTS = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _SCRIPTS]
+sys.path.insert(0, str(_SCRIPTS.parent))
+
+from delta_cache.cli import OneLineArgumentParser, run_cli, set_offline  # noqa: E402
+from delta_cache.errors import UserInputError  # noqa: E402
+
+
+def build_parser() -> OneLineArgumentParser:
+    p = OneLineArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--family", choices=["wan"], default="wan", help="model family (HunyuanVideo: coming)")
+    model = p.add_argument_group("model and run (as in Wan2.1/generate.py)")
+    model.add_argument("--task", default="t2v-14B", choices=["t2v-14B", "t2v-1.3B", "t2i-14B"])
+    model.add_argument("--ckpt_dir", required=True)
+    model.add_argument("--size", default="832*480", help="WIDTH*HEIGHT, multiples of 16 (any size may be profiled)")
+    model.add_argument("--frame_num", type=int, default=81)
+    model.add_argument("--sample_steps", type=int, default=50)
+    model.add_argument("--sample_shift", type=float, default=5.0)
+    model.add_argument("--sample_guide_scale", type=float, default=5.0)
+    model.add_argument("--sample_solver", default="unipc", choices=["unipc", "dpm++"])
+    prompts = p.add_argument_group("prompts")
+    prompts.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    prompts.add_argument("--prompts", type=Path, help="a text file with one prompt per line")
+    prompts.add_argument("--seeds", type=int, nargs="+", default=[42], help="seeds; every prompt runs with each")
+    probe = p.add_argument_group("probe")
+    probe.add_argument("--mask_source", default="motion", choices=["motion", "pca", "files"],
+                       help="foreground masks: motion of the predicted latent, PCA clustering, or .npy files")
+    probe.add_argument("--mask_dir", type=Path, help="for --mask_source files: 000.npy, 001.npy, ... per prompt run")
+    probe.add_argument("--max_queries", type=int, default=256, help="sampled queries per attention map")
+    probe.add_argument("--high_fraction", type=float, default=0.25,
+                       help="per frame, this top fraction of tokens by received attention is high-attention")
+    derive = p.add_argument_group("schedule derivation")
+    derive.add_argument("--tau", type=float, default=None, help="cache blocks with R < tau (default: --target_speedup)")
+    derive.add_argument("--target_speedup", type=float, default=None,
+                        help="pick tau and refresh intervals for this block-evaluation speedup (default 2.0)")
+    derive.add_argument("--t_max", type=int, default=6, help="first refresh interval after the warm-up (with --tau)")
+    derive.add_argument("--t_min", type=int, default=2, help="last refresh interval (with --tau)")
+    derive.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: from the step-change curve)")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", type=Path, required=True, help="folder for schedule.json, figures, summary, profiles/")
+    out.add_argument("--name", default=None, help="schedule name (default: profiled-<task>)")
+    out.add_argument("--resume", action="store_true", help="reuse prompt profiles already in --out/profiles")
+    return p
+
+
+def read_prompts(args) -> list[tuple[str, int]]:
+    texts = list(args.prompt)
+    if args.prompts is not None:
+        if not args.prompts.is_file():
+            raise UserInputError(f"--prompts {args.prompts}: no such file")
+        texts += [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
+    if not texts:
+        raise UserInputError("give at least one --prompt or a --prompts file")
+    return [(text, seed) for text in texts for seed in args.seeds]
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in size.split("*"))
+    except ValueError:
+        raise UserInputError(f"--size must be WIDTH*HEIGHT, got {size!r}") from None
+    if width % 16 or height % 16 or width <= 0 or height <= 0:
+        raise UserInputError(f"--size {size}: width and height must be positive multiples of 16")
+    return width, height
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    width, height = parse_size(args.size)
+    prompts = read_prompts(args)
+    if args.frame_num < 1 or (args.frame_num - 1) % 4:
+        raise UserInputError(f"--frame_num must be 4n+1, got {args.frame_num}")
+    if args.tau is not None and args.target_speedup is not None:
+        raise UserInputError("give --tau or --target_speedup, not both")
+    if not 0 < args.high_fraction < 1:
+        raise UserInputError(f"--high_fraction must be between 0 and 1, got {args.high_fraction}")
+    mask_files = None
+    if args.mask_source == "files":
+        if args.mask_dir is None:
+            raise UserInputError("--mask_source files needs --mask_dir")
+        mask_files = [args.mask_dir / f"{i:03d}.npy" for i in range(len(prompts))]
+        missing = [str(f) for f in mask_files if not f.is_file()]
+        if missing:
+            raise UserInputError(f"mask file missing: {missing[0]}")
+    set_offline()
+
+    import torch
+
+    from delta_cache.models.wan import tasks
+    from delta_cache.models.wan.checkpoint import load_wan_components
+    from delta_cache.models.wan.pipeline import build_pipeline, denoise, token_grid
+    from delta_cache.profiling.derive import DerivationParams, derive_for_target, derive_schedule
+    from delta_cache.profiling.report import write_report
+    from delta_cache.profiling.runner import ProfileRequest, run_profile
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    components = load_wan_components(args.ckpt_dir, task=args.task, dtype=dtype)
+    pipe = build_pipeline(components, image_to_video=False, solver=args.sample_solver, shift=args.sample_shift)
+    if device.type == "cuda":
+        pipe.enable_model_cpu_offload(device=device)
+    pipe.set_progress_bar_config(leave=False)
+    request = ProfileRequest(
+        prompts=prompts, block_lists=["blocks"], mask_source=args.mask_source, mask_files=mask_files,
+        token_grid=token_grid(pipe, width=width, height=height, num_frames=args.frame_num),
+        patch=tuple(components.transformer.config.patch_size[1:]), max_queries=args.max_queries,
+        high_fraction=args.high_fraction,
+    )
+
+    def run(prompt: str, seed: int):
+        latents, _ = denoise(pipe, prompt=prompt, negative_prompt=tasks.negative_prompt(args.task), width=width,
+                             height=height, num_frames=args.frame_num, num_inference_steps=args.sample_steps,
+                             guidance_scale=args.sample_guide_scale, seed=seed)
+        return latents
+
+    provenance = {"model": f"Wan2.1 {args.task}", "ckpt_dir": str(args.ckpt_dir), "size": args.size,
+                  "frame_num": args.frame_num, "sample_steps": args.sample_steps, "sample_shift": args.sample_shift,
+                  "prompts": [p for p, _ in prompts], "seeds": args.seeds, "mask_source": args.mask_source,
+                  "max_queries": args.max_queries, "high_fraction": args.high_fraction}
+    profile = run_profile(components.transformer, run, request, out_dir=args.out, resume=args.resume,
+                          provenance=provenance)
+    name = args.name or f"profiled-{args.task.lower()}"
+    if args.tau is not None:
+        schedule = derive_schedule(profile, DerivationParams(tau=args.tau, t_max=args.t_max, t_min=args.t_min,
+                                                             warmup=args.warmup), name=name)
+    else:
+        schedule = derive_for_target(profile, args.target_speedup or 2.0, warmup=args.warmup, name=name)
+    schedule_path = args.out / "schedule.json"
+    schedule.save(schedule_path)
+    write_report(profile, schedule, args.out)
+    computed, total = schedule.provenance["predicted_block_evals"]
+    print(f"wrote {schedule_path}: {computed}/{total} block evaluations per branch "
+          f"(ideal {total / computed:.2f}x), predicted residual error {schedule.provenance['predicted_error']:.4f}; "
+          f"figures and summary.md in {args.out}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

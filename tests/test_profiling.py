@@ -1,0 +1,165 @@
+"""The profiling tool: attention saliency, masks, foreground ratio, schedule derivation, CLI end to end."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import delta_cache as dc
+import tiny_wan
+from delta_cache.models.wan.pipeline import make_scheduler, token_grid
+from delta_cache.profiling import masks
+from delta_cache.profiling.derive import (
+    DerivationParams,
+    derive_for_target,
+    derive_schedule,
+    refresh_steps_eq15,
+    warmup_from_curve,
+)
+from delta_cache.profiling.probe import ProbeRecord, ProbeSettings, ProfileProbe
+from delta_cache.profiling.profile import Profile, PromptProfile
+from delta_cache.profiling.runner import ProfileRequest, run_profile
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_received_attention_equals_sdpa_probabilities():
+    # SDPA with V = identity returns the attention probabilities: an independent oracle.
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 3, 24, 8), torch.randn(1, 3, 30, 8)  # 24 video tokens, 6 text tokens last
+    mask = torch.ones(1, 1, 1, 30, dtype=torch.bool)
+    mask[..., -2:] = False  # padded text tokens
+    probe = ProfileProbe.__new__(ProfileProbe)
+    probe.num_video_tokens, probe._queries = 24, torch.arange(24)
+    saliency = probe._received_attention(q, k, mask, None)
+    probabilities = F.scaled_dot_product_attention(q, k, torch.eye(30).expand(1, 3, 30, 30), attn_mask=mask)
+    torch.testing.assert_close(saliency, probabilities.mean(dim=(0, 1, 2))[:24])
+
+
+def test_otsu_and_masks():
+    values = np.concatenate([np.full(90, 0.1), np.full(10, 0.9)])
+    assert 0.1 < masks.otsu_threshold(values) < 0.9
+    latents = np.zeros((4, 3, 8, 8), dtype=np.float32)
+    for f in range(3):  # a 2x2-token blob moving right by one token per latent frame
+        latents[:, f, 2:6, 2 * f: 2 * f + 4] = 1.0
+    motion = masks.motion_mask(latents)
+    assert motion.shape == (3, 4, 4) and motion[1, 1:3].any() and not motion[:, 3].any()
+    pixels = np.zeros((9, 32, 32), dtype=bool)
+    pixels[:, :16, :16] = True  # top-left quarter, all frames
+    tokens = masks.pixel_mask_to_tokens(pixels, (3, 2, 2))
+    assert tokens.tolist() == [[[True, False], [False, False]]] * 3
+
+
+def test_foreground_ratio_counts_high_attention_tokens_inside_the_mask():
+    grid = (1, 2, 2)
+    record = ProbeRecord(high_attention={"blocks": [[np.packbits([1, 0, 0, 1]), np.packbits([0, 1, 1, 0])]]},
+                         sketches={"blocks": [[np.zeros((2, 2)), np.zeros((2, 2))]]})
+    mask = np.array([[[True, False], [False, True]]])
+    profile = PromptProfile.from_record(record, mask, "p", 0, grid)
+    assert profile.foreground_ratio["blocks"].tolist() == [[1.0, 0.0]]
+    with pytest.raises(dc.UserInputError, match="mask .* is empty"):
+        PromptProfile.from_record(record, np.zeros(grid, dtype=bool), "p", 0, grid)
+
+
+def test_refresh_generator_and_warmup():
+    assert refresh_steps_eq15(50, 7, 6, 6) == list(dc.load_schedule("wan2.1-t2v-14b").block_lists["blocks"].refresh_steps)
+    steps = refresh_steps_eq15(50, 7, 12, 2)
+    intervals = np.diff(steps[6:])
+    assert steps[:7] == list(range(7)) and intervals[0] == 12 and all(np.diff(intervals) <= 0)
+    # HunyuanVideo's curve from the paper: large for the first steps, then flat
+    curve = np.array([0.47, 0.31, 0.19, 0.11, 0.06, 0.03, 0.012, 0.01, 0.011, 0.01, 0.009, 0.01, 0.02, 0.05, 0.1])
+    # median 0.03 -> threshold 0.06: change[4] (step 4 -> 5) is the first at or below it: steps 0-4 warm up
+    assert warmup_from_curve(curve) == 5
+    assert warmup_from_curve(curve, settle_factor=1.0) == 6
+
+
+def _synthetic_profile(num_steps=12, depth=6, prompts=2):
+    rng = np.random.default_rng(0)
+    profiles = []
+    for p in range(prompts):
+        ratio = np.tile(np.array([0.1, 0.6, 0.2, 0.7, 0.15, 0.3], dtype=np.float32), (num_steps, 1))
+        drift = np.cumsum(rng.normal(size=(num_steps, depth, 4, 3)), axis=0).astype(np.float16)
+        change = np.linspace(0.5, 0.01, num_steps - 1).astype(np.float32)
+        profiles.append(PromptProfile(prompt=f"p{p}", seed=p, token_grid=(1, 2, 2), mask=np.ones((1, 2, 2), bool),
+                                      foreground_ratio={"blocks": ratio}, sketches={"blocks": drift},
+                                      output_change=change, output_change_abs=change))
+    return Profile(prompts=profiles)
+
+
+def test_derivation_by_tau_and_by_target():
+    profile = _synthetic_profile()
+    schedule = derive_schedule(profile, DerivationParams(tau=0.25, t_max=3, t_min=1, warmup=2))
+    assert schedule.block_lists["blocks"].background_blocks == (0, 2, 4)
+    assert schedule.block_lists["blocks"].refresh_steps[:2] == (0, 1)
+    # predicted error: zero when every step refreshes, larger with longer reuse
+    everything = derive_schedule(profile, DerivationParams(tau=0.25, t_max=1, t_min=1, warmup=1))
+    assert everything.provenance["predicted_error"] == 0.0
+    sparse = derive_schedule(profile, DerivationParams(tau=0.25, t_max=6, t_min=6, warmup=1))
+    assert sparse.provenance["predicted_error"] > schedule.provenance["predicted_error"] > 0
+    target = derive_for_target(profile, 1.5, warmup=2)
+    computed, total = target.provenance["predicted_block_evals"]
+    assert abs(computed - total / 1.5) <= 0.05 * total / 1.5
+    with pytest.raises(dc.UserInputError, match="no schedule reaches"):
+        derive_for_target(profile, 50.0)
+
+
+def test_profiling_a_real_pipeline_is_deterministic_and_bounded(tmp_path):
+    pipe = tiny_wan.tiny_wan_pipeline(num_layers=4)
+    pipe.scheduler = make_scheduler("unipc", 5.0)
+    pipe.set_progress_bar_config(disable=True)
+    grid = token_grid(pipe, width=32, height=32, num_frames=9)
+
+    def denoise(prompt, seed):
+        return pipe(
+            prompt=prompt, negative_prompt="", height=32, width=32, num_frames=9, num_inference_steps=6,
+            guidance_scale=5.0, generator=torch.Generator().manual_seed(seed), output_type="latent",
+            max_sequence_length=16).frames
+
+    request = ProfileRequest(prompts=[("a red square moves left", 1)], block_lists=["blocks"], token_grid=grid,
+                             max_queries=8)
+    first = run_profile(pipe.transformer, denoise, request, out_dir=tmp_path)
+    second = run_profile(pipe.transformer, denoise, request)
+    ratio = first.foreground_ratio("blocks")
+    assert ratio.shape == (6, 4) and np.array_equal(ratio, second.foreground_ratio("blocks"))
+    assert len(first.output_change()) == 5
+    assert first.prompts[0].sketches["blocks"].shape == (6, 4, min(128, int(np.prod(grid))), 32)  # bounded
+    # the probe removed itself: the model is plain again, and a saved profile loads back
+    assert not hasattr(pipe.transformer.blocks[0], "_diffusers_hook") or \
+        "delta_profile_block" not in pipe.transformer.blocks[0]._diffusers_hook.hooks
+    loaded = PromptProfile.load(tmp_path / "profiles" / "000.npz")
+    assert np.array_equal(loaded.foreground_ratio["blocks"], ratio)
+
+
+def test_profile_cli_writes_a_schedule_that_generate_uses(tmp_path):
+    from delta_cache.models.wan.tiny import write_tiny_checkpoint
+
+    ckpt = write_tiny_checkpoint(tmp_path / "ckpt", num_layers=6)
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
+    out = tmp_path / "profile"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "profile.py"), "--ckpt_dir", str(ckpt),
+                           "--size", "32*32", "--frame_num", "9", "--sample_steps", "10", "--prompt", "a red square",
+                           "--target_speedup", "1.3", "--max_queries", "16", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("schedule.json", "foreground_ratio.png", "step_change.png", "schedule.png", "summary.md"):
+        assert (out / name).stat().st_size > 0
+    schedule = dc.load_schedule(out / "schedule.json")
+    assert schedule.num_steps == 10 and schedule.provenance["prompts"] == ["a red square"]
+    proc = subprocess.run([sys.executable, str(REPO / "Wan2.1" / "generate.py"), "--size", "832*480",
+                           "--frame_num", "1", "--ckpt_dir", str(ckpt), "--sample_steps", "10",
+                           "--cache_schedule", str(out / "schedule.json"), "--save_file", str(tmp_path / "v.mp4")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    computed, total = schedule.provenance["predicted_block_evals"]
+    assert f"cond {computed}/{total}" in proc.stdout
+    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "profile.py"), "--ckpt_dir", str(ckpt),
+                          "--size", "30*30", "--prompt", "x", "--out", str(tmp_path / "bad")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "multiples of 16" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad").exists()
+    json.loads((out / "schedule.json").read_text())
