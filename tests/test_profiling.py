@@ -28,7 +28,9 @@ from delta_cache.profiling.runner import ProfileRequest, run_profile
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_received_attention_equals_sdpa_probabilities():
+@pytest.mark.parametrize("max_logits", [2**27, 24 * 30])  # all heads at once, or one head at a time
+def test_received_attention_equals_sdpa_probabilities(monkeypatch, max_logits):
+    monkeypatch.setattr("delta_cache.profiling.probe.MAX_LOGITS", max_logits)
     # SDPA with V = identity returns the attention probabilities: an independent oracle.
     torch.manual_seed(0)
     q, k = torch.randn(1, 3, 24, 8), torch.randn(1, 3, 30, 8)  # 24 video tokens, 6 text tokens last

@@ -29,6 +29,7 @@ from torch.overrides import TorchFunctionMode
 
 _ROOT_HOOK = "delta_profile_root"
 _BLOCK_HOOK = "delta_profile_block"
+MAX_LOGITS = 2**27  # 0.5 GB of fp32 sampled attention logits at a time
 
 
 @dataclass
@@ -161,16 +162,23 @@ class ProfileProbe:
     @torch.no_grad()
     def _received_attention(self, query, key, attn_mask, scale) -> torch.Tensor:
         """(video tokens,) attention received from the sampled video-token queries, mean over heads."""
-        queries = query[:, :, self._queries.to(query.device)].float()  # (B, H, Q, D)
+        queries = query[:, :, self._queries.to(query.device)]  # (B, H, Q, D)
         scale = scale if scale is not None else 1.0 / math.sqrt(query.shape[-1])
-        logits = queries @ key.float().transpose(-1, -2) * scale  # (B, H, Q, K): bounded by max_queries
-        if attn_mask is not None:
-            mask = attn_mask
-            if mask.dim() == 4 and mask.shape[-2] == query.shape[-2]:  # a mask per query row
-                mask = mask[:, :, self._queries.to(mask.device)]
-            logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
-        probs = logits.softmax(dim=-1)
-        return probs.mean(dim=(0, 1, 2))[: self.num_video_tokens].cpu()
+        mask = attn_mask
+        if mask is not None and mask.dim() == 4 and mask.shape[-2] == query.shape[-2]:  # a mask per query row
+            mask = mask[:, :, self._queries.to(mask.device)]
+        batch, heads, num_queries, _ = queries.shape
+        # A few heads at a time keeps the sampled logits under MAX_LOGITS elements at any size.
+        chunk = max(1, MAX_LOGITS // max(1, batch * num_queries * key.shape[-2]))
+        received = torch.zeros(key.shape[-2], device=query.device, dtype=torch.float32)
+        for first in range(0, heads, chunk):
+            heads_slice = slice(first, first + chunk)
+            logits = queries[:, heads_slice].float() @ key[:, heads_slice].float().transpose(-1, -2) * scale
+            if mask is not None:
+                m = mask[:, heads_slice] if mask.shape[1] == heads else mask
+                logits = logits.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else logits + m
+            received += logits.softmax(dim=-1).sum(dim=(0, 1, 2))
+        return (received / (batch * heads * num_queries))[: self.num_video_tokens].cpu()
 
     @torch.no_grad()
     def _record_block(self, list_name: str, index: int, saliency, residual: torch.Tensor) -> None:
