@@ -36,11 +36,19 @@ def save_video(frames, path: str | os.PathLike, fps: int) -> Path:
                 writer.append_data(frame)
         finally:
             writer.close()
-        os.replace(tmp, path)
+        _publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _publish(tmp: str, path: Path) -> None:
+    """Give the finished temp file ordinary permissions (mkstemp makes it 0600) and move it into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
 
 
 def save_image(frame, path: str | os.PathLike) -> Path:
@@ -54,7 +62,7 @@ def save_image(frame, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         imageio.imwrite(tmp, frame, format="png")
-        os.replace(tmp, path)
+        _publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -65,4 +73,8 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
     """Decode an mp4 into uint8 (F, H, W, C) frames."""
     import imageio.v2 as imageio
 
-    return np.stack(list(imageio.get_reader(str(path), format="ffmpeg")))
+    reader = imageio.get_reader(str(path), format="ffmpeg")
+    try:  # iterate: the ffmpeg reader reports an unknown (infinite) length, so list() would fail
+        return np.stack([frame for frame in reader])
+    finally:
+        reader.close()

@@ -1,12 +1,22 @@
 """Measured vs ideal speedup of the delta cache, in one run (prints, never asserts).
 
-For each token count, a random-weight Wan transformer (real diffusers class, 40 blocks by default so the
-paper preset applies) runs a CFG denoising loop (cond + uncond call per step, each in its diffusers
-`cache_context`, as WanPipeline does) without and with the cache. Latency does not depend on weight
-values, so random weights measure the real code path. The ratio measured/ideal shows the hooks' overhead.
+For each token count, a random-weight transformer (real diffusers class, at the depth the paper preset
+needs) runs a denoising loop without and with the cache, calling the transformer as the diffusers
+pipeline does:
+
+- `--family wan` (default): WanTransformer3DModel, 40 blocks; a CFG loop (cond + uncond call per step,
+  each in its `cache_context` with the step index, as WanPipeline does); preset wan2.1-t2v-14b.
+- `--family hunyuan_video`: HunyuanVideoTransformer3DModel, 20 double + 40 single blocks; one call per step
+  in `cache_context("cond")` with no step index (embedded guidance, as HunyuanVideoPipeline does), so the
+  cache is told the step count; preset hunyuanvideo-720p.
+
+Latency does not depend on weight values, so random weights measure the real code path. The ratio
+measured/ideal shows the hooks' overhead.
 
     python scripts/bench_cache.py                      # CPU: 256, 1024, 4096 tokens
     python scripts/bench_cache.py --device cuda --dim 1536 --heads 12 --ffn 8960 --tokens 32760
+    python scripts/bench_cache.py --family hunyuan_video --device cuda --dtype bfloat16 --dim 3072 --heads 24 \\
+        --ffn 12288 --tokens 118800
 """
 
 from __future__ import annotations
@@ -14,7 +24,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -30,18 +42,81 @@ def latent_grid(tokens: int) -> tuple[int, int, int]:
     return frames, 2 * side, 2 * side
 
 
-def denoise_loop(transformer, latents, text, steps: int, cfg: bool) -> float:
-    """Seconds for `steps` steps of cond (+ uncond) transformer calls, each in its cache_context."""
+@dataclass
+class Bench:
+    """A random-weight transformer and how its pipeline calls it."""
+
+    transformer: torch.nn.Module
+    forward: Callable[[torch.Tensor, torch.Tensor, str], None]  # (latents, timestep, branch)
+    branches: tuple[str, ...]
+    passes_step_index: bool  # WanPipeline passes step metadata to cache_context; HunyuanVideoPipeline does not
+    description: str
+
+
+def wan_bench(args, dtype) -> Bench:
+    from diffusers import WanTransformer3DModel
+
+    layers = args.layers or 40
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=args.heads, attention_head_dim=args.dim // args.heads,
+        in_channels=16, out_channels=16, text_dim=64, freq_dim=256, ffn_dim=args.ffn, num_layers=layers,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
+    ).to(args.device, dtype).eval()
+    text = torch.randn(1, 32, 64, device=args.device, dtype=dtype)
+
+    def forward(latents, timestep, branch):
+        transformer(hidden_states=latents, timestep=timestep, encoder_hidden_states=text, return_dict=False)
+
+    cfg = not args.no_cfg
+    return Bench(transformer, forward, ("cond", "uncond") if cfg else ("cond",), True,
+                 f"Wan transformer: {layers} blocks, dim {args.dim}, {args.steps} steps, {'CFG' if cfg else 'no CFG'}")
+
+
+def hunyuan_video_bench(args, dtype) -> Bench:
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    from delta_cache.models.hunyuan_video.keys import rope_axes_dim
+
+    layers = args.layers or 20
+    head_dim = args.dim // args.heads
+    text_dim, pooled_dim, text_tokens = 64, 32, 32
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=16, out_channels=16, num_attention_heads=args.heads, attention_head_dim=head_dim,
+        num_layers=layers, num_single_layers=args.single_layers, num_refiner_layers=2, mlp_ratio=args.ffn / args.dim,
+        patch_size=2, patch_size_t=1, guidance_embeds=True, text_embed_dim=text_dim,
+        pooled_projection_dim=pooled_dim, rope_axes_dim=rope_axes_dim(head_dim),
+    ).eval()
+    torch.nn.Module.to(transformer, args.device, dtype)  # ModelMixin.to warns on every dtype cast
+    text = torch.randn(1, text_tokens, text_dim, device=args.device, dtype=dtype)
+    mask = torch.ones(1, text_tokens, device=args.device, dtype=dtype)
+    pooled = torch.randn(1, pooled_dim, device=args.device, dtype=dtype)
+    guidance = torch.tensor([6000.0], device=args.device, dtype=dtype)
+
+    def forward(latents, timestep, branch):
+        transformer(hidden_states=latents, timestep=timestep, encoder_hidden_states=text,
+                    encoder_attention_mask=mask, pooled_projections=pooled, guidance=guidance, return_dict=False)
+
+    return Bench(transformer, forward, ("cond",), False,
+                 f"HunyuanVideo transformer: {layers} double + {args.single_layers} single blocks, dim {args.dim}, "
+                 f"{args.steps} steps, embedded guidance (one call per step)")
+
+
+FAMILIES = {"wan": (wan_bench, "wan2.1-t2v-14b"), "hunyuan_video": (hunyuan_video_bench, "hunyuanvideo-720p")}
+
+
+def denoise_loop(bench: Bench, latents, steps: int) -> float:
+    """Seconds for `steps` steps of transformer calls (one per branch), each in its cache_context."""
+    transformer = bench.transformer
     sync = torch.cuda.synchronize if latents.device.type == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
     with torch.no_grad():
         for step in range(steps):
             timestep = torch.full((latents.shape[0],), 1000.0 * (1 - step / steps), device=latents.device)
-            for branch in ("cond", "uncond") if cfg else ("cond",):
-                with transformer.cache_context(branch, step_index=step, num_inference_steps=steps):
-                    transformer(hidden_states=latents, timestep=timestep, encoder_hidden_states=text,
-                                return_dict=False)
+            step_info = dict(step_index=step, num_inference_steps=steps) if bench.passes_step_index else {}
+            for branch in bench.branches:
+                with transformer.cache_context(branch, **step_info):
+                    bench.forward(latents, timestep, branch)
     sync()
     transformer._reset_stateful_cache()  # what a pipeline does at the end of a generation
     return time.perf_counter() - start
@@ -49,55 +124,45 @@ def denoise_loop(transformer, latents, text, steps: int, cfg: bool) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--family", default="wan", choices=sorted(FAMILIES), help="model family (default wan)")
     p.add_argument("--tokens", type=int, nargs="+", default=[256, 1024, 4096])
-    p.add_argument("--schedule", default="wan2.1-t2v-14b", help="preset name or schedule JSON")
-    p.add_argument("--layers", type=int, default=40)
+    p.add_argument("--schedule", default=None,
+                   help="preset name or schedule JSON (default: wan2.1-t2v-14b / hunyuanvideo-720p)")
+    p.add_argument("--layers", type=int, default=None,
+                   help="blocks (wan, default 40) / double-stream blocks (hunyuan_video, default 20)")
+    p.add_argument("--single_layers", type=int, default=40, help="hunyuan_video single-stream blocks")
     p.add_argument("--dim", type=int, default=64, help="hidden size (heads * head_dim)")
     p.add_argument("--heads", type=int, default=2)
-    p.add_argument("--ffn", type=int, default=256)
+    p.add_argument("--ffn", type=int, default=256, help="feed-forward width (hunyuan_video: mlp ratio = ffn / dim)")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--repeats", type=int, default=2, help="alternating uncached/cached runs per size; best of each")
-    p.add_argument("--no_cfg", action="store_true", help="one branch per step instead of cond + uncond")
+    p.add_argument("--no_cfg", action="store_true", help="wan: one branch per step instead of cond + uncond")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--threads", type=int, default=1, help="CPU threads (1 keeps CPU timings stable)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    from diffusers import WanTransformer3DModel
-
     dtype = getattr(torch, args.dtype)
-    head_dim = args.dim // args.heads
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=args.heads, attention_head_dim=head_dim, in_channels=16,
-        out_channels=16, text_dim=64, freq_dim=256, ffn_dim=args.ffn, num_layers=args.layers,
-        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
-    ).to(args.device, dtype).eval()
-    schedule = delta_cache.load_schedule(args.schedule)
-    text = torch.randn(1, 32, 64, device=args.device, dtype=dtype)
-    cfg = not args.no_cfg
+    make_bench, default_schedule = FAMILIES[args.family]
+    bench = make_bench(args, dtype)
+    schedule = delta_cache.load_schedule(args.schedule or default_schedule)
 
-    print(f"Wan transformer: {args.layers} blocks, dim {args.dim}, {args.steps} steps, "
-          f"{'CFG' if cfg else 'no CFG'}, schedule '{schedule.name}', {args.device} {args.dtype}")
+    print(f"{bench.description}, schedule '{schedule.name}', {args.device} {args.dtype}")
     print("| tokens | uncached s | cached s | measured speedup | ideal speedup | measured/ideal | delta buffers / activation |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for tokens in args.tokens:
         frames, height, width = latent_grid(tokens)
         real_tokens = frames * (height // 2) * (width // 2)
         latents = torch.randn(1, 16, frames, height, width, device=args.device, dtype=dtype)
-        denoise_loop(transformer, latents, text, 2, cfg)  # warm-up (allocator, kernels)
-        # Alternate uncached and cached runs and keep each one's best: slow drifts on a shared
-        # machine then hit both sides alike.
-        plain_times, cached_times = [], []
-        for _ in range(args.repeats):
-            plain_times.append(denoise_loop(transformer, latents, text, args.steps, cfg))
-            handle = delta_cache.apply_delta_cache(transformer, schedule)
-            try:
-                cached_times.append(denoise_loop(transformer, latents, text, args.steps, cfg))
-                stats = handle.stats()
-            finally:
-                delta_cache.remove_delta_cache(transformer)
-        plain, cached = min(plain_times), min(cached_times)
+        denoise_loop(bench, latents, 2)  # warm-up (allocator, kernels)
+        plain = denoise_loop(bench, latents, args.steps)
+        # num_inference_steps: for pipelines that pass no step index (HunyuanVideo) the cache counts calls
+        handle = delta_cache.apply_delta_cache(bench.transformer, schedule, num_inference_steps=args.steps)
+        try:
+            cached = denoise_loop(bench, latents, args.steps)
+            stats = handle.stats()
+        finally:
+            delta_cache.remove_delta_cache(bench.transformer)
         activation_bytes = real_tokens * args.dim * torch.finfo(dtype).bits // 8
         measured = plain / cached
         print(f"| {real_tokens} | {plain:.2f} | {cached:.2f} | {measured:.2f}x | {stats['ideal_speedup']:.2f}x | "

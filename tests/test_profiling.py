@@ -143,7 +143,7 @@ def test_profile_cli_writes_a_schedule_that_generate_uses(tmp_path):
     ckpt = write_tiny_checkpoint(tmp_path / "ckpt", num_layers=6)
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
     out = tmp_path / "profile"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "profile.py"), "--ckpt_dir", str(ckpt),
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "profile_model.py"), "--ckpt_dir", str(ckpt),
                            "--size", "32*32", "--frame_num", "9", "--sample_steps", "10", "--prompt", "a red square",
                            "--target_speedup", "1.3", "--max_queries", "16", "--out", str(out)],
                           env=env, capture_output=True, text=True, timeout=600)
@@ -159,7 +159,7 @@ def test_profile_cli_writes_a_schedule_that_generate_uses(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     computed, total = schedule.provenance["predicted_block_evals"]
     assert f"cond {computed}/{total}" in proc.stdout
-    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "profile.py"), "--ckpt_dir", str(ckpt),
+    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "profile_model.py"), "--ckpt_dir", str(ckpt),
                           "--size", "30*30", "--prompt", "x", "--out", str(tmp_path / "bad")],
                          env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "multiples of 16" in bad.stderr and "Traceback" not in bad.stderr

@@ -7,5 +7,5 @@
 - `report`: figures and a markdown summary
 - `runner`: profile a model over prompts, resumable
 
-The command line is `scripts/profile.py`; the workflow is documented in docs/profiling.md.
+The command line is `scripts/profile_model.py`; the workflow is documented in docs/profiling.md.
 """

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler, WanPipeline
+from diffusers.utils.torch_utils import get_module_execution_device
 
 
 def _shifted(sigmas: np.ndarray, shift: float) -> np.ndarray:
@@ -113,7 +114,7 @@ def generate(pipe, **kwargs) -> Generation:
 def decode(pipe, latents: torch.Tensor) -> np.ndarray:
     """Latents -> (B, F, H, W, C) frames in [0, 1], the same operations as WanPipeline's own decode."""
     vae = pipe.vae
-    latents = latents.to(vae.device, dtype=vae.dtype)
+    latents = latents.to(get_module_execution_device(vae), dtype=vae.dtype)  # the GPU under model offload
     shape = (1, vae.config.z_dim, 1, 1, 1)
     latents_mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
     latents_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents.device, latents.dtype)

@@ -123,7 +123,7 @@ def write_tiny_checkpoint(
                                  ffn_dim=ffn_dim, text_dim=text_dim, vae_base_dim=vae_base_dim, i2v=i2v)
     out.mkdir(parents=True, exist_ok=True)
     if layout == "upstream":
-        _write_upstream(out, modules, shards)
+        write_upstream(out, modules, shards)
     else:
         _write_diffusers(out, modules)
     return out
@@ -152,7 +152,8 @@ def _upstream_config(transformer: WanTransformer3DModel) -> dict:
     }
 
 
-def _write_upstream(out: Path, modules: dict, shards: int) -> None:
+def write_upstream(out: Path, modules: dict, shards: int) -> None:
+    """Save modules (transformer, vae, text_encoder, tokenizer) in the upstream Wan2.1 layout."""
     transformer = modules["transformer"]
     (out / keys.CONFIG_FILE).write_text(json.dumps(_upstream_config(transformer), indent=2) + "\n")
     state_dict = _contiguous_copies(keys.transformer_to_upstream(transformer.state_dict()))

@@ -5,7 +5,7 @@ per step and block which video tokens receive the most self-attention (sampled q
 and how each block's residual changes between steps, measures the foreground ratio R of every block
 against a foreground mask, and writes a schedule JSON plus figures and a summary:
 
-    python scripts/profile.py --family wan --task t2v-14B --ckpt_dir ./Wan2.1-T2V-14B --size 832*480 \
+    python scripts/profile_model.py --family wan --task t2v-14B --ckpt_dir ./Wan2.1-T2V-14B --size 832*480 \
         --frame_num 81 --prompts prompts.txt --target_speedup 2.0 --out profiles/wan14b
     python Wan2.1/generate.py ... --cache_schedule profiles/wan14b/schedule.json
 
@@ -17,11 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This file's name shadows the standard library's `profile` (imported by cProfile): keep its folder off
-# the import path, and put the repository root on it instead.
-_SCRIPTS = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _SCRIPTS]
-sys.path.insert(0, str(_SCRIPTS.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from delta_cache.cli import OneLineArgumentParser, run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402

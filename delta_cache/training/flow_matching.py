@@ -1,0 +1,136 @@
+"""The training objectives of the tiny models, written to match what diffusers' Wan sampling assumes.
+
+Flow matching (rectified flow), as in diffusers' flow schedulers (UniPC / DPM++ with use_flow_sigmas,
+FlowMatchEuler): x_t = (1 - sigma) * x0 + sigma * noise, the model predicts v = noise - x0 at
+timestep = sigma * 1000. Training sigmas: u ~ Uniform(0, 1) mapped through the same shift the sampler
+applies to its grid, sigma = shift * u / (1 + (shift - 1) * u), so the training noise levels are spread
+like the sampler's steps (shift 5 is Wan2.1 T2V's default).
+
+VAE: L1 + MSE reconstruction of a posterior sample plus a small KL term (a mean over latent elements).
+Latent normalisation: WanPipeline maps VAE latents z to (z - latents_mean) / latents_std before the
+transformer. The upstream checkpoint layout has nowhere to store those statistics (upstream's code hard-
+codes Wan2.1's 16 values, and so does our loader), so `fold_latent_statistics` folds our own statistics
+into the VAE's 1x1x1 quant / post-quant convolutions: afterwards the *default* constants normalise the
+latents to zero mean and unit variance per channel, and decode(encode(x)) is unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def shift_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """The flow-shift map that diffusers' Wan schedulers apply to their sigma grid."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def sample_sigmas(batch_size: int, shift: float, generator: torch.Generator) -> torch.Tensor:
+    """Training noise levels: uniform, then shifted like the sampler's grid (CPU tensor)."""
+    return shift_sigmas(torch.rand(batch_size, generator=generator), shift)
+
+
+def flow_matching_loss(transformer, latents: torch.Tensor, prompt_embeds: torch.Tensor, sigmas: torch.Tensor,
+                       noise: torch.Tensor) -> torch.Tensor:
+    """MSE between the transformer's velocity and noise - latents at the given noise levels.
+
+    latents, noise: (B, C, F, H, W) normalised latents and standard normal noise; sigmas: (B,) in [0, 1].
+    """
+    s = sigmas.to(latents.device, latents.dtype).view(-1, 1, 1, 1, 1)
+    noisy = (1 - s) * latents + s * noise
+    timestep = sigmas.to(latents.device, torch.float32) * NUM_TRAIN_TIMESTEPS
+    prediction = transformer(hidden_states=noisy, timestep=timestep, encoder_hidden_states=prompt_embeds,
+                             return_dict=False)[0]
+    return F.mse_loss(prediction.float(), (noise - latents).float())
+
+
+def vae_loss(vae, videos: torch.Tensor, kl_weight: float, generator: torch.Generator | None = None) -> dict:
+    """Reconstruction (L1 + MSE, pixels in [-1, 1]) of a posterior sample plus kl_weight * KL.
+
+    videos: (B, 3, F, H, W) in [-1, 1]. Returns the total ("loss") and its parts (detached floats).
+    """
+    posterior = vae.encode(videos).latent_dist
+    noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
+    latents = posterior.mean + posterior.std * noise
+    # decode() clamps to [-1, 1], which stops gradients at saturated pixels: the loss uses the raw output.
+    reconstruction = decode_unclamped(vae, latents)
+    l1 = (reconstruction - videos).abs().mean()
+    mse = (reconstruction - videos).pow(2).mean()
+    kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
+    loss = l1 + mse + kl_weight * kl
+    return {"loss": loss, "l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+
+
+def decode_unclamped(vae, latents: torch.Tensor) -> torch.Tensor:
+    """AutoencoderKLWan decoding without the final clamp (the same frame-by-frame causal pass)."""
+    if vae.config.patch_size is not None:
+        raise ValueError("patchified (Wan2.2) VAEs are not supported")
+    vae.clear_cache()
+    x = vae.post_quant_conv(latents)
+    frames = []
+    for i in range(x.shape[2]):
+        vae._conv_idx = [0]
+        frames.append(vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                                  first_chunk=i == 0))
+    vae.clear_cache()
+    return torch.cat(frames, dim=2)
+
+
+@torch.no_grad()
+def encode_latents(vae, videos: torch.Tensor) -> torch.Tensor:
+    """Posterior means, normalised with the VAE config's latents_mean / latents_std (as WanPipeline does)."""
+    latents = vae.encode(videos.to(vae.device, vae.dtype)).latent_dist.mean
+    return normalise_latents(vae, latents)
+
+
+def normalise_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    mean, std = _config_statistics(vae, latents)
+    return (latents - mean) / std
+
+
+def _config_statistics(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (1, -1, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean, dtype=like.dtype, device=like.device).view(shape)
+    std = torch.tensor(vae.config.latents_std, dtype=like.dtype, device=like.device).view(shape)
+    return mean, std
+
+
+def channel_statistics(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of (B, C, F, H, W) latents."""
+    flat = latents.transpose(0, 1).reshape(latents.shape[1], -1).double()
+    return flat.mean(dim=1).float(), flat.std(dim=1).clamp_min(1e-6).float()
+
+
+@torch.no_grad()
+def fold_latent_statistics(vae, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Rescale the VAE so that its config's latents_mean / latents_std normalise latents whose raw per-
+    channel statistics are (mean, std) to zero mean and unit variance, without changing decode(encode(x)).
+
+    New latents z' = (z - mean) * (s / std) + m, with (m, s) the config's constants: the quant conv's mean
+    rows get that affine map and its log-variance rows the matching shift; the post-quant conv gets the
+    inverse on its input.
+    """
+    z_dim = vae.config.z_dim
+    m = torch.tensor(vae.config.latents_mean, dtype=torch.float64)
+    s = torch.tensor(vae.config.latents_std, dtype=torch.float64)
+    mean, std = mean.double(), std.double()
+    scale = s / std  # z' = scale * z + offset
+    offset = m - scale * mean
+
+    quant = vae.quant_conv  # 1x1x1 conv, out channels [mu (z_dim), logvar (z_dim)]
+    weight, bias = quant.weight.double(), quant.bias.double()
+    weight[:z_dim] *= scale.view(-1, 1, 1, 1, 1)
+    bias[:z_dim] = scale * bias[:z_dim] + offset
+    bias[z_dim:] += 2 * torch.log(scale)  # var' = scale^2 var
+    quant.weight.copy_(weight)
+    quant.bias.copy_(bias)
+
+    post = vae.post_quant_conv  # W z + b = W (z' - offset) / scale + b
+    weight, bias = post.weight.double(), post.bias.double()
+    inverse = 1.0 / scale
+    bias = bias - (weight[:, :, 0, 0, 0] * (offset * inverse).view(1, -1)).sum(dim=1)
+    weight = weight * inverse.view(1, -1, 1, 1, 1)
+    post.weight.copy_(weight)
+    post.bias.copy_(bias)
