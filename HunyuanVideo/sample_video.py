@@ -16,7 +16,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # works without `pip install -e .` too
 
-from delta_cache.cli import OneLineArgumentParser, run_cli, set_offline  # noqa: E402
+from delta_cache.cli import (  # noqa: E402
+    OneLineArgumentParser,
+    add_cache_flags,
+    apply_cache_from_flags,
+    cache_requested,
+    run_cli,
+    set_offline,
+)
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.models.hunyuan_video import config  # noqa: E402
 
@@ -96,13 +103,7 @@ def build_parser() -> OneLineArgumentParser:
     parallel.add_argument("--ulysses-degree", type=int, default=1, help="Ulysses degree (1 only, for now).")
     parallel.add_argument("--ring-degree", type=int, default=1, help="Ring degree (1 only, for now).")
 
-    cache = p.add_argument_group("delta cache (ProfilingDiT); any of these turns the cache on")
-    cache.add_argument("--delta_cache", action="store_true", default=False,
-                       help=f"Reuse background blocks' residuals with the {config.DEFAULT_PRESET} preset.")
-    cache.add_argument("--cache_schedule", type=str, default=None, metavar="PRESET|PATH",
-                       help=f"Schedule preset name or JSON file (default: {config.DEFAULT_PRESET}).")
-    cache.add_argument("--cache_fp32", action="store_true", default=False, help="Keep delta buffers in fp32.")
-    cache.add_argument("--cache_cpu", action="store_true", default=False, help="Keep delta buffers in CPU memory.")
+    add_cache_flags(p, config.DEFAULT_PRESET)
     return p
 
 
@@ -150,7 +151,7 @@ def validate(args) -> None:
         raise UserInputError(f"--latent-channels {args.latent_channels} must match the VAE channels ({vae_channels})")
     if not Path(args.model_base).exists():
         raise UserInputError(f"--model-base {args.model_base}: no such folder")
-    args.delta_cache = bool(args.delta_cache or args.cache_schedule or args.cache_fp32 or args.cache_cpu)
+    args.delta_cache = cache_requested(args)
     args.seeds = config.video_seeds(args.seed, args.num_videos)
 
 
@@ -203,10 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     handle = None
     if schedule is not None:
         # diffusers' HunyuanVideoPipeline passes no step index: the cache counts calls against this many steps.
-        handle = delta_cache.apply_delta_cache(
-            transformer, schedule, delta_dtype=torch.float32 if args.cache_fp32 else None,
-            delta_device="cpu" if args.cache_cpu else None, num_inference_steps=args.infer_steps,
-        )
+        handle = apply_cache_from_flags(transformer, schedule, args, num_inference_steps=args.infer_steps)
         logger.info(f"delta cache: schedule '{schedule.name}'")
 
     pipe = build_pipeline(components, shift=args.flow_shift)

@@ -16,7 +16,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # works without `pip install -e .` too
 
-from delta_cache.cli import OneLineArgumentParser, run_cli, set_offline, str2bool  # noqa: E402
+from delta_cache.cli import (  # noqa: E402
+    OneLineArgumentParser,
+    add_cache_flags,
+    apply_cache_from_flags,
+    cache_requested,
+    run_cli,
+    set_offline,
+    str2bool,
+)
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.models.wan import tasks  # noqa: E402
 
@@ -52,13 +60,7 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--sample_steps", type=int, default=None, help="Sampling steps (default 50; 40 for i2v).")
     p.add_argument("--sample_shift", type=float, default=None, help="Flow-matching shift (default per task).")
     p.add_argument("--sample_guide_scale", type=float, default=5.0, help="Classifier-free guidance scale.")
-    cache = p.add_argument_group("delta cache (ProfilingDiT); any of these turns the cache on")
-    cache.add_argument("--delta_cache", action="store_true", default=False,
-                       help="Reuse background blocks' residuals with the task's preset schedule.")
-    cache.add_argument("--cache_schedule", type=str, default=None, metavar="PRESET|PATH",
-                       help="Schedule preset name or JSON file (default: the task's preset).")
-    cache.add_argument("--cache_fp32", action="store_true", default=False, help="Keep delta buffers in fp32.")
-    cache.add_argument("--cache_cpu", action="store_true", default=False, help="Keep delta buffers in CPU memory.")
+    add_cache_flags(p, "the task's preset")
     return p
 
 
@@ -96,7 +98,7 @@ def validate(args) -> None:
         raise UserInputError(f"--sample_shift must be positive, got {args.sample_shift}")
     if args.sample_guide_scale < 0:
         raise UserInputError(f"--sample_guide_scale must be >= 0, got {args.sample_guide_scale}")
-    args.delta_cache = bool(args.delta_cache or args.cache_schedule or args.cache_fp32 or args.cache_cpu)
+    args.delta_cache = cache_requested(args)
     if args.prompt is None:
         args.prompt = tasks.EXAMPLE_PROMPTS[args.task.split("-")[0]]
     if args.base_seed < 0:
@@ -133,10 +135,7 @@ def main(argv: list[str] | None = None) -> None:
 
     handle = None
     if schedule is not None:
-        handle = delta_cache.apply_delta_cache(
-            components.transformer, schedule, delta_dtype=torch.float32 if args.cache_fp32 else None,
-            delta_device="cpu" if args.cache_cpu else None,
-        )
+        handle = apply_cache_from_flags(components.transformer, schedule, args)
         logger.info(f"delta cache: schedule '{schedule.name}'")
 
     image = None

@@ -38,6 +38,32 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
 
 
+def add_cache_flags(parser: argparse.ArgumentParser, default_preset: str) -> None:
+    """The delta-cache flags, identical in every front end; any of them turns the cache on."""
+    cache = parser.add_argument_group("delta cache (ProfilingDiT); any of these turns the cache on")
+    cache.add_argument("--delta_cache", action="store_true", default=False,
+                       help=f"Reuse background blocks' residuals with the preset schedule ({default_preset}).")
+    cache.add_argument("--cache_schedule", type=str, default=None, metavar="PRESET|PATH",
+                       help=f"Schedule preset name or JSON file (default: {default_preset}).")
+    cache.add_argument("--cache_fp32", action="store_true", default=False, help="Keep delta buffers in fp32.")
+    cache.add_argument("--cache_cpu", action="store_true", default=False, help="Keep delta buffers in CPU memory.")
+
+
+def cache_requested(args) -> bool:
+    return bool(args.delta_cache or args.cache_schedule or args.cache_fp32 or args.cache_cpu)
+
+
+def apply_cache_from_flags(transformer, schedule, args, num_inference_steps: int | None = None):
+    """`apply_delta_cache` with the buffer options the flags ask for; returns the handle."""
+    import torch
+
+    from .hooks import apply_delta_cache
+
+    return apply_delta_cache(transformer, schedule, delta_dtype=torch.float32 if args.cache_fp32 else None,
+                             delta_device="cpu" if args.cache_cpu else None,
+                             num_inference_steps=num_inference_steps)
+
+
 def run_cli(main: Callable[[], None]) -> None:
     """Run a front end's `main`, turning `UserInputError` into one clear line and exit code 2."""
     try:

@@ -38,7 +38,6 @@ from delta_cache.synthetic.prompts import vocabulary  # noqa: E402
 from delta_cache.synthetic.videos import make_video  # noqa: E402
 from delta_cache.training import (  # noqa: E402
     channel_statistics,
-    encode_latents,
     flow_matching_loss,
     fold_latent_statistics,
     sample_sigmas,

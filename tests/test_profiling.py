@@ -21,7 +21,7 @@ from delta_cache.profiling.derive import (
     refresh_steps_eq15,
     warmup_from_curve,
 )
-from delta_cache.profiling.probe import ProbeRecord, ProbeSettings, ProfileProbe
+from delta_cache.profiling.probe import ProbeRecord, ProfileProbe
 from delta_cache.profiling.profile import Profile, PromptProfile
 from delta_cache.profiling.runner import ProfileRequest, run_profile
 

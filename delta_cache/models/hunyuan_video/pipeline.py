@@ -18,6 +18,8 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
+from ..common import Generation, synchronize
+
 
 def flow_sigmas(num_steps: int) -> list[float]:
     """Upstream's unshifted sigma grid (the scheduler shifts it and appends the final 0)."""
@@ -73,17 +75,6 @@ def encode_prompt(pipe: HunyuanVideoPipeline, prompt: str, text: TextEncoding, d
 
 # --- sampling ------------------------------------------------------------------------------------------
 
-@dataclass
-class Generation:
-    frames: np.ndarray  # (F, H, W, C) float in [0, 1]
-    denoise_seconds: float
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     """Upstream runs the transformer (and a non-fp32 VAE) under autocast unless --disable-autocast."""
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
@@ -107,7 +98,7 @@ def generate(pipe: HunyuanVideoPipeline, *, prompt: str, negative_prompt: str | 
         embeds = encode_prompt(pipe, negative_prompt, text, device)
         negative = dict(negative_prompt_embeds=embeds.embeds, negative_pooled_prompt_embeds=embeds.pooled,
                         negative_prompt_attention_mask=embeds.attention_mask)
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     with _autocast(device, autocast_dtype):
         latents = pipe(
@@ -117,7 +108,7 @@ def generate(pipe: HunyuanVideoPipeline, *, prompt: str, negative_prompt: str | 
             sigmas=flow_sigmas(num_inference_steps), true_cfg_scale=cfg_scale, guidance_scale=embedded_guidance_scale,
             generator=torch.Generator("cpu").manual_seed(seed), output_type="latent",
         ).frames
-    _synchronize(device)
+    synchronize(device)
     denoise_seconds = time.perf_counter() - start
     return Generation(frames=decode(pipe, latents, autocast_dtype=vae_autocast_dtype)[0],
                       denoise_seconds=denoise_seconds)

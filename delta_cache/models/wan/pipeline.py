@@ -8,12 +8,13 @@ scheduler subclasses below only replace the grid; the solvers themselves are dif
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler, WanPipeline
 from diffusers.utils.torch_utils import get_module_execution_device
+
+from ..common import Generation, synchronize
 
 
 def _shifted(sigmas: np.ndarray, shift: float) -> np.ndarray:
@@ -64,17 +65,6 @@ def build_pipeline(components, *, image_to_video: bool, solver: str, shift: floa
                        transformer=components.transformer, scheduler=scheduler)
 
 
-@dataclass
-class Generation:
-    frames: np.ndarray  # (F, H, W, C) float in [0, 1]
-    denoise_seconds: float
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def denoise(pipe, *, prompt: str, negative_prompt: str, width: int, height: int, num_frames: int,
             num_inference_steps: int, guidance_scale: float, seed: int, image=None,
@@ -91,7 +81,7 @@ def denoise(pipe, *, prompt: str, negative_prompt: str, width: int, height: int,
         num_videos_per_prompt=1, max_sequence_length=max_sequence_length, device=text_encoder_device or device,
     )
     extra = {} if image is None else {"image": image}
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     latents = pipe(
         prompt_embeds=prompt_embeds.to(device),
@@ -100,7 +90,7 @@ def denoise(pipe, *, prompt: str, negative_prompt: str, width: int, height: int,
         guidance_scale=guidance_scale, generator=torch.Generator("cpu").manual_seed(seed),
         output_type="latent", max_sequence_length=max_sequence_length, **extra,
     ).frames
-    _synchronize(device)
+    synchronize(device)
     return latents, time.perf_counter() - start
 
 
