@@ -262,16 +262,17 @@ def apply_delta_cache(
 
     state_manager = StateManager(BranchState)
     stats = DeltaCacheStats(depths)
-    runs_per_list = {}
-    for list_name, block_list in resolved.block_lists.items():
-        blocks = getattr(transformer, list_name)
-        runs = block_list.runs()
-        runs_per_list[list_name] = len(runs)
-        for run in runs:
-            for index in range(run[0], run[1] + 1):
-                block = blocks[index]
-                hook = DeltaCacheBlockHook(state_manager, list_name, index, run, _block_metadata(block), config, stats)
-                HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _BLOCK_HOOK)
+    runs_per_list = {name: len(block_list.runs()) for name, block_list in resolved.block_lists.items()}
+    cached_blocks = [  # all checks first, so a failure leaves the model untouched
+        (list_name, index, run, getattr(transformer, list_name)[index])
+        for list_name, block_list in resolved.block_lists.items()
+        for run in block_list.runs()
+        for index in range(run[0], run[1] + 1)
+    ]
+    metadata = [_block_metadata(block) for *_, block in cached_blocks]
+    for (list_name, index, run, block), block_metadata in zip(cached_blocks, metadata):
+        hook = DeltaCacheBlockHook(state_manager, list_name, index, run, block_metadata, config, stats)
+        HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _BLOCK_HOOK)
 
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     registry.register_hook(DeltaCacheRootHook(state_manager, resolved, config, stats, runs_per_list), _ROOT_HOOK)

@@ -245,3 +245,15 @@ def test_pipeline_bit_identity_and_repeatability(pipe40):
     plain20 = tiny_wan.run(pipe40, steps=20)
     assert not np.array_equal(first, plain20)  # the cache really changed something
     np.testing.assert_array_equal(tiny_wan.run(pipe40, steps=8), plain)  # and removal restores the model
+
+
+def test_unregistered_block_class_is_refused_without_touching_the_model():
+    class Unregistered(torch.nn.Module):
+        def forward(self, hidden_states, encoder_hidden_states=None, temb=None):
+            return hidden_states + temb
+
+    model = DummyTransformer([AffineBlock(1.0, 1.0), Unregistered()])
+    with pytest.raises(dc.UserInputError, match="Unregistered is not registered"):
+        dc.apply_delta_cache(model, _schedule([0, 1], [0], num_steps=2))
+    assert not hasattr(model.blocks[0], "_diffusers_hook") or not model.blocks[0]._diffusers_hook.hooks
+    dc.apply_delta_cache(model, _schedule([0], [0], num_steps=2))  # and it can still be applied properly
