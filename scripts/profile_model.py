@@ -25,16 +25,21 @@ from delta_cache.errors import UserInputError  # noqa: E402
 
 def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--family", choices=["wan"], default="wan", help="model family (HunyuanVideo: coming)")
-    model = p.add_argument_group("model and run (as in Wan2.1/generate.py)")
-    model.add_argument("--task", default="t2v-14B", choices=["t2v-14B", "t2v-1.3B", "t2i-14B"])
-    model.add_argument("--ckpt_dir", required=True)
+    p.add_argument("--family", choices=["wan", "hunyuan_video"], default="wan", help="model family")
+    model = p.add_argument_group("model and run")
+    model.add_argument("--task", default="t2v-14B", choices=["t2v-14B", "t2v-1.3B", "t2i-14B"], help="wan only")
+    model.add_argument("--ckpt_dir", required=True,
+                       help="wan: the checkpoint folder; hunyuan_video: the model base (upstream ckpts/ or a "
+                            "diffusers folder)")
+    model.add_argument("--dit_weight", default=None,
+                       help="hunyuan_video: the transformer file (default: the upstream path under --ckpt_dir)")
     model.add_argument("--size", default="832*480", help="WIDTH*HEIGHT, multiples of 16 (any size may be profiled)")
     model.add_argument("--frame_num", type=int, default=81)
     model.add_argument("--sample_steps", type=int, default=50)
-    model.add_argument("--sample_shift", type=float, default=5.0)
-    model.add_argument("--sample_guide_scale", type=float, default=5.0)
-    model.add_argument("--sample_solver", default="unipc", choices=["unipc", "dpm++"])
+    model.add_argument("--sample_shift", type=float, default=None, help="default: wan 5.0, hunyuan_video 7.0")
+    model.add_argument("--sample_guide_scale", type=float, default=None,
+                       help="wan: CFG scale (default 5.0); hunyuan_video: embedded guidance (default 6.0)")
+    model.add_argument("--sample_solver", default="unipc", choices=["unipc", "dpm++"], help="wan only")
     prompts = p.add_argument_group("prompts")
     prompts.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     prompts.add_argument("--prompts", type=Path, help="a text file with one prompt per line")
@@ -81,6 +86,68 @@ def parse_size(size: str) -> tuple[int, int]:
     return width, height
 
 
+def _device_and_dtype():
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return device, torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def wan_setup(args, width: int, height: int):
+    """(transformer, block lists, token grid, patch, run(prompt, seed) -> latents, model name) for Wan2.1."""
+    from delta_cache.models.wan import tasks
+    from delta_cache.models.wan.checkpoint import load_wan_components
+    from delta_cache.models.wan.pipeline import build_pipeline, denoise, token_grid
+
+    device, dtype = _device_and_dtype()
+    components = load_wan_components(args.ckpt_dir, task=args.task, dtype=dtype)
+    pipe = build_pipeline(components, image_to_video=False, solver=args.sample_solver, shift=args.sample_shift)
+    if device.type == "cuda":
+        pipe.enable_model_cpu_offload(device=device)
+    pipe.set_progress_bar_config(leave=False)
+
+    def run(prompt: str, seed: int):
+        return denoise(pipe, prompt=prompt, negative_prompt=tasks.negative_prompt(args.task), width=width,
+                       height=height, num_frames=args.frame_num, num_inference_steps=args.sample_steps,
+                       guidance_scale=args.sample_guide_scale, seed=seed)[0]
+
+    grid = token_grid(pipe, width=width, height=height, num_frames=args.frame_num)
+    patch = tuple(components.transformer.config.patch_size[1:])
+    return components.transformer, ["blocks"], grid, patch, run, f"Wan2.1 {args.task}"
+
+
+def hunyuan_video_setup(args, width: int, height: int):
+    """The same for HunyuanVideo: both block lists, embedded guidance, no true CFG (upstream's default)."""
+    from delta_cache.models.hunyuan_video import config
+    from delta_cache.models.hunyuan_video.checkpoint import find_diffusers_folder, load_hunyuan_video_components
+    from delta_cache.models.hunyuan_video.pipeline import build_pipeline, denoise, token_grid
+
+    device, dtype = _device_and_dtype()
+    dit_weight = Path(args.dit_weight) if args.dit_weight else Path(args.ckpt_dir) / Path(
+        config.DEFAULT_DIT_WEIGHT).relative_to("ckpts")
+    diffusers_folder = find_diffusers_folder(dit_weight, args.ckpt_dir)
+    if diffusers_folder is not None:
+        dit_weight = model_base = diffusers_folder
+    else:
+        dit_weight, model_base = config.dit_weight_file(dit_weight, "module"), Path(args.ckpt_dir)
+    components = load_hunyuan_video_components(dit_weight, model_base, dtype=dtype, vae_dtype=dtype,
+                                               text_encoder_dtype=dtype, text_encoder_2_dtype=dtype)
+    pipe = build_pipeline(components, shift=args.sample_shift)
+    if device.type == "cuda":
+        pipe.enable_model_cpu_offload(device=device)
+    pipe.set_progress_bar_config(leave=False)
+
+    def run(prompt: str, seed: int):
+        return denoise(pipe, prompt=prompt, negative_prompt=None, height=height, width=width,
+                       num_frames=args.frame_num, num_inference_steps=args.sample_steps,
+                       embedded_guidance_scale=args.sample_guide_scale, cfg_scale=1.0, seed=seed)[0]
+
+    grid = token_grid(pipe, width=width, height=height, num_frames=args.frame_num)
+    patch = (components.transformer.config.patch_size,) * 2
+    return (components.transformer, ["transformer_blocks", "single_transformer_blocks"], grid, patch, run,
+            "HunyuanVideo")
+
+
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     width, height = parse_size(args.size)
@@ -99,44 +166,27 @@ def main(argv=None) -> None:
         missing = [str(f) for f in mask_files if not f.is_file()]
         if missing:
             raise UserInputError(f"mask file missing: {missing[0]}")
+    family_defaults = {"wan": (5.0, 5.0), "hunyuan_video": (7.0, 6.0)}[args.family]
+    args.sample_shift = family_defaults[0] if args.sample_shift is None else args.sample_shift
+    args.sample_guide_scale = family_defaults[1] if args.sample_guide_scale is None else args.sample_guide_scale
     set_offline()
 
-    import torch
-
-    from delta_cache.models.wan import tasks
-    from delta_cache.models.wan.checkpoint import load_wan_components
-    from delta_cache.models.wan.pipeline import build_pipeline, denoise, token_grid
     from delta_cache.profiling.derive import DerivationParams, derive_for_target, derive_schedule
     from delta_cache.profiling.report import write_report
     from delta_cache.profiling.runner import ProfileRequest, run_profile
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    components = load_wan_components(args.ckpt_dir, task=args.task, dtype=dtype)
-    pipe = build_pipeline(components, image_to_video=False, solver=args.sample_solver, shift=args.sample_shift)
-    if device.type == "cuda":
-        pipe.enable_model_cpu_offload(device=device)
-    pipe.set_progress_bar_config(leave=False)
-    request = ProfileRequest(
-        prompts=prompts, block_lists=["blocks"], mask_source=args.mask_source, mask_files=mask_files,
-        token_grid=token_grid(pipe, width=width, height=height, num_frames=args.frame_num),
-        patch=tuple(components.transformer.config.patch_size[1:]), max_queries=args.max_queries,
-        high_fraction=args.high_fraction,
-    )
-
-    def run(prompt: str, seed: int):
-        latents, _ = denoise(pipe, prompt=prompt, negative_prompt=tasks.negative_prompt(args.task), width=width,
-                             height=height, num_frames=args.frame_num, num_inference_steps=args.sample_steps,
-                             guidance_scale=args.sample_guide_scale, seed=seed)
-        return latents
-
-    provenance = {"model": f"Wan2.1 {args.task}", "ckpt_dir": str(args.ckpt_dir), "size": args.size,
+    setup = wan_setup if args.family == "wan" else hunyuan_video_setup
+    transformer, block_lists, grid, patch, run, model_name = setup(args, width, height)
+    request = ProfileRequest(prompts=prompts, block_lists=block_lists, mask_source=args.mask_source,
+                             mask_files=mask_files, token_grid=grid, patch=patch, max_queries=args.max_queries,
+                             high_fraction=args.high_fraction)
+    provenance = {"model": model_name, "ckpt_dir": str(args.ckpt_dir), "size": args.size,
                   "frame_num": args.frame_num, "sample_steps": args.sample_steps, "sample_shift": args.sample_shift,
                   "prompts": [p for p, _ in prompts], "seeds": args.seeds, "mask_source": args.mask_source,
                   "max_queries": args.max_queries, "high_fraction": args.high_fraction}
-    profile = run_profile(components.transformer, run, request, out_dir=args.out, resume=args.resume,
+    profile = run_profile(transformer, run, request, out_dir=args.out, resume=args.resume,
                           provenance=provenance)
-    name = args.name or f"profiled-{args.task.lower()}"
+    name = args.name or (f"profiled-{args.task.lower()}" if args.family == "wan" else "profiled-hunyuanvideo")
     if args.tau is not None:
         schedule = derive_schedule(profile, DerivationParams(tau=args.tau, t_max=args.t_max, t_min=args.t_min,
                                                              warmup=args.warmup), name=name)

@@ -165,3 +165,25 @@ def test_profile_cli_writes_a_schedule_that_generate_uses(tmp_path):
     assert bad.returncode == 2 and "multiples of 16" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()
     json.loads((out / "schedule.json").read_text())
+
+
+def test_profile_cli_hunyuan_video_covers_both_block_lists(tmp_path):
+    from delta_cache.models.hunyuan_video.tiny import write_tiny_checkpoint
+
+    model_base = write_tiny_checkpoint(tmp_path / "ckpts", num_layers=3, num_single_layers=4)
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
+    out = tmp_path / "profile"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "profile_model.py"), "--family", "hunyuan_video",
+                           "--ckpt_dir", str(model_base), "--size", "32*32", "--frame_num", "9", "--sample_steps", "8",
+                           "--prompt", "cat walk on grass", "--tau", "0.3", "--t_max", "3", "--t_min", "2",
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    schedule = dc.load_schedule(out / "schedule.json")
+    assert set(schedule.block_lists) == {"transformer_blocks", "single_transformer_blocks"}
+    assert schedule.block_lists["transformer_blocks"].num_blocks == 3
+    assert schedule.block_lists["single_transformer_blocks"].num_blocks == 4
+    ratio = PromptProfile.load(out / "profiles" / "000.npz").foreground_ratio
+    assert ratio["transformer_blocks"].shape == (8, 3) and ratio["single_transformer_blocks"].shape == (8, 4)
+    for list_name, block_list in schedule.block_lists.items():  # tau really decides which blocks are cached
+        expected = tuple(int(b) for b in np.flatnonzero(ratio[list_name].mean(axis=0) < 0.3))
+        assert block_list.background_blocks == expected

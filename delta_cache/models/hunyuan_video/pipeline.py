@@ -81,11 +81,10 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 @torch.no_grad()
-def generate(pipe: HunyuanVideoPipeline, *, prompt: str, negative_prompt: str | None, height: int, width: int,
-             num_frames: int, num_inference_steps: int, embedded_guidance_scale: float, cfg_scale: float, seed: int,
-             text: TextEncoding = TextEncoding(), autocast_dtype: torch.dtype | None = None,
-             vae_autocast_dtype: torch.dtype | None = None) -> Generation:
-    """Encode the prompts, denoise (timed on its own) and decode, exactly as `pipe(...)` would.
+def denoise(pipe: HunyuanVideoPipeline, *, prompt: str, negative_prompt: str | None, height: int, width: int,
+            num_frames: int, num_inference_steps: int, embedded_guidance_scale: float, cfg_scale: float, seed: int,
+            text: TextEncoding = TextEncoding(), autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, float]:
+    """Encode the prompts, then run the denoising loop alone (timed). Returns (latents, seconds).
 
     `embedded_guidance_scale` goes to the guidance embedder (the pipeline multiplies it by 1000); true CFG
     (a second, "uncond" transformer call per step) runs when `cfg_scale` > 1 and `negative_prompt` is given.
@@ -109,9 +108,21 @@ def generate(pipe: HunyuanVideoPipeline, *, prompt: str, negative_prompt: str | 
             generator=torch.Generator("cpu").manual_seed(seed), output_type="latent",
         ).frames
     synchronize(device)
-    denoise_seconds = time.perf_counter() - start
-    return Generation(frames=decode(pipe, latents, autocast_dtype=vae_autocast_dtype)[0],
-                      denoise_seconds=denoise_seconds)
+    return latents, time.perf_counter() - start
+
+
+def generate(pipe: HunyuanVideoPipeline, *, vae_autocast_dtype: torch.dtype | None = None, **kwargs) -> Generation:
+    """`denoise` then `decode`: the same frames as `pipe(...)` would give, plus the denoising time."""
+    latents, seconds = denoise(pipe, **kwargs)
+    return Generation(frames=decode(pipe, latents, autocast_dtype=vae_autocast_dtype)[0], denoise_seconds=seconds)
+
+
+def token_grid(pipe: HunyuanVideoPipeline, *, width: int, height: int, num_frames: int) -> tuple[int, int, int]:
+    """(frames, height, width) of the transformer's video tokens for a run of this size."""
+    config = pipe.transformer.config
+    frames = (num_frames - 1) // pipe.vae_scale_factor_temporal + 1
+    spatial = pipe.vae_scale_factor_spatial * config.patch_size
+    return frames // config.patch_size_t, height // spatial, width // spatial
 
 
 @torch.no_grad()
