@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +18,30 @@ def to_uint8_frames(frames) -> np.ndarray:
     return frames
 
 
+@contextmanager
+def _atomic_output(path: Path, suffix: str):
+    """Yield a temp file beside `path`; on success it becomes `path` (ordinary permissions), else it is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=path.parent, prefix=".tmp_")
+    os.close(fd)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def save_video(frames, path: str | os.PathLike, fps: int) -> Path:
     """Encode frames to an H.264 mp4 (yuv420p, as the upstream scripts do) via imageio-ffmpeg."""
     import imageio.v2 as imageio
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     frames = to_uint8_frames(frames)
-    fd, tmp = tempfile.mkstemp(suffix=path.suffix or ".mp4", dir=path.parent, prefix=".tmp_")
-    os.close(fd)
-    try:
+    with _atomic_output(path, path.suffix or ".mp4") as tmp:
         writer = imageio.get_writer(
             tmp, fps=fps, codec="libx264", quality=8, pixelformat="yuv420p", macro_block_size=1,
             ffmpeg_log_level="error",
@@ -36,19 +51,7 @@ def save_video(frames, path: str | os.PathLike, fps: int) -> Path:
                 writer.append_data(frame)
         finally:
             writer.close()
-        _publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
-
-
-def _publish(tmp: str, path: Path) -> None:
-    """Give the finished temp file ordinary permissions (mkstemp makes it 0600) and move it into place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
 
 
 def save_image(frame, path: str | os.PathLike) -> Path:
@@ -56,16 +59,8 @@ def save_image(frame, path: str | os.PathLike) -> Path:
     import imageio.v2 as imageio
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame = to_uint8_frames(frame[None])[0]
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent, prefix=".tmp_")
-    os.close(fd)
-    try:
-        imageio.imwrite(tmp, frame, format="png")
-        _publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with _atomic_output(path, ".png") as tmp:
+        imageio.imwrite(tmp, to_uint8_frames(frame[None])[0], format="png")
     return path
 
 
