@@ -26,15 +26,19 @@ from delta_cache.cli import (  # noqa: E402
     str2bool,
 )
 from delta_cache.errors import UserInputError  # noqa: E402
+from delta_cache.models.tiny_info import native_size  # noqa: E402
 from delta_cache.models.wan import tasks  # noqa: E402
 
 
 def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(description="Generate a video or image with Wan2.1 (drop-in for upstream generate.py).")
     p.add_argument("--task", type=str, default="t2v-14B", choices=tasks.TASKS, help="The task to run.")
-    p.add_argument("--size", type=str, default="1280*720", choices=list(tasks.SIZES),
-                   help="The area (WIDTH*HEIGHT) of the generated video; for i2v the aspect ratio follows the image.")
-    p.add_argument("--frame_num", type=int, default=None, help="Frames to sample, 4n+1 (default 81; 1 for t2i).")
+    p.add_argument("--size", type=str, default=None,
+                   help=f"The area (WIDTH*HEIGHT) of the generated video, one of {', '.join(tasks.SIZES)} (default "
+                        f"{tasks.DEFAULT_SIZE}; a tiny trained checkpoint's native size); for i2v the aspect ratio "
+                        "follows the image.")
+    p.add_argument("--frame_num", type=int, default=None,
+                   help="Frames to sample, 4n+1 (default 81; 1 for t2i; a tiny trained checkpoint's native count).")
     p.add_argument("--ckpt_dir", type=str, default=None, help="The checkpoint folder (upstream or diffusers layout).")
     p.add_argument("--offload_model", type=str2bool, default=None,
                    help="Offload models to the CPU between uses (default True on one GPU).")
@@ -72,9 +76,13 @@ def validate(args) -> None:
         raise UserInputError(f"--ckpt_dir {args.ckpt_dir}: no such folder")
     if args.task not in tasks.SUPPORTED_TASKS:
         raise UserInputError(f"task {args.task} is not supported yet (supported: {', '.join(tasks.SUPPORTED_TASKS)})")
-    if args.size not in tasks.SUPPORTED_SIZES[args.task]:
+    # A tiny trained checkpoint (scripts/train_tiny.py) also runs at its native size, which is its default.
+    native = native_size(args.ckpt_dir)
+    supported = tasks.SUPPORTED_SIZES[args.task] + ((native.size,) if native else ())
+    args.size = args.size or (native.size if native else tasks.DEFAULT_SIZE)
+    if args.size not in supported:
         raise UserInputError(f"size {args.size} is not supported for task {args.task}; supported sizes: "
-                             f"{', '.join(tasks.SUPPORTED_SIZES[args.task])}")
+                             f"{', '.join(supported)}")
     if args.use_prompt_extend:
         raise UserInputError("--use_prompt_extend is not supported yet")
     if args.ulysses_size * args.ring_size > 1 or args.t5_fsdp or args.dit_fsdp:
@@ -85,7 +93,8 @@ def validate(args) -> None:
         raise UserInputError(f"--image {args.image}: no such file")
 
     defaults = tasks.task_defaults(args.task, args.size)
-    args.frame_num = defaults.frame_num if args.frame_num is None else args.frame_num
+    if args.frame_num is None:
+        args.frame_num = native.num_frames if native and args.size == native.size else defaults.frame_num
     args.sample_steps = defaults.sample_steps if args.sample_steps is None else args.sample_steps
     args.sample_shift = defaults.sample_shift if args.sample_shift is None else args.sample_shift
     if args.task.startswith("t2i") and args.frame_num != 1:
@@ -139,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         logger.info(f"delta cache: schedule '{schedule.name}'")
 
     image = None
-    width, height = tasks.SIZES[args.size]
+    width, height = tasks.parse_size(args.size)
     if args.image is not None:
         from PIL import Image
 

@@ -182,3 +182,27 @@ def test_i2v_from_a_diffusers_folder(tmp_path):
     assert "computed 12/16 block evaluations" in proc.stdout and (tmp_path / "i2v.mp4").stat().st_size > 0
     # i2v keeps the image's aspect ratio (4:3) at the area of 832*480
     assert tasks.i2v_output_size("832*480", 128, 96) == (720, 544)
+
+
+def test_tiny_trained_checkpoint_runs_at_its_native_size_by_default(ckpt4, tmp_path):
+    # tiny_model.json (written by scripts/train_tiny.py) adds its native size and makes it the default.
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    for item in ckpt4.iterdir():
+        (tiny / item.name).symlink_to(item)
+    (tiny / "tiny_model.json").write_text(json.dumps({"native_size": {"width": 48, "height": 32, "num_frames": 5}}))
+    out = tmp_path / "out.mp4"
+    proc = run_cli(["--ckpt_dir", tiny, "--sample_steps", "2", "--save_file", out], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from delta_cache.video import read_video
+
+    assert read_video(out).shape == (5, 32, 48, 3)
+    # Without the file that size is refused, with one line naming the supported sizes.
+    proc = run_cli(["--ckpt_dir", ckpt4, "--size", "48*32", "--frame_num", "5"], cwd=tmp_path)
+    assert proc.returncode == 2 and "size 48*32 is not supported for task t2v-14B" in proc.stderr
+    # A malformed file is one line naming it.
+    (tiny / "tiny_model.json").unlink()
+    (tiny / "tiny_model.json").write_text('{"native_size": {"width": 48}}')
+    proc = run_cli(["--ckpt_dir", tiny, "--sample_steps", "2"], cwd=tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "tiny_model.json: malformed" in lines[0], proc.stderr

@@ -19,6 +19,7 @@ SIZES = {  # WIDTH*HEIGHT -> (width, height)
     "832*480": (832, 480),
     "1024*1024": (1024, 1024),
 }
+DEFAULT_SIZE = "1280*720"
 _VIDEO_SIZES = ("720*1280", "1280*720", "480*832", "832*480")
 SUPPORTED_SIZES = {
     "t2v-14B": _VIDEO_SIZES,
@@ -87,9 +88,15 @@ def negative_prompt(task: str) -> str:
     return I2V_NEGATIVE_PREFIX + NEGATIVE_PROMPT if task.startswith("i2v") else NEGATIVE_PROMPT
 
 
+def parse_size(size: str) -> tuple[int, int]:
+    """'WIDTH*HEIGHT' -> (width, height); the caller has checked that the size is supported."""
+    width, height = size.split("*")
+    return int(width), int(height)
+
+
 def i2v_output_size(size: str, image_width: int, image_height: int, spatial_multiple: int = 16) -> tuple[int, int]:
     """(width, height) for i2v: upstream keeps the image's aspect ratio at the area of `size`."""
-    width, height = SIZES[size]
+    width, height = parse_size(size)
     max_area = width * height
     aspect = image_height / image_width
     out_h = round(math.sqrt(max_area * aspect)) // spatial_multiple * spatial_multiple
