@@ -26,6 +26,9 @@ from delta_cache.cli import (  # noqa: E402
 )
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.models.hunyuan_video import config  # noqa: E402
+from delta_cache.models.tiny_info import native_size  # noqa: E402
+
+DEFAULT_VIDEO_SIZE, DEFAULT_VIDEO_LENGTH = (720, 1280), 129  # upstream's --video-size / --video-length defaults
 
 
 def build_parser() -> OneLineArgumentParser:
@@ -86,9 +89,11 @@ def build_parser() -> OneLineArgumentParser:
     inference.add_argument("--save-path-suffix", type=str, default="", help="Appended to the folder as _SUFFIX.")
     inference.add_argument("--name-suffix", type=str, default="", help="Accepted, unused (as upstream).")
     inference.add_argument("--num-videos", type=int, default=1, help="Videos per prompt (seeds seed, seed+1, ...).")
-    inference.add_argument("--video-size", type=int, nargs="+", default=(720, 1280),
-                           help="HEIGHT WIDTH, rounded up to multiples of 16.")
-    inference.add_argument("--video-length", type=int, default=129, help="Frames, 4n+1.")
+    inference.add_argument("--video-size", type=int, nargs="+", default=None,
+                           help="HEIGHT WIDTH, rounded up to multiples of 16 (default 720 1280; a tiny trained "
+                                "checkpoint's native size).")
+    inference.add_argument("--video-length", type=int, default=None,
+                           help="Frames, 4n+1 (default 129; a tiny trained checkpoint's native count at its size).")
     inference.add_argument("--prompt", type=str, default=None, help="The prompt (required).")
     inference.add_argument("--seed-type", type=str, default="auto", choices=config.SEED_TYPES,
                            help="Accepted, unused (as upstream).")
@@ -112,6 +117,7 @@ def validate(args) -> None:
     if args.prompt is None:
         raise UserInputError("--prompt is required")
     args.prompt = args.prompt.strip()  # as upstream; the output file name uses the stripped prompt
+    apply_size_defaults(args)
     if len(args.video_size) != 2:
         raise UserInputError(f"--video-size takes two values, HEIGHT WIDTH (e.g. --video-size 720 1280), "
                              f"got {len(args.video_size)}")
@@ -153,6 +159,19 @@ def validate(args) -> None:
         raise UserInputError(f"--model-base {args.model_base}: no such folder")
     args.delta_cache = cache_requested(args)
     args.seeds = config.video_seeds(args.seed, args.num_videos)
+
+
+def apply_size_defaults(args) -> None:
+    """Upstream's 720x1280, 129 frames; for a tiny model trained by scripts/train_tiny.py (`tiny_model.json` in
+    --model-base, else in $MODEL_BASE, where its weights are) its native size, and its native frame count
+    when the video has that size."""
+    native = next(filter(None, (native_size(folder) for folder in (args.model_base, config.model_base()))), None)
+    if args.video_size is None:
+        args.video_size = [native.height, native.width] if native else list(DEFAULT_VIDEO_SIZE)
+    if args.video_length is None:
+        at_native = native is not None and [config.align_to(v) for v in args.video_size] == [
+            config.align_to(native.height), config.align_to(native.width)]
+        args.video_length = native.num_frames if at_native else DEFAULT_VIDEO_LENGTH
 
 
 def main(argv: list[str] | None = None) -> None:

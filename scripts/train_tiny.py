@@ -2,18 +2,25 @@
 """Train a tiny text-to-video model on synthetic moving shapes and save it in the upstream checkpoint layout.
 
     python scripts/train_tiny.py --family wan --out ckpts/tiny-wan-trained --seed 0 --device cuda
+    python scripts/train_tiny.py --family hunyuan_video --out ckpts/tiny-hunyuan-trained --seed 0 --device cuda
 
 Stages (the state after each checkpoint is in --work_dir; --resume continues from it, reproducibly: every
 step's data and noise derive from (seed, stage, step) only):
-  1. vae      AutoencoderKLWan on random crops of synthetic training videos (L1 + MSE + small KL).
+  1. vae      the family's VAE on random crops of synthetic training videos (L1 + MSE + small KL).
   2. latents  encode --num_videos training videos at the native size; fold the per-channel latent statistics
-              into the VAE (see delta_cache/training/flow_matching.py) so the default constants normalise them.
-  3. dit      WanTransformer3DModel (40 blocks) with flow matching on those latents; text from a frozen tiny
-              UMT5 whose tokenizer knows every grammar word; CFG dropout; EMA of the weights.
-  4. save     EMA weights in fp16, upstream Wan2.1 layout, into --out (loads with Wan2.1/generate.py).
+              into the VAE (see delta_cache/training/) so the upstream constants normalise them.
+  3. dit      the transformer (full depth) with flow matching on those latents; text from frozen tiny text
+              encoders whose tokenizers know every grammar word; CFG dropout; EMA of the weights.
+  4. save     EMA weights in the upstream layout into --out.
 
-Only --family wan is implemented; a hunyuan_video family would add its own build/encode/save functions to
-FAMILIES with the same stage loop. See docs/tiny-models.md for the recipe and timings.
+Families (FAMILIES: modules, VAE objective, latent fold, prompt encoding, flow-matching loss, writer):
+  wan            AutoencoderKLWan, WanTransformer3DModel (40 blocks), UMT5; fp16 upstream Wan2.1 layout
+                 (loads with Wan2.1/generate.py --ckpt_dir <out>).
+  hunyuan_video  AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel (20 double + 40 single blocks,
+                 embedded guidance), Llama + CLIP text models; upstream ckpts/ layout, transformer in bf16
+                 (loads with HunyuanVideo/sample_video.py --model-base <out> and MODEL_BASE=<out>).
+Model sizes and --shift default per family (see FAMILY_DEFAULTS). See docs/tiny-models.md for the recipes and
+timings.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import string
 import sys
 import time
@@ -44,6 +52,7 @@ from delta_cache.training import (  # noqa: E402
     shift_sigmas,
     vae_loss,
 )
+from delta_cache.training import hunyuan_video as hunyuan_training  # noqa: E402
 
 STATE_FILE = "state.pt"
 LATENTS_FILE = "latents.pt"
@@ -53,7 +62,15 @@ STAGES = ("vae", "latents", "dit", "done")
 _STAGE_SEED = {"vae": 1, "dit": 2, "init": 3}
 # Arguments that shape the models or the data: a resumed run must use the same values.
 _FIXED_ARGS = ("family", "seed", "num_frames", "height", "width", "num_layers", "num_heads", "head_dim", "ffn_dim",
-               "text_dim", "vae_base_dim", "num_videos")
+               "text_dim", "vae_base_dim", "num_videos", "num_single_layers")
+# Per-family defaults of the flags given as None below (a state saved before a flag existed has no entry for
+# it, which reads as None: the Wan values of the new flags stay None).
+FAMILY_DEFAULTS = {
+    "wan": dict(num_layers=40, num_single_layers=None, num_heads=4, head_dim=24, ffn_dim=384, text_dim=32,
+                vae_base_dim=12, shift=5.0),
+    "hunyuan_video": dict(num_layers=20, num_single_layers=40, num_heads=2, head_dim=24, ffn_dim=192, text_dim=32,
+                          vae_base_dim=12, shift=hunyuan_training.FLOW_SHIFT),
+}
 # Upstream prompts the sampler may use for the unconditional branch; CFG dropout trains on both.
 EMPTY_PROMPT = ""
 
@@ -83,33 +100,46 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=128, help="native width (multiple of 16)")
     p.add_argument("--vae_frames", type=int, default=9, help="frames per VAE training clip (4n+1)")
     p.add_argument("--vae_crop", type=int, default=64, help="square crop for VAE training (0: whole frame)")
-    # models
-    p.add_argument("--num_layers", type=int, default=40)
-    p.add_argument("--num_heads", type=int, default=4)
-    p.add_argument("--head_dim", type=int, default=24)
-    p.add_argument("--ffn_dim", type=int, default=384)
-    p.add_argument("--text_dim", type=int, default=32, help="UMT5 d_model (= the transformer's text_dim)")
-    p.add_argument("--vae_base_dim", type=int, default=12)
+    p.add_argument("--vae_object_crops", type=float, default=0.5,
+                   help="share of VAE crops centred on an object (objects are a small part of the frame: uniform "
+                        "crops of a small size mostly teach background; 0 = uniform crops only)")
+    # models (None: the family's default, FAMILY_DEFAULTS)
+    p.add_argument("--num_layers", type=int, help="transformer blocks (wan 40; hunyuan_video: double-stream, 20)")
+    p.add_argument("--num_single_layers", type=int, help="hunyuan_video single-stream blocks (40)")
+    p.add_argument("--num_heads", type=int, help="attention heads (wan 4, hunyuan_video 2)")
+    p.add_argument("--head_dim", type=int, help="attention head dim (24)")
+    p.add_argument("--ffn_dim", type=int, help="feed-forward width (wan 384, hunyuan_video 192 = 4x the width)")
+    p.add_argument("--text_dim", type=int,
+                   help="text encoder width (32): wan UMT5 d_model; hunyuan_video Llama and CLIP hidden size")
+    p.add_argument("--vae_base_dim", type=int, help="VAE width of the first level (12)")
     # objective
-    p.add_argument("--shift", type=float, default=5.0, help="flow shift of the training sigmas (sampler default 5)")
+    p.add_argument("--shift", type=float,
+                   help="flow shift of the training sigmas (the sampler's default: wan 5, hunyuan_video 7)")
     p.add_argument("--cfg_dropout", type=float, default=0.1, help="share of unconditional samples")
     p.add_argument("--kl_weight", type=float, default=1e-4)
     p.add_argument("--ema_decay", type=float, default=0.999)
     args = p.parse_args(argv)
     args.work_dir = args.work_dir or args.out.with_name(args.out.name + ".work")
+    for name, value in FAMILY_DEFAULTS[args.family].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     return args
 
 
 def validate(args) -> None:
-    if args.family != "wan":
-        raise UserInputError(f"--family {args.family}: not implemented yet (only wan)")
+    if args.family == "hunyuan_video":
+        validate_hunyuan_video(args)
+    elif args.num_single_layers is not None:
+        raise UserInputError("--num_single_layers is a hunyuan_video flag")
     if args.num_frames < 1 or (args.num_frames - 1) % 4 or args.vae_frames < 1 or (args.vae_frames - 1) % 4:
         raise UserInputError("--num_frames and --vae_frames must be 4n+1")
     if args.vae_frames > args.num_frames:
         raise UserInputError("--vae_frames must not exceed --num_frames")
     if args.height % 16 or args.width % 16 or args.vae_crop % 16 or args.vae_crop > min(args.height, args.width):
         raise UserInputError("--height, --width and --vae_crop must be multiples of 16, the crop within the frame")
-    if args.head_dim % 2 or args.head_dim < 6:
+    if not 0 <= args.vae_object_crops <= 1:
+        raise UserInputError(f"--vae_object_crops must be between 0 and 1, got {args.vae_object_crops}")
+    if args.family == "wan" and (args.head_dim % 2 or args.head_dim < 6):
         raise UserInputError("--head_dim must be even and >= 6 (rope splits it into t/h/w parts)")
     if min(args.batch_size, args.vae_batch_size, args.num_videos, args.checkpoint_every) < 1 or \
             min(args.vae_steps, args.dit_steps) < 0:
@@ -122,6 +152,22 @@ def validate(args) -> None:
         raise UserInputError(f"{args.work_dir} holds a training state: pass --resume, or another --work_dir")
     if args.resume and not (args.work_dir / STATE_FILE).exists():
         raise UserInputError(f"--resume: no training state in {args.work_dir}")
+
+
+def validate_hunyuan_video(args) -> None:
+    width = args.num_heads * args.head_dim
+    if args.head_dim % 4 or args.head_dim < 8:
+        raise UserInputError("--head_dim must be a multiple of 4 and >= 8 (rope splits it into t/h/w parts)")
+    if min(args.num_layers, args.num_single_layers) < 0 or args.num_layers + args.num_single_layers < 1:
+        raise UserInputError("--num_layers and --num_single_layers must be >= 0, with at least one block")
+    if args.num_heads < 1 or args.ffn_dim < 1 or int(width * (args.ffn_dim / width)) != args.ffn_dim:
+        # the upstream layout stores no config: the loader reads mlp_ratio = ffn_dim / width from the shapes
+        raise UserInputError(f"--ffn_dim {args.ffn_dim}: the loader reads mlp_ratio = ffn_dim / width and needs "
+                             f"int(width * mlp_ratio) == ffn_dim (width {width}; e.g. --ffn_dim {4 * width})")
+    if args.text_dim % 4 or args.text_dim < 4:
+        raise UserInputError("--text_dim must be a multiple of 4 (2 heads with an even head dim)")
+    if args.vae_base_dim % 4 or args.vae_base_dim < 4:
+        raise UserInputError("--vae_base_dim must be a multiple of 4 (group norm with 4 channels per group)")
 
 
 # --- the Wan family --------------------------------------------------------------------------------
@@ -202,7 +248,121 @@ def to_half(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-FAMILIES = {"wan": dict(build=build_wan_modules, save=save_wan)}
+def wan_text_pipeline(modules: dict, device: torch.device, args):
+    return text_pipeline(modules, device)
+
+
+def wan_negative_prompt() -> str:
+    from delta_cache.models.wan.tasks import NEGATIVE_PROMPT
+
+    return NEGATIVE_PROMPT
+
+
+def encode_posterior_means(vae, videos: torch.Tensor) -> torch.Tensor:
+    return vae.encode(videos).latent_dist.mean
+
+
+# --- the HunyuanVideo family -----------------------------------------------------------------------
+
+def build_hunyuan_video_modules(args) -> dict:
+    """Fresh modules for `args.seed`: the shapes that the upstream layout and our loader expect (as in
+    delta_cache/models/hunyuan_video/tiny.py), with tokenizers that know every grammar word."""
+    from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
+
+    from delta_cache.models.hunyuan_video import tiny
+    from delta_cache.models.hunyuan_video.keys import rope_axes_dim
+
+    # The words of upstream's default negative prompt (CFG dropout trains on it) are one token each too, as
+    # the template's are: otherwise it spells out as 136 byte pieces and lengthens every batch holding it.
+    words = vocabulary() + sorted({w for w in re.findall(r"[A-Za-z]+", hunyuan_video_negative_prompt())})
+    tokenizer = tiny.llama_style_tokenizer(words)
+    tokenizer_2 = tiny.clip_tokenizer(dict.fromkeys(w.lower() for w in words))
+    width = args.num_heads * args.head_dim
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed * 1000 + _STAGE_SEED["init"])
+        text_encoder = tiny.tiny_llama(tokenizer, args.text_dim).eval().requires_grad_(False)
+        text_encoder_2 = tiny.tiny_clip(tokenizer_2, args.text_dim).eval().requires_grad_(False)
+        # The released VAE's structure (4 levels, 2 residual blocks, mid-block attention, 8x spatial / 4x
+        # temporal, 16 channels) at a small width, with its ratio of channels to norm groups.
+        b = args.vae_base_dim
+        vae = AutoencoderKLHunyuanVideo(latent_channels=16, block_out_channels=(b, 2 * b, 4 * b, 4 * b),
+                                        layers_per_block=2, norm_num_groups=b // 4)
+        transformer = HunyuanVideoTransformer3DModel(
+            in_channels=16, out_channels=16, num_attention_heads=args.num_heads, attention_head_dim=args.head_dim,
+            num_layers=args.num_layers, num_single_layers=args.num_single_layers, num_refiner_layers=2,
+            mlp_ratio=args.ffn_dim / width, patch_size=2, patch_size_t=1, qk_norm="rms_norm", guidance_embeds=True,
+            text_embed_dim=args.text_dim, pooled_projection_dim=args.text_dim, rope_theta=256.0,
+            rope_axes_dim=rope_axes_dim(args.head_dim))
+        # Every block starts as the identity and the output as zero (as for Wan).
+        for block in transformer.transformer_blocks:
+            for layer in (block.attn.to_out[0], block.attn.to_add_out, block.ff.net[2], block.ff_context.net[2]):
+                torch.nn.init.zeros_(layer.weight)
+                torch.nn.init.zeros_(layer.bias)
+        for layer in [block.proj_out for block in transformer.single_transformer_blocks] + [transformer.proj_out]:
+            torch.nn.init.zeros_(layer.weight)
+            torch.nn.init.zeros_(layer.bias)
+    return dict(tokenizer=tokenizer, text_encoder=text_encoder, tokenizer_2=tokenizer_2,
+                text_encoder_2=text_encoder_2, vae=vae, transformer=transformer)
+
+
+def hunyuan_video_text_pipeline(modules: dict, device: torch.device, args):
+    """(pipeline, text flags): what sample_video.py encodes prompts with, at its default text flags."""
+    from diffusers import HunyuanVideoPipeline
+
+    from delta_cache.models.hunyuan_video.pipeline import make_scheduler
+
+    modules["text_encoder"].to(device)
+    modules["text_encoder_2"].to(device)
+    pipe = HunyuanVideoPipeline(
+        transformer=modules["transformer"], vae=modules["vae"], scheduler=make_scheduler(args.shift),
+        text_encoder=modules["text_encoder"], tokenizer=modules["tokenizer"],
+        text_encoder_2=modules["text_encoder_2"], tokenizer_2=modules["tokenizer_2"])
+    return pipe, hunyuan_training.text_encoding(args.num_frames)
+
+
+def encode_hunyuan_video_prompts(text_pipe, prompts: list[str], device: torch.device):
+    """`pipeline.encode_prompt` on the batch, text padding trimmed (exact; see training/hunyuan_video.py)."""
+    from delta_cache.models.hunyuan_video.pipeline import encode_prompt
+
+    pipe, encoding = text_pipe
+    with torch.no_grad():
+        return hunyuan_training.trim_text_padding(encode_prompt(pipe, prompts, encoding, device))
+
+
+def hunyuan_video_negative_prompt() -> str:
+    from delta_cache.models.hunyuan_video.config import NEGATIVE_PROMPT
+
+    return NEGATIVE_PROMPT
+
+
+def encode_hunyuan_video_latents(vae, videos: torch.Tensor) -> torch.Tensor:
+    return hunyuan_training.encode_clip(vae, videos).mean
+
+
+def save_hunyuan_video(modules: dict, out: Path, info: dict) -> None:
+    """EMA transformer in bf16 (as the released file), the rest in fp32, upstream ckpts/ layout (`out` is the
+    model base), plus tiny_model.json."""
+    from delta_cache.models.hunyuan_video import tiny
+
+    parts = {name: modules[name].to("cpu") for name in ("vae", "text_encoder", "text_encoder_2")}
+    parts["transformer"] = torch.nn.Module.to(modules["transformer"].to("cpu"), torch.bfloat16)
+    out.mkdir(parents=True, exist_ok=True)
+    tiny.write_upstream(out, {**parts, "tokenizer": modules["tokenizer"], "tokenizer_2": modules["tokenizer_2"]})
+    (out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+# Per family: modules, writer, VAE objective, posterior means for the dataset, latent-statistics fold,
+# prompt encoding as at sampling, flow-matching loss, the sampler's default negative prompt.
+FAMILIES = {
+    "wan": dict(build=build_wan_modules, save=save_wan, vae_loss=vae_loss, encode=encode_posterior_means,
+                fold=fold_latent_statistics, text_pipeline=wan_text_pipeline, encode_prompts=encode_prompts,
+                loss=flow_matching_loss, negative_prompt=wan_negative_prompt),
+    "hunyuan_video": dict(build=build_hunyuan_video_modules, save=save_hunyuan_video,
+                          vae_loss=hunyuan_training.vae_loss, encode=encode_hunyuan_video_latents,
+                          fold=hunyuan_training.fold_scaling_factor, text_pipeline=hunyuan_video_text_pipeline,
+                          encode_prompts=encode_hunyuan_video_prompts, loss=hunyuan_training.flow_matching_loss,
+                          negative_prompt=hunyuan_video_negative_prompt),
+}
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -227,13 +387,22 @@ def vae_batch(args, step: int) -> tuple[torch.Tensor, torch.Generator]:
     crop = args.vae_crop or min(args.height, args.width)
     clips = []
     for index in rng.integers(0, 10**9, size=args.vae_batch_size):
-        frames = make_video(int(index), "train", num_frames=args.num_frames, height=args.height,
-                            width=args.width).frames
+        video = make_video(int(index), "train", num_frames=args.num_frames, height=args.height, width=args.width)
         t0 = int(rng.integers(0, args.num_frames - args.vae_frames + 1))
         y0 = int(rng.integers(0, args.height - crop + 1))
         x0 = int(rng.integers(0, args.width - crop + 1))
-        clips.append(frames[t0:t0 + args.vae_frames, y0:y0 + crop, x0:x0 + crop])
+        if args.vae_object_crops > 0 and rng.random() < args.vae_object_crops:
+            y0, x0 = object_crop(video.mask[t0], crop, rng)
+        clips.append(video.frames[t0:t0 + args.vae_frames, y0:y0 + crop, x0:x0 + crop])
     return to_tensor(clips), torch_generator(rng)
+
+
+def object_crop(mask: np.ndarray, crop: int, rng: np.random.Generator) -> tuple[int, int]:
+    """Top-left corner of a crop centred on a random foreground pixel of `mask` (H, W)."""
+    ys, xs = np.nonzero(mask)
+    pick = int(rng.integers(0, len(ys)))
+    height, width = mask.shape
+    return (int(np.clip(ys[pick] - crop // 2, 0, height - crop)), int(np.clip(xs[pick] - crop // 2, 0, width - crop)))
 
 
 def vae_probe_batch(args) -> torch.Tensor:
@@ -319,6 +488,7 @@ def run_steps(args, stage: str, first_step: int, total: int, step_fn, checkpoint
 
 
 def train_vae(args, modules, state, device) -> dict:
+    vae_loss = FAMILIES[args.family]["vae_loss"]
     vae = modules["vae"].to(device).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     if state.get("vae_optimizer"):
@@ -353,17 +523,18 @@ def train_vae(args, modules, state, device) -> dict:
 
 def encode_dataset(args, modules, device) -> dict:
     """Encode the transformer's training videos, fold their latent statistics into the VAE, re-normalise."""
+    family = FAMILIES[args.family]
     vae = modules["vae"].to(device).eval()
     raw, prompts = [], []
     for start in tqdm(range(0, args.num_videos, 8), desc="latents", dynamic_ncols=True):
         videos = [make_video(i, "train", num_frames=args.num_frames, height=args.height, width=args.width)
                   for i in range(start, min(start + 8, args.num_videos))]
         with torch.no_grad(), autocast(device):
-            raw.append(vae.encode(to_tensor([v.frames for v in videos]).to(device)).latent_dist.mean.float().cpu())
+            raw.append(family["encode"](vae, to_tensor([v.frames for v in videos]).to(device)).float().cpu())
         prompts += [v.prompt for v in videos]
     raw = torch.cat(raw)
     mean, std = channel_statistics(raw)
-    fold_latent_statistics(vae, mean.to(device), std.to(device))
+    family["fold"](vae, mean.to(device), std.to(device))
     # The fold is exact, so normalised latents are an affine map of the raw ones (no second encode).
     latents = (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
     return {"latents": latents.to(torch.float16), "prompts": prompts, "raw_mean": mean.tolist(),
@@ -371,10 +542,11 @@ def encode_dataset(args, modules, device) -> dict:
 
 
 def train_dit(args, modules, state, dataset, device) -> dict:
-    from delta_cache.models.wan.tasks import NEGATIVE_PROMPT
-
+    family = FAMILIES[args.family]
+    encode_prompts, flow_matching_loss = family["encode_prompts"], family["loss"]
+    negative_prompt = family["negative_prompt"]()
     transformer = modules["transformer"].to(device).train()
-    pipe = text_pipeline(modules, device)
+    pipe = family["text_pipeline"](modules, device, args)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.01)
     ema = state.get("ema") or {n: p.detach().float().clone() for n, p in transformer.named_parameters()}
     ema = {n: t.to(device) for n, t in ema.items()}
@@ -383,7 +555,7 @@ def train_dit(args, modules, state, dataset, device) -> dict:
     latents_all, prompts = dataset["latents"], dataset["prompts"]
 
     def step_fn(step: int) -> float:
-        indices, batch_prompts, generator = dit_batch(args, step, prompts, NEGATIVE_PROMPT)
+        indices, batch_prompts, generator = dit_batch(args, step, prompts, negative_prompt)
         latents = latents_all[torch.from_numpy(indices)].float()
         noise = torch.randn(latents.shape, generator=generator)
         sigmas = sample_sigmas(len(indices), args.shift, generator)
@@ -477,6 +649,8 @@ def main(argv=None) -> dict:
         "sample_shift": args.shift,
         "prompt_grammar": "delta_cache.synthetic.prompts",
         "latent_statistics_folded_into_vae": {"mean": dataset["raw_mean"], "std": dataset["raw_std"]},
+        **({"embedded_guidance_scale": hunyuan_training.EMBEDDED_GUIDANCE_SCALE,
+            "vae_scaling_factor": modules["vae"].config.scaling_factor} if args.family == "hunyuan_video" else {}),
         "recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                    if k not in ("out", "work_dir", "resume", "threads")},
         "summaries": state["summaries"],

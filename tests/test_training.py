@@ -1,5 +1,6 @@
 """Training the tiny models: the flow-matching objective, latent normalisation, and scripts/train_tiny.py."""
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -10,6 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from delta_cache.errors import UserInputError
+from delta_cache.models.hunyuan_video import config as hv_config
+from delta_cache.models.hunyuan_video.checkpoint import DIT_WEIGHT, load_hunyuan_video_components
+from delta_cache.models.hunyuan_video.keys import rope_axes_dim
+from delta_cache.models.hunyuan_video.pipeline import PromptEmbeds, TextEncoding, encode_prompt
 from delta_cache.models.wan import keys
 from delta_cache.models.wan.checkpoint import load_wan_components
 from delta_cache.models.wan.pipeline import build_pipeline, generate, make_scheduler
@@ -23,6 +28,7 @@ from delta_cache.training import (
     shift_sigmas,
     vae_loss,
 )
+from delta_cache.training import hunyuan_video as hunyuan_training
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -234,9 +240,261 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     (tmp_path / "full" / "x").write_text("")
     with pytest.raises(UserInputError, match="not empty"):
         _run(tmp_path / "full")
-    with pytest.raises(UserInputError, match="not implemented"):
-        _run(tmp_path / "h", "--family", "hunyuan_video")
+    with pytest.raises(UserInputError, match="hunyuan_video flag"):
+        _run(tmp_path / "h", "--num_single_layers", "2")
+    with pytest.raises(UserInputError, match="multiple of 4"):
+        _run_hunyuan(tmp_path / "h", "--head_dim", "10")
+    with pytest.raises(UserInputError, match="mlp_ratio"):
+        _run_hunyuan(tmp_path / "h", "--num_heads", "1", "--head_dim", "28", "--ffn_dim", "61")  # 28 * (61 / 28) < 61
     with pytest.raises(UserInputError, match="4n\\+1"):
         _run(tmp_path / "f", "--num_frames", "8")
     with pytest.raises(UserInputError, match="no training state"):
         _run(tmp_path / "r", "--resume")
+
+
+# --- the hunyuan_video family --------------------------------------------------------------------------
+
+HUNYUAN_TINY = TINY + ["--family", "hunyuan_video", "--num_single_layers", "2", "--ffn_dim", "48", "--text_dim", "16"]
+
+
+def _run_hunyuan(out, *extra):
+    return train_tiny.main(["--out", str(out), *HUNYUAN_TINY, *extra])
+
+
+def _load_sample_video():
+    spec = importlib.util.spec_from_file_location("sample_video", REPO / "HunyuanVideo" / "sample_video.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sample_video = _load_sample_video()
+
+
+def hunyuan_args(*extra):
+    return train_tiny.parse_args(["--out", "/nonexistent", *HUNYUAN_TINY, *extra])
+
+
+def test_family_defaults():
+    wan = train_tiny.parse_args(["--out", "/x"])
+    # the Wan defaults are those of the runs already started (a resumed run compares them)
+    assert (wan.num_layers, wan.num_heads, wan.head_dim, wan.ffn_dim, wan.text_dim, wan.vae_base_dim, wan.shift,
+            wan.num_single_layers) == (40, 4, 24, 384, 32, 12, 5.0, None)
+    hv = train_tiny.parse_args(["--out", "/x", "--family", "hunyuan_video"])
+    assert (hv.num_layers, hv.num_single_layers, hv.num_heads, hv.head_dim, hv.ffn_dim, hv.text_dim,
+            hv.vae_base_dim) == (20, 40, 2, 24, 192, 32, 12)
+    assert train_tiny.parse_args(["--out", "/x", "--family", "hunyuan_video", "--num_heads", "3"]).num_heads == 3
+
+    # training uses the front end's defaults: flow shift, embedded guidance, text flags and prompt template
+    front = sample_video.build_parser().parse_args(["--prompt", "x"])
+    assert hv.shift == front.flow_shift == hunyuan_training.FLOW_SHIFT == 7.0
+    assert front.embedded_cfg_scale == hunyuan_training.EMBEDDED_GUIDANCE_SCALE
+    encoding = hunyuan_training.text_encoding(17)
+    assert encoding == TextEncoding(
+        template=hv_config.prompt_template(17, front.prompt_template, front.prompt_template_video),
+        text_len=front.text_len, text_len_2=front.text_len_2, hidden_state_skip_layer=front.hidden_state_skip_layer,
+        apply_final_norm=front.apply_final_norm)
+    assert encoding.template["crop_start"] == 95
+
+
+def test_hunyuan_video_prompts_are_encoded_as_at_sampling():
+    modules = train_tiny.build_hunyuan_video_modules(hunyuan_args())
+    for tokenizer, specials in ((modules["tokenizer"], 1), (modules["tokenizer_2"], 2)):
+        ids = [tokenizer(word).input_ids for word in prompts.vocabulary()]
+        assert all(len(i) == 1 + specials for i in ids)  # bos (+ eos for CLIP) and one token
+        assert len({i[1] for i in ids}) == len(ids)
+    spaced = [modules["tokenizer"](" " + word).input_ids for word in prompts.vocabulary()]
+    assert all(len(i) == 2 for i in spaced)  # Llama-3 pieces carry the leading space
+
+    device = torch.device("cpu")
+    text_pipe = train_tiny.hunyuan_video_text_pipeline(modules, device, hunyuan_args())
+    pipe, encoding = text_pipe
+    a = "a red circle moves left slowly on a black background"
+    b = a.replace("left", "right")
+    batch = [a, b, "", train_tiny.hunyuan_video_negative_prompt()]
+    encoded = train_tiny.encode_hunyuan_video_prompts(text_pipe, batch, device)
+    lengths = encoded.attention_mask.sum(dim=1).tolist()
+    assert encoded.embeds.shape[1] == max(lengths) < 40 and lengths[2] == 1  # "" is the template's <|eot_id|>
+    # sampling encodes one prompt at a time, untrimmed (256 tokens)
+    for i, prompt in enumerate(batch):
+        single = encode_prompt(pipe, prompt, encoding, device)
+        assert single.embeds.shape[1] == 256
+        n = lengths[i]
+        assert torch.allclose(encoded.embeds[i, :n], single.embeds[0, :n], atol=1e-6)
+        assert torch.equal(encoded.attention_mask[i], single.attention_mask[0, :encoded.embeds.shape[1]])
+        assert torch.allclose(encoded.pooled[i], single.pooled[0], atol=1e-6)
+    assert (encoded.embeds[0] - encoded.embeds[1]).abs().max() > 1e-3
+    assert (encoded.pooled[0] - encoded.pooled[1]).abs().max() > 1e-3
+
+
+def test_trimmed_text_padding_gives_the_same_prediction():
+    modules = train_tiny.build_hunyuan_video_modules(hunyuan_args())
+    transformer = modules["transformer"].eval()
+    with torch.no_grad():  # undo the zero init, or every output would be 0
+        for name, param in transformer.named_parameters():
+            if param.abs().max() == 0:
+                param.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    device = torch.device("cpu")
+    pipe, encoding = train_tiny.hunyuan_video_text_pipeline(modules, device, hunyuan_args())
+    full = encode_prompt(pipe, ["a red circle moves left slowly on a black background", "a blue square moves up"],
+                         encoding, device)
+    trimmed = hunyuan_training.trim_text_padding(full)
+    assert full.embeds.shape[1] == 256 and trimmed.embeds.shape[1] == 11  # 10 words and <|eot_id|>
+
+    def predict(text):
+        g = torch.Generator().manual_seed(0)
+        latents = torch.randn(2, 16, 2, 4, 4, generator=g)
+        with torch.no_grad():
+            return transformer(hidden_states=latents, timestep=torch.tensor([300.0, 800.0]),
+                               encoder_hidden_states=text.embeds, encoder_attention_mask=text.attention_mask,
+                               pooled_projections=text.pooled, guidance=torch.full((2,), 6000.0), return_dict=False)[0]
+
+    reference = predict(full)
+    assert torch.allclose(predict(trimmed), reference, atol=1e-5)
+    cut = dataclasses.replace(trimmed, embeds=trimmed.embeds[:, :5], attention_mask=trimmed.attention_mask[:, :5])
+    assert (predict(cut) - reference).abs().max() > 1e-3  # dropping real tokens does change it
+
+
+class RecordingHunyuan(torch.nn.Module):
+    def __init__(self, prediction):
+        super().__init__()
+        self.prediction, self.calls = prediction, []
+
+    def forward(self, **kwargs):
+        self.calls.append(kwargs)
+        return (self.prediction,)
+
+
+def test_hunyuan_video_flow_matching_loss_inputs_and_target():
+    g = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(2, 16, 2, 4, 4, generator=g), torch.randn(2, 16, 2, 4, 4, generator=g)
+    sigmas = torch.tensor([0.25, 0.9])
+    text = PromptEmbeds(embeds=torch.randn(2, 3, 8, generator=g), attention_mask=torch.ones(2, 3, dtype=torch.long),
+                        pooled=torch.randn(2, 8, generator=g))
+    exact = RecordingHunyuan(noise - latents)
+    assert hunyuan_training.flow_matching_loss(exact, latents, text, sigmas, noise).item() == pytest.approx(0, abs=1e-12)
+    call = exact.calls[0]
+    assert torch.allclose(call["hidden_states"][1], 0.1 * latents[1] + 0.9 * noise[1], atol=1e-6)
+    assert torch.allclose(call["timestep"], torch.tensor([250.0, 900.0]))
+    assert torch.equal(call["guidance"], torch.tensor([6000.0, 6000.0]))  # the pipeline's guidance_scale * 1000
+    assert call["encoder_hidden_states"] is text.embeds and call["encoder_attention_mask"] is text.attention_mask
+    assert call["pooled_projections"] is text.pooled
+    zero = RecordingHunyuan(torch.zeros_like(latents))
+    expected = (noise - latents).pow(2).mean().item()
+    assert hunyuan_training.flow_matching_loss(zero, latents, text, sigmas, noise).item() == pytest.approx(expected)
+
+
+def test_hunyuan_video_vae_fold_and_whole_clip_encoding():
+    vae = train_tiny.build_hunyuan_video_modules(hunyuan_args())["vae"].eval()
+    videos = train_tiny.to_tensor([make_video(i, num_frames=17, height=32, width=32).frames for i in range(2)])
+    with torch.no_grad():
+        # 17 frames: diffusers encodes with temporal tiles; the whole-clip encoding is the same
+        tiled = vae.encode(videos).latent_dist.mean
+        raw = hunyuan_training.encode_clip(vae, videos).mean
+        assert raw.shape == (2, 16, 5, 4, 4) and torch.allclose(tiled, raw, atol=1e-6)
+        before = hunyuan_training.decode_clip(vae, raw)
+        posterior_std = hunyuan_training.encode_clip(vae, videos).std
+    mean, std = channel_statistics(raw)
+    scale = vae.config.scaling_factor
+    assert scale == 0.476986 and (std * scale - 1).abs().max() > 0.5  # far from normalised: the test can fail
+    hunyuan_training.fold_scaling_factor(vae, mean, std)
+    with torch.no_grad():
+        folded = hunyuan_training.encode_clip(vae, videos)
+        after = hunyuan_training.decode_clip(vae, folded.mean)
+    new_mean, new_std = channel_statistics(folded.mean * scale)  # what the pipeline feeds the transformer
+    assert new_mean.abs().max() < 1e-4 and (new_std - 1).abs().max() < 1e-4
+    assert torch.allclose(folded.std, posterior_std / (scale * std).view(1, -1, 1, 1, 1), rtol=1e-3)
+    assert (after - before).abs().max() < 1e-4
+
+
+def test_hunyuan_video_script_trains_and_sample_video_loads_it(tmp_path, monkeypatch):
+    out = tmp_path / "ckpts"
+    summaries = _run_hunyuan(out)
+    assert set(summaries) == {"vae", "dit"} and summaries["dit"]["steps"] == 4
+    assert summaries["dit"]["fixed_batch_loss_end"] < summaries["dit"]["fixed_batch_loss_start"]
+    info = json.loads((out / train_tiny.INFO_FILE).read_text())
+    assert info["family"] == "hunyuan_video" and info["sample_shift"] == 7.0
+    assert info["native_size"] == {"width": 64, "height": 64, "num_frames": 9}
+
+    # loads like a released checkpoint; the weights are the trained (EMA) ones, in bf16 as upstream's file
+    components = load_hunyuan_video_components(out / DIT_WEIGHT, out, dtype=torch.float32, vae_dtype=torch.float32,
+                                               text_encoder_dtype=torch.float32, text_encoder_2_dtype=torch.float32)
+    config = components.transformer.config
+    assert (config.num_layers, config.num_single_layers, config.guidance_embeds) == (2, 2, True)
+    assert tuple(config.rope_axes_dim) == rope_axes_dim(12) and config.mlp_ratio == 2.0
+    stored = torch.load(out / DIT_WEIGHT, weights_only=True)["module"]
+    assert stored["double_blocks.0.img_attn_proj.weight"].dtype == torch.bfloat16
+    trained = torch.load(tmp_path / "ckpts.work" / train_tiny.STATE_FILE, weights_only=False)["transformer"]
+    loaded = components.transformer.state_dict()
+    for name in ("transformer_blocks.1.ff.net.2.weight", "single_transformer_blocks.1.proj_out.weight", "proj_out.weight"):
+        assert torch.equal(loaded[name], trained[name].to(torch.bfloat16).float())
+    assert trained["proj_out.weight"].abs().max() > 0  # trained away from its zero init
+    words = [components.tokenizer(" " + w).input_ids for w in prompts.vocabulary()]
+    assert all(len(i) == 2 for i in words)  # the saved tokenizer still has one token per grammar word
+
+    # the released scaling factor, times the folded VAE's latents, standardises the training latents
+    assert components.vae.config.scaling_factor == 0.476986
+    videos = train_tiny.to_tensor([make_video(i, num_frames=9, height=64, width=64).frames for i in range(4)])
+    with torch.no_grad():
+        latents = hunyuan_training.encode_clip(components.vae, videos).mean * 0.476986
+    mean, std = channel_statistics(latents)
+    assert mean.abs().max() < 0.05 and (std - 1).abs().max() < 0.05
+
+    # the front end, upstream command line without --video-size / --video-length: the native size
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MODEL_BASE", str(out))
+    sample_video.main(["--model-base", str(out), "--dit-weight", str(out / DIT_WEIGHT), "--infer-steps", "2",
+                       "--prompt", make_video(0, "eval").prompt, "--flow-reverse", "--seed", "0"])
+    videos = list((work / "results").glob("*_seed0_*.mp4"))
+    assert len(videos) == 1
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(str(videos[0]), format="ffmpeg") as reader:
+        frames = np.stack([frame for frame in reader])  # (not list(reader): its len() is inf)
+    assert frames.shape == (9, 64, 64, 3)
+
+
+def test_sample_video_size_defaults(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODEL_BASE", str(tmp_path / "none"))
+
+    def sizes(model_base, *extra):
+        args = sample_video.build_parser().parse_args(["--prompt", "x", "--model-base", str(model_base), *extra])
+        sample_video.apply_size_defaults(args)
+        return list(args.video_size), args.video_length
+
+    assert sizes(tmp_path) == ([720, 1280], 129)  # upstream's defaults without tiny_model.json
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    (tiny / "tiny_model.json").write_text(json.dumps({"native_size": {"width": 96, "height": 64, "num_frames": 13}}))
+    assert sizes(tiny) == ([64, 96], 13)
+    assert sizes(tiny, "--video-length", "5") == ([64, 96], 5)
+    assert sizes(tiny, "--video-size", "60", "90") == ([60, 90], 13)  # rounded up to 64x96: the native size
+    assert sizes(tiny, "--video-size", "32", "32") == ([32, 32], 129)  # another size: upstream's length
+    monkeypatch.setenv("MODEL_BASE", str(tiny))  # the weights' folder, when --model-base is another one
+    assert sizes(tmp_path) == ([64, 96], 13)
+
+
+def test_hunyuan_video_resume_gives_the_same_weights(tmp_path, monkeypatch):
+    _run_hunyuan(tmp_path / "straight")
+    original_log = train_tiny.log
+
+    def interrupt(args, record):
+        if record["stage"] == "dit" and record["step"] == 3:
+            raise KeyboardInterrupt
+        original_log(args, record)
+
+    monkeypatch.setattr(train_tiny, "log", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _run_hunyuan(tmp_path / "resumed")
+    monkeypatch.setattr(train_tiny, "log", original_log)
+    with pytest.raises(UserInputError, match="--num_single_layers"):
+        _run_hunyuan(tmp_path / "resumed", "--resume", "--num_single_layers", "3")
+    _run_hunyuan(tmp_path / "resumed", "--resume")
+
+    for file in (DIT_WEIGHT, "hunyuan-video-t2v-720p/vae/pytorch_model.pt"):
+        a = torch.load(tmp_path / "straight" / file, weights_only=True)
+        b = torch.load(tmp_path / "resumed" / file, weights_only=True)
+        a, b = a.get("module", a), b.get("module", b)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

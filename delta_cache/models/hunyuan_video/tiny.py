@@ -8,12 +8,18 @@ The Llama tokenizer splits text like Llama-3 (same pre-tokenizer pattern) and kn
 HunyuanVideo's prompt template, so the template prefix is exactly 95 tokens (with BOS), as with the real
 tokenizer: the pipeline's `crop_start` 95 then cuts exactly at the user prompt. Other words fall back to
 byte pieces (WordPiece over byte-level characters), so every prompt still gets distinct tokens.
+`extra_words` (the trained tiny models pass their prompt grammar) become one token each, in both
+tokenizers; without them the tokenizers are exactly those of the random checkpoints.
+
+`write_upstream` saves already built components (random or trained) in the upstream `ckpts/` layout.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -49,13 +55,15 @@ LLAMA_SPECIAL = [
 CLIP_SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
 
 
-def llama_style_tokenizer() -> PreTrainedTokenizerFast:
-    """A tiny Llama-3-like tokenizer (see the module docstring), right padding."""
+def llama_style_tokenizer(extra_words: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+    """A tiny Llama-3-like tokenizer (see the module docstring), right padding. Each of `extra_words` is one
+    token, alone or after a space (Llama-3 pieces carry the space)."""
     split = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     template_text = re.split("|".join(map(re.escape, LLAMA_SPECIAL)), DEFAULT_PROMPT_TEMPLATE["template"])
+    template_text += [text for word in extra_words for text in (word, " " + word)]
     words = sorted({word for text in template_text for word, _ in split.pre_tokenize_str(text)})
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     tokens = LLAMA_SPECIAL + alphabet + ["##" + c for c in alphabet] + words
@@ -74,11 +82,60 @@ def llama_style_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def clip_tokenizer() -> CLIPTokenizer:
-    """CLIP's own tokenizer class with a byte-level vocabulary and no merges (one token per character)."""
+def clip_tokenizer(extra_words: Iterable[str] = ()) -> CLIPTokenizer:
+    """CLIP's own tokenizer class with a byte-level vocabulary: one token per character, except that each of
+    `extra_words` (lowercase letters) is one token, through BPE merges learned on those words."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tokens = CLIP_SPECIAL + alphabet + [c + "</w>" for c in alphabet]
-    return CLIPTokenizer(vocab={token: i for i, token in enumerate(tokens)}, merges=[])
+    merges = _learn_merges(extra_words)
+    tokens = CLIP_SPECIAL + alphabet + [c + "</w>" for c in alphabet] + [a + b for a, b in merges]
+    return CLIPTokenizer(vocab={token: i for i, token in enumerate(dict.fromkeys(tokens))}, merges=merges)
+
+
+def _learn_merges(words: Iterable[str]) -> list[tuple[str, str]]:
+    """BPE training on `words` (CLIP's end-of-word suffix) until each word is a single symbol.
+
+    Applying learned merges in their order reproduces the learned segmentation, so every word encodes as
+    one token; the most frequent pair goes first (ties: the smallest pair), which keeps it deterministic.
+    """
+    pieces = {word: [*word[:-1], word[-1] + "</w>"] for word in dict.fromkeys(words) if word}
+    merges = []
+    while True:
+        counts = Counter(pair for symbols in pieces.values() for pair in zip(symbols, symbols[1:]))
+        if not counts:
+            return merges
+        best = max(sorted(counts), key=counts.__getitem__)
+        merges.append(best)
+        for word, symbols in pieces.items():
+            merged, i = [], 0
+            while i < len(symbols):
+                if tuple(symbols[i:i + 2]) == best:
+                    merged.append(best[0] + best[1])
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            pieces[word] = merged
+
+
+def tiny_llama(tokenizer, hidden_size: int) -> LlamaModel:
+    """A random 3-layer Llama text encoder (the pipeline reads hidden_states[-3])."""
+    return LlamaModel(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=3,  # the pipeline reads hidden_states[-3]
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ))
+
+
+def tiny_clip(tokenizer_2, hidden_size: int) -> CLIPTextModel:
+    """A random 2-layer CLIP text model (its pooled output feeds the transformer's pooled projection)."""
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer_2), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+        bos_token_id=tokenizer_2.bos_token_id, eos_token_id=tokenizer_2.eos_token_id,  # CLIP pools at the eos
+        pad_token_id=tokenizer_2.pad_token_id,
+    ))
 
 
 def build_tiny_components(
@@ -107,19 +164,8 @@ def build_tiny_components(
         latent_channels=16, block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4,
     )
     tokenizer, tokenizer_2 = llama_style_tokenizer(), clip_tokenizer()
-    text_encoder = LlamaModel(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=text_embed_dim, intermediate_size=2 * text_embed_dim,
-        num_hidden_layers=3,  # the pipeline reads hidden_states[-3]
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    ))
-    text_encoder_2 = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer_2), hidden_size=pooled_projection_dim, intermediate_size=2 * pooled_projection_dim,
-        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
-        bos_token_id=tokenizer_2.bos_token_id, eos_token_id=tokenizer_2.eos_token_id,  # CLIP pools at the eos
-        pad_token_id=tokenizer_2.pad_token_id,
-    ))
+    text_encoder = tiny_llama(tokenizer, text_embed_dim)
+    text_encoder_2 = tiny_clip(tokenizer_2, pooled_projection_dim)
     return dict(transformer=transformer.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
                 text_encoder_2=text_encoder_2.eval(), tokenizer_2=tokenizer_2)
 
@@ -181,6 +227,14 @@ def write_tiny_checkpoint(
         HunyuanVideoPipeline(scheduler=scheduler, **parts).save_pretrained(out_dir)
         return out_dir
 
+    write_upstream(out_dir, parts, fp8=fp8)
+    return out_dir
+
+
+def write_upstream(out_dir, parts: dict, *, fp8: bool = False) -> None:
+    """Save components (keyed like HunyuanVideoPipeline's) in the upstream layout, `out_dir` being the model
+    base; every tensor keeps its dtype (the released transformer is bf16)."""
+    out_dir = Path(out_dir)
     dit_weight = out_dir / DIT_WEIGHT
     dit_weight.parent.mkdir(parents=True, exist_ok=True)
     state = convert_to_upstream(parts["transformer"].state_dict())
@@ -200,4 +254,3 @@ def write_tiny_checkpoint(
                                      (TEXT_ENCODER_2_DIR, parts["text_encoder_2"], parts["tokenizer_2"])):
         model.save_pretrained(out_dir / folder)
         tokenizer.save_pretrained(out_dir / folder)
-    return out_dir
