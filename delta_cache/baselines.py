@@ -1,0 +1,391 @@
+"""The methods `scripts/bench_fidelity.py` compares the delta cache with, and the tools to compare fairly.
+
+Every method is a small object with `attach(transformer)` / `detach(transformer)` (detach returns the
+method's own statistics for the run) and `describe()` (one line for the results table):
+
+- `NoCache`: the reference.
+- `DeltaCache`: ours (`delta_cache.apply_delta_cache`), for a uniform interface.
+- `StepSkipping`: naive step skipping. On a skipped step the whole transformer call is replaced by the
+  previous computed call's output of the same CFG branch (`StepSkippingHook`, a diffusers `ModelHook` on
+  the transformer with one state per `cache_context` name, reset at the end of every pipeline call).
+  `evenly_spread_steps` and `steps_for_block_budget` choose which steps to compute at a given compute.
+- `FirstBlockCache`, `MagCache`: diffusers' own caches (`transformer.enable_cache(...)` /
+  `disable_cache()`). `calibrate_mag_ratios` runs MagCache's calibrate=True mode and reads back the ratios
+  it prints; `tune_threshold` searches a threshold for a target share of block evaluations.
+
+`BlockCounter` counts the block forwards that really run. It is a diffusers hook registered on every
+block BEFORE any cache, so it sits innermost in each block's hook chain: a cache that skips a block never
+calls into it. (A torch forward pre-hook would count skipped blocks too: the caches skip inside
+`forward`, after torch's hooks have fired.)
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
+
+from .hooks import DEFAULT_BRANCH, apply_delta_cache, model_block_lists, remove_delta_cache
+from .schedule import compress_ranges
+
+_COUNTER_HOOK = "bench_block_counter"
+_STEP_SKIP_HOOK = "bench_step_skipping"
+
+
+# --- counting real block evaluations ---------------------------------------------------------------------
+
+class _CountingHook(ModelHook):
+    """Stateless, no new_forward: only counts the calls that reach the block's own forward."""
+
+    def __init__(self, counter: "BlockCounter", list_name: str):
+        super().__init__()
+        self.counter = counter
+        self.list_name = list_name
+
+    def pre_forward(self, module, *args, **kwargs):
+        self.counter.counts[self.list_name] += 1
+        return args, kwargs
+
+
+class BlockCounter:
+    """Counts real forward computations of every block of every block list of `transformer`.
+
+    Install it before any cache (it raises otherwise): caches registered later wrap it, so it only sees
+    the calls they let through. `count` is the running total over all lists; `counts` per list.
+    """
+
+    def __init__(self, transformer: torch.nn.Module):
+        self.transformer = transformer
+        self.depths = model_block_lists(transformer)
+        if not self.depths:
+            raise ValueError(f"{type(transformer).__name__} has no registered transformer block lists to count")
+        self.counts = dict.fromkeys(self.depths, 0)
+        blocks = [(name, block) for name in self.depths for block in getattr(transformer, name)]
+        for name, block in blocks:
+            registry = getattr(block, "_diffusers_hook", None)
+            if registry is not None and registry.hooks:
+                raise ValueError(f"block of {name} already has hooks ({', '.join(registry.hooks)}): install the "
+                                 "BlockCounter before any cache so that it counts only real block forwards")
+        for name, block in blocks:
+            HookRegistry.check_if_exists_or_initialize(block).register_hook(_CountingHook(self, name), _COUNTER_HOOK)
+        HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def blocks_per_call(self) -> int:
+        """Block evaluations one uncached transformer call makes."""
+        return sum(self.depths.values())
+
+    def remove(self) -> None:
+        """Remove the counting hooks (only valid once every cache has been removed again)."""
+        for name in self.depths:
+            for block in getattr(self.transformer, name):
+                HookRegistry.check_if_exists_or_initialize(block).remove_hook(_COUNTER_HOOK, recurse=False)
+        HookRegistry.check_if_exists_or_initialize(self.transformer).invalidate_child_registries_cache()
+
+
+# --- the methods ---------------------------------------------------------------------------------------
+
+class NoCache:
+    name = "uncached"
+    label = "uncached"
+
+    def attach(self, transformer) -> None:
+        pass
+
+    def detach(self, transformer) -> dict:
+        return {}
+
+    def describe(self) -> str:
+        return "reference"
+
+
+class DeltaCache:
+    """ProfilingDiT's delta cache with a schedule (preset name, path or `Schedule`)."""
+
+    name = "delta_cache"
+    label = "delta cache (ours)"
+
+    def __init__(self, schedule, num_inference_steps: int):
+        self.schedule = schedule
+        self.num_inference_steps = num_inference_steps
+        self._handle = None
+
+    def attach(self, transformer) -> None:
+        # The step count matters for pipelines that pass no step index (HunyuanVideo); harmless for Wan.
+        self._handle = apply_delta_cache(transformer, self.schedule, num_inference_steps=self.num_inference_steps)
+
+    def detach(self, transformer) -> dict:
+        stats = self._handle.stats() if self._handle is not None else {}
+        remove_delta_cache(transformer)
+        self._handle = None
+        return {"cache_reported_computed_block_evals": stats.get("computed_block_evals"),
+                "cache_reported_total_block_evals": stats.get("total_block_evals")}
+
+    def describe(self) -> str:
+        name = getattr(self.schedule, "name", self.schedule)
+        return f"schedule {name}"
+
+
+class _StepSkipState(BaseState):
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.num_calls = 0
+        self.last_output = None
+
+
+class StepSkippingHook(ModelHook):
+    """On the transformer: calls at steps outside `computed_steps` return the branch's last computed output."""
+
+    _is_stateful = True
+
+    def __init__(self, computed_steps, num_steps: int):
+        super().__init__()
+        self.computed_steps = frozenset(int(s) for s in computed_steps)
+        self.num_steps = num_steps
+        self.state_manager = StateManager(_StepSkipState)
+        self.computed_calls = 0
+        self.skipped_calls = 0
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        owns_context = self.state_manager._context is None
+        if owns_context:
+            self.state_manager.set_context(CacheContext(DEFAULT_BRANCH))
+        try:
+            context = self.state_manager.context
+            state: _StepSkipState = self.state_manager.get_state()
+            # WanPipeline passes the step index; HunyuanVideoPipeline does not: count this branch's calls.
+            step = context.step_index if context.step_index is not None else state.num_calls
+            state.num_calls += 1
+            if state.last_output is None or step in self.computed_steps or step >= self.num_steps:
+                state.last_output = self.fn_ref.original_forward(*args, **kwargs)
+                self.computed_calls += 1
+                return state.last_output
+            self.skipped_calls += 1
+            return _clone_output(state.last_output)  # callers must not be able to alter the cached output
+        finally:
+            if owns_context:
+                self.state_manager.set_context(None)
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.state_manager.reset()
+        return module
+
+
+def _clone_output(output):
+    if isinstance(output, torch.Tensor):
+        return output.clone()
+    if isinstance(output, (tuple, list)):
+        return type(output)(_clone_output(o) for o in output)
+    return output
+
+
+def apply_step_skipping(transformer: torch.nn.Module, computed_steps, num_steps: int) -> StepSkippingHook:
+    """Attach naive step skipping: only `computed_steps` (0-based, of `num_steps`) run the transformer."""
+    hook = StepSkippingHook(computed_steps, num_steps)
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    registry.register_hook(hook, _STEP_SKIP_HOOK)
+    registry.invalidate_child_registries_cache()
+    return hook
+
+
+def remove_step_skipping(transformer: torch.nn.Module) -> None:
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    registry.remove_hook(_STEP_SKIP_HOOK, recurse=False)
+    registry.invalidate_child_registries_cache()
+
+
+def evenly_spread_steps(num_steps: int, num_computed: int) -> list[int]:
+    """`num_computed` steps of `num_steps`, evenly spread, the first and the last step always included."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    num_computed = max(1, min(num_computed, num_steps))
+    if num_computed == 1:
+        return [0]
+    spacing = (num_steps - 1) / (num_computed - 1)  # >= 1, so rounding half up keeps the steps distinct
+    return [int(math.floor(i * spacing + 0.5)) for i in range(num_computed)]
+
+
+def steps_for_block_budget(target_block_evals: float, blocks_per_call: int, calls_per_step: int,
+                           num_steps: int) -> int:
+    """How many computed steps make step skipping's block evaluations closest to `target_block_evals`
+    (at least 2, the first and the last step, when there are 2 steps or more)."""
+    per_step = blocks_per_call * calls_per_step
+    best = round(target_block_evals / per_step)
+    return max(min(2, num_steps), min(num_steps, best))
+
+
+class StepSkipping:
+    name = "step_skipping"
+    label = "naive step skipping"
+
+    def __init__(self, computed_steps, num_steps: int):
+        self.computed_steps = sorted(int(s) for s in computed_steps)
+        self.num_steps = num_steps
+        self._hook = None
+
+    def attach(self, transformer) -> None:
+        self._hook = apply_step_skipping(transformer, self.computed_steps, self.num_steps)
+
+    def detach(self, transformer) -> dict:
+        hook, self._hook = self._hook, None
+        remove_step_skipping(transformer)
+        return {} if hook is None else {"computed_calls": hook.computed_calls, "skipped_calls": hook.skipped_calls}
+
+    def describe(self) -> str:
+        if len(self.computed_steps) <= 12:
+            steps = ", ".join(str(s) for s in compress_ranges(self.computed_steps))
+        else:
+            steps = "evenly spread, first and last included"
+        return f"{len(self.computed_steps)}/{self.num_steps} steps computed ({steps})"
+
+
+class FirstBlockCache:
+    """diffusers' FirstBlockCache (`enable_cache(FirstBlockCacheConfig(threshold))`)."""
+
+    name = "first_block_cache"
+    label = "FirstBlockCache (diffusers)"
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+        self.tuning: TuneResult | None = None
+
+    def attach(self, transformer) -> None:
+        from diffusers.hooks import FirstBlockCacheConfig
+
+        transformer.enable_cache(FirstBlockCacheConfig(threshold=self.threshold))
+
+    def detach(self, transformer) -> dict:
+        _disable_diffusers_cache(transformer)
+        return {}
+
+    def describe(self) -> str:
+        return f"threshold {self.threshold:.4g}" + (f"; {self.tuning.summary()}" if self.tuning else "")
+
+
+class MagCache:
+    """diffusers' MagCache with magnitude ratios from `calibrate_mag_ratios` (defaults for the rest)."""
+
+    name = "mag_cache"
+    label = "MagCache (diffusers)"
+
+    def __init__(self, threshold: float, mag_ratios: list[float], num_steps: int):
+        self.threshold = threshold
+        self.mag_ratios = list(mag_ratios)
+        self.num_steps = num_steps
+        self.tuning: TuneResult | None = None
+
+    def config(self):
+        from diffusers.hooks import MagCacheConfig
+
+        return MagCacheConfig(threshold=self.threshold, num_inference_steps=self.num_steps,
+                              mag_ratios=torch.tensor(self.mag_ratios, dtype=torch.float32))
+
+    def attach(self, transformer) -> None:
+        transformer.enable_cache(self.config())
+
+    def detach(self, transformer) -> dict:
+        _disable_diffusers_cache(transformer)
+        return {}
+
+    def describe(self) -> str:
+        c = self.config()
+        text = f"threshold {self.threshold:.4g}, max_skip_steps {c.max_skip_steps}, retention_ratio {c.retention_ratio}"
+        return text + (f"; {self.tuning.summary()}" if self.tuning else "")
+
+
+def _disable_diffusers_cache(transformer) -> None:
+    if getattr(transformer, "_cache_config", None) is not None:
+        transformer.disable_cache()
+
+
+_MAG_RATIOS_PRINTED = re.compile(r"Calibration Complete[^\n]*\n\s*(\[[^\]]*\])")
+
+
+def calibrate_mag_ratios(transformer, num_steps: int, run: Callable[[], None]) -> list[float]:
+    """MagCache's calibrate=True mode over one generation (`run()`); returns its magnitude ratios.
+
+    diffusers prints the ratios of every CFG branch at the end of the run ("copy these values"); they are
+    read from that output and averaged over branches step by step (MagCacheConfig takes one list).
+    """
+    from diffusers.hooks import MagCacheConfig
+
+    printed = io.StringIO()
+    transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=num_steps))
+    try:
+        with contextlib.redirect_stdout(printed):
+            run()
+    finally:
+        _disable_diffusers_cache(transformer)
+    per_branch = [ast.literal_eval(match) for match in _MAG_RATIOS_PRINTED.findall(printed.getvalue())]
+    per_branch = [ratios for ratios in per_branch if len(ratios) == num_steps]
+    if not per_branch:
+        raise RuntimeError(f"MagCache calibration printed no ratios for {num_steps} steps")
+    return [float(sum(values) / len(values)) for values in zip(*per_branch)]
+
+
+# --- threshold search ----------------------------------------------------------------------------------
+
+@dataclass
+class TuneResult:
+    threshold: float
+    reached: float  # share of block evaluations computed at `threshold` (calibration runs)
+    target: float
+    tolerance: float
+    trials: list[tuple[float, float]] = field(default_factory=list)  # (threshold, share) in the order tried
+
+    @property
+    def within_tolerance(self) -> bool:
+        return abs(self.reached - self.target) <= self.tolerance * self.target
+
+    def summary(self) -> str:
+        verdict = "" if self.within_tolerance else f", not within {self.tolerance:.0%}"
+        runs = f"{len(self.trials)} run{'s' if len(self.trials) > 1 else ''}"
+        return f"tuned: {self.reached:.1%} vs target {self.target:.1%} ({runs}{verdict})"
+
+
+def tune_threshold(measure: Callable[[float], float], target: float, *, initial: float, tolerance: float = 0.05,
+                   max_runs: int = 8, factor: float = 4.0) -> TuneResult:
+    """Find a threshold whose share of computed block evaluations (`measure(threshold)`, falling as the
+    threshold grows) is within `tolerance` (relative) of `target`.
+
+    Starts at `initial`, multiplies or divides by `factor` until the target is bracketed, then bisects
+    geometrically. Stops when within tolerance or after `max_runs` measurements, keeping the closest.
+    """
+    if max_runs < 1:
+        raise ValueError(f"max_runs must be >= 1, got {max_runs}")
+    too_much_compute = too_little_compute = None  # thresholds bracketing the target
+    trials: list[tuple[float, float]] = []
+    threshold = initial
+    for _ in range(max_runs):
+        share = measure(threshold)
+        trials.append((threshold, share))
+        if abs(share - target) <= tolerance * target:
+            break
+        if share > target:
+            too_much_compute = threshold
+        else:
+            too_little_compute = threshold
+        if too_little_compute is None:
+            threshold = too_much_compute * factor
+        elif too_much_compute is None:
+            threshold = too_little_compute / factor
+        else:
+            threshold = math.sqrt(too_much_compute * too_little_compute)
+    best_threshold, best_share = min(trials, key=lambda trial: (abs(trial[1] - target), trial[0]))
+    return TuneResult(threshold=best_threshold, reached=best_share, target=target, tolerance=tolerance,
+                      trials=trials)
+

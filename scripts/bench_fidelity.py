@@ -1,0 +1,615 @@
+#!/usr/bin/env python
+"""Fidelity benchmark: the delta cache vs other caches at the same compute, on tiny trained models.
+
+    python scripts/bench_fidelity.py --family wan                    # checkpoints/tiny-wan2.1-t2v, 16 pairs
+    python scripts/bench_fidelity.py --family wan hunyuan_video --num_pairs 32 --out outputs/bench_fidelity
+    python scripts/bench_fidelity.py --family wan --wan_ckpt /work/train/tiny-wan2.1-t2v --sample_steps 50
+
+For each family the checkpoint is loaded with the family's loader and sampled as its front end does
+(Wan2.1/generate.py t2v: UniPC, shift 5, guide scale 5 with upstream's negative prompt;
+HunyuanVideo/sample_video.py: Euler, flow shift 7, embedded guidance 6, no true CFG), at the checkpoint's
+native size (`tiny_model.json`; --size and --frame_num for a checkpoint without one). Prompt/seed pairs are `make_video(i, "eval")` (held-out prompts, never
+seen in training) with seed i. Every method runs on a pair before the next pair starts:
+
+  uncached          the reference video;
+  delta_cache       ProfilingDiT with the family's paper preset (--wan_schedule / --hunyuan_schedule);
+  step_skipping     naive: only evenly spread steps (first and last included) run the transformer, the others
+                    reuse the branch's last output; as many steps as give the delta cache's block evaluations;
+  first_block_cache diffusers' FirstBlockCache, threshold tuned to the delta cache's block evaluations;
+  mag_cache         diffusers' MagCache, ratios from its calibrate=True mode, threshold tuned the same way.
+
+The block budget (the delta cache's block evaluations) and the thresholds come from --calib_pairs (2)
+calibration pairs `make_video(1000 + k, "eval")`, seed 1000 + k, which are not evaluation pairs. Thresholds
+are tuned by delta_cache.baselines.tune_threshold (expand by 4x until the target is bracketed, then bisect
+geometrically) until within --tune_tolerance (5%) of the budget or after --tune_runs (8) runs; the table's
+configuration column says what the calibration reached, its block-evals column what the evaluation pairs
+used (FirstBlockCache decides from the data, so the two differ). A method that cannot run on a family gets
+a row saying why.
+
+Columns (means over the evaluation pairs):
+  block evals    block forwards that really ran / block forwards of the uncached run (blocks x steps x CFG
+                 branches), counted by a hook on every block of every block list (delta_cache.baselines.BlockCounter)
+  compute        the same as a percentage
+  speedup        mean uncached denoising-loop seconds / mean method seconds (measured; text encoding and
+                 VAE decoding excluded)
+  PSNR, SSIM     per frame vs the uncached video, on the decoded float frames (before mp4 encoding); the PSNR
+                 mean leaves out pairs identical to the reference (inf) and says how many there were
+  PSNR/SSIM mp4  the same after writing both videos as mp4 and reading them back
+  LPIPS          per frame, float frames; "n/a" unless torchmetrics' LPIPS backbone weights are already on disk
+  prompt acc.    share of pairs whose video agrees with its prompt (delta_cache.synthetic.analyse.check_video,
+                 on the decoded frames as uint8)
+
+Output in --out: bench_fidelity.md (the tables), bench_fidelity.json (settings, tuning and per-pair numbers),
+bench_fidelity.png (PSNR vs measured speedup), videos/<family>/pairNNN_<method>.mp4. The three result files
+are rewritten atomically after each family.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # works without `pip install -e .` too
+
+from delta_cache.cli import OneLineArgumentParser, run_cli, set_offline  # noqa: E402
+from delta_cache.errors import UserInputError  # noqa: E402
+
+FAMILIES = ("wan", "hunyuan_video")
+CKPT_FLAGS = {"wan": "wan_ckpt", "hunyuan_video": "hunyuan_ckpt"}
+SCHEDULE_FLAGS = {"wan": "wan_schedule", "hunyuan_video": "hunyuan_schedule"}
+CALIBRATION_OFFSET = 1000  # calibration pairs: make_video(1000 + k, "eval"), far from the evaluation pairs
+WAN_TASK = "t2v-14B"
+METHOD_ORDER = ("uncached", "delta_cache", "step_skipping", "first_block_cache", "mag_cache")
+
+
+def build_parser() -> OneLineArgumentParser:
+    p = OneLineArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--family", nargs="+", choices=FAMILIES, default=list(FAMILIES), help="model families (default: both)")
+    p.add_argument("--wan_ckpt", default="checkpoints/tiny-wan2.1-t2v", help="tiny Wan2.1 checkpoint folder (default: %(default)s)")
+    p.add_argument("--hunyuan_ckpt", default="checkpoints/tiny-hunyuanvideo-t2v",
+                   help="tiny HunyuanVideo checkpoint folder: upstream ckpts/ layout (the model base) or diffusers "
+                        "(default: %(default)s)")
+    p.add_argument("--wan_schedule", default="wan2.1-t2v-14b", help="delta-cache preset or schedule JSON for Wan (default: %(default)s)")
+    p.add_argument("--hunyuan_schedule", default="hunyuanvideo-720p",
+                   help="delta-cache preset or schedule JSON for HunyuanVideo (default: %(default)s)")
+    p.add_argument("--sample_steps", type=int, default=50, help="denoising steps (default 50, as the front ends)")
+    p.add_argument("--num_pairs", type=int, default=16, help="evaluation prompt/seed pairs (default 16)")
+    p.add_argument("--calib_pairs", type=int, default=2, help="calibration pairs for threshold tuning (default 2)")
+    p.add_argument("--tune_runs", type=int, default=8, help="most calibration runs per threshold search (default 8)")
+    p.add_argument("--tune_tolerance", type=float, default=0.05,
+                   help="stop tuning when block evaluations are within this relative distance of the target "
+                        "(default 0.05)")
+    p.add_argument("--size", default=None, help="WIDTH*HEIGHT instead of the checkpoint's native size")
+    p.add_argument("--frame_num", type=int, default=None, help="frames (4n+1) instead of the native count")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--out", default="outputs/bench_fidelity", help="output folder (default: %(default)s)")
+    return p
+
+
+@dataclass(frozen=True)
+class VideoSize:
+    width: int
+    height: int
+    num_frames: int
+
+
+def validate(args) -> dict[str, VideoSize]:
+    """Flag checks before anything heavy is imported; returns each family's video size."""
+    from delta_cache.models.tiny_info import native_size
+
+    for flag, value, least in (("--num_pairs", args.num_pairs, 1), ("--calib_pairs", args.calib_pairs, 1),
+                               ("--sample_steps", args.sample_steps, 1), ("--tune_runs", args.tune_runs, 1),
+                               ("--threads", args.threads, 1)):
+        if value < least:
+            raise UserInputError(f"{flag} must be >= {least}, got {value}")
+    if not 0 < args.tune_tolerance < 1:
+        raise UserInputError(f"--tune_tolerance must be between 0 and 1, got {args.tune_tolerance}")
+    override = None
+    if args.size is not None:
+        try:
+            width, height = (int(v) for v in args.size.split("*"))
+        except ValueError:
+            raise UserInputError(f"--size must be WIDTH*HEIGHT (e.g. 128*128), got {args.size!r}") from None
+        override = (width, height)
+    sizes = {}
+    args.family = list(dict.fromkeys(args.family))
+    for family in args.family:
+        flag = CKPT_FLAGS[family]
+        ckpt = Path(getattr(args, flag))
+        if not ckpt.is_dir():
+            raise UserInputError(f"--{flag} {ckpt}: no such checkpoint folder (train one with scripts/train_tiny.py, "
+                                 "or pass --family for the families you have)")
+        native = native_size(ckpt)
+        if native is None and (override is None or args.frame_num is None):
+            raise UserInputError(f"{ckpt} has no tiny_model.json (native size): pass --size and --frame_num")
+        width, height = override or (native.width, native.height)
+        frames = args.frame_num if args.frame_num is not None else native.num_frames
+        if min(width, height) < 16 or frames < 1 or (frames - 1) % 4:
+            raise UserInputError(f"{family}: need width and height >= 16 and 4n+1 frames, got {width}x{height}x{frames}")
+        sizes[family] = VideoSize(width, height, frames)
+    return sizes
+
+
+# --- families: load a checkpoint and sample it as its front end does --------------------------------
+
+@dataclass
+class FamilyModel:
+    pipe: object
+    transformer: object
+    fps: int
+    sample: Callable  # (prompt, seed, decode) -> (float frames (F, H, W, C) or None, denoise seconds)
+    to_uint8: Callable  # float frames -> uint8 frames, as the front end writes them
+    description: str
+
+
+def load_wan(ckpt: Path, size: VideoSize, steps: int, device) -> FamilyModel:
+    import torch
+
+    from delta_cache.models.wan import tasks
+    from delta_cache.models.wan.checkpoint import load_wan_components
+    from delta_cache.models.wan.pipeline import build_pipeline, decode, denoise
+    from delta_cache.video import to_uint8_frames
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # as Wan2.1/generate.py
+    components = load_wan_components(ckpt, task=WAN_TASK, dtype=dtype)
+    shift = tasks.task_defaults(WAN_TASK, f"{size.width}*{size.height}").sample_shift
+    pipe = build_pipeline(components, image_to_video=False, solver="unipc", shift=shift)
+    if device.type == "cuda":
+        for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
+            module.to(device)
+    pipe.set_progress_bar_config(disable=True)
+
+    def sample(prompt: str, seed: int, decode_frames: bool):
+        latents, seconds = denoise(pipe, prompt=prompt, negative_prompt=tasks.negative_prompt(WAN_TASK),
+                                   width=size.width, height=size.height, num_frames=size.num_frames,
+                                   num_inference_steps=steps, guidance_scale=5.0, seed=seed)
+        return (decode(pipe, latents)[0] if decode_frames else None), seconds
+
+    return FamilyModel(pipe, pipe.transformer, tasks.SAMPLE_FPS, sample, to_uint8_frames,
+                       f"unipc, shift {shift:g}, guide scale 5, upstream negative prompt, {dtype}")
+
+
+def load_hunyuan_video(ckpt: Path, size: VideoSize, steps: int, device) -> FamilyModel:
+    import numpy as np
+    import torch
+
+    from delta_cache.models.hunyuan_video import config
+    from delta_cache.models.hunyuan_video.checkpoint import DIT_WEIGHT, load_hunyuan_video_components
+    from delta_cache.models.hunyuan_video.pipeline import TextEncoding, build_pipeline, decode, denoise
+
+    cuda = device.type == "cuda"  # sample_video.py: bf16 DiT, fp16 VAE and text encoders, autocast; CPU fp32
+    half, bf16 = (torch.float16, torch.bfloat16) if cuda else (torch.float32, torch.float32)
+    dtypes = dict(dtype=bf16, vae_dtype=half, text_encoder_dtype=half, text_encoder_2_dtype=half)
+    components = load_hunyuan_video_components(ckpt / DIT_WEIGHT, ckpt, **dtypes)
+    components.transformer.rope.theta = 256.0  # --rope-theta default; not stored in the checkpoint
+    shift, embedded_guidance = 7.0, 6.0  # --flow-shift, --embedded-cfg-scale defaults
+    pipe = build_pipeline(components, shift=shift)
+    if cuda:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    height, width = config.align_to(size.height), config.align_to(size.width)
+    text = TextEncoding(template=config.prompt_template(size.num_frames, "dit-llm-encode", "dit-llm-encode-video"))
+
+    def sample(prompt: str, seed: int, decode_frames: bool):
+        latents, seconds = denoise(pipe, prompt=prompt, negative_prompt=None, height=height, width=width,
+                                   num_frames=size.num_frames, num_inference_steps=steps,
+                                   embedded_guidance_scale=embedded_guidance, cfg_scale=1.0, seed=seed, text=text,
+                                   autocast_dtype=torch.bfloat16 if cuda else None)
+        if not decode_frames:
+            return None, seconds
+        return decode(pipe, latents, autocast_dtype=torch.float16 if cuda else None)[0], seconds
+
+    def to_uint8(frames):  # sample_video.py truncates, as upstream
+        return (np.clip(frames, 0.0, 1.0) * 255).astype(np.uint8)
+
+    return FamilyModel(pipe, pipe.transformer, config.SAMPLE_FPS, sample, to_uint8,
+                       f"euler, flow shift {shift:g}, embedded guidance {embedded_guidance:g}, no true CFG, "
+                       f"{dtypes['dtype']}")
+
+
+LOADERS = {"wan": load_wan, "hunyuan_video": load_hunyuan_video}
+
+
+# --- metrics -------------------------------------------------------------------------------------------
+
+def make_lpips(device):
+    """torchmetrics' LPIPS if its backbone weights are already on disk (never downloads); else (None, reason)."""
+    try:
+        import torchvision  # noqa: F401  (torchmetrics builds the backbone with torchvision)
+    except ImportError:
+        return None, "torchvision not installed"
+    import torch
+    from torchvision import models
+
+    weights = models.AlexNet_Weights.DEFAULT
+    local = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not local.is_file():
+        return None, f"backbone weights not on disk ({local})"
+    try:
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+        metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True).to(device).eval()
+    except Exception as err:  # an optional metric must never stop the benchmark
+        return None, f"cannot build LPIPS ({type(err).__name__}: {err})"
+
+    def lpips(video, reference) -> float:
+        a = torch.from_numpy(video).permute(0, 3, 1, 2).float().to(device)
+        b = torch.from_numpy(reference).permute(0, 3, 1, 2).float().to(device)
+        with torch.no_grad():
+            return float(torch.stack([metric(a[i:i + 1], b[i:i + 1]) for i in range(len(a))]).mean())
+
+    return lpips, None
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+# --- one family ----------------------------------------------------------------------------------------
+
+@dataclass
+class FamilyBench:
+    """Everything measured for one family (what goes into the json)."""
+
+    family: str
+    settings: dict
+    methods: dict = field(default_factory=dict)  # name -> {label, description, available, reason, tuning}
+    pairs: list = field(default_factory=list)  # per pair: prompt, seed, runs {method: numbers}
+    summary: dict = field(default_factory=dict)  # name -> means over pairs
+
+
+def bench_family(family: str, args, size: VideoSize, schedule, device, out: Path, lpips) -> FamilyBench:
+    """Load the family's checkpoint, calibrate the methods, then run every method on every pair."""
+    import diffusers
+    import torch
+    from tqdm import tqdm
+
+    from delta_cache.baselines import BlockCounter
+
+    ckpt = Path(getattr(args, CKPT_FLAGS[family]))
+    tqdm.write(f"[{family}] loading {ckpt}")
+    model = LOADERS[family](ckpt, size, args.sample_steps, device)
+    counter = BlockCounter(model.transformer)  # before any cache, so that it sees only real forwards
+    bench = FamilyBench(family, {
+        "checkpoint": str(ckpt), "width": size.width, "height": size.height, "num_frames": size.num_frames,
+        "steps": args.sample_steps, "num_pairs": args.num_pairs, "calib_pairs": args.calib_pairs,
+        "threads": args.threads, "device": str(device), "torch": torch.__version__,
+        "diffusers": diffusers.__version__, "sampling": model.description, "schedule": schedule.name,
+        "block_lists": dict(counter.depths), "lpips": "yes" if lpips[0] else f"n/a: {lpips[1]}",
+    })
+    runner = Runner(family, model, counter)
+    methods = prepare_methods(runner, bench, args, schedule)
+    evaluate(runner, bench, methods, args.num_pairs, out / "videos" / family, lpips[0])
+    bench.summary = summarise(bench, [m.name for m in methods])
+    return bench
+
+
+@dataclass
+class Runner:
+    """Runs one generation with a method attached and counts the block forwards that really ran."""
+
+    family: str
+    model: FamilyModel
+    counter: object  # delta_cache.baselines.BlockCounter
+
+    def run(self, method, prompt: str, seed: int, decode_frames: bool):
+        """-> (float frames or None, denoise seconds, block evaluations, the method's own statistics)."""
+        transformer = self.model.transformer
+        before = self.counter.count
+        method.attach(transformer)
+        try:
+            frames, seconds = self.model.sample(prompt, seed, decode_frames)
+        finally:
+            own_stats = method.detach(transformer)
+        return frames, seconds, self.counter.count - before, own_stats
+
+    def mean_block_evals(self, method, videos) -> float:
+        """Mean block evaluations over `videos` (denoising only, no decoding), seed = video index."""
+        return _mean([self.run(method, video.prompt, video.index, False)[2] for video in videos])
+
+
+def prepare_methods(runner: Runner, bench: FamilyBench, args, schedule) -> list:
+    """On the calibration pairs: the block budget (the delta cache's), the naive steps, tuned thresholds.
+
+    Records each method's configuration (or why it is unavailable) in `bench.methods`."""
+    from tqdm import tqdm
+
+    from delta_cache import baselines
+    from delta_cache.synthetic.videos import make_video
+
+    family, steps, transformer = runner.family, args.sample_steps, runner.model.transformer
+    calibration = [make_video(CALIBRATION_OFFSET + k, "eval") for k in range(args.calib_pairs)]
+    total = runner.mean_block_evals(baselines.NoCache(), calibration)  # also warms up allocator and kernels
+    calls_per_step = max(1, round(total / (runner.counter.blocks_per_call * steps)))
+    target = runner.mean_block_evals(baselines.DeltaCache(schedule, steps), calibration)
+    bench.settings.update(total_block_evals=total, calls_per_step=calls_per_step, target_block_evals=target)
+    tqdm.write(f"[{family}] uncached {total:.0f} block evaluations per video, delta cache {target:.0f} "
+               f"({target / total:.1%})")
+
+    num_computed = baselines.steps_for_block_budget(target, runner.counter.blocks_per_call, calls_per_step, steps)
+    methods = [baselines.NoCache(), baselines.DeltaCache(schedule, steps),
+               baselines.StepSkipping(baselines.evenly_spread_steps(steps, num_computed), steps)]
+
+    def tuned(name: str, make: Callable[[float], object], initial: float):
+        def share(threshold: float) -> float:
+            computed = runner.mean_block_evals(make(threshold), calibration)
+            tqdm.write(f"[{family}] {name} threshold {threshold:.4g}: {computed / total:.1%} compute")
+            return computed / total
+
+        result = baselines.tune_threshold(share, target / total, initial=initial, tolerance=args.tune_tolerance,
+                                          max_runs=args.tune_runs)
+        method = make(result.threshold)
+        method.tuning = result
+        return method
+
+    def mag_cache():
+        first = calibration[0]
+        ratios = baselines.calibrate_mag_ratios(transformer, steps,
+                                                lambda: runner.model.sample(first.prompt, first.index, False))
+        return tuned("mag_cache", lambda threshold: baselines.MagCache(threshold, ratios, steps), initial=0.06)
+
+    unavailable = {}
+    for cls, build in ((baselines.FirstBlockCache, lambda: tuned("first_block_cache", baselines.FirstBlockCache, 0.05)),
+                       (baselines.MagCache, mag_cache)):
+        try:
+            methods.append(build())
+        except Exception as err:  # a baseline that cannot run on this family gets a row saying why
+            unavailable[cls.name] = {"label": cls.label, "available": False, "reason": _reason(err)}
+            tqdm.write(f"[{family}] {cls.name} unavailable: {unavailable[cls.name]['reason']}")
+        if getattr(transformer, "_cache_config", None) is not None:  # a failed attach left a diffusers cache on
+            transformer.disable_cache()
+
+    for method in methods:
+        info = bench.methods[method.name] = {"label": method.label, "description": method.describe(),
+                                             "available": True}
+        tuning = getattr(method, "tuning", None)
+        if tuning is not None:
+            info["tuning"] = {"threshold": tuning.threshold, "reached": tuning.reached, "target": tuning.target,
+                              "within_tolerance": tuning.within_tolerance, "trials": tuning.trials}
+        if isinstance(method, baselines.StepSkipping):
+            info["computed_steps"] = method.computed_steps
+        if isinstance(method, baselines.MagCache):
+            info["mag_ratios"] = method.mag_ratios
+    bench.methods.update(unavailable)
+    return methods
+
+
+def evaluate(runner: Runner, bench: FamilyBench, methods: list, num_pairs: int, video_dir: Path, lpips_fn) -> None:
+    """Every method on pair 0, then on pair 1, ...; per-run numbers go to `bench.pairs`."""
+    from tqdm import tqdm
+
+    from delta_cache.synthetic.videos import make_video
+
+    bar = tqdm(total=num_pairs * len(methods), desc=runner.family, unit="video")
+    for index in range(num_pairs):
+        video = make_video(index, "eval")
+        pair = {"index": index, "prompt": video.prompt, "seed": index, "runs": {}}
+        reference = None  # (float frames, mp4 frames, block evaluations) of the uncached run, which comes first
+        for method in methods:
+            bar.set_postfix_str(f"pair {index} {method.name}")
+            info = bench.methods[method.name]
+            if info["available"]:
+                try:
+                    frames, seconds, computed, own_stats = runner.run(method, video.prompt, index, True)
+                except Exception as err:
+                    if reference is None:  # the uncached run itself failed: nothing to compare with
+                        raise
+                    info["available"], info["reason"] = False, _reason(err)
+                else:
+                    path = video_dir / f"pair{index:03d}_{method.name}.mp4"
+                    record, encoded = measure_video(runner.model, frames, path, video.scene, reference)
+                    reference = reference or (frames, encoded, computed)
+                    if lpips_fn is not None:
+                        try:
+                            record["lpips"] = lpips_fn(frames, reference[0])
+                        except Exception as err:  # an optional metric must never stop the benchmark
+                            lpips_fn, bench.settings["lpips"] = None, f"n/a: {_reason(err)}"
+                    pair["runs"][method.name] = {"denoise_s": seconds, "computed_block_evals": computed,
+                                                 "total_block_evals": reference[2], **record, **own_stats}
+            bar.update()
+        bench.pairs.append(pair)
+    bar.close()
+
+
+def measure_video(model: FamilyModel, frames, path: Path, scene, reference) -> tuple[dict, object]:
+    """Write the mp4, read it back, compare both with the reference (itself when None), check the prompt."""
+    from delta_cache.metrics import fidelity
+    from delta_cache.synthetic.analyse import check_video
+    from delta_cache.video import read_video, save_video
+
+    uint8 = model.to_uint8(frames)
+    encoded = read_video(save_video(uint8, path, fps=model.fps))
+    ref_frames, ref_encoded = (frames, encoded) if reference is None else reference[:2]
+    before_mp4, after_mp4 = fidelity(frames, ref_frames), fidelity(encoded, ref_encoded)
+    check = check_video(uint8, scene)
+    return {"psnr": before_mp4.psnr, "ssim": before_mp4.ssim, "psnr_mp4": after_mp4.psnr, "ssim_mp4": after_mp4.ssim,
+            "lpips": None, "agrees": check.agrees, "matches": check.matches, "video": str(path)}, encoded
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def summarise(bench: FamilyBench, names: list[str]) -> dict:
+    summary = {}
+    reference_seconds = _mean([p["runs"]["uncached"]["denoise_s"] for p in bench.pairs])
+    for name in names:
+        runs = [p["runs"][name] for p in bench.pairs if name in p["runs"]]
+        if not runs or not bench.methods[name]["available"]:
+            continue
+        computed = _mean([r["computed_block_evals"] for r in runs])
+        total = _mean([r["total_block_evals"] for r in runs])
+        seconds = _mean([r["denoise_s"] for r in runs])
+        summary[name] = {
+            "pairs": len(runs), "computed_block_evals": computed, "total_block_evals": total,
+            "compute_share": computed / total, "denoise_s": seconds, "speedup": reference_seconds / seconds,
+            **{key: _mean([r[key] for r in runs]) for key in ("ssim", "ssim_mp4", "lpips")},
+            "prompt_accuracy": sum(r["agrees"] for r in runs) / len(runs),
+        }
+        for key in ("psnr", "psnr_mp4"):  # identical videos give inf, which would swallow the mean
+            finite = [r[key] for r in runs if math.isfinite(r[key])]
+            summary[name][key] = _mean(finite) if finite else math.inf
+            summary[name][f"{key}_identical_pairs"] = len(runs) - len(finite)
+    return summary
+
+
+def _psnr_cell(row: dict, key: str) -> str:
+    """Mean PSNR over the pairs that differ from the reference, and how many did not (their PSNR is inf)."""
+    identical = row[f"{key}_identical_pairs"]
+    text = _fmt(row[key], ".2f")
+    return text if identical in (0, row["pairs"]) else f"{text} ({identical} identical)"
+
+
+# --- output --------------------------------------------------------------------------------------------
+
+def _fmt(value, spec: str) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return format(value, spec)
+
+
+def markdown(benches: list[FamilyBench]) -> str:
+    lines = ["# Fidelity benchmark: the delta cache vs other caches at the same compute", "",
+             "Means over evaluation pairs; fidelity is measured against the uncached video of the same pair "
+             "(see scripts/bench_fidelity.py for the columns).", ""]
+    for bench in benches:
+        s = bench.settings
+        lines += [
+            f"## {bench.family}", "",
+            f"Settings: checkpoint `{s['checkpoint']}`, {s['width']}x{s['height']}, {s['num_frames']} frames, "
+            f"{s['steps']} steps, N = {s['num_pairs']} pairs (+{s['calib_pairs']} calibration), threads "
+            f"{s['threads']}, {s['device']}, torch {s['torch']}, diffusers {s['diffusers']}; {s['sampling']}; "
+            f"LPIPS {s['lpips']}.", "",
+            "| method | configuration | block evals | compute | speedup | PSNR dB | SSIM | PSNR dB (mp4) | SSIM (mp4) "
+            "| LPIPS | prompt acc. |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name in METHOD_ORDER:
+            if name not in bench.methods:
+                continue
+            info, row = bench.methods[name], bench.summary.get(name)
+            if not info["available"] or row is None:
+                reason = info.get("reason", "no runs")
+                lines.append(f"| {info['label']} | n/a: {reason} |" + " – |" * 9)
+                continue
+            lines.append(
+                f"| {info['label']} | {info['description']} | {row['computed_block_evals']:.0f}/"
+                f"{row['total_block_evals']:.0f} | {row['compute_share']:.1%} | {row['speedup']:.2f}x | "
+                f"{_psnr_cell(row, 'psnr')} | {_fmt(row['ssim'], '.4f')} | {_psnr_cell(row, 'psnr_mp4')} | "
+                f"{_fmt(row['ssim_mp4'], '.4f')} | {_fmt(row['lpips'], '.4f')} | {row['prompt_accuracy']:.0%} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _jsonable(value):
+    """Strict JSON: non-finite floats become strings ("inf"), tuples lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """`write(tmp_path)` then rename over `path`: a crash leaves the old file or none, never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def plot(benches: list[FamilyBench], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"wan": ("o", "tab:blue"), "hunyuan_video": ("s", "tab:orange")}
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for bench in benches:
+        marker, colour = styles.get(bench.family, ("^", "tab:green"))
+        shown = False
+        for name, row in bench.summary.items():
+            if row["psnr"] is None or not math.isfinite(row["psnr"]):
+                continue  # the reference (PSNR inf) cannot be drawn
+            ax.scatter(row["speedup"], row["psnr"], marker=marker, color=colour,
+                       label=None if shown else bench.family)
+            shown = True
+            ax.annotate(bench.methods[name]["label"], (row["speedup"], row["psnr"]), textcoords="offset points",
+                        xytext=(5, 4), fontsize=8)
+    ax.axvline(1.0, color="gray", linewidth=0.8, linestyle=":")
+    ax.set(xlabel="measured speedup of the denoising loop (x)", ylabel="PSNR vs uncached (dB, float frames)",
+           title="Fidelity vs speedup at the delta cache's compute")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(title="family")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def write_outputs(out: Path, benches: list[FamilyBench], command: list[str]) -> str:
+    text = markdown(benches)
+    data = {"command": command, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "families": {b.family: {"settings": b.settings, "methods": b.methods, "summary": b.summary,
+                                    "pairs": b.pairs} for b in benches}}
+    _atomic_write(out / "bench_fidelity.md", lambda tmp: Path(tmp).write_text(text))
+    _atomic_write(out / "bench_fidelity.json",
+                  lambda tmp: Path(tmp).write_text(json.dumps(_jsonable(data), indent=1, allow_nan=False)))
+    _atomic_write(out / "bench_fidelity.png", lambda tmp: plot(benches, tmp))
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sizes = validate(args)
+    set_offline()
+
+    import logging
+
+    import torch
+
+    import delta_cache
+
+    torch.set_num_threads(args.threads)
+    # HunyuanVideoPipeline warns on every CLIP prompt over 77 tokens (as upstream truncates): hundreds of lines.
+    logging.getLogger("diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video").setLevel(logging.ERROR)
+    # A bad schedule should fail before minutes of loading.
+    schedules = {family: delta_cache.load_schedule(getattr(args, SCHEDULE_FLAGS[family])) for family in args.family}
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("--device cuda: no CUDA device available")
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    out = Path(args.out)
+    lpips = make_lpips(device)
+    benches: list[FamilyBench] = []
+    command = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
+    text = ""
+    for family in args.family:
+        benches.append(bench_family(family, args, sizes[family], schedules[family], device, out, lpips))
+        text = write_outputs(out, benches, command)
+    print(text)
+    print(f"wrote {out / 'bench_fidelity.md'}, {out / 'bench_fidelity.json'}, {out / 'bench_fidelity.png'}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
