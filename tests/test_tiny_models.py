@@ -1,0 +1,63 @@
+"""The committed tiny trained models: they load through the front ends, sample deterministically, and draw
+what the prompt asks for often enough (a lenient version of scripts/check_quality.py's bar)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from delta_cache.models.tiny_info import native_size
+from delta_cache.video import read_video
+
+REPO = Path(__file__).resolve().parent.parent
+WAN_CKPT = REPO / "checkpoints" / "tiny-wan2.1-t2v"
+PROMPT = "a yellow square moves right slowly on a black background"
+
+
+def run(script, args, cwd):
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(cwd), "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(script), *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_committed_checkpoints_are_small_and_describe_themselves():
+    files = [p for p in (REPO / "checkpoints").rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 40 * 2**20
+    size = native_size(WAN_CKPT)
+    assert (size.width, size.height, size.num_frames) == (128, 128, 17)
+    info = json.loads((WAN_CKPT / "tiny_model.json").read_text())
+    assert info["family"] == "wan" and info["recipe"]["num_layers"] == 40
+
+
+def test_wan_tiny_model_through_generate_py_is_deterministic(tmp_path):
+    outputs = []
+    for name in ("a.mp4", "b.mp4"):
+        proc = run(REPO / "Wan2.1" / "generate.py", ["--ckpt_dir", WAN_CKPT, "--prompt", PROMPT, "--base_seed", "7",
+                                                    "--sample_steps", "8", "--save_file", tmp_path / name], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outputs.append(read_video(tmp_path / name))
+    assert outputs[0].shape == (17, 128, 128, 3)  # the native size is the default
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert outputs[0].std() > 5  # not a flat frame
+
+
+def _check_quality():
+    spec = importlib.util.spec_from_file_location("check_quality", REPO / "scripts" / "check_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("family, ckpt", [("wan", WAN_CKPT)])
+def test_quality_bar_lenient(family, ckpt, tmp_path):
+    # Held-out prompts at the default 50 steps; the full bar (40 pairs) is scripts/check_quality.py.
+    summary = _check_quality().main(["--family", family, "--ckpt_dir", str(ckpt), "--num_pairs", "4",
+                                     "--out", str(tmp_path)])
+    # The committed preview model gets backgrounds right (100% on 40 pairs) and little else (its VAE lost the
+    # objects' colours; docs/tiny-models.md). Raise these bounds when full-recipe weights replace it.
+    assert summary["attributes"]["background"] >= 0.75
+    assert (tmp_path / f"quality_{family}.json").is_file()
