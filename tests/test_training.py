@@ -498,3 +498,26 @@ def test_hunyuan_video_resume_gives_the_same_weights(tmp_path, monkeypatch):
         b = torch.load(tmp_path / "resumed" / file, weights_only=True)
         a, b = a.get("module", a), b.get("module", b)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_object_crops_show_objects_and_uniform_crops_are_unchanged():
+    # --vae_object_crops 1: every VAE crop is centred on an object pixel, so it shows some object.
+    args = small_args(vae_object_crops=1.0, vae_batch_size=6, vae_frames=1, vae_crop=16)
+    clips, _ = train_tiny.vae_batch(args, step=3)
+    rng = train_tiny.step_rng(args, "vae", 3)
+    indices = rng.integers(0, 10**9, size=6)
+    for clip, index in zip(clips, indices):
+        video = make_video(int(index), "train", num_frames=9, height=64, width=64)
+        background = torch.tensor(prompts.BACKGROUND_COLOURS[video.scene.background]).float() / 127.5 - 1.0
+        differs = (clip[:, 0] - background.view(3, 1, 1)).abs().amax(dim=0) > 0.1
+        assert differs.any(), video.prompt
+    # --vae_object_crops 0 draws exactly what uniform crops drew before the flag existed.
+    uniform = small_args(vae_object_crops=0.0)
+    rng = train_tiny.step_rng(uniform, "vae", 5)
+    expected = []
+    for index in rng.integers(0, 10**9, size=uniform.vae_batch_size):
+        frames = make_video(int(index), "train", num_frames=9, height=64, width=64).frames
+        t0 = int(rng.integers(0, 9 - 5 + 1))
+        y0, x0 = int(rng.integers(0, 64 - 32 + 1)), int(rng.integers(0, 64 - 32 + 1))
+        expected.append(frames[t0:t0 + 5, y0:y0 + 32, x0:x0 + 32])
+    torch.testing.assert_close(train_tiny.vae_batch(uniform, step=5)[0], train_tiny.to_tensor(expected))
