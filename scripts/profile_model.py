@@ -22,6 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from delta_cache.cli import OneLineArgumentParser, run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
 
+DEFAULT_SIZE = "832*480"
+DEFAULT_FRAME_NUM = 81
+
 
 def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(description=__doc__.splitlines()[0])
@@ -33,8 +36,11 @@ def build_parser() -> OneLineArgumentParser:
                             "diffusers folder)")
     model.add_argument("--dit_weight", default=None,
                        help="hunyuan_video: the transformer file (default: the upstream path under --ckpt_dir)")
-    model.add_argument("--size", default="832*480", help="WIDTH*HEIGHT, multiples of 16 (any size may be profiled)")
-    model.add_argument("--frame_num", type=int, default=81)
+    model.add_argument("--size", default=None,
+                       help="WIDTH*HEIGHT, multiples of 16 (any size may be profiled; default 832*480, or a tiny "
+                            "trained checkpoint's native size from its tiny_model.json)")
+    model.add_argument("--frame_num", type=int, default=None,
+                       help="frames, 4n+1 (default 81, or a tiny trained checkpoint's native count at its native size)")
     model.add_argument("--sample_steps", type=int, default=50)
     model.add_argument("--sample_shift", type=float, default=None, help="default: wan 5.0, hunyuan_video 7.0")
     model.add_argument("--sample_guide_scale", type=float, default=None,
@@ -74,6 +80,20 @@ def read_prompts(args) -> list[tuple[str, int]]:
     if not texts:
         raise UserInputError("give at least one --prompt or a --prompts file")
     return [(text, seed) for text in texts for seed in args.seeds]
+
+
+def resolve_size(args) -> tuple[int, int]:
+    """(width, height); fills in --size and --frame_num defaults (a tiny trained checkpoint's native size)."""
+    from delta_cache.models.tiny_info import native_size
+    from delta_cache.models.wan import tasks
+
+    native = native_size(args.ckpt_dir)  # tiny_model.json next to a checkpoint trained by scripts/train_tiny.py
+    args.size = args.size or (native.size if native else DEFAULT_SIZE)
+    if args.frame_num is None:
+        args.frame_num = native.num_frames if native and args.size == native.size else DEFAULT_FRAME_NUM
+    if native and args.size == native.size:  # the size the model was trained at is always accepted
+        return tasks.parse_size(args.size)
+    return parse_size(args.size)
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -150,7 +170,7 @@ def hunyuan_video_setup(args, width: int, height: int):
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    width, height = parse_size(args.size)
+    width, height = resolve_size(args)
     prompts = read_prompts(args)
     if args.frame_num < 1 or (args.frame_num - 1) % 4:
         raise UserInputError(f"--frame_num must be 4n+1, got {args.frame_num}")

@@ -1,0 +1,108 @@
+"""Evidence for the profiling tool on a tiny trained model: masks, equal-compute block sets, target speedups.
+
+    python scripts/profile_evidence.py --family wan --ckpt_dir ckpts/tiny-wan-t2v [--num_pairs 16] \
+        [--profile_prompts 8] [--targets 1.5 2.0] [--out outputs/profile_evidence] [--write_preset PATH]
+
+Prints one markdown table (and writes it, a JSON with every number and each compared schedule to --out):
+motion masks vs true masks (IoU; true = the object pixels of the model's own video, `--truth`); at the paper
+preset's block evaluations the profiled background set vs the reversed one, random ones and the preset (PSNR
+vs the uncached video on held-out prompt/seed pairs); and `derive_for_target` schedules run for real. The
+logic is `delta_cache.profiling.evidence`; see docs/profiling.md.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from delta_cache.cli import OneLineArgumentParser, run_cli, set_offline  # noqa: E402
+from delta_cache.errors import UserInputError  # noqa: E402
+
+
+def build_parser() -> OneLineArgumentParser:
+    p = OneLineArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--family", choices=["wan", "hunyuan_video"], default="wan", help="model family")
+    model = p.add_argument_group("model and run (defaults: the front end's)")
+    model.add_argument("--ckpt_dir", required=True, type=Path,
+                       help="wan: the checkpoint folder; hunyuan_video: the model base")
+    model.add_argument("--task", default="t2v-14B", choices=["t2v-14B", "t2v-1.3B"], help="wan only")
+    model.add_argument("--dit_weight", default=None, help="hunyuan_video: the transformer file")
+    model.add_argument("--size", default=None,
+                       help="WIDTH*HEIGHT (default: the native size in the checkpoint's tiny_model.json)")
+    model.add_argument("--frame_num", type=int, default=None, help="frames, 4n+1 (default: the native count)")
+    model.add_argument("--sample_steps", type=int, default=50)
+    model.add_argument("--sample_shift", type=float, default=None, help="default: wan 5.0, hunyuan_video 7.0")
+    model.add_argument("--sample_guide_scale", type=float, default=None,
+                       help="wan: CFG scale (default 5.0); hunyuan_video: embedded guidance (default 6.0)")
+    model.add_argument("--sample_solver", default="unipc", choices=["unipc", "dpm++"], help="wan only")
+    ev = p.add_argument_group("evidence")
+    ev.add_argument("--num_pairs", type=int, default=16, help="held-out eval pairs make_video(i, 'eval'), seed i")
+    ev.add_argument("--profile_prompts", type=int, default=8, help="training prompts make_video(i, 'train') profiled")
+    ev.add_argument("--profile_seed", type=int, default=42, help="seed of every profiling run")
+    ev.add_argument("--truth", choices=["generated", "rendered"], default="generated",
+                    help="true foreground masks: 'generated' = the object pixels of the model's own video (analyser), "
+                         "'rendered' = make_video(i).mask (its object layout is not in the prompt, so a generation "
+                         "differs from it)")
+    ev.add_argument("--preset", default=None,
+                    help="the schedule whose compute is matched (default: wan2.1-t2v-14b / hunyuanvideo-720p)")
+    ev.add_argument("--targets", type=float, nargs="*", default=[1.5, 2.0],
+                    help="target speedups for derive_for_target")
+    ev.add_argument("--random_seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the random block sets")
+    ev.add_argument("--no_motion_variant", action="store_true",
+                    help="do not evaluate the block set profiled with motion masks")
+    ev.add_argument("--max_queries", type=int, default=256, help="sampled queries per attention map")
+    ev.add_argument("--high_fraction", type=float, default=0.25, help="top fraction of tokens that is high-attention")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", type=Path, default=Path("outputs/profile_evidence"),
+                     help="folder for evidence.md, evidence.json, schedules/, profile_prompts.txt, profile_masks/")
+    out.add_argument("--write_preset", type=Path, default=None, metavar="PATH",
+                     help="also write the profiled schedule at the preset's compute as a preset file (name: its stem)")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.sample_steps < 1:
+        raise UserInputError(f"--sample_steps must be positive, got {args.sample_steps}")
+    if not 0 < args.high_fraction < 1:
+        raise UserInputError(f"--high_fraction must be between 0 and 1, got {args.high_fraction}")
+    if any(t < 1 for t in args.targets):
+        raise UserInputError(f"--targets must be >= 1, got {args.targets}")
+    if not args.ckpt_dir.is_dir():
+        raise UserInputError(f"--ckpt_dir {args.ckpt_dir}: no such folder")
+    set_offline()
+
+    from delta_cache.profiling import evidence
+
+    width, height, frames = evidence.resolve_size(args.ckpt_dir, args.size, args.frame_num)
+    shift, guide, _ = evidence.FAMILY_DEFAULTS[args.family]
+    shift = shift if args.sample_shift is None else args.sample_shift
+    guide = guide if args.sample_guide_scale is None else args.sample_guide_scale
+    size_flags = [] if args.size is None and args.frame_num is None else [
+        "--size", f"{width}*{height}", "--frame_num", str(frames)]
+    settings = evidence.EvidenceSettings(
+        num_pairs=args.num_pairs, profile_prompts=args.profile_prompts, profile_seed=args.profile_seed,
+        preset=args.preset, targets=tuple(args.targets), random_seeds=tuple(args.random_seeds),
+        max_queries=args.max_queries, high_fraction=args.high_fraction, motion_variant=not args.no_motion_variant,
+        truth=args.truth)
+    evidence.load_schedule(settings.preset or evidence.FAMILY_DEFAULTS[args.family][2])  # fail fast on a bad name
+    if args.family == "wan":
+        model = evidence.wan_runner(args.ckpt_dir, task=args.task, width=width, height=height, num_frames=frames,
+                                    num_steps=args.sample_steps, shift=shift, guide_scale=guide,
+                                    solver=args.sample_solver)
+    else:
+        model = evidence.hunyuan_video_runner(args.ckpt_dir, dit_weight=args.dit_weight, width=width, height=height,
+                                              num_frames=frames, num_steps=args.sample_steps, shift=shift,
+                                              guide_scale=guide)
+    result = evidence.run_evidence(model, family=args.family, ckpt_dir=args.ckpt_dir, settings=settings,
+                                   out=args.out, size_flags=size_flags, write_preset=args.write_preset)
+    print(result.markdown())
+    print(f"wrote {args.out / 'evidence.md'}, {args.out / 'evidence.json'} and {args.out / 'schedules'}/"
+          + (f"; preset {args.write_preset}" if args.write_preset else ""))
+    return result
+
+
+if __name__ == "__main__":
+    run_cli(main)
