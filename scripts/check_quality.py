@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserInputError(f"--ckpt_dir {ckpt}: no such folder")
     if args.num_pairs < 1:
         raise UserInputError(f"--num_pairs must be >= 1, got {args.num_pairs}")
+    if args.threads < 1:
+        raise UserInputError(f"--threads must be >= 1, got {args.threads}")
     if args.sample_steps is not None and args.sample_steps < 1:
         raise UserInputError(f"--sample_steps must be >= 1, got {args.sample_steps}")
     set_offline()

@@ -54,6 +54,8 @@ def build_parser() -> OneLineArgumentParser:
                     help="do not evaluate the block set profiled with motion masks")
     ev.add_argument("--max_queries", type=int, default=256, help="sampled queries per attention map")
     ev.add_argument("--high_fraction", type=float, default=0.25, help="top fraction of tokens that is high-attention")
+    model.add_argument("--threads", type=int, default=1,
+                       help="CPU threads (torch.set_num_threads; 1 keeps CPU timings stable)")
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path, default=Path("outputs/profile_evidence"),
                      help="folder for evidence.md, evidence.json, schedules/, profile_prompts.txt, profile_masks/")
@@ -72,9 +74,15 @@ def main(argv=None):
         raise UserInputError(f"--targets must be >= 1, got {args.targets}")
     if not args.ckpt_dir.is_dir():
         raise UserInputError(f"--ckpt_dir {args.ckpt_dir}: no such folder")
+    if args.threads < 1:
+        raise UserInputError(f"--threads must be >= 1, got {args.threads}")
     set_offline()
 
+    import torch
+
     from delta_cache.profiling import evidence
+
+    torch.set_num_threads(args.threads)
 
     width, height, frames = evidence.resolve_size(args.ckpt_dir, args.size, args.frame_num)
     shift, guide, _ = evidence.FAMILY_DEFAULTS[args.family]
