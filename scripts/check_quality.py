@@ -57,8 +57,10 @@ def front_end_command(family: str, ckpt: Path, prompt: str, seed: int, out_dir: 
         argv = ["--task", "t2v-14B", "--ckpt_dir", str(ckpt), "--prompt", prompt, "--base_seed", str(seed),
                 "--save_file", str(out_dir / "video.mp4")]
         return argv + (["--sample_steps", str(steps)] if steps else [])
+    from delta_cache.models.hunyuan_video.checkpoint import DIT_WEIGHT
+
     # Upstream reads the VAE and text encoders from $MODEL_BASE (set in main) and the transformer from --dit-weight.
-    dit_weight = ckpt / "hunyuan-video-t2v-720p" / "transformers" / "mp_rank_00_model_states.pt"
+    dit_weight = ckpt / DIT_WEIGHT
     argv = ["--model-base", str(ckpt), "--dit-weight", str(dit_weight), "--prompt", prompt, "--seed", str(seed),
             "--save-path", str(out_dir), "--flow-reverse"]
     return argv + (["--infer-steps", str(steps)] if steps else [])
@@ -125,7 +127,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.sample_steps is not None and args.sample_steps < 1:
         raise UserInputError(f"--sample_steps must be >= 1, got {args.sample_steps}")
     set_offline()
-    os.environ.setdefault("TQDM_DISABLE", "1")  # the pipeline's per-step bars; ours is enabled explicitly
 
     import torch
     from loguru import logger
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     logger.remove()  # the front end logs every load and sample; the table is what matters here
     front_end = load_front_end(args.family)
     records = []
-    for index in tqdm(range(args.num_pairs), desc=f"quality {args.family}", disable=False, dynamic_ncols=True):
+    for index in tqdm(range(args.num_pairs), desc=f"quality {args.family}", dynamic_ncols=True):
         video = make_video(index, "eval")
         frames = sample(front_end, args.family, ckpt, video.prompt, index, args.sample_steps)
         check = check_video(frames, video.scene)
