@@ -138,86 +138,6 @@ def validate(args) -> dict[str, VideoSize]:
     return sizes
 
 
-# --- families: load a checkpoint and sample it as its front end does --------------------------------
-
-@dataclass
-class FamilyModel:
-    pipe: object
-    transformer: object
-    fps: int
-    sample: Callable  # (prompt, seed, decode) -> (float frames (F, H, W, C) or None, denoise seconds)
-    to_uint8: Callable  # float frames -> uint8 frames, as the front end writes them
-    description: str
-
-
-def load_wan(ckpt: Path, size: VideoSize, steps: int, device) -> FamilyModel:
-    import torch
-
-    from delta_cache.models.wan import tasks
-    from delta_cache.models.wan.checkpoint import load_wan_components
-    from delta_cache.models.wan.pipeline import build_pipeline, decode, denoise
-    from delta_cache.video import to_uint8_frames
-
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # as Wan2.1/generate.py
-    components = load_wan_components(ckpt, task=WAN_TASK, dtype=dtype)
-    shift = tasks.task_defaults(WAN_TASK, f"{size.width}*{size.height}").sample_shift
-    pipe = build_pipeline(components, image_to_video=False, solver="unipc", shift=shift)
-    if device.type == "cuda":
-        for module in (pipe.transformer, pipe.vae, pipe.text_encoder):
-            module.to(device)
-    pipe.set_progress_bar_config(disable=True)
-
-    def sample(prompt: str, seed: int, decode_frames: bool):
-        latents, seconds = denoise(pipe, prompt=prompt, negative_prompt=tasks.negative_prompt(WAN_TASK),
-                                   width=size.width, height=size.height, num_frames=size.num_frames,
-                                   num_inference_steps=steps, guidance_scale=5.0, seed=seed)
-        return (decode(pipe, latents)[0] if decode_frames else None), seconds
-
-    return FamilyModel(pipe, pipe.transformer, tasks.SAMPLE_FPS, sample, to_uint8_frames,
-                       f"unipc, shift {shift:g}, guide scale 5, upstream negative prompt, {dtype}")
-
-
-def load_hunyuan_video(ckpt: Path, size: VideoSize, steps: int, device) -> FamilyModel:
-    import numpy as np
-    import torch
-
-    from delta_cache.models.hunyuan_video import config
-    from delta_cache.models.hunyuan_video.checkpoint import DIT_WEIGHT, load_hunyuan_video_components
-    from delta_cache.models.hunyuan_video.pipeline import TextEncoding, build_pipeline, decode, denoise
-
-    cuda = device.type == "cuda"  # sample_video.py: bf16 DiT, fp16 VAE and text encoders, autocast; CPU fp32
-    half, bf16 = (torch.float16, torch.bfloat16) if cuda else (torch.float32, torch.float32)
-    dtypes = dict(dtype=bf16, vae_dtype=half, text_encoder_dtype=half, text_encoder_2_dtype=half)
-    components = load_hunyuan_video_components(ckpt / DIT_WEIGHT, ckpt, **dtypes)
-    components.transformer.rope.theta = 256.0  # --rope-theta default; not stored in the checkpoint
-    shift, embedded_guidance = 7.0, 6.0  # --flow-shift, --embedded-cfg-scale defaults
-    pipe = build_pipeline(components, shift=shift)
-    if cuda:
-        pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    height, width = config.align_to(size.height), config.align_to(size.width)
-    text = TextEncoding(template=config.prompt_template(size.num_frames, "dit-llm-encode", "dit-llm-encode-video"))
-
-    def sample(prompt: str, seed: int, decode_frames: bool):
-        latents, seconds = denoise(pipe, prompt=prompt, negative_prompt=None, height=height, width=width,
-                                   num_frames=size.num_frames, num_inference_steps=steps,
-                                   embedded_guidance_scale=embedded_guidance, cfg_scale=1.0, seed=seed, text=text,
-                                   autocast_dtype=torch.bfloat16 if cuda else None)
-        if not decode_frames:
-            return None, seconds
-        return decode(pipe, latents, autocast_dtype=torch.float16 if cuda else None)[0], seconds
-
-    def to_uint8(frames):  # sample_video.py truncates, as upstream
-        return (np.clip(frames, 0.0, 1.0) * 255).astype(np.uint8)
-
-    return FamilyModel(pipe, pipe.transformer, config.SAMPLE_FPS, sample, to_uint8,
-                       f"euler, flow shift {shift:g}, embedded guidance {embedded_guidance:g}, no true CFG, "
-                       f"{dtypes['dtype']}")
-
-
-LOADERS = {"wan": load_wan, "hunyuan_video": load_hunyuan_video}
-
-
 # --- metrics -------------------------------------------------------------------------------------------
 
 def make_lpips(device):
@@ -274,10 +194,13 @@ def bench_family(family: str, args, size: VideoSize, schedule, device, out: Path
     from tqdm import tqdm
 
     from delta_cache.baselines import BlockCounter
+    from delta_cache.models.runner import load_runner
 
     ckpt = Path(getattr(args, CKPT_FLAGS[family]))
     tqdm.write(f"[{family}] loading {ckpt}")
-    model = LOADERS[family](ckpt, size, args.sample_steps, device)
+    # Sampled as the front end samples it (loader, sampler defaults, precision), on `device`.
+    model = load_runner(family, ckpt, width=size.width, height=size.height, num_frames=size.num_frames,
+                        num_steps=args.sample_steps, device=device, **({"task": WAN_TASK} if family == "wan" else {}))
     counter = BlockCounter(model.transformer)  # before any cache, so that it sees only real forwards
     bench = FamilyBench(family, {
         "checkpoint": str(ckpt), "width": size.width, "height": size.height, "num_frames": size.num_frames,
@@ -298,7 +221,7 @@ class Runner:
     """Runs one generation with a method attached and counts the block forwards that really ran."""
 
     family: str
-    model: FamilyModel
+    model: object  # delta_cache.models.runner.ModelRunner
     counter: object  # delta_cache.baselines.BlockCounter
 
     def run(self, method, prompt: str, seed: int, decode_frames: bool):
@@ -420,7 +343,7 @@ def evaluate(runner: Runner, bench: FamilyBench, methods: list, num_pairs: int, 
     bar.close()
 
 
-def measure_video(model: FamilyModel, frames, path: Path, scene, reference) -> tuple[dict, object]:
+def measure_video(model, frames, path: Path, scene, reference) -> tuple[dict, object]:
     """Write the mp4, read it back, compare both with the reference (itself when None), check the prompt."""
     from delta_cache.metrics import fidelity
     from delta_cache.synthetic.analyse import check_video
@@ -589,16 +512,14 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     import delta_cache
+    from delta_cache.models.runner import pick_device
 
     torch.set_num_threads(args.threads)
     # HunyuanVideoPipeline warns on every CLIP prompt over 77 tokens (as upstream truncates): hundreds of lines.
     logging.getLogger("diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video").setLevel(logging.ERROR)
     # A bad schedule should fail before minutes of loading.
     schedules = {family: delta_cache.load_schedule(getattr(args, SCHEDULE_FLAGS[family])) for family in args.family}
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("--device cuda: no CUDA device available")
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    device = pick_device(args.device)
     out = Path(args.out)
     lpips = make_lpips(device)
     benches: list[FamilyBench] = []

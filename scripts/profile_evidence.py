@@ -80,6 +80,7 @@ def main(argv=None):
 
     import torch
 
+    from delta_cache.models.runner import load_runner
     from delta_cache.profiling import evidence
 
     torch.set_num_threads(args.threads)
@@ -96,14 +97,10 @@ def main(argv=None):
         max_queries=args.max_queries, high_fraction=args.high_fraction, motion_variant=not args.no_motion_variant,
         truth=args.truth)
     evidence.load_schedule(settings.preset or evidence.FAMILY_DEFAULTS[args.family][2])  # fail fast on a bad name
-    if args.family == "wan":
-        model = evidence.wan_runner(args.ckpt_dir, task=args.task, width=width, height=height, num_frames=frames,
-                                    num_steps=args.sample_steps, shift=shift, guide_scale=guide,
-                                    solver=args.sample_solver)
-    else:
-        model = evidence.hunyuan_video_runner(args.ckpt_dir, dit_weight=args.dit_weight, width=width, height=height,
-                                              num_frames=frames, num_steps=args.sample_steps, shift=shift,
-                                              guide_scale=guide)
+    options = (dict(task=args.task, solver=args.sample_solver) if args.family == "wan"
+               else dict(dit_weight=args.dit_weight))
+    model = load_runner(args.family, args.ckpt_dir, width=width, height=height, num_frames=frames,
+                        num_steps=args.sample_steps, shift=shift, guide_scale=guide, **options)
     result = evidence.run_evidence(model, family=args.family, ckpt_dir=args.ckpt_dir, settings=settings,
                                    out=args.out, size_flags=size_flags, write_preset=args.write_preset)
     print(result.markdown())

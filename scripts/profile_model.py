@@ -106,68 +106,6 @@ def parse_size(size: str) -> tuple[int, int]:
     return width, height
 
 
-def _device_and_dtype():
-    import torch
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return device, torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def wan_setup(args, width: int, height: int):
-    """(transformer, block lists, token grid, patch, run(prompt, seed) -> latents, model name) for Wan2.1."""
-    from delta_cache.models.wan import tasks
-    from delta_cache.models.wan.checkpoint import load_wan_components
-    from delta_cache.models.wan.pipeline import build_pipeline, denoise, token_grid
-
-    device, dtype = _device_and_dtype()
-    components = load_wan_components(args.ckpt_dir, task=args.task, dtype=dtype)
-    pipe = build_pipeline(components, image_to_video=False, solver=args.sample_solver, shift=args.sample_shift)
-    if device.type == "cuda":
-        pipe.enable_model_cpu_offload(device=device)
-    pipe.set_progress_bar_config(leave=False)
-
-    def run(prompt: str, seed: int):
-        return denoise(pipe, prompt=prompt, negative_prompt=tasks.negative_prompt(args.task), width=width,
-                       height=height, num_frames=args.frame_num, num_inference_steps=args.sample_steps,
-                       guidance_scale=args.sample_guide_scale, seed=seed)[0]
-
-    grid = token_grid(pipe, width=width, height=height, num_frames=args.frame_num)
-    patch = tuple(components.transformer.config.patch_size[1:])
-    return components.transformer, ["blocks"], grid, patch, run, f"Wan2.1 {args.task}"
-
-
-def hunyuan_video_setup(args, width: int, height: int):
-    """The same for HunyuanVideo: both block lists, embedded guidance, no true CFG (upstream's default)."""
-    from delta_cache.models.hunyuan_video import config
-    from delta_cache.models.hunyuan_video.checkpoint import find_diffusers_folder, load_hunyuan_video_components
-    from delta_cache.models.hunyuan_video.pipeline import build_pipeline, denoise, token_grid
-
-    device, dtype = _device_and_dtype()
-    dit_weight = Path(args.dit_weight) if args.dit_weight else Path(args.ckpt_dir) / Path(
-        config.DEFAULT_DIT_WEIGHT).relative_to("ckpts")
-    diffusers_folder = find_diffusers_folder(dit_weight, args.ckpt_dir)
-    if diffusers_folder is not None:
-        dit_weight = model_base = diffusers_folder
-    else:
-        dit_weight, model_base = config.dit_weight_file(dit_weight, "module"), Path(args.ckpt_dir)
-    components = load_hunyuan_video_components(dit_weight, model_base, dtype=dtype, vae_dtype=dtype,
-                                               text_encoder_dtype=dtype, text_encoder_2_dtype=dtype)
-    pipe = build_pipeline(components, shift=args.sample_shift)
-    if device.type == "cuda":
-        pipe.enable_model_cpu_offload(device=device)
-    pipe.set_progress_bar_config(leave=False)
-
-    def run(prompt: str, seed: int):
-        return denoise(pipe, prompt=prompt, negative_prompt=None, height=height, width=width,
-                       num_frames=args.frame_num, num_inference_steps=args.sample_steps,
-                       embedded_guidance_scale=args.sample_guide_scale, cfg_scale=1.0, seed=seed)[0]
-
-    grid = token_grid(pipe, width=width, height=height, num_frames=args.frame_num)
-    patch = (components.transformer.config.patch_size,) * 2
-    return (components.transformer, ["transformer_blocks", "single_transformer_blocks"], grid, patch, run,
-            "HunyuanVideo")
-
-
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     width, height = resolve_size(args)
@@ -195,17 +133,23 @@ def main(argv=None) -> None:
     from delta_cache.profiling.report import write_report
     from delta_cache.profiling.runner import ProfileRequest, run_profile
 
-    setup = wan_setup if args.family == "wan" else hunyuan_video_setup
-    transformer, block_lists, grid, patch, run, model_name = setup(args, width, height)
-    request = ProfileRequest(prompts=prompts, block_lists=block_lists, mask_source=args.mask_source,
-                             mask_files=mask_files, token_grid=grid, patch=patch, max_queries=args.max_queries,
-                             high_fraction=args.high_fraction)
-    provenance = {"model": model_name, "ckpt_dir": str(args.ckpt_dir), "size": args.size,
+    from delta_cache.models.runner import load_runner
+
+    # The front end's loader and sampler; at real size diffusers' model CPU offload keeps one model on the GPU.
+    options = (dict(task=args.task, solver=args.sample_solver) if args.family == "wan"
+               else dict(dit_weight=args.dit_weight))
+    model = load_runner(args.family, args.ckpt_dir, width=width, height=height, num_frames=args.frame_num,
+                        num_steps=args.sample_steps, offload=True, progress=True, shift=args.sample_shift,
+                        guide_scale=args.sample_guide_scale, **options)
+    request = ProfileRequest(prompts=prompts, block_lists=model.block_lists, mask_source=args.mask_source,
+                             mask_files=mask_files, token_grid=model.token_grid, patch=model.patch,
+                             max_queries=args.max_queries, high_fraction=args.high_fraction)
+    provenance = {"model": model.model_name, "ckpt_dir": str(args.ckpt_dir), "size": args.size,
                   "frame_num": args.frame_num, "sample_steps": args.sample_steps, "sample_shift": args.sample_shift,
                   "prompts": [p for p, _ in prompts], "seeds": args.seeds, "mask_source": args.mask_source,
                   "max_queries": args.max_queries, "high_fraction": args.high_fraction}
-    profile = run_profile(transformer, run, request, out_dir=args.out, resume=args.resume,
-                          provenance=provenance)
+    profile = run_profile(model.transformer, lambda prompt, seed: model.generate(prompt, seed)[0], request,
+                          out_dir=args.out, resume=args.resume, provenance=provenance)
     name = args.name or (f"profiled-{args.task.lower()}" if args.family == "wan" else "profiled-hunyuanvideo")
     if args.tau is not None:
         schedule = derive_schedule(profile, DerivationParams(tau=args.tau, t_max=args.t_max, t_min=args.t_min,

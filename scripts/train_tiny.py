@@ -84,6 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue from the state in --work_dir")
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--init_from", type=Path,
+                   help="warm start: begin from the weights of a checkpoint this script wrote (e.g. the committed "
+                        "preview); its tiny_model.json supplies the model-shape and size flags not given")
     # stages
     p.add_argument("--vae_steps", type=int, default=4000)
     p.add_argument("--dit_steps", type=int, default=30000)
@@ -120,10 +123,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ema_decay", type=float, default=0.999)
     args = p.parse_args(argv)
     args.work_dir = args.work_dir or args.out.with_name(args.out.name + ".work")
+    if args.init_from is not None:
+        inherit_shape(args, p)
     for name, value in FAMILY_DEFAULTS[args.family].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     return args
+
+
+# What a warm start inherits from the initial checkpoint's recipe unless given on the command line.
+_INHERITED_ARGS = ("num_frames", "height", "width", "num_layers", "num_single_layers", "num_heads", "head_dim",
+                   "ffn_dim", "text_dim", "vae_base_dim", "shift")
+
+
+def inherit_shape(args, parser: argparse.ArgumentParser) -> None:
+    """Fill the shape flags the user left at their defaults from `--init_from`'s tiny_model.json recipe."""
+    path = args.init_from / INFO_FILE
+    try:
+        recipe = json.loads(path.read_text())["recipe"]
+    except FileNotFoundError:
+        raise UserInputError(f"--init_from {args.init_from}: no {INFO_FILE} (not a checkpoint written by "
+                             "scripts/train_tiny.py)") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserInputError(f"--init_from: {path} is malformed ({type(err).__name__}: {err})") from None
+    if recipe.get("family") != args.family:
+        raise UserInputError(f"--init_from {args.init_from} holds a {recipe.get('family')} model, not --family "
+                             f"{args.family}")
+    for name in _INHERITED_ARGS:
+        if getattr(args, name) == parser.get_default(name) and recipe.get(name) is not None:
+            setattr(args, name, recipe[name])
 
 
 def validate(args) -> None:
@@ -152,6 +180,8 @@ def validate(args) -> None:
         raise UserInputError(f"{args.work_dir} holds a training state: pass --resume, or another --work_dir")
     if args.resume and not (args.work_dir / STATE_FILE).exists():
         raise UserInputError(f"--resume: no training state in {args.work_dir}")
+    if args.init_from is not None and args.init_from.resolve() == args.out.resolve():
+        raise UserInputError("--init_from and --out must differ (write the new weights elsewhere, then swap)")
 
 
 def validate_hunyuan_video(args) -> None:
@@ -597,9 +627,39 @@ def train_dit(args, modules, state, dataset, device) -> dict:
 
 # --- main ------------------------------------------------------------------------------------------
 
+def load_initial_weights(args, modules) -> None:
+    """Copy the trained weights of `--init_from` (loaded by the front ends' loader, in fp32) into `modules`.
+
+    Tokenizers stay the freshly built ones: they are a pure function of the grammar, as in the checkpoint.
+    """
+    if args.family == "wan":
+        from delta_cache.models.wan.checkpoint import load_wan_components
+
+        loaded = load_wan_components(args.init_from, task="t2v-1.3B", dtype=torch.float32)
+        names = ("transformer", "vae", "text_encoder")
+    else:
+        from delta_cache.models.hunyuan_video.checkpoint import DIT_WEIGHT, load_hunyuan_video_components
+
+        loaded = load_hunyuan_video_components(args.init_from / DIT_WEIGHT, args.init_from, dtype=torch.float32,
+                                               vae_dtype=torch.float32, text_encoder_dtype=torch.float32,
+                                               text_encoder_2_dtype=torch.float32)
+        names = ("transformer", "vae", "text_encoder", "text_encoder_2")
+    for name in names:
+        try:
+            modules[name].load_state_dict(getattr(loaded, name).state_dict())
+        except RuntimeError:
+            raise UserInputError(f"--init_from {args.init_from}: its {name} does not fit the model flags (shapes or "
+                                 "block counts differ; leave the shape flags out to inherit them)") from None
+
+
 def load_or_start(args, modules) -> dict:
     if not args.resume:
-        return {"stage": "vae", "step": 0, "args": vars(args).copy(), "summaries": {}}
+        state = {"stage": "vae", "step": 0, "args": vars(args).copy(), "summaries": {}}
+        if args.init_from is not None:
+            load_initial_weights(args, modules)
+            # The new weights depend on the initial checkpoint's recipe too: keep it for tiny_model.json.
+            state["initial_recipe"] = json.loads((args.init_from / INFO_FILE).read_text()).get("recipe")
+        return state
     state = torch.load(args.work_dir / STATE_FILE, map_location="cpu", weights_only=False)
     changed = [f"--{k}" for k in _FIXED_ARGS if state["args"].get(k) != getattr(args, k)]
     if changed:
@@ -653,6 +713,7 @@ def main(argv=None) -> dict:
             "vae_scaling_factor": modules["vae"].config.scaling_factor} if args.family == "hunyuan_video" else {}),
         "recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                    if k not in ("out", "work_dir", "resume", "threads")},
+        **({"initial_recipe": state["initial_recipe"]} if state.get("initial_recipe") else {}),
         "summaries": state["summaries"],
     }
     family["save"](modules, args.out, info)

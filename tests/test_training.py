@@ -206,9 +206,8 @@ def test_script_writes_a_checkpoint_that_loads_and_samples(tmp_path):
     assert result.frames.shape == (9, 64, 64, 3) and np.isfinite(result.frames).all()
 
 
-def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, monkeypatch):
-    _run(tmp_path / "straight")
-
+def _interrupt_then_resume(monkeypatch, run, out, wrong_flags: list[str], wrong_flag_message: str) -> None:
+    """Stop a run of `run` in the middle of the transformer stage, check the refusals, then resume it."""
     original_log = train_tiny.log
 
     def interrupt(args, record):
@@ -218,14 +217,19 @@ def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, monkeypat
 
     monkeypatch.setattr(train_tiny, "log", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path / "resumed")
+        run(out)
     monkeypatch.setattr(train_tiny, "log", original_log)
-    assert not (tmp_path / "resumed").exists()
+    assert not out.exists()  # nothing half-written
     with pytest.raises(UserInputError, match="--resume"):
-        _run(tmp_path / "resumed")  # a state is there: refuse to start over silently
-    with pytest.raises(UserInputError, match="--seed"):
-        _run(tmp_path / "resumed", "--resume", "--seed", "1")
-    _run(tmp_path / "resumed", "--resume")
+        run(out)  # a state is there: refuse to start over silently
+    with pytest.raises(UserInputError, match=wrong_flag_message):
+        run(out, "--resume", *wrong_flags)
+    run(out, "--resume")
+
+
+def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, monkeypatch):
+    _run(tmp_path / "straight")
+    _interrupt_then_resume(monkeypatch, _run, tmp_path / "resumed", ["--seed", "1"], "--seed")
 
     for file in (keys.TRANSFORMER_FILE,):
         a, b = load_file(tmp_path / "straight" / file), load_file(tmp_path / "resumed" / file)
@@ -233,6 +237,36 @@ def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, monkeypat
     a = torch.load(tmp_path / "straight" / keys.VAE_FILE, weights_only=True)
     b = torch.load(tmp_path / "resumed" / keys.VAE_FILE, weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_warm_start_from_a_checkpoint_inherits_its_shape_and_weights(tmp_path):
+    _run(tmp_path / "first")
+    # No shape or size flags: they come from the first checkpoint's recipe (9 frames of 64x64, 2 blocks, ...);
+    # with no training steps the transformer is exactly the first one's and the VAE reconstructs as before.
+    summaries = train_tiny.main(["--out", str(tmp_path / "second"), "--init_from", str(tmp_path / "first"),
+                                 "--threads", "1", "--device", "cpu", "--vae_steps", "0", "--dit_steps", "0",
+                                 "--num_videos", "4", "--batch_size", "2", "--vae_batch_size", "1"])
+    assert summaries["dit"]["steps"] == 0
+    a, b = load_file(tmp_path / "first" / keys.TRANSFORMER_FILE), load_file(tmp_path / "second" / keys.TRANSFORMER_FILE)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a[keys.transformer_key_to_upstream("proj_out.weight")].abs().max() > 0  # trained, not the zero init
+    info = json.loads((tmp_path / "second" / train_tiny.INFO_FILE).read_text())
+    assert info["native_size"] == {"width": 64, "height": 64, "num_frames": 9}
+    assert info["recipe"]["num_layers"] == 2 and info["initial_recipe"]["dit_steps"] == 4
+    videos = train_tiny.to_tensor([make_video(i, num_frames=9, height=64, width=64).frames for i in range(2)])
+    first = load_wan_components(tmp_path / "first", task="t2v-1.3B").vae
+    second = load_wan_components(tmp_path / "second", task="t2v-1.3B").vae
+    with torch.no_grad():
+        before = first.decode(first.encode(videos).latent_dist.mean).sample
+        after = second.decode(second.encode(videos).latent_dist.mean).sample
+    assert (after - before).abs().max() < 2e-2  # fp16 storage of a re-folded VAE
+
+    with pytest.raises(UserInputError, match="hunyuan_video model|wan model"):
+        _run_hunyuan(tmp_path / "h", "--init_from", str(tmp_path / "first"))
+    with pytest.raises(UserInputError, match="no tiny_model.json"):
+        _run(tmp_path / "x", "--init_from", str(tmp_path))
+    with pytest.raises(UserInputError, match="does not fit"):
+        _run(tmp_path / "y", "--init_from", str(tmp_path / "first"), "--num_layers", "3")
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path):
@@ -478,20 +512,8 @@ def test_sample_video_size_defaults(tmp_path, monkeypatch):
 
 def test_hunyuan_video_resume_gives_the_same_weights(tmp_path, monkeypatch):
     _run_hunyuan(tmp_path / "straight")
-    original_log = train_tiny.log
-
-    def interrupt(args, record):
-        if record["stage"] == "dit" and record["step"] == 3:
-            raise KeyboardInterrupt
-        original_log(args, record)
-
-    monkeypatch.setattr(train_tiny, "log", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        _run_hunyuan(tmp_path / "resumed")
-    monkeypatch.setattr(train_tiny, "log", original_log)
-    with pytest.raises(UserInputError, match="--num_single_layers"):
-        _run_hunyuan(tmp_path / "resumed", "--resume", "--num_single_layers", "3")
-    _run_hunyuan(tmp_path / "resumed", "--resume")
+    _interrupt_then_resume(monkeypatch, _run_hunyuan, tmp_path / "resumed", ["--num_single_layers", "3"],
+                           "--num_single_layers")
 
     for file in (DIT_WEIGHT, "hunyuan-video-t2v-720p/vae/pytorch_model.pt"):
         a = torch.load(tmp_path / "straight" / file, weights_only=True)

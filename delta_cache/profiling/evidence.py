@@ -30,13 +30,14 @@ import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import UserInputError
+from ..models.runner import ModelRunner
 from ..schedule import BlockListSchedule, Schedule, compress_ranges, load_schedule
 from . import masks
 from . import runner as profile_runner
@@ -58,31 +59,7 @@ FAMILY_DEFAULTS = {  # (sample_shift, guide scale, preset): the front ends' defa
 }
 
 
-# ---- the model ---------------------------------------------------------------------------------------------
-
-@dataclass
-class ModelRunner:
-    """One model family behind two calls: `generate(prompt, seed) -> (latents, denoise seconds)`, `decode`."""
-
-    transformer: torch.nn.Module
-    block_lists: list[str]
-    token_grid: tuple[int, int, int]
-    patch: tuple[int, int]
-    width: int
-    height: int
-    num_frames: int
-    num_steps: int
-    generate: Callable[[str, int], tuple[torch.Tensor, float]]
-    decode: Callable[[torch.Tensor], np.ndarray]  # latents -> (F, H, W, C) in [0, 1]
-    model_name: str
-    settings: dict = field(default_factory=dict)  # sampler settings, for the report and provenance
-    cache_num_steps: int | None = None  # for pipelines that do not pass the step count to the cache
-
-
-def _device_and_dtype():
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return device, torch.bfloat16 if device.type == "cuda" else torch.float32
-
+# ---- the model's size ------------------------------------------------------------------------------------------
 
 def resolve_size(ckpt_dir, size: str | None, frame_num: int | None) -> tuple[int, int, int]:
     """(width, height, frames): the flags, else the native size of a tiny trained checkpoint."""
@@ -106,67 +83,6 @@ def resolve_size(ckpt_dir, size: str | None, frame_num: int | None) -> tuple[int
         raise UserInputError(f"--frame_num must be 4n+1 and at least 5 (motion masks need 2 latent frames), "
                              f"got {frame_num}")
     return width, height, frame_num
-
-
-def wan_runner(ckpt_dir, *, task: str = "t2v-14B", width: int, height: int, num_frames: int, num_steps: int = 50,
-               shift: float = 5.0, guide_scale: float = 5.0, solver: str = "unipc") -> ModelRunner:
-    """Wan2.1 through the front end's loader and sampler (`Wan2.1/generate.py`'s defaults, CFG on)."""
-    from ..models.wan import tasks
-    from ..models.wan.checkpoint import load_wan_components
-    from ..models.wan.pipeline import build_pipeline, decode, denoise, token_grid
-
-    device, dtype = _device_and_dtype()
-    components = load_wan_components(ckpt_dir, task=task, dtype=dtype)
-    pipe = build_pipeline(components, image_to_video=False, solver=solver, shift=shift)
-    pipe.to(device)  # tiny models: everything on the device (no offload transfers inside the timed loop)
-    pipe.set_progress_bar_config(disable=True)
-
-    def generate(prompt: str, seed: int):
-        return denoise(pipe, prompt=prompt, negative_prompt=tasks.negative_prompt(task), width=width, height=height,
-                       num_frames=num_frames, num_inference_steps=num_steps, guidance_scale=guide_scale, seed=seed)
-
-    return ModelRunner(
-        transformer=components.transformer, block_lists=["blocks"],
-        token_grid=token_grid(pipe, width=width, height=height, num_frames=num_frames),
-        patch=tuple(components.transformer.config.patch_size[1:]), width=width, height=height,
-        num_frames=num_frames, num_steps=num_steps, generate=generate,
-        decode=lambda latents: decode(pipe, latents)[0], model_name=f"Wan2.1 {task}",
-        settings={"task": task, "sample_solver": solver, "sample_shift": shift, "sample_guide_scale": guide_scale,
-                  "device": str(device), "dtype": str(dtype).replace("torch.", "")})
-
-
-def hunyuan_video_runner(ckpt_dir, *, dit_weight=None, width: int, height: int, num_frames: int,
-                         num_steps: int = 50, shift: float = 7.0, guide_scale: float = 6.0) -> ModelRunner:
-    """HunyuanVideo as `scripts/profile_model.py` runs it: both block lists, embedded guidance, no true CFG."""
-    from ..models.hunyuan_video import config
-    from ..models.hunyuan_video.checkpoint import find_diffusers_folder, load_hunyuan_video_components
-    from ..models.hunyuan_video.pipeline import build_pipeline, decode, denoise, token_grid
-
-    device, dtype = _device_and_dtype()
-    dit_weight = Path(dit_weight) if dit_weight else Path(ckpt_dir) / Path(config.DEFAULT_DIT_WEIGHT).relative_to("ckpts")
-    diffusers_folder = find_diffusers_folder(dit_weight, ckpt_dir)
-    if diffusers_folder is not None:
-        dit_weight = model_base = diffusers_folder
-    else:
-        dit_weight, model_base = config.dit_weight_file(dit_weight, "module"), Path(ckpt_dir)
-    components = load_hunyuan_video_components(dit_weight, model_base, dtype=dtype, vae_dtype=dtype,
-                                               text_encoder_dtype=dtype, text_encoder_2_dtype=dtype)
-    pipe = build_pipeline(components, shift=shift)
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-
-    def generate(prompt: str, seed: int):
-        return denoise(pipe, prompt=prompt, negative_prompt=None, height=height, width=width, num_frames=num_frames,
-                       num_inference_steps=num_steps, embedded_guidance_scale=guide_scale, cfg_scale=1.0, seed=seed)
-
-    return ModelRunner(
-        transformer=components.transformer, block_lists=["transformer_blocks", "single_transformer_blocks"],
-        token_grid=token_grid(pipe, width=width, height=height, num_frames=num_frames),
-        patch=(components.transformer.config.patch_size,) * 2, width=width, height=height, num_frames=num_frames,
-        num_steps=num_steps, generate=generate, decode=lambda latents: decode(pipe, latents)[0],
-        model_name="HunyuanVideo", cache_num_steps=num_steps,
-        settings={"sample_shift": shift, "sample_guide_scale": guide_scale, "device": str(device),
-                  "dtype": str(dtype).replace("torch.", "")})
 
 
 # ---- small pure helpers (unit-tested) ----------------------------------------------------------------------
@@ -851,8 +767,9 @@ def run_evidence(model: ModelRunner, *, family: str, ckpt_dir, settings: Evidenc
     for variant in variants:
         if not variant.error:
             variant.schedule.save(out / "schedules" / f"{variant.key}.json")
-            run_schedule(model, variant.schedule, references, variant, progress=variant.label,
-                         time_uncached=variant.section == "target")
+            # Every row times its own uncached runs, alternating with the cached ones: references made at the
+            # start of a long run see another machine load than rows made an hour later.
+            run_schedule(model, variant.schedule, references, variant, progress=variant.label, time_uncached=True)
 
     name = write_preset.stem if write_preset is not None else "profiled-true-masks"
     command, note = reproduce_command(variants[0].schedule, truth, family=family, ckpt_dir=ckpt_dir, model=model,

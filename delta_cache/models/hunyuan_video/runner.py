@@ -1,0 +1,59 @@
+"""HunyuanVideo sampled as `HunyuanVideo/sample_video.py` samples it (see delta_cache/models/runner.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..runner import ModelRunner, place
+from . import config
+from .checkpoint import find_diffusers_folder, load_hunyuan_video_components
+from .pipeline import TextEncoding, build_pipeline, decode, denoise, token_grid
+
+
+def load_hunyuan_video_runner(ckpt_dir, *, width: int, height: int, num_frames: int, num_steps: int,
+                              device: torch.device, offload: bool = False, progress: bool = False,
+                              dit_weight=None, shift: float = 7.0, guide_scale: float = 6.0) -> ModelRunner:
+    """Embedded guidance, no true CFG (upstream's defaults). `ckpt_dir` is the model base (upstream ckpts/
+    layout) or a diffusers folder; `dit_weight` defaults to the model base's standard transformer file.
+
+    Precision as sample_video.py: on a GPU a bf16 transformer, fp16 VAE and text encoders, autocast; on the
+    CPU fp32 throughout.
+    """
+    if dit_weight is None:
+        dit_weight = Path(ckpt_dir) / Path(config.DEFAULT_DIT_WEIGHT).relative_to("ckpts")
+    diffusers_folder = find_diffusers_folder(dit_weight, ckpt_dir)
+    if diffusers_folder is not None:
+        dit_weight = model_base = diffusers_folder
+    else:
+        dit_weight, model_base = config.dit_weight_file(dit_weight, "module"), Path(ckpt_dir)
+    cuda = device.type == "cuda"
+    half, bf16 = (torch.float16, torch.bfloat16) if cuda else (torch.float32, torch.float32)
+    dtypes = dict(dtype=bf16, vae_dtype=half, text_encoder_dtype=half, text_encoder_2_dtype=half)
+    components = load_hunyuan_video_components(dit_weight, model_base, **dtypes)
+    components.transformer.rope.theta = 256.0  # --rope-theta default; not stored in the checkpoint
+    pipe = build_pipeline(components, shift=shift)
+    place(pipe, device, offload, progress)
+    height, width = config.align_to(height), config.align_to(width)
+    text = TextEncoding(template=config.prompt_template(num_frames, "dit-llm-encode", "dit-llm-encode-video"))
+
+    def generate(prompt: str, seed: int):
+        return denoise(pipe, prompt=prompt, negative_prompt=None, height=height, width=width, num_frames=num_frames,
+                       num_inference_steps=num_steps, embedded_guidance_scale=guide_scale, cfg_scale=1.0, seed=seed,
+                       text=text, autocast_dtype=torch.bfloat16 if cuda else None)
+
+    def to_uint8(frames: np.ndarray) -> np.ndarray:
+        return (np.clip(frames, 0.0, 1.0) * 255).astype(np.uint8)  # sample_video.py truncates, as upstream
+
+    return ModelRunner(
+        pipe=pipe, transformer=components.transformer,
+        block_lists=["transformer_blocks", "single_transformer_blocks"],
+        token_grid=token_grid(pipe, width=width, height=height, num_frames=num_frames),
+        patch=(components.transformer.config.patch_size,) * 2, width=width, height=height, num_frames=num_frames,
+        num_steps=num_steps, fps=config.SAMPLE_FPS, generate=generate,
+        decode=lambda latents: decode(pipe, latents, autocast_dtype=torch.float16 if cuda else None)[0],
+        to_uint8=to_uint8, model_name="HunyuanVideo", cache_num_steps=num_steps,
+        settings={"sample_solver": "euler", "sample_shift": shift, "sample_guide_scale": guide_scale,  # embedded
+                  "device": str(device), "dtype": str(bf16).replace("torch.", "")})

@@ -1,0 +1,38 @@
+"""Wan2.1 sampled as `Wan2.1/generate.py` samples it (see delta_cache/models/runner.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..runner import ModelRunner, place
+from . import tasks
+from .checkpoint import load_wan_components
+from .pipeline import build_pipeline, decode, denoise, token_grid
+
+
+def load_wan_runner(ckpt_dir, *, width: int, height: int, num_frames: int, num_steps: int, device: torch.device,
+                    offload: bool = False, progress: bool = False, task: str = "t2v-14B",
+                    shift: float | None = None, guide_scale: float = 5.0, solver: str = "unipc") -> ModelRunner:
+    """Text-to-video with CFG and upstream's negative prompt; bf16 on a GPU, fp32 on the CPU (as generate.py).
+    `shift=None`: the task's upstream default."""
+    from ...video import to_uint8_frames
+
+    if shift is None:
+        shift = tasks.task_defaults(task, f"{width}*{height}").sample_shift
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    components = load_wan_components(ckpt_dir, task=task, dtype=dtype)
+    pipe = build_pipeline(components, image_to_video=False, solver=solver, shift=shift)
+    place(pipe, device, offload, progress)
+
+    def generate(prompt: str, seed: int):
+        return denoise(pipe, prompt=prompt, negative_prompt=tasks.negative_prompt(task), width=width, height=height,
+                       num_frames=num_frames, num_inference_steps=num_steps, guidance_scale=guide_scale, seed=seed)
+
+    return ModelRunner(
+        pipe=pipe, transformer=components.transformer, block_lists=["blocks"],
+        token_grid=token_grid(pipe, width=width, height=height, num_frames=num_frames),
+        patch=tuple(components.transformer.config.patch_size[1:]), width=width, height=height,
+        num_frames=num_frames, num_steps=num_steps, fps=tasks.SAMPLE_FPS, generate=generate,
+        decode=lambda latents: decode(pipe, latents)[0], to_uint8=to_uint8_frames, model_name=f"Wan2.1 {task}",
+        settings={"task": task, "sample_solver": solver, "sample_shift": shift, "sample_guide_scale": guide_scale,
+                  "device": str(device), "dtype": str(dtype).replace("torch.", "")})
