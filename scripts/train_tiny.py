@@ -101,8 +101,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num_frames", type=int, default=17, help="native frames (4n+1)")
     p.add_argument("--height", type=int, default=128, help="native height (multiple of 16)")
     p.add_argument("--width", type=int, default=128, help="native width (multiple of 16)")
-    p.add_argument("--vae_frames", type=int, default=9, help="frames per VAE training clip (4n+1)")
+    p.add_argument("--vae_frames", type=int,
+                   help="frames per VAE training clip (4n+1; default: --num_frames, the whole clip: a VAE trained on "
+                        "shorter clips decodes the later latent frames of a sample badly)")
     p.add_argument("--vae_crop", type=int, default=64, help="square crop for VAE training (0: whole frame)")
+    p.add_argument("--vae_check_videos", type=int, default=12,
+                   help="held-out videos whose VAE round trip (encode -> decode -> quality analyser) is checked "
+                        "after the VAE stage: the transformer cannot draw better than its VAE (0: skip)")
+    p.add_argument("--min_vae_agreement", type=float, default=0.0,
+                   help="stop after the VAE stage (resumable: --resume with more --vae_steps) when fewer of the "
+                        "checked round trips than this share agree with their prompt (default 0: report only)")
     p.add_argument("--vae_object_crops", type=float, default=0.5,
                    help="share of VAE crops centred on an object (objects are a small part of the frame: uniform "
                         "crops of a small size mostly teach background; 0 = uniform crops only)")
@@ -128,6 +136,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name, value in FAMILY_DEFAULTS[args.family].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.vae_frames is None:
+        args.vae_frames = args.num_frames
     return args
 
 
@@ -167,6 +177,10 @@ def validate(args) -> None:
         raise UserInputError("--height, --width and --vae_crop must be multiples of 16, the crop within the frame")
     if not 0 <= args.vae_object_crops <= 1:
         raise UserInputError(f"--vae_object_crops must be between 0 and 1, got {args.vae_object_crops}")
+    if not 0 <= args.min_vae_agreement <= 1 or args.vae_check_videos < 0:
+        raise UserInputError("--min_vae_agreement must be between 0 and 1 and --vae_check_videos >= 0")
+    if args.min_vae_agreement > 0 and args.vae_check_videos == 0:
+        raise UserInputError("--min_vae_agreement needs --vae_check_videos > 0")
     if args.family == "wan" and (args.head_dim % 2 or args.head_dim < 6):
         raise UserInputError("--head_dim must be even and >= 6 (rope splits it into t/h/w parts)")
     if min(args.batch_size, args.vae_batch_size, args.num_videos, args.checkpoint_every) < 1 or \
@@ -551,6 +565,30 @@ def train_vae(args, modules, state, device) -> dict:
     return summary
 
 
+@torch.no_grad()
+def vae_round_trip(args, vae, device) -> dict:
+    """Encode -> decode held-out videos at the native size as sampling decodes them, then the quality
+    analyser: the share whose reconstruction still shows its prompt bounds what the transformer can reach."""
+    from delta_cache.synthetic.analyse import ATTRIBUTES, check_video
+
+    encode = FAMILIES[args.family]["encode"]
+    agree, attributes, psnrs = 0, dict.fromkeys(ATTRIBUTES, 0), []
+    for index in range(args.vae_check_videos):
+        video = make_video(index, "eval", num_frames=args.num_frames, height=args.height, width=args.width)
+        with autocast(device):
+            decoded = vae.decode(encode(vae, to_tensor([video.frames]).to(device))).sample
+        frames = ((decoded[0].float().clamp(-1, 1).permute(1, 2, 3, 0) + 1) * 127.5).round().byte().cpu().numpy()
+        check = check_video(frames, video.scene)
+        agree += check.agrees
+        for name in ATTRIBUTES:
+            attributes[name] += check.matches[name]
+        mse = float(np.mean((frames.astype(np.float64) - video.frames.astype(np.float64)) ** 2))
+        psnrs.append(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+    count = max(1, args.vae_check_videos)
+    return {"videos": args.vae_check_videos, "agreement": agree / count,
+            "attributes": {k: v / count for k, v in attributes.items()}, "psnr": float(np.mean(psnrs))}
+
+
 def encode_dataset(args, modules, device) -> dict:
     """Encode the transformer's training videos, fold their latent statistics into the VAE, re-normalise."""
     family = FAMILIES[args.family]
@@ -652,6 +690,10 @@ def load_initial_weights(args, modules) -> None:
                                  "block counts differ; leave the shape flags out to inherit them)") from None
 
 
+_TRAINED_MODULES = ("vae", "transformer")
+_TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+
+
 def load_or_start(args, modules) -> dict:
     if not args.resume:
         state = {"stage": "vae", "step": 0, "args": vars(args).copy(), "summaries": {}}
@@ -659,14 +701,20 @@ def load_or_start(args, modules) -> dict:
             load_initial_weights(args, modules)
             # The new weights depend on the initial checkpoint's recipe too: keep it for tiny_model.json.
             state["initial_recipe"] = json.loads((args.init_from / INFO_FILE).read_text()).get("recipe")
+            # A resumed run must start from these weights too, not from the seed's fresh ones: every module
+            # goes into the state (the transformer and text encoders are not saved again before their stage).
+            state.update({name: modules[name].state_dict() for name in _TRAINED_MODULES if name in modules})
+            state["text_encoders"] = {name: modules[name].state_dict() for name in _TEXT_ENCODERS if name in modules}
         return state
     state = torch.load(args.work_dir / STATE_FILE, map_location="cpu", weights_only=False)
     changed = [f"--{k}" for k in _FIXED_ARGS if state["args"].get(k) != getattr(args, k)]
     if changed:
         raise UserInputError(f"--resume: {', '.join(changed)} differ from the run in {args.work_dir}")
-    for name in ("vae", "transformer"):
+    for name in _TRAINED_MODULES:
         if state.get(name):
             modules[name].load_state_dict(state[name])
+    for name, weights in (state.get("text_encoders") or {}).items():  # a warm start's frozen text encoders
+        modules[name].load_state_dict(weights)
     return state
 
 
@@ -687,6 +735,16 @@ def main(argv=None) -> dict:
 
     if state["stage"] == "vae":
         state["summaries"]["vae"] = train_vae(args, modules, state, device)
+        if args.vae_check_videos:
+            check = state["summaries"]["vae"]["round_trip"] = vae_round_trip(args, modules["vae"], device)
+            log(args, {"stage": "vae", "step": state["step"], "round_trip": check})
+            tqdm.write(f"VAE round trip on {check['videos']} held-out videos: {check['agreement']:.0%} agree with "
+                       f"their prompt, PSNR {check['psnr']:.1f} dB; per attribute " +
+                       ", ".join(f"{k} {v:.0%}" for k, v in check["attributes"].items()))
+            if check["agreement"] < args.min_vae_agreement:  # the state at the VAE's last step is saved
+                raise UserInputError(f"VAE round trip agrees on {check['agreement']:.0%} < --min_vae_agreement "
+                                     f"{args.min_vae_agreement:.0%}: train the VAE longer (--resume with a larger "
+                                     "--vae_steps) before the transformer")
         state.update(stage="latents", step=0, vae=modules["vae"].state_dict(), vae_optimizer=None)
         save_state(args, state)
     if state["stage"] == "latents":

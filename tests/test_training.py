@@ -4,6 +4,7 @@ import dataclasses
 import importlib.util
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -239,7 +240,7 @@ def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, monkeypat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_warm_start_from_a_checkpoint_inherits_its_shape_and_weights(tmp_path):
+def test_warm_start_from_a_checkpoint_inherits_its_shape_and_weights(tmp_path, monkeypatch):
     _run(tmp_path / "first")
     # No shape or size flags: they come from the first checkpoint's recipe (9 frames of 64x64, 2 blocks, ...);
     # with no training steps the transformer is exactly the first one's and the VAE reconstructs as before.
@@ -261,12 +262,69 @@ def test_warm_start_from_a_checkpoint_inherits_its_shape_and_weights(tmp_path):
         after = second.decode(second.encode(videos).latent_dist.mean).sample
     assert (after - before).abs().max() < 2e-2  # fp16 storage of a re-folded VAE
 
+    # Interrupted in the VAE stage and resumed, with another seed (whose fresh transformer and text encoder
+    # differ): the transformer and text encoder still come from the first checkpoint.
+    warm = ["--init_from", str(tmp_path / "first"), "--threads", "1", "--device", "cpu", "--vae_steps", "2",
+            "--dit_steps", "0", "--num_videos", "4", "--batch_size", "2", "--vae_batch_size", "1", "--seed", "5",
+            "--checkpoint_every", "1", "--vae_check_videos", "0"]
+    original_log = train_tiny.log
+
+    def interrupt(args, record):
+        if record["stage"] == "vae" and record["step"] == 1 and "loss" in record:
+            raise KeyboardInterrupt
+        original_log(args, record)
+
+    monkeypatch.setattr(train_tiny, "log", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_tiny.main(["--out", str(tmp_path / "third"), *warm])
+    monkeypatch.setattr(train_tiny, "log", original_log)
+    train_tiny.main(["--out", str(tmp_path / "third"), *warm, "--resume"])
+    c = load_file(tmp_path / "third" / keys.TRANSFORMER_FILE)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    t5_first = torch.load(tmp_path / "first" / keys.T5_FILE, weights_only=True)
+    t5_third = torch.load(tmp_path / "third" / keys.T5_FILE, weights_only=True)
+    assert all(torch.equal(t5_first[k], t5_third[k]) for k in t5_first)
+
     with pytest.raises(UserInputError, match="hunyuan_video model|wan model"):
         _run_hunyuan(tmp_path / "h", "--init_from", str(tmp_path / "first"))
     with pytest.raises(UserInputError, match="no tiny_model.json"):
         _run(tmp_path / "x", "--init_from", str(tmp_path))
     with pytest.raises(UserInputError, match="does not fit"):
         _run(tmp_path / "y", "--init_from", str(tmp_path / "first"), "--num_layers", "3")
+
+
+class IdentityVAE:
+    """encode -> decode gives the input back: a perfect VAE for the round-trip check."""
+
+    def encode(self, videos):
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=videos))
+
+    def decode(self, latents):
+        return SimpleNamespace(sample=latents)
+
+
+class BlankVAE(IdentityVAE):
+    def decode(self, latents):
+        return SimpleNamespace(sample=torch.zeros_like(latents))  # mid-grey frames: no object, no background
+
+
+def test_vae_round_trip_check_reads_the_reconstructions(tmp_path):
+    args = small_args(vae_check_videos=4)
+    perfect = train_tiny.vae_round_trip(args, IdentityVAE(), torch.device("cpu"))
+    assert perfect["agreement"] == 1.0 and perfect["psnr"] > 50 and set(perfect["attributes"].values()) == {1.0}
+    blank = train_tiny.vae_round_trip(args, BlankVAE(), torch.device("cpu"))
+    assert blank["agreement"] == 0.0 and blank["attributes"]["count"] == 0.0 and blank["psnr"] < 20
+
+    # Below --min_vae_agreement the run stops after the VAE stage, with a state that resumes into more VAE steps.
+    with pytest.raises(UserInputError, match="--min_vae_agreement"):
+        _run(tmp_path / "gated", "--min_vae_agreement", "0.9", "--vae_check_videos", "2")
+    assert not (tmp_path / "gated").exists()
+    state = torch.load(tmp_path / "gated.work" / train_tiny.STATE_FILE, weights_only=False)
+    assert state["stage"] == "vae" and state["step"] == 2
+    summaries = _run(tmp_path / "gated", "--resume", "--vae_steps", "3", "--vae_check_videos", "2")
+    assert summaries["vae"]["steps"] == 1 and summaries["vae"]["round_trip"]["videos"] == 2
+    with pytest.raises(UserInputError, match="--min_vae_agreement needs"):
+        _run(tmp_path / "x", "--min_vae_agreement", "0.5", "--vae_check_videos", "0")
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path):
