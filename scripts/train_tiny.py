@@ -741,7 +741,8 @@ def main(argv=None) -> dict:
             tqdm.write(f"VAE round trip on {check['videos']} held-out videos: {check['agreement']:.0%} agree with "
                        f"their prompt, PSNR {check['psnr']:.1f} dB; per attribute " +
                        ", ".join(f"{k} {v:.0%}" for k, v in check["attributes"].items()))
-            if check["agreement"] < args.min_vae_agreement:  # the state at the VAE's last step is saved
+            if check["agreement"] < args.min_vae_agreement:
+                save_state(args, state)  # stage "vae" at its last step: a resume with more steps continues
                 raise UserInputError(f"VAE round trip agrees on {check['agreement']:.0%} < --min_vae_agreement "
                                      f"{args.min_vae_agreement:.0%}: train the VAE longer (--resume with a larger "
                                      "--vae_steps) before the transformer")

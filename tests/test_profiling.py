@@ -110,6 +110,46 @@ def test_derivation_by_tau_and_by_target():
         derive_for_target(profile, 50.0)
 
 
+def _drift_profile(step_drift, num_steps=12, depth=6):
+    """One prompt whose every block's residual moves by `step_drift[s]` from step s - 1 to s."""
+    moves = np.zeros((num_steps, depth, 1, 1))
+    moves[1:, :, 0, 0] = np.asarray(step_drift, dtype=float)[1:, None]
+    sketches = (10.0 + np.cumsum(moves, axis=0)).astype(np.float16)  # |sum of residuals| stays ~60 per step
+    flat = np.full(num_steps - 1, 0.1, dtype=np.float32)  # a flat step-change curve: warm-up 1 from the curve
+    return Profile(prompts=[PromptProfile(
+        prompt="p", seed=0, token_grid=(1, 1, 1), mask=np.ones((1, 1, 1), bool),
+        foreground_ratio={"blocks": np.full((num_steps, depth), 0.1, np.float32)}, sketches={"blocks": sketches},
+        output_change=flat, output_change_abs=flat)])
+
+
+def test_predicted_error_adds_up_over_reuse_steps():
+    profile = _drift_profile(np.ones(12))
+
+    def error(refresh):
+        return profile.predicted_error(dc.Schedule.from_dict({
+            "format_version": 1, "name": "x", "num_steps": 12,
+            "block_lists": {"blocks": {"num_blocks": 6, "background_blocks": ["0-5"], "refresh_steps": refresh}}}))
+
+    # All 6 blocks cached; at step s each residual is 10 + s, so the relative drift after k reused steps is
+    # 6k / (6 (10 + s)). Steps 1-3 reusing step 0: 1/11 + 2/12 + 3/13; with step 2 refreshed: 1/11 + 1/13.
+    assert error([0, "4-11"]) == pytest.approx(1 / 11 + 2 / 12 + 3 / 13, rel=0.01)
+    assert error([0, 2, "4-11"]) == pytest.approx(1 / 11 + 1 / 13, rel=0.01)
+    assert error([0, 1, "3-11"]) == pytest.approx(1 / 12, rel=0.01)  # one reuse step: its own drift
+    assert error(["0-11"]) == 0.0
+
+
+def test_target_search_extends_the_warm_up_when_early_steps_drift():
+    # Large drift over the first 4 of 25 steps, then almost none; the step-change curve alone says warm-up 1.
+    profile = _drift_profile([0, 8, 8, 8] + [0.01] * 21, num_steps=25)
+    assert warmup_from_curve(profile.output_change()) == 1
+    schedule = derive_for_target(profile, 1.5)
+    assert schedule.provenance["warmup_steps"] >= 4
+    assert set(range(4)) <= set(schedule.block_lists["blocks"].refresh_steps)
+    fixed = derive_for_target(profile, 1.5, warmup=5)  # a given warm-up is kept
+    assert fixed.provenance["warmup_steps"] == 5
+    assert fixed.provenance["predicted_error"] >= schedule.provenance["predicted_error"]  # one of the searched
+
+
 def test_profiling_a_real_pipeline_is_deterministic_and_bounded(tmp_path):
     pipe = tiny_wan.tiny_wan_pipeline(num_layers=4)
     pipe.scheduler = make_scheduler("unipc", 5.0)

@@ -5,12 +5,14 @@
   whose change is at most `settle_factor` x the median change.
 - Refresh steps after the warm-up: the paper's Eq. 15 generator, a linearly shrinking interval
   T_s = T_max - (T_max - T_min) * (s - s0) / (S - s0), rounded, so refreshes get denser towards the end.
-- `derive_for_target`: searches tau, T_max and T_min for schedules whose block evaluations are within
-  `tolerance` of total / target_speedup and returns the one with the least predicted error.
+- `derive_for_target`: searches tau, T_max, T_min and (unless given) the warm-up length, from 1 step to
+  a fifth of the steps plus the curve's value, for schedules whose block evaluations are within `tolerance`
+  of total / target_speedup, and returns the one with the least predicted error (`Profile.predicted_error`).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,19 +82,22 @@ def derive_for_target(profile: Profile, target_speedup: float, tolerance: float 
     budget = total / target_speedup
     ratios = np.concatenate([profile.block_foreground_ratio(n) for n in profile.block_lists])
     taus = np.unique(np.concatenate([ratios + 1e-6, [0.0]]))  # every distinct cut through the blocks
+    # The curve says where the prediction settles, not what a reuse there costs: the warm-up is searched too.
+    warmups = [warmup] if warmup is not None else sorted(
+        {warmup_from_curve(profile.output_change(), settle_factor), *range(1, max(1, profile.num_steps // 5) + 1)})
     best, best_error = None, float("inf")
-    for t_max in range(2, 17):
-        for t_min in range(1, min(t_max, 6) + 1):
-            for tau in taus:
-                params = DerivationParams(tau=float(tau), t_max=t_max, t_min=t_min, warmup=warmup,
-                                          settle_factor=settle_factor)
-                candidate, _ = _build(profile, params)
-                computed, _ = candidate.predicted_block_evals(profile.depths, profile.num_steps)
-                if abs(computed - budget) > tolerance * budget:
-                    continue
-                error = profile.predicted_error(candidate)
-                if error < best_error:
-                    best, best_error = params, error
+    for candidate_warmup, t_max, t_min, tau in itertools.product(warmups, range(2, 17), range(1, 7), taus):
+        if t_min > t_max:
+            continue
+        params = DerivationParams(tau=float(tau), t_max=t_max, t_min=t_min, warmup=candidate_warmup,
+                                  settle_factor=settle_factor)
+        candidate, _ = _build(profile, params)
+        computed, _ = candidate.predicted_block_evals(profile.depths, profile.num_steps)
+        if abs(computed - budget) > tolerance * budget:
+            continue
+        error = profile.predicted_error(candidate)
+        if error < best_error:
+            best, best_error = params, error
     if best is None:
         raise UserInputError(f"no schedule reaches {target_speedup}x within {tolerance:.0%} on this profile "
                              f"({total} block evaluations); try a smaller target or a longer warm-up")

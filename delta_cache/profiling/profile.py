@@ -113,15 +113,19 @@ class Profile:
         return np.mean([p.output_change for p in self.prompts], axis=0)
 
     def predicted_error(self, schedule: Schedule) -> float:
-        """Relative error of the reused residuals, from the sketches, averaged over reuse steps and prompts.
+        """Predicted error of the reused residuals: per prompt, the sum over reuse steps of their relative
+        drift (every reuse step adds its error; a mean over reuse steps would reward adding cheap ones); the
+        mean over prompts.
 
         At a reuse step s with last refresh r, the cached blocks contribute B[r] instead of B[s], where B is
         the sum of the background blocks' residuals (deltas add up along the residual stream, so the run
-        structure does not matter for this first-order estimate). Error = |B[s] - B[r]| / |sum of all
-        residuals of the block list at s|.
+        structure does not matter for this first-order estimate): drift = |B[s] - B[r]| / |sum of all
+        residuals of the block list at s|. A first-order proxy: how the drift propagates through the later
+        steps is not modelled (docs/profiling.md has how well it ranks measured schedules).
         """
         errors = []
         for index, prompt in enumerate(self.prompts):
+            error = 0.0
             for list_name, block_list in schedule.block_lists.items():
                 cached, total_norm = self._background_sums(index, list_name, block_list.background_blocks)
                 steps = len(total_norm)
@@ -130,8 +134,9 @@ class Profile:
                 reuse = np.array([s not in refresh for s in range(steps)])
                 if reuse.any():
                     drift = np.linalg.norm(cached[reuse] - cached[last_refresh[reuse]], axis=1)
-                    errors.extend(drift / np.maximum(total_norm[reuse], 1e-12))
-        return float(np.mean(errors)) if errors else 0.0
+                    error += float(np.sum(drift / np.maximum(total_norm[reuse], 1e-12)))
+            errors.append(error)
+        return float(np.mean(errors))
 
     def _background_sums(self, prompt_index: int, list_name: str, background: tuple[int, ...]):
         """(sum of the background blocks' residual sketches per step (steps, T*D), |sum of all| per step)."""
