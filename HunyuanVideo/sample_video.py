@@ -50,9 +50,9 @@ def build_parser() -> OneLineArgumentParser:
                        help="Hidden size of the text encoder (read from the checkpoint).")
     extra.add_argument("--text-len", type=int, default=256, help="Maximum length of the text input.")
     extra.add_argument("--tokenizer", type=str, default="llm", choices=config.TEXT_ENCODERS)
-    extra.add_argument("--prompt-template", type=str, default="dit-llm-encode", choices=list(config.PROMPT_TEMPLATES),
-                       help="Template for 1-frame samples.")
-    extra.add_argument("--prompt-template-video", type=str, default="dit-llm-encode-video",
+    extra.add_argument("--prompt-template", type=str, default=config.IMAGE_TEMPLATE,
+                       choices=list(config.PROMPT_TEMPLATES), help="Template for 1-frame samples.")
+    extra.add_argument("--prompt-template-video", type=str, default=config.VIDEO_TEMPLATE,
                        choices=list(config.PROMPT_TEMPLATES), help="Template for videos.")
     extra.add_argument("--hidden-state-skip-layer", type=int, default=2, help="Skip layer for hidden states.")
     extra.add_argument("--apply-final-norm", action="store_true", help="Apply the text encoder's final norm.")
@@ -65,7 +65,7 @@ def build_parser() -> OneLineArgumentParser:
 
     denoise = p.add_argument_group("Denoise schedule args")
     denoise.add_argument("--denoise-type", type=str, default="flow", help="Only 'flow'.")
-    denoise.add_argument("--flow-shift", type=float, default=7.0, help="Shift factor for flow matching.")
+    denoise.add_argument("--flow-shift", type=float, default=config.FLOW_SHIFT, help="Shift factor for flow matching.")
     denoise.add_argument("--flow-reverse", action="store_true",
                          help="Sample t=1 -> 0 (always done here; upstream needs the flag).")
     denoise.add_argument("--flow-solver", type=str, default="euler", help="Only 'euler'.")
@@ -100,7 +100,8 @@ def build_parser() -> OneLineArgumentParser:
     inference.add_argument("--seed", type=int, default=None, help="Seed (default: random per video).")
     inference.add_argument("--neg-prompt", type=str, default=None, help="Negative prompt (used when --cfg-scale > 1).")
     inference.add_argument("--cfg-scale", type=float, default=1.0, help="True classifier-free guidance when > 1.")
-    inference.add_argument("--embedded-cfg-scale", type=float, default=6.0, help="Embedded (distilled) guidance scale.")
+    inference.add_argument("--embedded-cfg-scale", type=float, default=config.EMBEDDED_GUIDANCE_SCALE,
+                           help="Embedded (distilled) guidance scale.")
     inference.add_argument("--use-fp8", action="store_true", help="Load *_fp8.pt weights with their *_fp8_map.pt.")
     inference.add_argument("--reproduce", action="store_true", help="Accepted, unused.")
 

@@ -91,3 +91,20 @@ def summary_line(denoise_seconds: float, cache_stats: dict | None) -> str:
         line += f" | ideal speedup {cache_stats['ideal_speedup']:.2f}x"
         line += f" | delta buffers {cache_stats['delta_memory_bytes'] / 2**20:.1f} MiB"
     return line
+
+
+def add_sampler_flags(group) -> None:
+    """The sampler flags of the scripts that run a model through `delta_cache.models.runner` (profile_model.py,
+    profile_evidence.py); None means the front end's default, which the runner fills in."""
+    group.add_argument("--sample_steps", type=int, default=50)
+    group.add_argument("--sample_shift", type=float, default=None, help="default: wan 5.0, hunyuan_video 7.0")
+    group.add_argument("--sample_guide_scale", type=float, default=None,
+                       help="wan: CFG scale (default 5.0); hunyuan_video: embedded guidance (default 6.0)")
+    group.add_argument("--sample_solver", default="unipc", choices=["unipc", "dpm++"], help="wan only")
+
+
+def sampler_options(args) -> dict:
+    """`load_runner`'s family options from those flags plus --family, --task (wan), --dit_weight (hunyuan_video)."""
+    family = (dict(task=args.task, solver=args.sample_solver) if args.family == "wan"
+              else dict(dit_weight=args.dit_weight))
+    return dict(shift=args.sample_shift, guide_scale=args.sample_guide_scale, **family)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from delta_cache.cli import OneLineArgumentParser, run_cli, set_offline  # noqa: E402
+from delta_cache.cli import (  # noqa: E402
+    OneLineArgumentParser, add_sampler_flags, run_cli, sampler_options, set_offline)
 from delta_cache.errors import UserInputError  # noqa: E402
 
 
@@ -32,11 +33,7 @@ def build_parser() -> OneLineArgumentParser:
     model.add_argument("--size", default=None,
                        help="WIDTH*HEIGHT (default: the native size in the checkpoint's tiny_model.json)")
     model.add_argument("--frame_num", type=int, default=None, help="frames, 4n+1 (default: the native count)")
-    model.add_argument("--sample_steps", type=int, default=50)
-    model.add_argument("--sample_shift", type=float, default=None, help="default: wan 5.0, hunyuan_video 7.0")
-    model.add_argument("--sample_guide_scale", type=float, default=None,
-                       help="wan: CFG scale (default 5.0); hunyuan_video: embedded guidance (default 6.0)")
-    model.add_argument("--sample_solver", default="unipc", choices=["unipc", "dpm++"], help="wan only")
+    add_sampler_flags(model)
     ev = p.add_argument_group("evidence")
     ev.add_argument("--num_pairs", type=int, default=16, help="held-out eval pairs make_video(i, 'eval'), seed i")
     ev.add_argument("--profile_prompts", type=int, default=8, help="training prompts make_video(i, 'train') profiled")
@@ -86,9 +83,6 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
 
     width, height, frames = evidence.resolve_size(args.ckpt_dir, args.size, args.frame_num)
-    shift, guide, _ = evidence.FAMILY_DEFAULTS[args.family]
-    shift = shift if args.sample_shift is None else args.sample_shift
-    guide = guide if args.sample_guide_scale is None else args.sample_guide_scale
     size_flags = [] if args.size is None and args.frame_num is None else [
         "--size", f"{width}*{height}", "--frame_num", str(frames)]
     settings = evidence.EvidenceSettings(
@@ -96,11 +90,9 @@ def main(argv=None):
         preset=args.preset, targets=tuple(args.targets), random_seeds=tuple(args.random_seeds),
         max_queries=args.max_queries, high_fraction=args.high_fraction, motion_variant=not args.no_motion_variant,
         truth=args.truth)
-    evidence.load_schedule(settings.preset or evidence.FAMILY_DEFAULTS[args.family][2])  # fail fast on a bad name
-    options = (dict(task=args.task, solver=args.sample_solver) if args.family == "wan"
-               else dict(dit_weight=args.dit_weight))
+    evidence.load_schedule(settings.preset or evidence.DEFAULT_PRESETS[args.family])  # fail fast on a bad name
     model = load_runner(args.family, args.ckpt_dir, width=width, height=height, num_frames=frames,
-                        num_steps=args.sample_steps, shift=shift, guide_scale=guide, **options)
+                        num_steps=args.sample_steps, **sampler_options(args))
     result = evidence.run_evidence(model, family=args.family, ckpt_dir=args.ckpt_dir, settings=settings,
                                    out=args.out, size_flags=size_flags, write_preset=args.write_preset)
     print(result.markdown())

@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from delta_cache.cli import OneLineArgumentParser, run_cli, set_offline  # noqa: E402
+from delta_cache.cli import (  # noqa: E402
+    OneLineArgumentParser, add_sampler_flags, run_cli, sampler_options, set_offline)
 from delta_cache.errors import UserInputError  # noqa: E402
 
 DEFAULT_SIZE = "832*480"
@@ -41,11 +42,7 @@ def build_parser() -> OneLineArgumentParser:
                             "trained checkpoint's native size from its tiny_model.json)")
     model.add_argument("--frame_num", type=int, default=None,
                        help="frames, 4n+1 (default 81, or a tiny trained checkpoint's native count at its native size)")
-    model.add_argument("--sample_steps", type=int, default=50)
-    model.add_argument("--sample_shift", type=float, default=None, help="default: wan 5.0, hunyuan_video 7.0")
-    model.add_argument("--sample_guide_scale", type=float, default=None,
-                       help="wan: CFG scale (default 5.0); hunyuan_video: embedded guidance (default 6.0)")
-    model.add_argument("--sample_solver", default="unipc", choices=["unipc", "dpm++"], help="wan only")
+    add_sampler_flags(model)
     prompts = p.add_argument_group("prompts")
     prompts.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     prompts.add_argument("--prompts", type=Path, help="a text file with one prompt per line")
@@ -124,28 +121,22 @@ def main(argv=None) -> None:
         missing = [str(f) for f in mask_files if not f.is_file()]
         if missing:
             raise UserInputError(f"mask file missing: {missing[0]}")
-    family_defaults = {"wan": (5.0, 5.0), "hunyuan_video": (7.0, 6.0)}[args.family]
-    args.sample_shift = family_defaults[0] if args.sample_shift is None else args.sample_shift
-    args.sample_guide_scale = family_defaults[1] if args.sample_guide_scale is None else args.sample_guide_scale
     set_offline()
 
+    from delta_cache.models.runner import load_runner
     from delta_cache.profiling.derive import DerivationParams, derive_for_target, derive_schedule
     from delta_cache.profiling.report import write_report
     from delta_cache.profiling.runner import ProfileRequest, run_profile
 
-    from delta_cache.models.runner import load_runner
-
     # The front end's loader and sampler; at real size diffusers' model CPU offload keeps one model on the GPU.
-    options = (dict(task=args.task, solver=args.sample_solver) if args.family == "wan"
-               else dict(dit_weight=args.dit_weight))
     model = load_runner(args.family, args.ckpt_dir, width=width, height=height, num_frames=args.frame_num,
-                        num_steps=args.sample_steps, offload=True, progress=True, shift=args.sample_shift,
-                        guide_scale=args.sample_guide_scale, **options)
+                        num_steps=args.sample_steps, offload=True, progress=True, **sampler_options(args))
     request = ProfileRequest(prompts=prompts, block_lists=model.block_lists, mask_source=args.mask_source,
                              mask_files=mask_files, token_grid=model.token_grid, patch=model.patch,
                              max_queries=args.max_queries, high_fraction=args.high_fraction)
     provenance = {"model": model.model_name, "ckpt_dir": str(args.ckpt_dir), "size": args.size,
-                  "frame_num": args.frame_num, "sample_steps": args.sample_steps, "sample_shift": args.sample_shift,
+                  "frame_num": args.frame_num, "sample_steps": args.sample_steps,
+                  "sample_shift": model.settings["sample_shift"],
                   "prompts": [p for p, _ in prompts], "seeds": args.seeds, "mask_source": args.mask_source,
                   "max_queries": args.max_queries, "high_fraction": args.high_fraction}
     profile = run_profile(model.transformer, lambda prompt, seed: model.generate(prompt, seed)[0], request,

@@ -53,10 +53,7 @@ TRUTH_SOURCES = {
     "rendered": "the rendered synthetic video's mask (make_video(i).mask; its layout is not in the prompt)",
 }
 MASK_KINDS = ("motion", "generated", "rendered")
-FAMILY_DEFAULTS = {  # (sample_shift, guide scale, preset): the front ends' defaults
-    "wan": (5.0, 5.0, "wan2.1-t2v-14b"),
-    "hunyuan_video": (7.0, 6.0, "hunyuanvideo-720p"),
-}
+DEFAULT_PRESETS = {"wan": "wan2.1-t2v-14b", "hunyuan_video": "hunyuanvideo-720p"}  # compute to match
 
 
 # ---- the model's size ------------------------------------------------------------------------------------------
@@ -737,7 +734,7 @@ def run_evidence(model: ModelRunner, *, family: str, ckpt_dir, settings: Evidenc
         raise UserInputError("--num_pairs and --profile_prompts must be >= 1")
     if settings.truth not in TRUTH_SOURCES:
         raise UserInputError(f"unknown truth {settings.truth!r}; choose from {', '.join(TRUTH_SOURCES)}")
-    preset = load_schedule(settings.preset or FAMILY_DEFAULTS[family][2])
+    preset = load_schedule(settings.preset or DEFAULT_PRESETS[family])
     preset.check_fits({n: len(getattr(model.transformer, n)) for n in model.block_lists})  # before any generation
     out = Path(out)
     (out / "schedules").mkdir(parents=True, exist_ok=True)

@@ -28,20 +28,10 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
+# Training uses HunyuanVideo/sample_video.py's defaults: flow shift, embedded guidance, text flags (tests check).
+from ..models.hunyuan_video.config import EMBEDDED_GUIDANCE_SCALE, FLOW_SHIFT  # noqa: F401 (FLOW_SHIFT: train_tiny)
+from ..models.hunyuan_video.pipeline import default_text_encoding as text_encoding  # noqa: F401 (train_tiny)
 from .flow_matching import NUM_TRAIN_TIMESTEPS, fold_latent_statistics
-
-# HunyuanVideo/sample_video.py defaults (tests check that they still are).
-EMBEDDED_GUIDANCE_SCALE = 6.0  # --embedded-cfg-scale
-FLOW_SHIFT = 7.0  # --flow-shift
-IMAGE_TEMPLATE, VIDEO_TEMPLATE = "dit-llm-encode", "dit-llm-encode-video"  # --prompt-template(-video)
-
-
-def text_encoding(num_frames: int):
-    """The front end's default text flags for a video of `num_frames` frames (its prompt template included)."""
-    from ..models.hunyuan_video import config
-    from ..models.hunyuan_video.pipeline import TextEncoding
-
-    return TextEncoding(template=config.prompt_template(num_frames, IMAGE_TEMPLATE, VIDEO_TEMPLATE))
 
 
 def trim_text_padding(text):

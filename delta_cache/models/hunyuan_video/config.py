@@ -23,6 +23,11 @@ PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  #
 VAES = ("884-16c-hy",)  # <time><height><width stride>-<latent channels>c-<name>
 TEXT_ENCODERS = ("clipL", "llm")  # upstream's names; the first encoder is "llm", the second "clipL"
 MODEL_RESOLUTIONS = ("540p", "720p")  # accepted, unused (as upstream)
+
+# --- sample_video.py defaults that other code reuses (the tiny-model trainer, delta_cache.models.runner) -------
+FLOW_SHIFT = 7.0  # --flow-shift
+EMBEDDED_GUIDANCE_SCALE = 6.0  # --embedded-cfg-scale
+IMAGE_TEMPLATE, VIDEO_TEMPLATE = "dit-llm-encode", "dit-llm-encode-video"  # --prompt-template(-video)
 SEED_TYPES = ("file", "random", "fixed", "auto")  # accepted, unused (as upstream)
 
 DEFAULT_DIT_WEIGHT = "ckpts/hunyuan-video-t2v-720p/transformers/mp_rank_00_model_states.pt"

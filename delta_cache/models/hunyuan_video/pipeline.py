@@ -54,6 +54,13 @@ class TextEncoding:
     apply_final_norm: bool = False  # --apply-final-norm: Llama's final RMSNorm on that hidden state
 
 
+def default_text_encoding(num_frames: int) -> TextEncoding:
+    """sample_video.py's default text flags for a video of `num_frames` frames (its prompt template included)."""
+    from . import config
+
+    return TextEncoding(template=config.prompt_template(num_frames, config.IMAGE_TEMPLATE, config.VIDEO_TEMPLATE))
+
+
 @dataclass
 class PromptEmbeds:
     embeds: torch.Tensor  # (1, text_len, llama hidden)

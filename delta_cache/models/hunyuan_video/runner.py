@@ -10,18 +10,22 @@ import torch
 from ..runner import ModelRunner, place
 from . import config
 from .checkpoint import find_diffusers_folder, load_hunyuan_video_components
-from .pipeline import TextEncoding, build_pipeline, decode, denoise, token_grid
+from .pipeline import build_pipeline, decode, default_text_encoding, denoise, token_grid
 
 
 def load_hunyuan_video_runner(ckpt_dir, *, width: int, height: int, num_frames: int, num_steps: int,
                               device: torch.device, offload: bool = False, progress: bool = False,
-                              dit_weight=None, shift: float = 7.0, guide_scale: float = 6.0) -> ModelRunner:
+                              dit_weight=None, shift: float | None = None,
+                              guide_scale: float | None = None) -> ModelRunner:
     """Embedded guidance, no true CFG (upstream's defaults). `ckpt_dir` is the model base (upstream ckpts/
     layout) or a diffusers folder; `dit_weight` defaults to the model base's standard transformer file.
 
     Precision as sample_video.py: on a GPU a bf16 transformer, fp16 VAE and text encoders, autocast; on the
-    CPU fp32 throughout.
+    CPU fp32 throughout. `shift` / `guide_scale` None: sample_video.py's --flow-shift 7 and
+    --embedded-cfg-scale 6.
     """
+    shift = config.FLOW_SHIFT if shift is None else shift
+    guide_scale = config.EMBEDDED_GUIDANCE_SCALE if guide_scale is None else guide_scale
     if dit_weight is None:
         dit_weight = Path(ckpt_dir) / Path(config.DEFAULT_DIT_WEIGHT).relative_to("ckpts")
     diffusers_folder = find_diffusers_folder(dit_weight, ckpt_dir)
@@ -37,7 +41,7 @@ def load_hunyuan_video_runner(ckpt_dir, *, width: int, height: int, num_frames: 
     pipe = build_pipeline(components, shift=shift)
     place(pipe, device, offload, progress)
     height, width = config.align_to(height), config.align_to(width)
-    text = TextEncoding(template=config.prompt_template(num_frames, "dit-llm-encode", "dit-llm-encode-video"))
+    text = default_text_encoding(num_frames)
 
     def generate(prompt: str, seed: int):
         return denoise(pipe, prompt=prompt, negative_prompt=None, height=height, width=width, num_frames=num_frames,

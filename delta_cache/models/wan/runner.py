@@ -12,13 +12,14 @@ from .pipeline import build_pipeline, decode, denoise, token_grid
 
 def load_wan_runner(ckpt_dir, *, width: int, height: int, num_frames: int, num_steps: int, device: torch.device,
                     offload: bool = False, progress: bool = False, task: str = "t2v-14B",
-                    shift: float | None = None, guide_scale: float = 5.0, solver: str = "unipc") -> ModelRunner:
+                    shift: float | None = None, guide_scale: float | None = None, solver: str = "unipc") -> ModelRunner:
     """Text-to-video with CFG and upstream's negative prompt; bf16 on a GPU, fp32 on the CPU (as generate.py).
-    `shift=None`: the task's upstream default."""
+    None: generate.py's default (shift: the task's; guide scale 5)."""
     from ...video import to_uint8_frames
 
     if shift is None:
         shift = tasks.task_defaults(task, f"{width}*{height}").sample_shift
+    guide_scale = 5.0 if guide_scale is None else guide_scale
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     components = load_wan_components(ckpt_dir, task=task, dtype=dtype)
     pipe = build_pipeline(components, image_to_video=False, solver=solver, shift=shift)
