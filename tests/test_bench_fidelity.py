@@ -1,7 +1,6 @@
 """scripts/bench_fidelity.py and delta_cache/baselines.py: block counting, naive step skipping, threshold
 tuning, MagCache calibration, and the whole benchmark on tiny random checkpoints (CPU, seconds)."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -23,17 +22,14 @@ from delta_cache.baselines import (
     tune_threshold,
 )
 from delta_cache.synthetic import make_video
+from script_loader import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "bench_fidelity.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_fidelity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def bench_script():
+    return load_script(SCRIPT)
 
 
 def write_native_size(folder: Path, width: int, height: int, frames: int) -> None:
@@ -163,7 +159,7 @@ def test_missing_checkpoint_is_one_line(tmp_path):
 
 
 def test_summary_leaves_identical_pairs_out_of_the_psnr_mean():
-    script = load_script()
+    script = bench_script()
     inf = float("inf")
 
     def run_(psnr, seconds, computed, agrees):
@@ -203,7 +199,7 @@ def wan_ckpt(tmp_path_factory):
 
 def test_bench_wan_end_to_end(wan_ckpt, tmp_path, capsys):
     out = tmp_path / "bench"
-    load_script().main(["--family", "wan", "--wan_ckpt", str(wan_ckpt), "--num_pairs", "1", "--sample_steps", "12",
+    bench_script().main(["--family", "wan", "--wan_ckpt", str(wan_ckpt), "--num_pairs", "1", "--sample_steps", "12",
                         "--calib_pairs", "1", "--tune_runs", "2", "--out", str(out)])
     printed = capsys.readouterr().out
     for name in ("bench_fidelity.md", "bench_fidelity.json", "bench_fidelity.png"):
@@ -253,7 +249,7 @@ def test_bench_hunyuan_video_smoke(tmp_path, monkeypatch):
         "transformer_blocks": {"background_blocks": [1], "refresh_steps": [0, 1, 4]},
         "single_transformer_blocks": {"background_blocks": [0, 1], "refresh_steps": [0, 1, 4]}}}))
     out = tmp_path / "bench"
-    load_script().main(["--family", "hunyuan_video", "--hunyuan_ckpt", str(ckpt), "--hunyuan_schedule", str(schedule),
+    bench_script().main(["--family", "hunyuan_video", "--hunyuan_ckpt", str(ckpt), "--hunyuan_schedule", str(schedule),
                         "--num_pairs", "1", "--sample_steps", "6", "--calib_pairs", "1", "--tune_runs", "1",
                         "--out", str(out)])
     data = json.loads((out / "bench_fidelity.json").read_text())["families"]["hunyuan_video"]

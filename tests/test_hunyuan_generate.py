@@ -1,7 +1,6 @@
 """HunyuanVideo/sample_video.py: upstream command lines on tiny checkpoints, bad input, bit-identity,
 real block counts, both streams restored on skipped blocks, per-branch state under true CFG."""
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -21,6 +20,7 @@ from delta_cache.models.hunyuan_video import config
 from delta_cache.models.hunyuan_video.checkpoint import DIT_WEIGHT, load_hunyuan_video_components
 from delta_cache.models.hunyuan_video.pipeline import build_pipeline, flow_sigmas, generate, make_scheduler
 from delta_cache.models.hunyuan_video.tiny import build_tiny_components, write_tiny_checkpoint
+from script_loader import load_script
 
 torch.set_num_threads(1)  # tiny matmuls are ~1000x slower with two threads on 2-core machines
 
@@ -389,10 +389,7 @@ def test_bad_input_gives_one_line(ckpt, tmp_path, args, message):
 def sample_video():
     """The front end's module, for errors raised after the heavy imports (in-process: no 5 s start-up each);
     `run_cli` turns any UserInputError into one line and exit code 2, as the subprocess cases show."""
-    spec = importlib.util.spec_from_file_location("sample_video", SAMPLE_VIDEO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SAMPLE_VIDEO)
 
 
 def _write_malformed(path):

@@ -1,7 +1,6 @@
 """The profiling evidence script: IoU helper, block-set choices, equal compute counted by the cache, targets,
 the written preset and the profile_model.py command that reproduces it."""
 
-import importlib.util
 import json
 import shlex
 from pathlib import Path
@@ -13,6 +12,7 @@ import delta_cache as dc
 from delta_cache.profiling import evidence, masks
 from delta_cache.profiling.profile import Profile, PromptProfile
 from delta_cache.synthetic import make_video
+from script_loader import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 NATIVE = {"width": 96, "height": 96, "num_frames": 5}  # 2 x 6 x 6 tokens; 32x32 would leave every true mask empty
@@ -20,10 +20,7 @@ STEPS = 10  # the paper preset at 10 steps reuses its background blocks on one s
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "scripts" / f"{name}.py")
 
 
 # ---- pure helpers ------------------------------------------------------------------------------------------

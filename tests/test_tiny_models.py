@@ -1,7 +1,6 @@
 """The committed tiny trained models: they load through the front ends, sample deterministically, and draw
 what the prompt asks for often enough (a lenient version of scripts/check_quality.py's bar)."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 
 from delta_cache.models.tiny_info import native_size
 from delta_cache.video import read_video
+from script_loader import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 WAN_CKPT = REPO / "checkpoints" / "tiny-wan2.1-t2v"
@@ -46,10 +46,7 @@ def test_wan_tiny_model_through_generate_py_is_deterministic(tmp_path):
 
 
 def _check_quality():
-    spec = importlib.util.spec_from_file_location("check_quality", REPO / "scripts" / "check_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "scripts" / "check_quality.py")
 
 
 @pytest.mark.parametrize("family, ckpt", [("wan", WAN_CKPT)])

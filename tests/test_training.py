@@ -1,7 +1,6 @@
 """Training the tiny models: the flow-matching objective, latent normalisation, and scripts/train_tiny.py."""
 
 import dataclasses
-import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,18 +29,12 @@ from delta_cache.training import (
     vae_loss,
 )
 from delta_cache.training import hunyuan_video as hunyuan_training
+from script_loader import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("train_tiny", REPO / "scripts" / "train_tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_tiny = _load_script()
+train_tiny = load_script(REPO / "scripts" / "train_tiny.py")
 
 # The smallest settings that still exercise every stage (seconds on one CPU thread).
 TINY = ["--threads", "1", "--device", "cpu", "--vae_steps", "2", "--dit_steps", "4", "--batch_size", "2",
@@ -353,14 +346,7 @@ def _run_hunyuan(out, *extra):
     return train_tiny.main(["--out", str(out), *HUNYUAN_TINY, *extra])
 
 
-def _load_sample_video():
-    spec = importlib.util.spec_from_file_location("sample_video", REPO / "HunyuanVideo" / "sample_video.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sample_video = _load_sample_video()
+sample_video = load_script(REPO / "HunyuanVideo" / "sample_video.py")
 
 
 def hunyuan_args(*extra):

@@ -1,6 +1,5 @@
 """Wan2.1 checkpoint loading (upstream and diffusers layouts), key mappings and the tiny-checkpoint writer."""
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ from delta_cache.models.wan import keys
 from delta_cache.models.wan.checkpoint import load_wan_components
 from delta_cache.models.wan.tiny import write_tiny_checkpoint
 from delta_cache.models.wan.tiny import build_tiny_modules
+from script_loader import load_script
 
 torch.set_num_threads(1)
 
@@ -346,9 +346,7 @@ def test_cli_writes_a_loadable_checkpoint(tmp_path):
 
 
 def test_cli_bad_arguments(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("make_tiny_checkpoint", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script(SCRIPT)
     with pytest.raises(SystemExit) as exit_info:
         script.main(["--family", "nope", "--out", str(tmp_path / "x")])
     assert exit_info.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
