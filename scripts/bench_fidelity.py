@@ -103,7 +103,7 @@ class VideoSize:
 
 def validate(args) -> dict[str, VideoSize]:
     """Flag checks before anything heavy is imported; returns each family's video size."""
-    from delta_cache.models.tiny_info import native_size
+    from delta_cache.models.tiny_info import resolve_video_size
 
     for flag, value, least in (("--num_pairs", args.num_pairs, 1), ("--calib_pairs", args.calib_pairs, 1),
                                ("--sample_steps", args.sample_steps, 1), ("--tune_runs", args.tune_runs, 1),
@@ -112,13 +112,6 @@ def validate(args) -> dict[str, VideoSize]:
             raise UserInputError(f"{flag} must be >= {least}, got {value}")
     if not 0 < args.tune_tolerance < 1:
         raise UserInputError(f"--tune_tolerance must be between 0 and 1, got {args.tune_tolerance}")
-    override = None
-    if args.size is not None:
-        try:
-            width, height = (int(v) for v in args.size.split("*"))
-        except ValueError:
-            raise UserInputError(f"--size must be WIDTH*HEIGHT (e.g. 128*128), got {args.size!r}") from None
-        override = (width, height)
     sizes = {}
     args.family = list(dict.fromkeys(args.family))
     for family in args.family:
@@ -127,14 +120,8 @@ def validate(args) -> dict[str, VideoSize]:
         if not ckpt.is_dir():
             raise UserInputError(f"--{flag} {ckpt}: no such checkpoint folder (train one with scripts/train_tiny.py, "
                                  "or pass --family for the families you have)")
-        native = native_size(ckpt)
-        if native is None and (override is None or args.frame_num is None):
-            raise UserInputError(f"{ckpt} has no tiny_model.json (native size): pass --size and --frame_num")
-        width, height = override or (native.width, native.height)
-        frames = args.frame_num if args.frame_num is not None else native.num_frames
-        if min(width, height) < 16 or frames < 1 or (frames - 1) % 4:
-            raise UserInputError(f"{family}: need width and height >= 16 and 4n+1 frames, got {width}x{height}x{frames}")
-        sizes[family] = VideoSize(width, height, frames)
+        video = resolve_video_size(ckpt, args.size, args.frame_num)
+        sizes[family] = VideoSize(video.width, video.height, video.num_frames)
     return sizes
 
 

@@ -81,34 +81,19 @@ def read_prompts(args) -> list[tuple[str, int]]:
 
 def resolve_size(args) -> tuple[int, int]:
     """(width, height); fills in --size and --frame_num defaults (a tiny trained checkpoint's native size)."""
-    from delta_cache.models.tiny_info import native_size
-    from delta_cache.models.wan import tasks
+    from delta_cache.models.tiny_info import NativeSize, resolve_video_size
 
-    native = native_size(args.ckpt_dir)  # tiny_model.json next to a checkpoint trained by scripts/train_tiny.py
-    args.size = args.size or (native.size if native else DEFAULT_SIZE)
-    if args.frame_num is None:
-        args.frame_num = native.num_frames if native and args.size == native.size else DEFAULT_FRAME_NUM
-    if native and args.size == native.size:  # the size the model was trained at is always accepted
-        return tasks.parse_size(args.size)
-    return parse_size(args.size)
-
-
-def parse_size(size: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in size.split("*"))
-    except ValueError:
-        raise UserInputError(f"--size must be WIDTH*HEIGHT, got {size!r}") from None
-    if width % 16 or height % 16 or width <= 0 or height <= 0:
-        raise UserInputError(f"--size {size}: width and height must be positive multiples of 16")
-    return width, height
+    width, height = (int(v) for v in DEFAULT_SIZE.split("*"))
+    video = resolve_video_size(args.ckpt_dir, args.size, args.frame_num,
+                               default=NativeSize(width, height, DEFAULT_FRAME_NUM))
+    args.size, args.frame_num = video.size, video.num_frames
+    return video.width, video.height
 
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     width, height = resolve_size(args)
     prompts = read_prompts(args)
-    if args.frame_num < 1 or (args.frame_num - 1) % 4:
-        raise UserInputError(f"--frame_num must be 4n+1, got {args.frame_num}")
     if args.tau is not None and args.target_speedup is not None:
         raise UserInputError("give --tau or --target_speedup, not both")
     if not 0 < args.high_fraction < 1:

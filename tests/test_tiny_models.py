@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from delta_cache.models.tiny_info import native_size
+from delta_cache.errors import UserInputError
+from delta_cache.models.tiny_info import NativeSize, native_size, resolve_video_size
 from delta_cache.video import read_video
 from script_loader import load_script
 
@@ -31,6 +32,29 @@ def test_committed_checkpoints_are_small_and_describe_themselves():
     assert (size.width, size.height, size.num_frames) == (128, 128, 17)
     info = json.loads((WAN_CKPT / "tiny_model.json").read_text())
     assert info["family"] == "wan" and info["recipe"]["num_layers"] == 40
+
+
+def test_tools_resolve_the_video_size_from_flags_native_size_or_default(tmp_path):
+    real = tmp_path / "real"  # a checkpoint without tiny_model.json
+    real.mkdir()
+    with pytest.raises(UserInputError, match="no tiny_model.json"):
+        resolve_video_size(real, None, None)
+    with pytest.raises(UserInputError, match="give --frame_num"):
+        resolve_video_size(real, "64*48", None)
+    assert resolve_video_size(real, "64*48", 9) == NativeSize(64, 48, 9)
+    upstream = NativeSize(832, 480, 81)
+    assert resolve_video_size(real, None, None, default=upstream) == upstream
+    assert resolve_video_size(real, "1280*720", None, default=upstream) == NativeSize(1280, 720, 81)
+    # a tiny checkpoint: its native size, and its frame count only at that size
+    assert resolve_video_size(WAN_CKPT, None, None, default=upstream) == NativeSize(128, 128, 17)
+    assert resolve_video_size(WAN_CKPT, "128*128", None) == NativeSize(128, 128, 17)
+    assert resolve_video_size(WAN_CKPT, "64*64", None, default=upstream) == NativeSize(64, 64, 81)
+    with pytest.raises(UserInputError, match="not the checkpoint's native size"):
+        resolve_video_size(WAN_CKPT, "64*64", None)
+    for size, frames, message in (("64x64", 9, "WIDTH\\*HEIGHT"), ("60*64", 9, "multiples of 16"),
+                                  ("64*64", 8, "4n\\+1"), ("0*64", 9, "positive")):
+        with pytest.raises(UserInputError, match=message):
+            resolve_video_size(WAN_CKPT, size, frames)
 
 
 def test_wan_tiny_model_through_generate_py_is_deterministic(tmp_path):

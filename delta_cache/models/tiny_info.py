@@ -41,3 +41,39 @@ def native_size(ckpt_dir) -> NativeSize | None:
     if min(size.width, size.height, size.num_frames) < 1:
         raise CheckpointError(f"{path}: native_size must be positive, got {entry}")
     return size
+
+
+def resolve_video_size(ckpt_dir, size: str | None, frame_num: int | None, *,
+                       default: NativeSize | None = None) -> NativeSize:
+    """A tool's --size / --frame_num: the flags, else the checkpoint's native size (tiny_model.json), else
+    `default` (for real checkpoints; without one the flags are required).
+
+    The native frame count fills in --frame_num only at the native size (a tiny model's 17 frames mean
+    nothing at another size); elsewhere the default's count does, if there is a default. Width and height
+    must be positive multiples of 16 and frame_num 4n+1; callers add their own bounds. Bad flags raise
+    UserInputError (one line).
+    """
+    from delta_cache.errors import UserInputError
+
+    native = native_size(ckpt_dir)
+    fallback = native or default
+    if size is None and fallback is None:
+        raise UserInputError(f"{ckpt_dir} has no {TINY_MODEL_FILE} (native size): give --size WIDTH*HEIGHT and "
+                             "--frame_num")
+    size = size or fallback.size
+    try:
+        width, height = (int(v) for v in size.split("*"))
+    except ValueError:
+        raise UserInputError(f"--size must be WIDTH*HEIGHT (e.g. 128*128), got {size!r}") from None
+    if frame_num is None:
+        if native is not None and size == native.size:
+            frame_num = native.num_frames
+        elif default is not None:
+            frame_num = default.num_frames
+        else:
+            raise UserInputError(f"--size {size} is not the checkpoint's native size: give --frame_num too")
+    if width <= 0 or height <= 0 or width % 16 or height % 16:
+        raise UserInputError(f"--size {size}: width and height must be positive multiples of 16")
+    if frame_num < 1 or (frame_num - 1) % 4:
+        raise UserInputError(f"--frame_num must be 4n+1, got {frame_num}")
+    return NativeSize(width, height, frame_num)

@@ -60,26 +60,15 @@ DEFAULT_PRESETS = {"wan": "wan2.1-t2v-14b", "hunyuan_video": "hunyuanvideo-720p"
 
 def resolve_size(ckpt_dir, size: str | None, frame_num: int | None) -> tuple[int, int, int]:
     """(width, height, frames): the flags, else the native size of a tiny trained checkpoint."""
-    from ..models.tiny_info import native_size
+    from ..models.tiny_info import resolve_video_size
 
-    native = native_size(ckpt_dir)
-    if size is None and native is None:
-        raise UserInputError(f"{ckpt_dir} has no tiny_model.json: give --size WIDTH*HEIGHT and --frame_num")
-    size = size or native.size
-    try:
-        width, height = (int(v) for v in size.split("*"))
-    except ValueError:
-        raise UserInputError(f"--size must be WIDTH*HEIGHT, got {size!r}") from None
-    if frame_num is None:
-        if native is None or size != native.size:
-            raise UserInputError(f"--size {size} is not the checkpoint's native size: give --frame_num too")
-        frame_num = native.num_frames
-    if width % 16 or height % 16 or min(width, height) < 32:
-        raise UserInputError(f"--size {size}: width and height must be multiples of 16 and at least 32")
-    if frame_num < 5 or (frame_num - 1) % 4:
-        raise UserInputError(f"--frame_num must be 4n+1 and at least 5 (motion masks need 2 latent frames), "
-                             f"got {frame_num}")
-    return width, height, frame_num
+    video = resolve_video_size(ckpt_dir, size, frame_num)
+    if min(video.width, video.height) < 32:
+        raise UserInputError(f"--size {video.size}: width and height must be at least 32")
+    if video.num_frames < 5:
+        raise UserInputError(f"--frame_num must be at least 5 (motion masks need 2 latent frames), got "
+                             f"{video.num_frames}")
+    return video.width, video.height, video.num_frames
 
 
 # ---- small pure helpers (unit-tested) ----------------------------------------------------------------------
