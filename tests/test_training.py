@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -59,6 +60,16 @@ def test_training_sigmas_use_the_samplers_shift():
     assert torch.equal(sigmas, sample_sigmas(20000, 5.0, torch.Generator().manual_seed(0)))
     assert 0 <= sigmas.min() and sigmas.max() <= 1
     assert sigmas.median().item() == pytest.approx(5 * 0.5 / (1 + 4 * 0.5), abs=0.01)
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    args = small_args(warmup_steps=10, lr_decay="cosine", min_lr_ratio=0.1)
+    rates = [train_tiny.learning_rate(args, 1.0, step, 111) for step in range(111)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert rates[60] == pytest.approx(0.55) and rates[110] == pytest.approx(0.1)  # halfway, last step
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
+    constant = small_args(warmup_steps=10, lr_decay="none")
+    assert train_tiny.learning_rate(constant, 1.0, 109, 110) == 1.0
 
 
 class RecordingModel(torch.nn.Module):
@@ -200,6 +211,37 @@ def test_script_writes_a_checkpoint_that_loads_and_samples(tmp_path):
     assert result.frames.shape == (9, 64, 64, 3) and np.isfinite(result.frames).all()
 
 
+def test_compiled_blocks_train_like_eager_ones(tmp_path):
+    # --compile (diffusers' compile_repeated_blocks) with the compacted text attention and a trained text
+    # encoder: the same parameter names in the state, and nearly the same weights as eager training.
+    _run(tmp_path / "eager", "--train_text_encoder")
+    _run(tmp_path / "compiled", "--train_text_encoder", "--compile")
+    eager, compiled = (torch.load(tmp_path / f"{name}.work" / train_tiny.STATE_FILE, weights_only=False)
+                       for name in ("eager", "compiled"))
+    assert eager["transformer"].keys() == compiled["transformer"].keys()
+    for name in ("blocks.1.ffn.net.2.weight", "proj_out.weight"):
+        assert eager["transformer"][name].abs().max() > 0
+        torch.testing.assert_close(compiled["transformer"][name], eager["transformer"][name], atol=1e-4, rtol=1e-3)
+
+
+def test_decoder_stage_moves_only_the_decoding_half(tmp_path):
+    _run(tmp_path / "plain", "--vae_lr", "1e-2")
+    summaries = _run(tmp_path / "tuned", "--vae_lr", "1e-2", "--decoder_steps", "3", "--decoder_lr", "1e-2",
+                     "--vae_check_videos", "1")
+    assert summaries["decoder"]["steps"] == 3 and "round_trip" in summaries["decoder"]
+    plain = torch.load(tmp_path / "plain" / keys.VAE_FILE, weights_only=True)
+    tuned = torch.load(tmp_path / "tuned" / keys.VAE_FILE, weights_only=True)
+    assert plain.keys() == tuned.keys()
+    # upstream key names: encoder.* and conv1 (quant conv) encode, conv2 (post-quant conv) and decoder.* decode
+    encoding = [k for k in plain if k.startswith(("encoder.", "conv1."))]
+    decoding = [k for k in plain if k.startswith(("decoder.", "conv2."))]
+    assert encoding and decoding and len(encoding) + len(decoding) == len(plain)
+    assert all(torch.equal(plain[k], tuned[k]) for k in encoding)  # the latents keep their meaning
+    assert any(not torch.equal(plain[k], tuned[k]) for k in decoding)
+    a, b = load_file(tmp_path / "plain" / keys.TRANSFORMER_FILE), load_file(tmp_path / "tuned" / keys.TRANSFORMER_FILE)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def _interrupt_then_resume(monkeypatch, run, out, wrong_flags: list[str], wrong_flag_message: str) -> None:
     """Stop a run of `run` in the middle of the transformer stage, check the refusals, then resume it."""
     original_log = train_tiny.log
@@ -231,6 +273,30 @@ def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, monkeypat
     a = torch.load(tmp_path / "straight" / keys.VAE_FILE, weights_only=True)
     b = torch.load(tmp_path / "resumed" / keys.VAE_FILE, weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("family", ["wan", "hunyuan_video"])
+def test_a_lost_latents_file_is_re_encoded_on_resume(tmp_path, family):
+    # latents.pt is too large to carry between machines: a resume re-encodes it with the state's folded VAE.
+    run = _run if family == "wan" else _run_hunyuan
+    out, work = tmp_path / "ckpt", tmp_path / "ckpt.work"
+    run(out)
+    original = torch.load(work / train_tiny.LATENTS_FILE, weights_only=False)
+    (work / train_tiny.LATENTS_FILE).unlink()
+    shutil.rmtree(out)  # a finished run refuses to overwrite its checkpoint
+    run(out, "--resume")
+    again = torch.load(work / train_tiny.LATENTS_FILE, weights_only=False)
+    assert again["prompts"] == original["prompts"] and again["raw_std"] == original["raw_std"]
+    torch.testing.assert_close(again["latents"].float(), original["latents"].float(), atol=2e-2, rtol=1e-2)
+
+    # A state from before the statistics were kept in it cannot re-encode: one clear error.
+    (work / train_tiny.LATENTS_FILE).unlink()
+    state = torch.load(work / train_tiny.STATE_FILE, weights_only=False)
+    del state["latent_statistics"]
+    torch.save(state, work / train_tiny.STATE_FILE)
+    shutil.rmtree(out)
+    with pytest.raises(UserInputError, match="latents.pt is missing"):
+        run(out, "--resume")
 
 
 def test_warm_start_from_a_checkpoint_inherits_its_shape_and_weights(tmp_path, monkeypatch):
@@ -335,6 +401,8 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
         _run(tmp_path / "f", "--num_frames", "8")
     with pytest.raises(UserInputError, match="no training state"):
         _run(tmp_path / "r", "--resume")
+    with pytest.raises(UserInputError, match="--min_lr_ratio"):
+        _run(tmp_path / "l", "--min_lr_ratio", "2")
 
 
 # --- the hunyuan_video family --------------------------------------------------------------------------
@@ -431,6 +499,74 @@ def test_trimmed_text_padding_gives_the_same_prediction():
     assert torch.allclose(predict(trimmed), reference, atol=1e-5)
     cut = dataclasses.replace(trimmed, embeds=trimmed.embeds[:, :5], attention_mask=trimmed.attention_mask[:, :5])
     assert (predict(cut) - reference).abs().max() > 1e-3  # dropping real tokens does change it
+
+
+def test_wan_compacted_text_padding_gives_the_same_prediction():
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    from delta_cache.training.text_padding import compact_text, compact_text_attention
+
+    modules = train_tiny.build_wan_modules(small_args(num_layers=3))
+    transformer = modules["transformer"].eval()
+    with torch.no_grad():  # undo the zero init, or every output would be 0
+        for name, param in transformer.named_parameters():
+            if param.abs().max() == 0:
+                param.normal_(0, 0.2, generator=torch.Generator().manual_seed(len(name)))
+    pipe = train_tiny.text_pipeline(modules, torch.device("cpu"))
+    # prompts of different lengths, the empty one (a single </s>) among them
+    texts = ["a red circle moves left slowly and a blue square moves up quickly on a black background", "",
+             "a red circle"]
+    embeds = train_tiny.encode_prompts(pipe, texts, torch.device("cpu"))
+    longest, empty, short = (len(modules["tokenizer"](t).input_ids) for t in texts)
+    assert (longest, empty, short) == (18, 1, 4)  # one token a word, plus </s>
+    compact, bias = compact_text(embeds)
+    assert embeds.shape[1] == 512 and compact.shape[1] == longest + 1  # plus one padding column
+    assert bias[0, 0, 0, -1].item() == pytest.approx(np.log(512 - longest))
+    assert bias[1, 0, 0, 0].item() == 0 and bias[1, 0, 0, 1].item() == pytest.approx(np.log(511 / longest))
+    assert bias[2, 0, 0, :short].eq(0).all() and bias[2, 0, 0, short].item() == pytest.approx(
+        np.log((512 - short) / (longest + 1 - short)))
+
+    g = torch.Generator().manual_seed(0)
+    latents, timestep = torch.randn(3, 16, 2, 4, 4, generator=g), torch.tensor([100.0, 500.0, 900.0])
+
+    def predict(text):
+        with torch.no_grad():
+            return transformer(hidden_states=latents, timestep=timestep, encoder_hidden_states=text,
+                               return_dict=False)[0]
+
+    reference = predict(embeds)
+    with compact_text_attention(transformer) as prepare:
+        assert torch.allclose(predict(prepare(embeds)), reference, atol=1e-5)
+        for block in transformer.blocks:
+            block.attn2.processor.bias = None
+        assert (predict(compact) - reference).abs().max() > 1e-3  # the bias is what makes it exact
+    # what training feeds: T5 run up to the longest prompt only, zero-padded to 64 columns
+    trimmed = train_tiny.encode_training_prompts(pipe, texts, torch.device("cpu"))
+    assert trimmed.shape[1] == longest and torch.allclose(trimmed, embeds[:, :longest], atol=1e-6)
+    with train_tiny.wan_text_attention(transformer) as prepare:
+        compact_64 = prepare(trimmed)
+        assert compact_64.shape[1] == train_tiny.WAN_TEXT_COLUMNS
+        assert torch.allclose(predict(compact_64), reference, atol=1e-5)
+    assert all(type(block.attn2.processor) is WanAttnProcessor for block in transformer.blocks)  # restored
+
+
+def test_text_encoder_trains_with_the_transformer_and_loads(tmp_path):
+    out = tmp_path / "ckpt"
+    _run(out, "--train_text_encoder", "--lr", "1e-2")
+    fresh = train_tiny.build_wan_modules(small_args())["text_encoder"].state_dict()
+    state = torch.load(tmp_path / "ckpt.work" / train_tiny.STATE_FILE, weights_only=False)
+    saved = state["text_encoders"]["text_encoder"]
+    assert state["args"]["train_text_encoder"]
+    changed = [k for k in fresh if not torch.equal(fresh[k], saved[k])]
+    assert changed and any("layer" in k for k in changed)  # the encoder's layers moved, not just the embedding
+    loaded = load_wan_components(out, task="t2v-14B").text_encoder.state_dict()
+    name = changed[-1]
+    assert torch.allclose(loaded[name].float(), saved[name].half().float())  # the EMA weights, fp16 on disk
+
+    frozen = tmp_path / "frozen"
+    _run(frozen)
+    loaded = load_wan_components(frozen, task="t2v-14B").text_encoder.state_dict()
+    assert torch.allclose(loaded[name].float(), fresh[name].half().float())  # default: frozen at its init
 
 
 class RecordingHunyuan(torch.nn.Module):
@@ -577,6 +713,20 @@ def test_object_crops_show_objects_and_uniform_crops_are_unchanged():
         background = torch.tensor(prompts.BACKGROUND_COLOURS[video.scene.background]).float() / 127.5 - 1.0
         differs = (clip[:, 0] - background.view(3, 1, 1)).abs().amax(dim=0) > 0.1
         assert differs.any(), video.prompt
+    # Whole clips: the crop is centred on the object in a random frame of the clip, not always the first
+    # (objects move out of a small crop: centring on the first frame left later frames mostly background).
+    args = small_args(vae_object_crops=1.0, vae_batch_size=32, vae_frames=9, vae_crop=16)
+    clips, _ = train_tiny.vae_batch(args, step=0)
+    centre = clips[:, :, :, 7:9, 7:9]  # (B, 3, F, 2, 2) around the crop centre
+    rng = train_tiny.step_rng(args, "vae", 0)
+    shows = []
+    for clip_centre, index in zip(centre, rng.integers(0, 10**9, size=32)):
+        video = make_video(int(index), "train", num_frames=9, height=64, width=64)
+        background = torch.tensor(prompts.BACKGROUND_COLOURS[video.scene.background]).float() / 127.5 - 1.0
+        shows.append((clip_centre - background.view(3, 1, 1, 1)).abs().amax(dim=(0, 2, 3)) > 0.1)  # per frame
+    shows = torch.stack(shows)  # (B, F): an object at the crop centre in that frame
+    assert shows.any(dim=1).all()
+    assert (~shows[:, 0] & shows[:, 1:].any(dim=1)).any()  # some crops centre on an object that frame 0 lacks
     # --vae_object_crops 0 draws exactly what uniform crops drew before the flag existed.
     uniform = small_args(vae_object_crops=0.0)
     rng = train_tiny.step_rng(uniform, "vae", 5)

@@ -55,12 +55,16 @@ def vae_loss(vae, videos: torch.Tensor, kl_weight: float, generator: torch.Gener
     noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
     latents = posterior.mean + posterior.std * noise
     # decode() clamps to [-1, 1], which stops gradients at saturated pixels: the loss uses the raw output.
-    reconstruction = decode_unclamped(vae, latents)
+    parts = reconstruction_loss(decode_unclamped(vae, latents), videos)
+    kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
+    return {**parts, "loss": parts["loss"] + kl_weight * kl, "kl": kl.item()}
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, videos: torch.Tensor) -> dict:
+    """L1 + MSE between a raw (unclamped) reconstruction and the videos (pixels in [-1, 1])."""
     l1 = (reconstruction - videos).abs().mean()
     mse = (reconstruction - videos).pow(2).mean()
-    kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
-    loss = l1 + mse + kl_weight * kl
-    return {"loss": loss, "l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+    return {"loss": l1 + mse, "l1": l1.item(), "mse": mse.item()}
 
 
 def decode_unclamped(vae, latents: torch.Tensor) -> torch.Tensor:

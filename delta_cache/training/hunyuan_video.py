@@ -31,7 +31,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 # Training uses HunyuanVideo/sample_video.py's defaults: flow shift, embedded guidance, text flags (tests check).
 from ..models.hunyuan_video.config import EMBEDDED_GUIDANCE_SCALE, FLOW_SHIFT  # noqa: F401 (FLOW_SHIFT: train_tiny)
 from ..models.hunyuan_video.pipeline import default_text_encoding as text_encoding  # noqa: F401 (train_tiny)
-from .flow_matching import NUM_TRAIN_TIMESTEPS, fold_latent_statistics
+from .flow_matching import NUM_TRAIN_TIMESTEPS, fold_latent_statistics, reconstruction_loss
 
 
 def trim_text_padding(text):
@@ -70,17 +70,19 @@ def decode_clip(vae, latents: torch.Tensor) -> torch.Tensor:
     return vae.decoder(vae.post_quant_conv(latents))
 
 
+def normalise_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """What the pipeline feeds the transformer: VAE latents times the config's scaling_factor."""
+    return latents * vae.config.scaling_factor
+
+
 def vae_loss(vae, videos: torch.Tensor, kl_weight: float, generator: torch.Generator | None = None) -> dict:
     """The Wan family's VAE objective (flow_matching.vae_loss) for AutoencoderKLHunyuanVideo: L1 + MSE of the
     reconstruction of a posterior sample (pixels in [-1, 1]) plus kl_weight * KL (mean per element)."""
     posterior = encode_clip(vae, videos)
     noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
-    reconstruction = decode_clip(vae, posterior.mean + posterior.std * noise)
-    l1 = (reconstruction - videos).abs().mean()
-    mse = (reconstruction - videos).pow(2).mean()
+    parts = reconstruction_loss(decode_clip(vae, posterior.mean + posterior.std * noise), videos)
     kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
-    loss = l1 + mse + kl_weight * kl
-    return {"loss": loss, "l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+    return {**parts, "loss": parts["loss"] + kl_weight * kl, "kl": kl.item()}
 
 
 @torch.no_grad()
