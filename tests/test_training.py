@@ -691,13 +691,18 @@ def test_sample_video_size_defaults(tmp_path, monkeypatch):
 
 
 def test_hunyuan_video_resume_gives_the_same_weights(tmp_path, monkeypatch):
-    _run_hunyuan(tmp_path / "straight")
-    _interrupt_then_resume(monkeypatch, _run_hunyuan, tmp_path / "resumed", ["--num_single_layers", "3"],
+    # with the trained text encoders and the decoder stage, which the family shares with Wan
+    def run(out, *extra):
+        return _run_hunyuan(out, "--train_text_encoder", "--decoder_steps", "3", *extra)
+
+    assert run(tmp_path / "straight")["decoder"]["steps"] == 3
+    _interrupt_then_resume(monkeypatch, run, tmp_path / "resumed", ["--num_single_layers", "3"],
                            "--num_single_layers")
 
-    for file in (DIT_WEIGHT, "hunyuan-video-t2v-720p/vae/pytorch_model.pt"):
-        a = torch.load(tmp_path / "straight" / file, weights_only=True)
-        b = torch.load(tmp_path / "resumed" / file, weights_only=True)
+    for file in (DIT_WEIGHT, "hunyuan-video-t2v-720p/vae/pytorch_model.pt", "text_encoder/model.safetensors",
+                 "text_encoder_2/model.safetensors"):
+        read = load_file if file.endswith(".safetensors") else lambda path: torch.load(path, weights_only=True)
+        a, b = read(tmp_path / "straight" / file), read(tmp_path / "resumed" / file)
         a, b = a.get("module", a), b.get("module", b)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
