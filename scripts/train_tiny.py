@@ -592,11 +592,27 @@ def run_steps(args, stage: str, first_step: int, total: int, step_fn, checkpoint
             probes.append(probe_fn())
             log(args, {"stage": stage, "step": step + 1, "fixed_batch_loss": probes[-1]})
             checkpoint_fn(step + 1)
-    n = max(1, min(10, len(losses) // 4))
-    return {"steps": len(losses), "seconds_per_step": step_seconds / max(1, len(losses)),
-            "loss_first": float(np.mean(losses[:n])) if losses else None,
-            "loss_last": float(np.mean(losses[-n:])) if losses else None,
-            "fixed_batch_loss_start": probes[0], "fixed_batch_loss_end": probes[-1]}
+    # The summary covers the whole stage, also when this run resumed it: the log has every step.
+    stage_losses, stage_probes = (list(by_step.values()) for by_step in stage_log(args, stage, total))
+    n = max(1, min(10, len(stage_losses) // 4))
+    return {"steps": len(stage_losses), "seconds_per_step": step_seconds / max(1, len(losses)),
+            "loss_first": float(np.mean(stage_losses[:n])) if stage_losses else None,
+            "loss_last": float(np.mean(stage_losses[-n:])) if stage_losses else None,
+            "fixed_batch_loss_start": stage_probes[0], "fixed_batch_loss_end": stage_probes[-1]}
+
+
+def stage_log(args, stage: str, total: int) -> tuple[dict[int, float], dict[int, float]]:
+    """A stage's per-step losses and fixed-batch losses from log.jsonl, by step in order; where a resumed
+    run repeated the steps after its last checkpoint, its records (the ones the weights come from) win."""
+    losses, probes = {}, {}
+    with open(args.work_dir / LOG_FILE) as f:
+        for record in map(json.loads, f):
+            if record["stage"] == stage and record["step"] <= total:
+                if "loss" in record:
+                    losses[record["step"]] = record["loss"]
+                elif "fixed_batch_loss" in record:
+                    probes[record["step"]] = record["fixed_batch_loss"]
+    return dict(sorted(losses.items())), dict(sorted(probes.items()))
 
 
 def train_vae(args, modules, state, device) -> dict:
@@ -637,10 +653,11 @@ def train_vae(args, modules, state, device) -> dict:
 def vae_round_trip(args, vae, device) -> dict:
     """Encode -> decode held-out videos at the native size as sampling decodes them, then the quality
     analyser: the share whose reconstruction still shows its prompt bounds what the transformer can reach."""
+    from delta_cache.metrics import fidelity
     from delta_cache.synthetic.analyse import ATTRIBUTES, check_video
 
     encode = FAMILIES[args.family]["encode"]
-    agree, attributes, psnrs = 0, dict.fromkeys(ATTRIBUTES, 0), []
+    agree, attributes, psnrs, ssims = 0, dict.fromkeys(ATTRIBUTES, 0), [], []
     for index in range(args.vae_check_videos):
         video = make_video(index, "eval", num_frames=args.num_frames, height=args.height, width=args.width)
         with autocast(device):
@@ -650,11 +667,13 @@ def vae_round_trip(args, vae, device) -> dict:
         agree += check.agrees
         for name in ATTRIBUTES:
             attributes[name] += check.matches[name]
-        mse = float(np.mean((frames.astype(np.float64) - video.frames.astype(np.float64)) ** 2))
-        psnrs.append(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+        quality = fidelity(frames, video.frames)  # per-frame PSNR / SSIM, averaged over frames
+        psnrs.append(quality.psnr)
+        ssims.append(quality.ssim)
     count = max(1, args.vae_check_videos)
     return {"videos": args.vae_check_videos, "agreement": agree / count,
-            "attributes": {k: v / count for k, v in attributes.items()}, "psnr": float(np.mean(psnrs))}
+            "attributes": {k: v / count for k, v in attributes.items()}, "psnr": float(np.mean(psnrs)),
+            "ssim": float(np.mean(ssims))}
 
 
 def report_round_trip(args, vae, device, stage: str) -> dict:
@@ -662,7 +681,7 @@ def report_round_trip(args, vae, device, stage: str) -> dict:
     check = vae_round_trip(args, vae, device)
     log(args, {"stage": stage, "step": args.vae_steps if stage == "vae" else args.decoder_steps, "round_trip": check})
     tqdm.write(f"VAE round trip on {check['videos']} held-out videos: {check['agreement']:.0%} agree with their "
-               f"prompt, PSNR {check['psnr']:.1f} dB; per attribute " +
+               f"prompt, PSNR {check['psnr']:.1f} dB, SSIM {check['ssim']:.3f}; per attribute " +
                ", ".join(f"{k} {v:.0%}" for k, v in check["attributes"].items()))
     return check
 
@@ -905,6 +924,8 @@ def main(argv=None) -> dict:
     modules = family["build"](args)
     state = load_or_start(args, modules)
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    if not args.resume:  # a log without a state is a stale one: the new run's summaries read the log
+        (args.work_dir / LOG_FILE).unlink(missing_ok=True)
 
     if state["stage"] == "vae":
         state["summaries"]["vae"] = train_vae(args, modules, state, device)

@@ -273,6 +273,12 @@ def test_resume_after_an_interruption_gives_the_same_weights(tmp_path, monkeypat
     a = torch.load(tmp_path / "straight" / keys.VAE_FILE, weights_only=True)
     b = torch.load(tmp_path / "resumed" / keys.VAE_FILE, weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # The summaries cover the whole stages, not only the resumed part (time per step aside).
+    straight, resumed = (json.loads((tmp_path / name / train_tiny.INFO_FILE).read_text())["summaries"]
+                         for name in ("straight", "resumed"))
+    for summary in (*straight.values(), *resumed.values()):
+        del summary["seconds_per_step"]
+    assert resumed == straight and resumed["dit"]["steps"] == 4
 
 
 @pytest.mark.parametrize("family", ["wan", "hunyuan_video"])
@@ -373,6 +379,7 @@ def test_vae_round_trip_check_reads_the_reconstructions(tmp_path):
     assert perfect["agreement"] == 1.0 and perfect["psnr"] > 50 and set(perfect["attributes"].values()) == {1.0}
     blank = train_tiny.vae_round_trip(args, BlankVAE(), torch.device("cpu"))
     assert blank["agreement"] == 0.0 and blank["attributes"]["count"] == 0.0 and blank["psnr"] < 20
+    assert perfect["ssim"] > 0.99 and blank["ssim"] < 0.9
 
     # Below --min_vae_agreement the run stops after the VAE stage, with a state that resumes into more VAE steps.
     with pytest.raises(UserInputError, match="--min_vae_agreement"):
@@ -381,7 +388,7 @@ def test_vae_round_trip_check_reads_the_reconstructions(tmp_path):
     state = torch.load(tmp_path / "gated.work" / train_tiny.STATE_FILE, weights_only=False)
     assert state["stage"] == "vae" and state["step"] == 2
     summaries = _run(tmp_path / "gated", "--resume", "--vae_steps", "3", "--vae_check_videos", "2")
-    assert summaries["vae"]["steps"] == 1 and summaries["vae"]["round_trip"]["videos"] == 2
+    assert summaries["vae"]["steps"] == 3 and summaries["vae"]["round_trip"]["videos"] == 2  # the whole stage
     with pytest.raises(UserInputError, match="--min_vae_agreement needs"):
         _run(tmp_path / "x", "--min_vae_agreement", "0.5", "--vae_check_videos", "0")
 
