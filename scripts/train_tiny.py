@@ -5,7 +5,7 @@
     python scripts/train_tiny.py --family hunyuan_video --out ckpts/tiny-hunyuan-trained --seed 0 --device cuda
 
 Stages (the state after each checkpoint is in --work_dir; --resume continues from it, reproducibly: every
-step's data and noise derive from (seed, stage, step) only):
+step's data and noise derive from (seed, stage, step) only; --stop_after_minutes pauses cleanly):
   1. vae      the family's VAE on random crops of synthetic training videos (L1 + MSE + small KL).
   2. latents  encode --num_videos training videos at the native size; fold the per-channel latent statistics
               into the VAE (see delta_cache/training/) so the upstream constants normalise them.
@@ -90,6 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue from the state in --work_dir")
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--stop_after_minutes", type=float,
+                   help="stop cleanly once this much wall-clock time has passed: the state is saved after the "
+                        "current step or stage and --resume continues (for machines lent for a limited time)")
     p.add_argument("--init_from", type=Path,
                    help="warm start: begin from the weights of a checkpoint this script wrote (e.g. the committed "
                         "preview); its tiny_model.json supplies the model-shape and size flags not given")
@@ -195,6 +198,8 @@ def validate(args) -> None:
         raise UserInputError("--vae_frames must not exceed --num_frames")
     if args.height % 16 or args.width % 16 or args.vae_crop % 16 or args.vae_crop > min(args.height, args.width):
         raise UserInputError("--height, --width and --vae_crop must be multiples of 16, the crop within the frame")
+    if args.stop_after_minutes is not None and not args.stop_after_minutes > 0:
+        raise UserInputError(f"--stop_after_minutes must be > 0, got {args.stop_after_minutes}")
     if not 0 <= args.min_lr_ratio <= 1:
         raise UserInputError(f"--min_lr_ratio must be between 0 and 1, got {args.min_lr_ratio}")
     if not 0 <= args.vae_object_crops <= 1:
@@ -566,6 +571,30 @@ def save_state(args, state: dict) -> None:
     tmp.replace(args.work_dir / STATE_FILE)
 
 
+class TrainingPaused(Exception):
+    """--stop_after_minutes ran out: the state on disk is at (stage, step)."""
+
+    def __init__(self, stage: str, step: int):
+        super().__init__(f"{stage} step {step}")
+        self.stage, self.step = stage, step
+
+
+class TimeBudget:
+    """Wall-clock budget of one invocation (--stop_after_minutes); None: unlimited."""
+
+    def __init__(self, minutes: float | None):
+        self.seconds = None if minutes is None else 60.0 * minutes
+        self.started = time.monotonic()
+
+    def spent(self) -> bool:
+        return self.seconds is not None and time.monotonic() - self.started >= self.seconds
+
+    def check(self, stage: str, step: int) -> None:
+        """Call where the state on disk is at (stage, step): pause there if the budget is spent."""
+        if self.spent():
+            raise TrainingPaused(stage, step)
+
+
 def log(args, record: dict) -> None:
     with open(args.work_dir / LOG_FILE, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -592,6 +621,10 @@ def run_steps(args, stage: str, first_step: int, total: int, step_fn, checkpoint
             probes.append(probe_fn())
             log(args, {"stage": stage, "step": step + 1, "fixed_batch_loss": probes[-1]})
             checkpoint_fn(step + 1)
+        elif args.time_budget.spent():
+            checkpoint_fn(step + 1)
+        if step + 1 < total:
+            args.time_budget.check(stage, step + 1)
     # The summary covers the whole stage, also when this run resumed it: the log has every step.
     stage_losses, stage_probes = (list(by_step.values()) for by_step in stage_log(args, stage, total))
     n = max(1, min(10, len(stage_losses) // 4))
@@ -910,6 +943,47 @@ def load_or_start(args, modules) -> dict:
     return state
 
 
+def run_stages(args, modules, state, device) -> None:
+    """The stages from the state's one to "done"; each ends with the state saved (the budget pauses there)."""
+    if state["stage"] == "vae":
+        state["summaries"]["vae"] = train_vae(args, modules, state, device)
+        if args.vae_check_videos:
+            check = state["summaries"]["vae"]["round_trip"] = report_round_trip(args, modules["vae"], device, "vae")
+            if check["agreement"] < args.min_vae_agreement:
+                save_state(args, state)  # stage "vae" at its last step: a resume with more steps continues
+                raise UserInputError(f"VAE round trip agrees on {check['agreement']:.0%} < --min_vae_agreement "
+                                     f"{args.min_vae_agreement:.0%}: train the VAE longer (--resume with a larger "
+                                     "--vae_steps) before the transformer")
+        state.update(stage="latents", step=0, vae=modules["vae"].state_dict(), vae_optimizer=None)
+        save_state(args, state)
+        args.time_budget.check("latents", 0)
+    if state["stage"] == "latents":
+        dataset = encode_dataset(args, modules, device)
+        torch.save(dataset, args.work_dir / LATENTS_FILE)
+        state.update(stage="dit", step=0, vae=modules["vae"].state_dict(),  # the folded VAE
+                     latent_statistics={k: dataset[k] for k in ("raw_mean", "raw_std")})
+        save_state(args, state)
+        args.time_budget.check("dit", 0)
+    if state["stage"] == "dit":
+        dataset = load_dataset(args, modules, state, device)
+        state["summaries"]["dit"] = train_dit(args, modules, state, dataset, device)
+        state.update(stage="decoder", step=0, transformer=modules["transformer"].state_dict(),
+                     transformer_optimizer=None)
+        if args.train_text_encoder:  # their EMA weights, which a resume of the finished run reloads
+            state["text_encoders"] = {n: modules[n].state_dict() for n in _TEXT_ENCODERS if n in modules}
+        save_state(args, state)
+        args.time_budget.check("decoder", 0)
+    # From here on load_or_start has put the transformer's EMA weights (state["transformer"]) in place.
+    if state["stage"] == "decoder":
+        if args.decoder_steps:
+            state["summaries"]["decoder"] = train_decoder(args, modules, state, device)
+            if args.vae_check_videos:
+                state["summaries"]["decoder"]["round_trip"] = report_round_trip(args, modules["vae"], device,
+                                                                                "decoder")
+        state.update(stage="done", step=0, vae=modules["vae"].state_dict(), decoder_optimizer=None)
+        save_state(args, state)
+
+
 def main(argv=None) -> dict:
     """Run (or resume) the stages and write the checkpoint; returns the per-stage summaries."""
     args = parse_args(argv)
@@ -927,51 +1001,26 @@ def main(argv=None) -> dict:
     if not args.resume:  # a log without a state is a stale one: the new run's summaries read the log
         (args.work_dir / LOG_FILE).unlink(missing_ok=True)
 
-    if state["stage"] == "vae":
-        state["summaries"]["vae"] = train_vae(args, modules, state, device)
-        if args.vae_check_videos:
-            check = state["summaries"]["vae"]["round_trip"] = report_round_trip(args, modules["vae"], device, "vae")
-            if check["agreement"] < args.min_vae_agreement:
-                save_state(args, state)  # stage "vae" at its last step: a resume with more steps continues
-                raise UserInputError(f"VAE round trip agrees on {check['agreement']:.0%} < --min_vae_agreement "
-                                     f"{args.min_vae_agreement:.0%}: train the VAE longer (--resume with a larger "
-                                     "--vae_steps) before the transformer")
-        state.update(stage="latents", step=0, vae=modules["vae"].state_dict(), vae_optimizer=None)
-        save_state(args, state)
-    if state["stage"] == "latents":
-        dataset = encode_dataset(args, modules, device)
-        torch.save(dataset, args.work_dir / LATENTS_FILE)
-        state.update(stage="dit", step=0, vae=modules["vae"].state_dict(),  # the folded VAE
-                     latent_statistics={k: dataset[k] for k in ("raw_mean", "raw_std")})
-        save_state(args, state)
-    dataset = load_dataset(args, modules, state, device)
-    if state["stage"] == "dit":
-        state["summaries"]["dit"] = train_dit(args, modules, state, dataset, device)
-        state.update(stage="decoder", step=0, transformer=modules["transformer"].state_dict(),
-                     transformer_optimizer=None)
-        if args.train_text_encoder:  # their EMA weights, which a resume of the finished run reloads
-            state["text_encoders"] = {n: modules[n].state_dict() for n in _TEXT_ENCODERS if n in modules}
-        save_state(args, state)
-    # From here on load_or_start has put the transformer's EMA weights (state["transformer"]) in place.
-    if state["stage"] == "decoder":
-        if args.decoder_steps:
-            state["summaries"]["decoder"] = train_decoder(args, modules, state, device)
-            if args.vae_check_videos:
-                state["summaries"]["decoder"]["round_trip"] = report_round_trip(args, modules["vae"], device,
-                                                                                "decoder")
-        state.update(stage="done", step=0, vae=modules["vae"].state_dict(), decoder_optimizer=None)
-        save_state(args, state)
+    args.time_budget = TimeBudget(args.stop_after_minutes)  # set after the state copied the flags
+    try:
+        run_stages(args, modules, state, device)
+    except TrainingPaused as paused:
+        tqdm.write(f"--stop_after_minutes {args.stop_after_minutes:g}: stopped at {paused.stage} step "
+                   f"{paused.step}; the state is in {args.work_dir}, run again with --resume to continue")
+        return {"paused": {"stage": paused.stage, "step": paused.step}}
+    # (a state from before the statistics were kept in it: read them from the latents file)
+    statistics = state.get("latent_statistics") or load_dataset(args, modules, state, device)
 
     info = {
         "family": args.family,
         "native_size": {"width": args.width, "height": args.height, "num_frames": args.num_frames},
         "sample_shift": args.shift,
         "prompt_grammar": "delta_cache.synthetic.prompts",
-        "latent_statistics_folded_into_vae": {"mean": dataset["raw_mean"], "std": dataset["raw_std"]},
+        "latent_statistics_folded_into_vae": {"mean": statistics["raw_mean"], "std": statistics["raw_std"]},
         **({"embedded_guidance_scale": hunyuan_training.EMBEDDED_GUIDANCE_SCALE,
             "vae_scaling_factor": modules["vae"].config.scaling_factor} if args.family == "hunyuan_video" else {}),
         "recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                   if k not in ("out", "work_dir", "resume", "threads")},
+                   if k not in ("out", "work_dir", "resume", "threads", "stop_after_minutes", "time_budget")},
         **({"initial_recipe": state["initial_recipe"]} if state.get("initial_recipe") else {}),
         "summaries": state["summaries"],
     }
