@@ -86,7 +86,8 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--tune_tolerance", type=float, default=0.05,
                    help="stop tuning when block evaluations are within this relative distance of the target "
                         "(default 0.05)")
-    p.add_argument("--size", default=None, help="WIDTH*HEIGHT instead of the checkpoint's native size")
+    p.add_argument("--size", default=None,
+                   help="WIDTH*HEIGHT instead of the checkpoint's native size (another size needs --frame_num too)")
     p.add_argument("--frame_num", type=int, default=None, help="frames (4n+1) instead of the native count")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")

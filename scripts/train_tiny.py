@@ -14,7 +14,7 @@ step's data and noise derive from (seed, stage, step) only; --stop_after_minutes
               dropout; EMA of the weights.
   4. decoder  (--decoder_steps) the VAE's decoding half alone, on the frozen encoder's posterior means: sharper
               decoding without changing what the transformer's latents mean.
-  5. save     EMA weights in the upstream layout into --out.
+  5. save     the transformer's (and trained text encoders') EMA weights and the VAE, upstream layout, into --out.
 
 Families (FAMILIES: modules, VAE objective, latent fold, prompt encoding, flow-matching loss, writer):
   wan            AutoencoderKLWan, WanTransformer3DModel (40 blocks), UMT5; fp16 upstream Wan2.1 layout
@@ -68,7 +68,9 @@ STAGES = ("vae", "latents", "dit", "decoder", "done")
 _STAGE_SEED = {"vae": 1, "dit": 2, "init": 3, "decoder": 4}
 # Arguments that shape the models or the data: a resumed run must use the same values.
 _FIXED_ARGS = ("family", "seed", "num_frames", "height", "width", "num_layers", "num_heads", "head_dim", "ffn_dim",
-               "text_dim", "vae_base_dim", "num_videos", "num_single_layers")
+               "text_dim", "vae_base_dim", "num_videos", "num_single_layers", "train_text_encoder")
+# Fixed flags added after states were first written: their value in an older state.
+_FIXED_ARG_DEFAULTS = {"train_text_encoder": False}
 # Per-family defaults of the flags given as None below (a state saved before a flag existed has no entry for
 # it, which reads as None: the Wan values of the new flags stay None).
 FAMILY_DEFAULTS = {
@@ -617,21 +619,23 @@ def run_steps(args, stage: str, first_step: int, total: int, step_fn, checkpoint
         losses.append(loss)
         log(args, {"stage": stage, "step": step, "loss": loss})
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", fixed=f"{probes[-1]:.4f}")
-        if (step + 1) % args.checkpoint_every == 0 or step + 1 == total:
+        checkpointed = (step + 1) % args.checkpoint_every == 0 or step + 1 == total
+        if checkpointed:
             probes.append(probe_fn())
             log(args, {"stage": stage, "step": step + 1, "fixed_batch_loss": probes[-1]})
             checkpoint_fn(step + 1)
-        elif args.time_budget.spent():
-            checkpoint_fn(step + 1)
-        if step + 1 < total:
-            args.time_budget.check(stage, step + 1)
+        if step + 1 < total and args.time_budget.spent():  # one reading: the state saved is the one reported
+            if not checkpointed:
+                checkpoint_fn(step + 1)
+            raise TrainingPaused(stage, step + 1)
     # The summary covers the whole stage, also when this run resumed it: the log has every step.
     stage_losses, stage_probes = (list(by_step.values()) for by_step in stage_log(args, stage, total))
     n = max(1, min(10, len(stage_losses) // 4))
     return {"steps": len(stage_losses), "seconds_per_step": step_seconds / max(1, len(losses)),
             "loss_first": float(np.mean(stage_losses[:n])) if stage_losses else None,
             "loss_last": float(np.mean(stage_losses[-n:])) if stage_losses else None,
-            "fixed_batch_loss_start": stage_probes[0], "fixed_batch_loss_end": stage_probes[-1]}
+            "fixed_batch_loss_start": stage_probes[0] if stage_probes else None,
+            "fixed_batch_loss_end": stage_probes[-1] if stage_probes else None}
 
 
 def stage_log(args, stage: str, total: int) -> tuple[dict[int, float], dict[int, float]]:
@@ -701,7 +705,7 @@ def vae_round_trip(args, vae, device) -> dict:
         for name in ATTRIBUTES:
             attributes[name] += check.matches[name]
         quality = fidelity(frames, video.frames)  # per-frame PSNR / SSIM, averaged over frames
-        psnrs.append(quality.psnr)
+        psnrs.append(min(quality.psnr, 100.0))  # an exact reconstruction's inf would not be valid JSON
         ssims.append(quality.ssim)
     count = max(1, args.vae_check_videos)
     return {"videos": args.vae_check_videos, "agreement": agree / count,
@@ -846,8 +850,8 @@ def train_dit(args, modules, state, dataset, device) -> dict:
             sigmas = sample_sigmas(len(indices), args.shift, generator)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(args, args.lr, step, args.dit_steps)
+            text = prepare_text(encode_prompts(pipe, batch_prompts, device, grad=bool(text_modules)))
             with autocast(device):
-                text = prepare_text(encode_prompts(pipe, batch_prompts, device, grad=bool(text_modules)))
                 loss = flow_matching_loss(transformer, latents.to(device), text, sigmas, noise.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -874,8 +878,9 @@ def train_dit(args, modules, state, dataset, device) -> dict:
         probe_sigmas = shift_sigmas((torch.arange(count) + 0.5) / count, args.shift)
 
         def probe() -> float:
-            with torch.no_grad(), autocast(device):
+            with torch.no_grad():
                 text = prepare_text(encode_prompts(pipe, prompts[:count], device))
+            with torch.no_grad(), autocast(device):
                 return flow_matching_loss(transformer, probe_latents.to(device), text, probe_sigmas,
                                           probe_noise.to(device)).item()
 
@@ -932,7 +937,7 @@ def load_or_start(args, modules) -> dict:
             state["text_encoders"] = {name: modules[name].state_dict() for name in _TEXT_ENCODERS if name in modules}
         return state
     state = torch.load(args.work_dir / STATE_FILE, map_location="cpu", weights_only=False)
-    changed = [f"--{k}" for k in _FIXED_ARGS if state["args"].get(k) != getattr(args, k)]
+    changed = [f"--{k}" for k in _FIXED_ARGS if state["args"].get(k, _FIXED_ARG_DEFAULTS.get(k)) != getattr(args, k)]
     if changed:
         raise UserInputError(f"--resume: {', '.join(changed)} differ from the run in {args.work_dir}")
     for name in _TRAINED_MODULES:
@@ -972,7 +977,8 @@ def run_stages(args, modules, state, device) -> None:
         if args.train_text_encoder:  # their EMA weights, which a resume of the finished run reloads
             state["text_encoders"] = {n: modules[n].state_dict() for n in _TEXT_ENCODERS if n in modules}
         save_state(args, state)
-        args.time_budget.check("decoder", 0)
+        if args.decoder_steps:  # (without a decoder stage only the save is left: no pause for it)
+            args.time_budget.check("decoder", 0)
     # From here on load_or_start has put the transformer's EMA weights (state["transformer"]) in place.
     if state["stage"] == "decoder":
         if args.decoder_steps:

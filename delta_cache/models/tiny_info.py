@@ -66,10 +66,12 @@ def resolve_video_size(ckpt_dir, size: str | None, frame_num: int | None, *,
     except ValueError:
         raise UserInputError(f"--size must be WIDTH*HEIGHT (e.g. 128*128), got {size!r}") from None
     if frame_num is None:
-        if native is not None and size == native.size:
+        if native is not None and (width, height) == (native.width, native.height):
             frame_num = native.num_frames
         elif default is not None:
             frame_num = default.num_frames
+        elif native is None:
+            raise UserInputError(f"{ckpt_dir} has no {TINY_MODEL_FILE} (native size): give --frame_num with --size")
         else:
             raise UserInputError(f"--size {size} is not the checkpoint's native size: give --frame_num too")
     if width <= 0 or height <= 0 or width % 16 or height % 16:

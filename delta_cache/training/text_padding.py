@@ -9,7 +9,9 @@ tokens' output is the 512-token one (tested), while a 20-token prompt costs 21 k
 text encoder need not run on the padding either: T5 masks it, so its output rows for the prompt are the
 same at any padded length (train_tiny encodes up to the batch's longest prompt).
 
-Sampling is untouched: the front ends still feed 512 padded tokens to the stock processors.
+Exact in fp32; under bf16 autocast the bias is rounded to bf16 like every other logit (SDPA wants the
+mask in the query's dtype). Sampling is untouched: the front ends still feed 512 padded tokens to the stock
+processors.
 """
 
 from __future__ import annotations
