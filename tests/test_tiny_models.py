@@ -16,11 +16,13 @@ from script_loader import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 WAN_CKPT = REPO / "checkpoints" / "tiny-wan2.1-t2v"
+HUNYUAN_CKPT = REPO / "checkpoints" / "tiny-hunyuanvideo-t2v"
+HUNYUAN_DIT = HUNYUAN_CKPT / "hunyuan-video-t2v-720p" / "transformers" / "mp_rank_00_model_states.pt"
 PROMPT = "a yellow square moves right slowly on a black background"
 
 
-def run(script, args, cwd):
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(cwd), "PYTHONPATH": str(REPO)}
+def run(script, args, cwd, **extra_env):
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(cwd), "PYTHONPATH": str(REPO), **extra_env}
     return subprocess.run([sys.executable, str(script), *map(str, args)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=900)
 
@@ -32,6 +34,10 @@ def test_committed_checkpoints_are_small_and_describe_themselves():
     assert (size.width, size.height, size.num_frames) == (128, 128, 17)
     info = json.loads((WAN_CKPT / "tiny_model.json").read_text())
     assert info["family"] == "wan" and info["recipe"]["num_layers"] == 40
+    assert native_size(HUNYUAN_CKPT) == NativeSize(128, 128, 17)
+    info = json.loads((HUNYUAN_CKPT / "tiny_model.json").read_text())
+    assert info["family"] == "hunyuan_video"
+    assert (info["recipe"]["num_layers"], info["recipe"]["num_single_layers"]) == (20, 40)  # the real depths
 
 
 def test_tools_resolve_the_video_size_from_flags_native_size_or_default(tmp_path):
@@ -69,16 +75,31 @@ def test_wan_tiny_model_through_generate_py_is_deterministic(tmp_path):
     assert outputs[0].std() > 5  # not a flat frame
 
 
+def test_hunyuan_video_tiny_model_through_sample_video_py_is_deterministic(tmp_path):
+    outputs = []
+    for name in ("a", "b"):
+        proc = run(REPO / "HunyuanVideo" / "sample_video.py",
+                   ["--model-base", HUNYUAN_CKPT, "--dit-weight", HUNYUAN_DIT, "--prompt", PROMPT, "--seed", "7",
+                    "--infer-steps", "8", "--flow-reverse", "--save-path", tmp_path / name], tmp_path,
+                   MODEL_BASE=str(HUNYUAN_CKPT))  # upstream reads the VAE and text encoders from $MODEL_BASE
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        (video,) = (tmp_path / name).glob("*.mp4")
+        outputs.append(read_video(video))
+    assert outputs[0].shape == (17, 128, 128, 3)  # the native size is the default
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert outputs[0].std() > 5  # not a flat frame
+
+
 def _check_quality():
     return load_script(REPO / "scripts" / "check_quality.py")
 
 
-@pytest.mark.parametrize("family, ckpt", [("wan", WAN_CKPT)])
-def test_quality_bar_lenient(family, ckpt, tmp_path):
+# Lenient lower bounds on the background share (4 pairs) for the committed previews: Wan 100% and
+# HunyuanVideo 30% on the 40 pairs (docs/tiny-models.md). Raise them when full-recipe weights replace them.
+@pytest.mark.parametrize("family, ckpt, background", [("wan", WAN_CKPT, 0.75), ("hunyuan_video", HUNYUAN_CKPT, 0.25)])
+def test_quality_bar_lenient(family, ckpt, background, tmp_path):
     # Held-out prompts at the default 50 steps; the full bar (40 pairs) is scripts/check_quality.py.
     summary = _check_quality().main(["--family", family, "--ckpt_dir", str(ckpt), "--num_pairs", "4",
                                      "--out", str(tmp_path)])
-    # The committed preview model gets backgrounds right (100% on 40 pairs) and little else (its VAE lost the
-    # objects' colours; docs/tiny-models.md). Raise these bounds when full-recipe weights replace it.
-    assert summary["attributes"]["background"] >= 0.75
+    assert summary["attributes"]["background"] >= background
     assert (tmp_path / f"quality_{family}.json").is_file()
