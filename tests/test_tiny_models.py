@@ -94,12 +94,14 @@ def _check_quality():
     return load_script(REPO / "scripts" / "check_quality.py")
 
 
-# Lenient lower bounds on the background share (4 pairs) for the committed previews: Wan 100% and
-# HunyuanVideo 30% on the 40 pairs (docs/tiny-models.md). Raise them when full-recipe weights replace them.
-@pytest.mark.parametrize("family, ckpt, background", [("wan", WAN_CKPT, 0.75), ("hunyuan_video", HUNYUAN_CKPT, 0.25)])
-def test_quality_bar_lenient(family, ckpt, background, tmp_path):
+# Lenient lower bounds on the background share for the committed previews: Wan 100% and HunyuanVideo 30% on
+# the 40 pairs (docs/tiny-models.md). Raise them when full-recipe weights replace them. (2 HunyuanVideo pairs
+# keep the suite under 10 minutes.)
+@pytest.mark.parametrize("family, ckpt, pairs, background",
+                         [("wan", WAN_CKPT, 4, 0.75), ("hunyuan_video", HUNYUAN_CKPT, 2, 0.5)])
+def test_quality_bar_lenient(family, ckpt, pairs, background, tmp_path):
     # Held-out prompts at the default 50 steps; the full bar (40 pairs) is scripts/check_quality.py.
-    summary = _check_quality().main(["--family", family, "--ckpt_dir", str(ckpt), "--num_pairs", "4",
+    summary = _check_quality().main(["--family", family, "--ckpt_dir", str(ckpt), "--num_pairs", str(pairs),
                                      "--out", str(tmp_path)])
     assert summary["attributes"]["background"] >= background
     assert (tmp_path / f"quality_{family}.json").is_file()
