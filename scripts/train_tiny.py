@@ -460,8 +460,9 @@ def save_hunyuan_video(modules: dict, out: Path, info: dict) -> None:
 
 
 # Per family: modules, writer, VAE objective, posterior means for the dataset, unclamped decoding, the
-# pipeline's latent normalisation (of a folded VAE's latents), latent-statistics fold, prompt encoding as at sampling, the training-time text attention (an exact,
-# cheaper form of sampling's), flow-matching loss, the sampler's default negative prompt.
+# pipeline's latent normalisation (of a folded VAE's latents), latent-statistics fold, prompt encoding as at
+# sampling, the training-time text attention (an exact, cheaper form of sampling's), flow-matching loss, the
+# sampler's default negative prompt.
 FAMILIES = {
     "wan": dict(build=build_wan_modules, save=save_wan, vae_loss=vae_loss, encode=encode_posterior_means,
                 decode=decode_unclamped, normalise=normalise_latents,
@@ -557,6 +558,12 @@ def learning_rate(args, base: float, step: int, total: int) -> float:
 
 def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def start_ema(model: torch.nn.Module, device: torch.device, saved: dict | None = None) -> dict:
+    """fp32 EMA weights on `device`: the saved ones of a resumed run, else a copy of the model's."""
+    ema = saved or {n: p.detach().float().clone() for n, p in model.named_parameters()}
+    return {n: t.to(device) for n, t in ema.items()}
 
 
 def update_ema(ema: dict, model: torch.nn.Module, decay: float, step: int) -> None:
@@ -832,12 +839,9 @@ def train_dit(args, modules, state, dataset, device) -> dict:
     trained = [transformer, *text_modules.values()]
     parameters = [p for module in trained for p in module.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.01)
-    ema = state.get("ema") or {n: p.detach().float().clone() for n, p in transformer.named_parameters()}
-    ema = {n: t.to(device) for n, t in ema.items()}
-    text_ema = state.get("text_ema") or {
-        name: {n: p.detach().float().clone() for n, p in module.named_parameters()}
-        for name, module in text_modules.items()}
-    text_ema = {name: {n: t.to(device) for n, t in weights.items()} for name, weights in text_ema.items()}
+    ema = start_ema(transformer, device, state.get("ema"))
+    text_ema = {name: start_ema(module, device, (state.get("text_ema") or {}).get(name))
+                for name, module in text_modules.items()}
     if state.get("transformer_optimizer"):
         optimizer.load_state_dict(state["transformer_optimizer"])
     latents_all, prompts = dataset["latents"], dataset["prompts"]
