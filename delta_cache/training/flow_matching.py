@@ -16,6 +16,8 @@ latents to zero mean and unit variance per channel, and decode(encode(x)) is unc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -51,11 +53,17 @@ def vae_loss(vae, videos: torch.Tensor, kl_weight: float, generator: torch.Gener
 
     videos: (B, 3, F, H, W) in [-1, 1]. Returns the total ("loss") and its parts (detached floats).
     """
-    posterior = vae.encode(videos).latent_dist
-    noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
-    latents = posterior.mean + posterior.std * noise
     # decode() clamps to [-1, 1], which stops gradients at saturated pixels: the loss uses the raw output.
-    parts = reconstruction_loss(decode_unclamped(vae, latents), videos)
+    return posterior_loss(vae.encode(videos).latent_dist, lambda z: decode_unclamped(vae, z), videos, kl_weight,
+                          generator)
+
+
+def posterior_loss(posterior, decode: Callable[[torch.Tensor], torch.Tensor], videos: torch.Tensor,
+                   kl_weight: float, generator: torch.Generator | None = None) -> dict:
+    """The VAE objective of both families, whatever their encode/decode calls: L1 + MSE of `decode` (raw,
+    unclamped) of one posterior sample, plus kl_weight * KL to N(0, 1) as a mean over latent elements."""
+    noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
+    parts = reconstruction_loss(decode(posterior.mean + posterior.std * noise), videos)
     kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
     return {**parts, "loss": parts["loss"] + kl_weight * kl, "kl": kl.item()}
 

@@ -31,7 +31,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 # Training uses HunyuanVideo/sample_video.py's defaults: flow shift, embedded guidance, text flags (tests check).
 from ..models.hunyuan_video.config import EMBEDDED_GUIDANCE_SCALE, FLOW_SHIFT  # noqa: F401 (FLOW_SHIFT: train_tiny)
 from ..models.hunyuan_video.pipeline import default_text_encoding as text_encoding  # noqa: F401 (train_tiny)
-from .flow_matching import NUM_TRAIN_TIMESTEPS, fold_latent_statistics, reconstruction_loss
+from .flow_matching import NUM_TRAIN_TIMESTEPS, fold_latent_statistics, posterior_loss
 
 
 def trim_text_padding(text):
@@ -78,11 +78,7 @@ def normalise_latents(vae, latents: torch.Tensor) -> torch.Tensor:
 def vae_loss(vae, videos: torch.Tensor, kl_weight: float, generator: torch.Generator | None = None) -> dict:
     """The Wan family's VAE objective (flow_matching.vae_loss) for AutoencoderKLHunyuanVideo: L1 + MSE of the
     reconstruction of a posterior sample (pixels in [-1, 1]) plus kl_weight * KL (mean per element)."""
-    posterior = encode_clip(vae, videos)
-    noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
-    parts = reconstruction_loss(decode_clip(vae, posterior.mean + posterior.std * noise), videos)
-    kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
-    return {**parts, "loss": parts["loss"] + kl_weight * kl, "kl": kl.item()}
+    return posterior_loss(encode_clip(vae, videos), lambda z: decode_clip(vae, z), videos, kl_weight, generator)
 
 
 @torch.no_grad()
