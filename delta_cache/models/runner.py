@@ -22,8 +22,9 @@ FAMILIES = ("wan", "hunyuan_video")
 
 @dataclass
 class ModelRunner:
-    """One model family behind three calls: `generate(prompt, seed) -> (latents, denoise seconds)`,
-    `decode(latents) -> float frames (F, H, W, C) in [0, 1]`, `to_uint8(frames)` as the front end writes them."""
+    """One model family behind four calls: `generate(prompt, seed, start=None) -> (latents, denoise seconds)`,
+    `decode(latents) -> float frames (F, H, W, C) in [0, 1]`, `to_uint8(frames)` as the front end writes them,
+    and `encode(uint8 frames) -> latents`, e.g. for `generate`'s `start=(latents, sigma)` (partial_denoising.py)."""
 
     pipe: object
     transformer: torch.nn.Module
@@ -35,9 +36,10 @@ class ModelRunner:
     num_frames: int
     num_steps: int
     fps: int
-    generate: Callable[[str, int], tuple[torch.Tensor, float]]
+    generate: Callable[..., tuple[torch.Tensor, float]]
     decode: Callable[[torch.Tensor], np.ndarray]
     to_uint8: Callable[[np.ndarray], np.ndarray]
+    encode: Callable[[np.ndarray], torch.Tensor]
     model_name: str
     settings: dict = field(default_factory=dict)  # sampler settings, for reports and provenance
     cache_num_steps: int | None = None  # for pipelines that do not pass the step count to the cache

@@ -19,6 +19,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
 from ..common import Generation, synchronize
+from ..partial_denoising import initial_latents
 
 
 def flow_sigmas(num_steps: int) -> list[float]:
@@ -90,12 +91,15 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 @torch.no_grad()
 def denoise(pipe: HunyuanVideoPipeline, *, prompt: str, negative_prompt: str | None, height: int, width: int,
             num_frames: int, num_inference_steps: int, embedded_guidance_scale: float, cfg_scale: float, seed: int,
-            text: TextEncoding = TextEncoding(), autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, float]:
+            text: TextEncoding = TextEncoding(), autocast_dtype: torch.dtype | None = None,
+            start: tuple[torch.Tensor, float] | None = None) -> tuple[torch.Tensor, float]:
     """Encode the prompts, then run the denoising loop alone (timed). Returns (latents, seconds).
 
     `embedded_guidance_scale` goes to the guidance embedder (the pipeline multiplies it by 1000); true CFG
     (a second, "uncond" transformer call per step) runs when `cfg_scale` > 1 and `negative_prompt` is given.
     The initial noise comes from a CPU generator (float32), so a seed gives the same video on any device.
+    `start` = (clean latents as `encode` gives them, sigma): begin from those latents noised to the grid's
+    first level <= sigma instead of pure noise (see partial_denoising.py).
     """
     device = pipe._execution_device
     positive = encode_prompt(pipe, prompt, text, device)
@@ -104,24 +108,36 @@ def denoise(pipe: HunyuanVideoPipeline, *, prompt: str, negative_prompt: str | N
         embeds = encode_prompt(pipe, negative_prompt, text, device)
         negative = dict(negative_prompt_embeds=embeds.embeds, negative_pooled_prompt_embeds=embeds.pooled,
                         negative_prompt_attention_mask=embeds.attention_mask)
-    synchronize(device)
-    start = time.perf_counter()
-    with _autocast(device, autocast_dtype):
-        latents = pipe(
-            prompt_embeds=positive.embeds, pooled_prompt_embeds=positive.pooled,
-            prompt_attention_mask=positive.attention_mask, **negative,
-            height=height, width=width, num_frames=num_frames, num_inference_steps=num_inference_steps,
-            sigmas=flow_sigmas(num_inference_steps), true_cfg_scale=cfg_scale, guidance_scale=embedded_guidance_scale,
-            generator=torch.Generator("cpu").manual_seed(seed), output_type="latent",
-        ).frames
-    synchronize(device)
-    return latents, time.perf_counter() - start
+    sigmas = flow_sigmas(num_inference_steps)
+    with initial_latents(pipe.scheduler, start, seed, sigmas=sigmas, device=device) as initial:
+        synchronize(device)
+        began = time.perf_counter()
+        with _autocast(device, autocast_dtype):
+            latents = pipe(
+                prompt_embeds=positive.embeds, pooled_prompt_embeds=positive.pooled,
+                prompt_attention_mask=positive.attention_mask, **negative, **initial,
+                height=height, width=width, num_frames=num_frames, num_inference_steps=num_inference_steps,
+                sigmas=sigmas, true_cfg_scale=cfg_scale, guidance_scale=embedded_guidance_scale,
+                generator=torch.Generator("cpu").manual_seed(seed), output_type="latent",
+            ).frames
+        synchronize(device)
+    return latents, time.perf_counter() - began
 
 
 def generate(pipe: HunyuanVideoPipeline, *, vae_autocast_dtype: torch.dtype | None = None, **kwargs) -> Generation:
     """`denoise` then `decode`: the same frames as `pipe(...)` would give, plus the denoising time."""
     latents, seconds = denoise(pipe, **kwargs)
     return Generation(frames=decode(pipe, latents, autocast_dtype=vae_autocast_dtype)[0], denoise_seconds=seconds)
+
+
+@torch.no_grad()
+def encode(pipe: HunyuanVideoPipeline, frames: np.ndarray) -> torch.Tensor:
+    """uint8 frames (F, H, W, 3) -> (1, C, F', H', W') latents as the transformer sees them (the posterior
+    mean times the VAE's scaling_factor): the inverse of `decode` up to the VAE's error."""
+    vae = pipe.vae
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+    latents = vae.encode(video.to(pipe._execution_device, vae.dtype)).latent_dist.mean.float()
+    return latents * vae.config.scaling_factor
 
 
 def token_grid(pipe: HunyuanVideoPipeline, *, width: int, height: int, num_frames: int) -> tuple[int, int, int]:

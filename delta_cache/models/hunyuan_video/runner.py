@@ -10,7 +10,7 @@ import torch
 from ..runner import ModelRunner, place
 from . import config
 from .checkpoint import find_diffusers_folder, load_hunyuan_video_components
-from .pipeline import build_pipeline, decode, default_text_encoding, denoise, token_grid
+from .pipeline import build_pipeline, decode, default_text_encoding, denoise, encode, token_grid
 
 
 def load_hunyuan_video_runner(ckpt_dir, *, width: int, height: int, num_frames: int, num_steps: int,
@@ -43,10 +43,10 @@ def load_hunyuan_video_runner(ckpt_dir, *, width: int, height: int, num_frames: 
     height, width = config.align_to(height), config.align_to(width)
     text = default_text_encoding(num_frames)
 
-    def generate(prompt: str, seed: int):
+    def generate(prompt: str, seed: int, start=None):
         return denoise(pipe, prompt=prompt, negative_prompt=None, height=height, width=width, num_frames=num_frames,
                        num_inference_steps=num_steps, embedded_guidance_scale=guide_scale, cfg_scale=1.0, seed=seed,
-                       text=text, autocast_dtype=torch.bfloat16 if cuda else None)
+                       text=text, autocast_dtype=torch.bfloat16 if cuda else None, start=start)
 
     def to_uint8(frames: np.ndarray) -> np.ndarray:
         return (np.clip(frames, 0.0, 1.0) * 255).astype(np.uint8)  # sample_video.py truncates, as upstream
@@ -58,6 +58,7 @@ def load_hunyuan_video_runner(ckpt_dir, *, width: int, height: int, num_frames: 
         patch=(components.transformer.config.patch_size,) * 2, width=width, height=height, num_frames=num_frames,
         num_steps=num_steps, fps=config.SAMPLE_FPS, generate=generate,
         decode=lambda latents: decode(pipe, latents, autocast_dtype=torch.float16 if cuda else None)[0],
-        to_uint8=to_uint8, model_name="HunyuanVideo", cache_num_steps=num_steps,
+        to_uint8=to_uint8, encode=lambda frames: encode(pipe, frames), model_name="HunyuanVideo",
+        cache_num_steps=num_steps,
         settings={"sample_solver": "euler", "sample_shift": shift, "sample_guide_scale": guide_scale,  # embedded
                   "device": str(device), "dtype": str(bf16).replace("torch.", "")})

@@ -15,6 +15,7 @@ from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler, WanP
 from diffusers.utils.torch_utils import get_module_execution_device
 
 from ..common import Generation, synchronize
+from ..partial_denoising import initial_latents
 
 
 def _shifted(sigmas: np.ndarray, shift: float) -> np.ndarray:
@@ -68,12 +69,14 @@ def build_pipeline(components, *, image_to_video: bool, solver: str, shift: floa
 @torch.no_grad()
 def denoise(pipe, *, prompt: str, negative_prompt: str, width: int, height: int, num_frames: int,
             num_inference_steps: int, guidance_scale: float, seed: int, image=None,
-            text_encoder_device: torch.device | None = None, max_sequence_length: int = 512) -> tuple[torch.Tensor, float]:
+            text_encoder_device: torch.device | None = None, max_sequence_length: int = 512,
+            start: tuple[torch.Tensor, float] | None = None) -> tuple[torch.Tensor, float]:
     """Encode the prompts, then run the denoising loop alone (timed). Returns (latents, seconds).
 
     Prompts are encoded first, on `text_encoder_device` (upstream's --t5_cpu keeps T5 on the CPU), and handed
     to the pipeline as embeddings; the initial noise comes from a CPU generator so a seed gives the same
-    video on any device.
+    video on any device. `start` = (clean latents as `encode` gives them, sigma): begin from those latents
+    noised to the grid's first level <= sigma instead of pure noise (see partial_denoising.py).
     """
     device = pipe._execution_device
     prompt_embeds, negative_embeds = pipe.encode_prompt(
@@ -81,17 +84,18 @@ def denoise(pipe, *, prompt: str, negative_prompt: str, width: int, height: int,
         num_videos_per_prompt=1, max_sequence_length=max_sequence_length, device=text_encoder_device or device,
     )
     extra = {} if image is None else {"image": image}
-    synchronize(device)
-    start = time.perf_counter()
-    latents = pipe(
-        prompt_embeds=prompt_embeds.to(device),
-        negative_prompt_embeds=None if negative_embeds is None else negative_embeds.to(device),
-        height=height, width=width, num_frames=num_frames, num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale, generator=torch.Generator("cpu").manual_seed(seed),
-        output_type="latent", max_sequence_length=max_sequence_length, **extra,
-    ).frames
-    synchronize(device)
-    return latents, time.perf_counter() - start
+    with initial_latents(pipe.scheduler, start, seed, num_inference_steps=num_inference_steps, device=device) as initial:
+        synchronize(device)
+        began = time.perf_counter()
+        latents = pipe(
+            prompt_embeds=prompt_embeds.to(device),
+            negative_prompt_embeds=None if negative_embeds is None else negative_embeds.to(device),
+            height=height, width=width, num_frames=num_frames, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, generator=torch.Generator("cpu").manual_seed(seed),
+            output_type="latent", max_sequence_length=max_sequence_length, **extra, **initial,
+        ).frames
+        synchronize(device)
+    return latents, time.perf_counter() - began
 
 
 def generate(pipe, **kwargs) -> Generation:
@@ -111,6 +115,19 @@ def decode(pipe, latents: torch.Tensor) -> np.ndarray:
     latents = latents / latents_std + latents_mean
     video = vae.decode(latents, return_dict=False)[0]
     return pipe.video_processor.postprocess_video(video, output_type="np")
+
+
+@torch.no_grad()
+def encode(pipe, frames: np.ndarray) -> torch.Tensor:
+    """uint8 frames (F, H, W, 3) -> (1, C, F', H', W') latents as the transformer sees them (the posterior
+    mean, normalised with the VAE config's statistics): the inverse of `decode` up to the VAE's error."""
+    vae = pipe.vae
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+    latents = vae.encode(video.to(get_module_execution_device(vae), vae.dtype)).latent_dist.mean.float()
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    latents_mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device)
+    latents_std = torch.tensor(vae.config.latents_std).view(shape).to(latents.device)
+    return (latents - latents_mean) / latents_std
 
 
 def token_grid(pipe, *, width: int, height: int, num_frames: int) -> tuple[int, int, int]:

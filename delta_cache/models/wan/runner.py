@@ -7,7 +7,7 @@ import torch
 from ..runner import ModelRunner, place
 from . import tasks
 from .checkpoint import load_wan_components
-from .pipeline import build_pipeline, decode, denoise, token_grid
+from .pipeline import build_pipeline, decode, denoise, encode, token_grid
 
 
 def load_wan_runner(ckpt_dir, *, width: int, height: int, num_frames: int, num_steps: int, device: torch.device,
@@ -25,15 +25,17 @@ def load_wan_runner(ckpt_dir, *, width: int, height: int, num_frames: int, num_s
     pipe = build_pipeline(components, image_to_video=False, solver=solver, shift=shift)
     place(pipe, device, offload, progress)
 
-    def generate(prompt: str, seed: int):
+    def generate(prompt: str, seed: int, start=None):
         return denoise(pipe, prompt=prompt, negative_prompt=tasks.negative_prompt(task), width=width, height=height,
-                       num_frames=num_frames, num_inference_steps=num_steps, guidance_scale=guide_scale, seed=seed)
+                       num_frames=num_frames, num_inference_steps=num_steps, guidance_scale=guide_scale, seed=seed,
+                       start=start)
 
     return ModelRunner(
         pipe=pipe, transformer=components.transformer, block_lists=["blocks"],
         token_grid=token_grid(pipe, width=width, height=height, num_frames=num_frames),
         patch=tuple(components.transformer.config.patch_size[1:]), width=width, height=height,
         num_frames=num_frames, num_steps=num_steps, fps=tasks.SAMPLE_FPS, generate=generate,
-        decode=lambda latents: decode(pipe, latents)[0], to_uint8=to_uint8_frames, model_name=f"Wan2.1 {task}",
+        decode=lambda latents: decode(pipe, latents)[0], to_uint8=to_uint8_frames,
+        encode=lambda frames: encode(pipe, frames), model_name=f"Wan2.1 {task}",
         settings={"task": task, "sample_solver": solver, "sample_shift": shift, "sample_guide_scale": guide_scale,
                   "device": str(device), "dtype": str(dtype).replace("torch.", "")})
