@@ -28,19 +28,20 @@ def _steps_at_or_below(sigma: float, family: str) -> int:
 
 
 class CallCounter:
-    """Real forward calls of the transformer, and the latents it saw first."""
+    """Real forward calls of the transformer, and the latents and timestep it saw first."""
 
     def __init__(self, transformer):
-        self.calls, self.first_input = 0, None
+        self.reset()
         transformer.register_forward_pre_hook(self._count, with_kwargs=True)
 
     def _count(self, module, args, kwargs):
         if self.first_input is None:
             self.first_input = kwargs["hidden_states"].detach().clone()
+            self.first_timestep = float(kwargs["timestep"].flatten()[0])
         self.calls += 1
 
     def reset(self):
-        self.calls, self.first_input = 0, None
+        self.calls, self.first_input, self.first_timestep = 0, None, None
 
 
 @pytest.mark.parametrize("family, branches", [("wan", 2), ("hunyuan_video", 1)])  # Wan: CFG's two calls
@@ -52,15 +53,16 @@ def test_sampling_from_a_noised_video_runs_only_the_steps_below_its_level(family
     clean = runner.encode(video.frames)
     assert clean.shape[2:] == (5, 16, 16)  # 17 frames -> 5 latent frames, 128 px -> 16 latent px
 
-    latents, _ = runner.generate(video.prompt, 0, start=(clean, 0.5))
-    steps = _steps_at_or_below(0.5, family)
-    assert 0 < steps < STEPS and counter.calls == branches * steps
-    # It started from the clean latents noised to the grid's level: neither the clean ones nor pure noise.
+    # Several steps (the multistep solver's higher orders run), from the first grid level <= 0.9.
+    latents, _ = runner.generate(video.prompt, 0, start=(clean, 0.9))
+    steps = _steps_at_or_below(0.9, family)
+    assert 4 <= steps < STEPS and counter.calls == branches * steps
+    # It started from the clean latents noised to exactly the level of the first step it ran (not to 0.9).
     noise = torch.randn(clean.shape, generator=torch.Generator("cpu").manual_seed(0))
     level = ((counter.first_input - clean) / (noise - clean)).median().item()
-    assert 0.3 < level <= 0.5
-    # and it ended near where it began (a model that knew nothing would wander off much further)
-    assert (latents.float() - clean).pow(2).mean() < (noise - clean).pow(2).mean() / 4
+    assert level < 0.9 and level == pytest.approx(counter.first_timestep / 1000, abs=2e-3)  # Wan: int timesteps
+    # and it ended much nearer the clean latents than where it started (the preview models: about 1/3)
+    assert (latents.float() - clean).pow(2).mean() < (counter.first_input - clean).pow(2).mean() / 2
 
     with pytest.raises(StartBelowGrid, match="below the grid's last step"):
         runner.generate(video.prompt, 0, start=(clean, 1e-4))

@@ -4,8 +4,11 @@ sampler over the rest of its grid (as in SDEdit).
 A diagnostic for the tiny trained models (`scripts/check_quality.py --start_sigma`): a model that cannot
 draw its prompts from pure noise may still finish a video that is already half there; at which noise level
 it stops getting there tells which part of the denoising it has not learned yet (layout at high sigma,
-shape and colour detail at low sigma). The sampler, its grid and its solver are the family's unchanged;
-only the steps above the start level are dropped.
+shape and colour detail at low sigma). The sampler's grid and solver are the family's; only the steps
+above the start level are dropped. A multistep solver restarts at first order there (it has no earlier
+model outputs), and diffusers' DPM++ also drops to first order on its second-to-last step when fewer than
+15 steps are left, so a run from S is close to, not equal to, the tail of a full run. Not meant to be
+combined with a feature cache: its schedule counts the front end's full number of steps.
 """
 
 from __future__ import annotations
@@ -44,11 +47,15 @@ def start_at_sigma(scheduler, sigma: float, **set_timesteps_kwargs) -> Iterator[
         scheduler.sigmas = scheduler.sigmas[first:]
         scheduler.num_inference_steps = len(scheduler.timesteps)
 
-    scheduler.set_timesteps = truncated  # an instance attribute: deleting it restores the class's method
+    shadowed = scheduler.__dict__.get("set_timesteps")  # an instance attribute already there (nested use)
+    scheduler.set_timesteps = truncated
     try:
         yield float(grid[first])
     finally:
-        del scheduler.set_timesteps
+        if shadowed is None:
+            del scheduler.set_timesteps  # the class's method again
+        else:
+            scheduler.set_timesteps = shadowed
 
 
 @contextlib.contextmanager
