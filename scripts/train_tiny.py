@@ -66,6 +66,9 @@ LOG_FILE = "log.jsonl"
 INFO_FILE = "tiny_model.json"  # written next to the checkpoint: native size, prompt grammar, recipe
 STAGES = ("vae", "latents", "dit", "decoder", "done")
 _STAGE_SEED = {"vae": 1, "dit": 2, "init": 3, "decoder": 4}
+# The fixed-batch probes draw their noise from this seed whatever --seed is, so that probe losses of runs
+# with different seeds (a continuation with --init_from, say) compare on the same batch.
+PROBE_SEED = 0
 # Arguments that shape the models or the data: a resumed run must use the same values.
 _FIXED_ARGS = ("family", "seed", "num_frames", "height", "width", "num_layers", "num_heads", "head_dim", "ffn_dim",
                "text_dim", "vae_base_dim", "num_videos", "num_single_layers", "train_text_encoder")
@@ -686,7 +689,7 @@ def train_vae(args, modules, state, device) -> dict:
 
     def probe() -> float:
         with torch.no_grad(), autocast(device):
-            return vae_loss(vae, probe_videos, args.kl_weight, torch.Generator().manual_seed(args.seed))["loss"].item()
+            return vae_loss(vae, probe_videos, args.kl_weight, torch.Generator().manual_seed(PROBE_SEED))["loss"].item()
 
     summary = run_steps(args, "vae", state["step"], args.vae_steps, step_fn, checkpoint, probe)
     vae.eval()
@@ -876,7 +879,7 @@ def train_dit(args, modules, state, dataset, device) -> dict:
 
         # Fixed batch: the first training latents at evenly spread noise levels.
         count = min(8, len(prompts))
-        probe_generator = torch.Generator().manual_seed(args.seed)
+        probe_generator = torch.Generator().manual_seed(PROBE_SEED)
         probe_latents = latents_all[:count].float()
         probe_noise = torch.randn(probe_latents.shape, generator=probe_generator)
         probe_sigmas = shift_sigmas((torch.arange(count) + 0.5) / count, args.shift)
