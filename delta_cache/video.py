@@ -1,4 +1,5 @@
-"""Writing videos and images exactly once, atomically (no half-written files on failure)."""
+"""Writing videos and images exactly once, atomically (no half-written files on failure), reading them back,
+and the two pixel conversions around a model: float frames to uint8 and uint8 frames to VAE input."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 def to_uint8_frames(frames) -> np.ndarray:
@@ -16,6 +18,11 @@ def to_uint8_frames(frames) -> np.ndarray:
     if frames.dtype != np.uint8:
         frames = (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
     return frames
+
+
+def to_vae_input(videos) -> torch.Tensor:
+    """uint8 videos, each (F, H, W, 3) -> (B, 3, F, H, W) float32 in [-1, 1], as the VAEs take them."""
+    return torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
 
 
 @contextmanager

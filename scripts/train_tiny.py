@@ -47,6 +47,7 @@ from delta_cache.cli import run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.synthetic.prompts import vocabulary  # noqa: E402
 from delta_cache.synthetic.videos import make_video  # noqa: E402
+from delta_cache.video import to_vae_input as to_tensor  # noqa: E402  (uint8 videos -> VAE input)
 from delta_cache.training import (  # noqa: E402
     channel_statistics,
     decode_unclamped,
@@ -482,12 +483,6 @@ FAMILIES = {
 
 
 # --- data ------------------------------------------------------------------------------------------
-
-def to_tensor(frames_list: list[np.ndarray]) -> torch.Tensor:
-    """uint8 (F, H, W, 3) videos -> (B, 3, F, H, W) float in [-1, 1]."""
-    videos = torch.from_numpy(np.stack(frames_list)).permute(0, 4, 1, 2, 3)
-    return videos.float() / 127.5 - 1.0
-
 
 def step_rng(args, stage: str, step: int) -> np.random.Generator:
     return np.random.default_rng([args.seed, _STAGE_SEED[stage], step])

@@ -18,6 +18,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
+from ...video import to_vae_input
 from ..common import Generation, synchronize
 from ..partial_denoising import initial_latents
 
@@ -135,8 +136,8 @@ def encode(pipe: HunyuanVideoPipeline, frames: np.ndarray) -> torch.Tensor:
     """uint8 frames (F, H, W, 3) -> (1, C, F', H', W') latents as the transformer sees them (the posterior
     mean times the VAE's scaling_factor): the inverse of `decode` up to the VAE's error."""
     vae = pipe.vae
-    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
-    latents = vae.encode(video.to(pipe._execution_device, vae.dtype)).latent_dist.mean.float()
+    video = to_vae_input([frames]).to(pipe._execution_device, vae.dtype)
+    latents = vae.encode(video).latent_dist.mean.float()
     return latents * vae.config.scaling_factor
 
 

@@ -14,6 +14,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler, WanPipeline
 from diffusers.utils.torch_utils import get_module_execution_device
 
+from ...video import to_vae_input
 from ..common import Generation, synchronize
 from ..partial_denoising import initial_latents
 
@@ -109,10 +110,8 @@ def decode(pipe, latents: torch.Tensor) -> np.ndarray:
     """Latents -> (B, F, H, W, C) frames in [0, 1], the same operations as WanPipeline's own decode."""
     vae = pipe.vae
     latents = latents.to(get_module_execution_device(vae), dtype=vae.dtype)  # the GPU under model offload
-    shape = (1, vae.config.z_dim, 1, 1, 1)
-    latents_mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
-    latents_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents.device, latents.dtype)
-    latents = latents / latents_std + latents_mean
+    latents_mean, latents_std = latent_statistics(vae, latents)
+    latents = latents / (1.0 / latents_std) + latents_mean  # WanPipeline's exact operations
     video = vae.decode(latents, return_dict=False)[0]
     return pipe.video_processor.postprocess_video(video, output_type="np")
 
@@ -122,12 +121,19 @@ def encode(pipe, frames: np.ndarray) -> torch.Tensor:
     """uint8 frames (F, H, W, 3) -> (1, C, F', H', W') latents as the transformer sees them (the posterior
     mean, normalised with the VAE config's statistics): the inverse of `decode` up to the VAE's error."""
     vae = pipe.vae
-    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
-    latents = vae.encode(video.to(get_module_execution_device(vae), vae.dtype)).latent_dist.mean.float()
-    shape = (1, vae.config.z_dim, 1, 1, 1)
-    latents_mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device)
-    latents_std = torch.tensor(vae.config.latents_std).view(shape).to(latents.device)
+    video = to_vae_input([frames]).to(get_module_execution_device(vae), vae.dtype)
+    latents = vae.encode(video).latent_dist.mean.float()
+    latents_mean, latents_std = latent_statistics(vae, latents)
     return (latents - latents_mean) / latents_std
+
+
+def latent_statistics(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE config's per-channel latents_mean and latents_std as (1, C, 1, 1, 1) tensors on `like`'s device
+    and dtype (made in float32 first, as WanPipeline makes them)."""
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean).view(shape).to(like.device, like.dtype)
+    std = torch.tensor(vae.config.latents_std).view(shape).to(like.device, like.dtype)
+    return mean, std
 
 
 def token_grid(pipe, *, width: int, height: int, num_frames: int) -> tuple[int, int, int]:
