@@ -80,7 +80,7 @@ _FIXED_ARG_DEFAULTS = {"train_text_encoder": False}
 FAMILY_DEFAULTS = {
     "wan": dict(num_layers=40, num_single_layers=None, num_heads=4, head_dim=24, ffn_dim=384, text_dim=32,
                 vae_base_dim=12, shift=5.0),
-    "hunyuan_video": dict(num_layers=20, num_single_layers=40, num_heads=2, head_dim=24, ffn_dim=192, text_dim=32,
+    "hunyuan_video": dict(num_layers=20, num_single_layers=40, num_heads=3, head_dim=24, ffn_dim=288, text_dim=32,
                           vae_base_dim=12, shift=hunyuan_training.FLOW_SHIFT),
 }
 # Upstream prompts the sampler may use for the unconditional branch; CFG dropout trains on both.
@@ -141,9 +141,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     # models (None: the family's default, FAMILY_DEFAULTS)
     p.add_argument("--num_layers", type=int, help="transformer blocks (wan 40; hunyuan_video: double-stream, 20)")
     p.add_argument("--num_single_layers", type=int, help="hunyuan_video single-stream blocks (40)")
-    p.add_argument("--num_heads", type=int, help="attention heads (wan 4, hunyuan_video 2)")
+    p.add_argument("--num_heads", type=int, help="attention heads (wan 4, hunyuan_video 3); heads x head dim "
+                   "should be >= 64, the values of an output token")
     p.add_argument("--head_dim", type=int, help="attention head dim (24)")
-    p.add_argument("--ffn_dim", type=int, help="feed-forward width (wan 384, hunyuan_video 192 = 4x the width)")
+    p.add_argument("--ffn_dim", type=int, help="feed-forward width (wan 384, hunyuan_video 288 = 4x the width)")
     p.add_argument("--text_dim", type=int,
                    help="text encoder width (32): wan UMT5 d_model; hunyuan_video Llama and CLIP hidden size")
     p.add_argument("--vae_base_dim", type=int, help="VAE width of the first level (12)")
@@ -922,6 +923,22 @@ def load_initial_weights(args, modules) -> None:
                                  "block counts differ; leave the shape flags out to inherit them)") from None
 
 
+def warn_if_narrow(transformer) -> None:
+    """Warn when the transformer is narrower than one output token (latent channels x patch volume, 64 here).
+
+    The final projection then maps `width` numbers to more outputs, so every predicted velocity lies in a
+    `width`-dimensional subspace: the other directions of the starting noise are never removed, and the
+    samples keep them at full strength (measured on the width-48 previews: unit variance there, against
+    0.1-0.16 in real latents; docs/tiny-models.md). The flow-matching loss cannot go below
+    (outputs - width) / outputs, 0.25 at width 48. Not an error: smoke tests train narrow models on purpose.
+    """
+    width, outputs = transformer.proj_out.in_features, transformer.proj_out.out_features
+    if width < outputs:
+        tqdm.write(f"warning: transformer width {width} (--num_heads x --head_dim) is below the {outputs} values of "
+                   f"an output token, so {outputs - width} of them can never be written: samples keep that part of "
+                   f"the starting noise. Use a width of at least {outputs} for a model meant to draw.")
+
+
 _TRAINED_MODULES = ("vae", "transformer")
 _TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
@@ -1004,6 +1021,7 @@ def main(argv=None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     family = FAMILIES[args.family]
     modules = family["build"](args)
+    warn_if_narrow(modules["transformer"])
     state = load_or_start(args, modules)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:  # a log without a state is a stale one: the new run's summaries read the log

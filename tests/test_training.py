@@ -471,6 +471,22 @@ def hunyuan_args(*extra):
     return train_tiny.parse_args(["--out", "/nonexistent", *HUNYUAN_TINY, *extra])
 
 
+@pytest.mark.parametrize("family", ["wan", "hunyuan_video"])
+def test_default_width_writes_every_output_value_and_narrow_ones_warn(family, capsys):
+    # A width below the 64 values of an output token (16 latent channels x a 2x2 patch) confines every
+    # predicted velocity to a width-dimensional subspace: the committed width-48 previews' flaw.
+    narrow = train_tiny.FAMILIES[family]["build"](small_args(family=family, num_single_layers=(
+        1 if family == "hunyuan_video" else None), ffn_dim=48, text_dim=16))["transformer"]
+    out = narrow.proj_out
+    assert out.in_features == 24 < out.out_features == 64
+    train_tiny.warn_if_narrow(narrow)
+    assert "width 24" in capsys.readouterr().out
+
+    defaults = train_tiny.parse_args(["--out", "/x", "--family", family])
+    train_tiny.warn_if_narrow(train_tiny.FAMILIES[family]["build"](defaults)["transformer"])
+    assert "warning" not in capsys.readouterr().out
+
+
 def test_family_defaults():
     wan = train_tiny.parse_args(["--out", "/x"])
     # the Wan defaults are those of the runs already started (a resumed run compares them)
@@ -478,8 +494,8 @@ def test_family_defaults():
             wan.num_single_layers) == (40, 4, 24, 384, 32, 12, 5.0, None)
     hv = train_tiny.parse_args(["--out", "/x", "--family", "hunyuan_video"])
     assert (hv.num_layers, hv.num_single_layers, hv.num_heads, hv.head_dim, hv.ffn_dim, hv.text_dim,
-            hv.vae_base_dim) == (20, 40, 2, 24, 192, 32, 12)
-    assert train_tiny.parse_args(["--out", "/x", "--family", "hunyuan_video", "--num_heads", "3"]).num_heads == 3
+            hv.vae_base_dim) == (20, 40, 3, 24, 288, 32, 12)
+    assert train_tiny.parse_args(["--out", "/x", "--family", "hunyuan_video", "--num_heads", "4"]).num_heads == 4
 
     # training uses the front end's defaults: flow shift, embedded guidance, text flags and prompt template
     front = sample_video.build_parser().parse_args(["--prompt", "x"])
