@@ -565,6 +565,7 @@ def profile_training_prompts(model: ModelRunner, settings: EvidenceSettings, out
             index += 1
             if settings.truth == "rendered" and not masks.pixel_mask_to_tokens(video.mask, model.token_grid).any():
                 result.skipped.append(index - 1)
+                bar.set_postfix(skipped=len(result.skipped))
                 continue
             position = len(result.chosen)  # the prompt's index in a profile_model.py run of the chosen prompts
             probe = ProfileProbe(model.transformer, model.block_lists, ProbeSettings(
@@ -578,7 +579,10 @@ def profile_training_prompts(model: ModelRunner, settings: EvidenceSettings, out
             generated = generated_foreground(frames)
             found = token_masks(model, latents, generated, video.mask)
             if not found[settings.truth].any():
+                # A full profiled generation that does not advance the bar: show it, or a model that draws
+                # little looks stalled.
                 result.skipped.append(index - 1)
+                bar.set_postfix(skipped=len(result.skipped))
                 continue
             result.chosen.append((index - 1, video.prompt, settings.profile_seed))
             result.truth_pixels.append(video.mask if settings.truth == "rendered" else generated)
