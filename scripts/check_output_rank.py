@@ -24,14 +24,12 @@ sys.path.insert(0, str(REPO))
 
 from delta_cache.cli import OneLineArgumentParser, run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
-
-DEFAULT_CKPTS = {"wan": "checkpoints/tiny-wan2.1-t2v", "hunyuan_video": "checkpoints/tiny-hunyuanvideo-t2v"}
-WAN_TASK = "t2v-14B"  # as scripts/check_quality.py samples
+from delta_cache.models.tiny_info import COMMITTED_CHECKPOINTS  # noqa: E402
 
 
 def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--family", choices=sorted(DEFAULT_CKPTS), default="wan")
+    p.add_argument("--family", choices=sorted(COMMITTED_CHECKPOINTS), default="wan")
     p.add_argument("--ckpt_dir", type=Path, help="tiny trained checkpoint (default: the committed one)")
     p.add_argument("--num_pairs", type=int, default=4, help="held-out prompt/seed pairs (default 4)")
     p.add_argument("--sample_steps", type=int, default=50, help="sampling steps (default 50)")
@@ -43,7 +41,7 @@ def build_parser() -> OneLineArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    ckpt = args.ckpt_dir or REPO / DEFAULT_CKPTS[args.family]
+    ckpt = args.ckpt_dir or REPO / COMMITTED_CHECKPOINTS[args.family]
     if not ckpt.is_dir():
         raise UserInputError(f"--ckpt_dir {ckpt}: no such folder")
     if min(args.num_pairs, args.sample_steps, args.threads, args.quiet_directions) < 1:
@@ -69,9 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     if native is None:
         raise UserInputError(f"{ckpt} has no tiny_model.json: this diagnostic compares with the synthetic videos "
                              "a tiny trained model was trained on")
-    runner = load_runner(args.family, ckpt, width=native.width, height=native.height,
-                         num_frames=native.num_frames, num_steps=args.sample_steps,
-                         **({"task": WAN_TASK} if args.family == "wan" else {}))
+    runner = load_runner(args.family, ckpt, width=native.width, height=native.height,  # (Wan: task t2v-14B)
+                         num_frames=native.num_frames, num_steps=args.sample_steps)
     token_size = runner.transformer.config.in_channels * runner.patch[0] * runner.patch[1]
     if args.quiet_directions > token_size:
         raise UserInputError(f"--quiet_directions {args.quiet_directions}: a token has only {token_size} values")

@@ -37,9 +37,9 @@ sys.path.insert(0, str(REPO))
 
 from delta_cache.cli import OneLineArgumentParser, run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
+from delta_cache.models.tiny_info import COMMITTED_CHECKPOINTS  # noqa: E402
 
 FRONT_ENDS = {"wan": REPO / "Wan2.1" / "generate.py", "hunyuan_video": REPO / "HunyuanVideo" / "sample_video.py"}
-DEFAULT_CKPTS = {"wan": "checkpoints/tiny-wan2.1-t2v", "hunyuan_video": "checkpoints/tiny-hunyuanvideo-t2v"}
 ATTRIBUTES = ("background", "count", "colour", "shape", "direction", "speed")
 BAR = 0.9  # the quality bar: share of pairs whose video agrees with the prompt
 WAN_TASK = "t2v-14B"  # the Wan task both paths sample with (shift 5, 50 steps; the size from tiny_model.json)
@@ -150,7 +150,7 @@ def markdown(family: str, ckpt: Path, summary: dict, start_sigma: float | None =
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    ckpt = args.ckpt_dir or REPO / DEFAULT_CKPTS[args.family]
+    ckpt = args.ckpt_dir or REPO / COMMITTED_CHECKPOINTS[args.family]
     if not ckpt.is_dir():
         raise UserInputError(f"--ckpt_dir {ckpt}: no such folder")
     if args.num_pairs < 1:

@@ -13,6 +13,8 @@ from pathlib import Path
 from delta_cache.errors import CheckpointError
 
 TINY_MODEL_FILE = "tiny_model.json"
+# The committed tiny trained checkpoints, relative to the repository root: the scripts' default per family.
+COMMITTED_CHECKPOINTS = {"wan": "checkpoints/tiny-wan2.1-t2v", "hunyuan_video": "checkpoints/tiny-hunyuanvideo-t2v"}
 
 
 @dataclass(frozen=True)
