@@ -32,7 +32,7 @@ from delta_cache.models.wan import tasks  # noqa: E402
 
 def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(description="Generate a video or image with Wan2.1 (drop-in for upstream generate.py).")
-    p.add_argument("--task", type=str, default="t2v-14B", choices=tasks.TASKS, help="The task to run.")
+    p.add_argument("--task", type=str, default=tasks.DEFAULT_TASK, choices=tasks.TASKS, help="The task to run.")
     p.add_argument("--size", type=str, default=None,
                    help=f"The area (WIDTH*HEIGHT) of the generated video, one of {', '.join(tasks.SIZES)} (default "
                         f"{tasks.DEFAULT_SIZE}; a tiny trained checkpoint's native size); for i2v the aspect ratio "

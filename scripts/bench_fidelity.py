@@ -56,26 +56,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # works without `pip install -e .` too
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # works without `pip install -e .` too
 
 from delta_cache.cli import OneLineArgumentParser, run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
+from delta_cache.models.tiny_info import COMMITTED_CHECKPOINTS  # noqa: E402
 
 FAMILIES = ("wan", "hunyuan_video")
 CKPT_FLAGS = {"wan": "wan_ckpt", "hunyuan_video": "hunyuan_ckpt"}
 SCHEDULE_FLAGS = {"wan": "wan_schedule", "hunyuan_video": "hunyuan_schedule"}
 CALIBRATION_OFFSET = 1000  # calibration pairs: make_video(1000 + k, "eval"), far from the evaluation pairs
-WAN_TASK = "t2v-14B"
 METHOD_ORDER = ("uncached", "delta_cache", "step_skipping", "first_block_cache", "mag_cache")
 
 
 def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", nargs="+", choices=FAMILIES, default=list(FAMILIES), help="model families (default: both)")
-    p.add_argument("--wan_ckpt", default="checkpoints/tiny-wan2.1-t2v", help="tiny Wan2.1 checkpoint folder (default: %(default)s)")
-    p.add_argument("--hunyuan_ckpt", default="checkpoints/tiny-hunyuanvideo-t2v",
+    p.add_argument("--wan_ckpt", default=None,
+                   help=f"tiny Wan2.1 checkpoint folder (default: the committed {COMMITTED_CHECKPOINTS['wan']})")
+    p.add_argument("--hunyuan_ckpt", default=None,
                    help="tiny HunyuanVideo checkpoint folder: upstream ckpts/ layout (the model base) or diffusers "
-                        "(default: %(default)s)")
+                        f"(default: the committed {COMMITTED_CHECKPOINTS['hunyuan_video']})")
     p.add_argument("--wan_schedule", default="wan2.1-t2v-14b", help="delta-cache preset or schedule JSON for Wan (default: %(default)s)")
     p.add_argument("--hunyuan_schedule", default="hunyuanvideo-720p",
                    help="delta-cache preset or schedule JSON for HunyuanVideo (default: %(default)s)")
@@ -117,6 +119,8 @@ def validate(args) -> dict[str, VideoSize]:
     args.family = list(dict.fromkeys(args.family))
     for family in args.family:
         flag = CKPT_FLAGS[family]
+        if getattr(args, flag) is None:
+            setattr(args, flag, str(REPO / COMMITTED_CHECKPOINTS[family]))
         ckpt = Path(getattr(args, flag))
         if not ckpt.is_dir():
             raise UserInputError(f"--{flag} {ckpt}: no such checkpoint folder (train one with scripts/train_tiny.py, "
@@ -188,7 +192,7 @@ def bench_family(family: str, args, size: VideoSize, schedule, device, out: Path
     tqdm.write(f"[{family}] loading {ckpt}")
     # Sampled as the front end samples it (loader, sampler defaults, precision), on `device`.
     model = load_runner(family, ckpt, width=size.width, height=size.height, num_frames=size.num_frames,
-                        num_steps=args.sample_steps, device=device, **({"task": WAN_TASK} if family == "wan" else {}))
+                        num_steps=args.sample_steps, device=device)
     counter = BlockCounter(model.transformer)  # before any cache, so that it sees only real forwards
     bench = FamilyBench(family, {
         "checkpoint": str(ckpt), "width": size.width, "height": size.height, "num_frames": size.num_frames,

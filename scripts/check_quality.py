@@ -42,7 +42,6 @@ from delta_cache.models.tiny_info import COMMITTED_CHECKPOINTS  # noqa: E402
 FRONT_ENDS = {"wan": REPO / "Wan2.1" / "generate.py", "hunyuan_video": REPO / "HunyuanVideo" / "sample_video.py"}
 ATTRIBUTES = ("background", "count", "colour", "shape", "direction", "speed")
 BAR = 0.9  # the issue's quality bar: share of pairs whose video agrees with the prompt
-WAN_TASK = "t2v-14B"  # the Wan task both paths sample with (shift 5, 50 steps; the size from tiny_model.json)
 
 
 def build_parser() -> OneLineArgumentParser:
@@ -63,7 +62,7 @@ def front_end_command(family: str, ckpt: Path, prompt: str, seed: int, out_dir: 
                       steps: int | None) -> list[str]:
     """The user's command line for one uncached sample at the checkpoint's defaults."""
     if family == "wan":
-        argv = ["--task", WAN_TASK, "--ckpt_dir", str(ckpt), "--prompt", prompt, "--base_seed", str(seed),
+        argv = ["--ckpt_dir", str(ckpt), "--prompt", prompt, "--base_seed", str(seed),
                 "--save_file", str(out_dir / "video.mp4")]
         return argv + (["--sample_steps", str(steps)] if steps else [])
     from delta_cache.models.hunyuan_video.checkpoint import DIT_WEIGHT
@@ -101,7 +100,7 @@ def part_way_sampler(family: str, ckpt: Path, size, steps: int | None, sigma: fl
     from delta_cache.models.runner import load_runner
 
     runner = load_runner(family, ckpt, width=size.width, height=size.height, num_frames=size.num_frames,
-                         num_steps=steps or 50, **({"task": WAN_TASK} if family == "wan" else {}))
+                         num_steps=steps or 50)
 
     def draw(video, seed: int):
         try:

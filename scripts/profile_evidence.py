@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from delta_cache.cli import (  # noqa: E402
     OneLineArgumentParser, add_sampler_flags, run_cli, sampler_options, set_offline)
 from delta_cache.errors import UserInputError  # noqa: E402
+from delta_cache.models.wan.tasks import DEFAULT_TASK  # noqa: E402
 
 
 def build_parser() -> OneLineArgumentParser:
@@ -28,7 +29,7 @@ def build_parser() -> OneLineArgumentParser:
     model = p.add_argument_group("model and run (defaults: the front end's)")
     model.add_argument("--ckpt_dir", required=True, type=Path,
                        help="wan: the checkpoint folder; hunyuan_video: the model base")
-    model.add_argument("--task", default="t2v-14B", choices=["t2v-14B", "t2v-1.3B"], help="wan only")
+    model.add_argument("--task", default=DEFAULT_TASK, choices=["t2v-14B", "t2v-1.3B"], help="wan only")
     model.add_argument("--dit_weight", default=None, help="hunyuan_video: the transformer file")
     model.add_argument("--size", default=None,
                        help="WIDTH*HEIGHT (default: the native size in the checkpoint's tiny_model.json)")

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from delta_cache.cli import (  # noqa: E402
     OneLineArgumentParser, add_sampler_flags, run_cli, sampler_options, set_offline)
 from delta_cache.errors import UserInputError  # noqa: E402
+from delta_cache.models.wan.tasks import DEFAULT_TASK  # noqa: E402
 
 DEFAULT_SIZE = "832*480"
 DEFAULT_FRAME_NUM = 81
@@ -31,7 +32,7 @@ def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", choices=["wan", "hunyuan_video"], default="wan", help="model family")
     model = p.add_argument_group("model and run")
-    model.add_argument("--task", default="t2v-14B", choices=["t2v-14B", "t2v-1.3B", "t2i-14B"], help="wan only")
+    model.add_argument("--task", default=DEFAULT_TASK, choices=["t2v-14B", "t2v-1.3B", "t2i-14B"], help="wan only")
     model.add_argument("--ckpt_dir", required=True,
                        help="wan: the checkpoint folder; hunyuan_video: the model base (upstream ckpts/ or a "
                             "diffusers folder)")

@@ -21,6 +21,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ..models.wan.pipeline import latent_statistics
+
 NUM_TRAIN_TIMESTEPS = 1000
 
 
@@ -98,15 +100,8 @@ def encode_latents(vae, videos: torch.Tensor) -> torch.Tensor:
 
 
 def normalise_latents(vae, latents: torch.Tensor) -> torch.Tensor:
-    mean, std = _config_statistics(vae, latents)
+    mean, std = latent_statistics(vae, latents)  # exactly as sampling makes them
     return (latents - mean) / std
-
-
-def _config_statistics(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    shape = (1, -1, 1, 1, 1)
-    mean = torch.tensor(vae.config.latents_mean, dtype=like.dtype, device=like.device).view(shape)
-    std = torch.tensor(vae.config.latents_std, dtype=like.dtype, device=like.device).view(shape)
-    return mean, std
 
 
 def channel_statistics(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

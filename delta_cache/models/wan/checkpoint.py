@@ -23,11 +23,11 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from ...cli import set_offline
 from ...errors import CheckpointError, UserInputError
 from . import keys
+from .tasks import SUPPORTED_TASKS
 
 if TYPE_CHECKING:  # importing CLIPImageProcessor warns when torchvision is missing: only i2v needs it
     from transformers import CLIPImageProcessor, CLIPVisionModel
 
-TASKS = ("t2v-14B", "t2v-1.3B", "i2v-14B", "t2i-14B")
 DIFFUSERS_INDEX_FILE = "model_index.json"
 
 # Errors that loaders raise for unreadable or inconsistent files (anything else is a bug and propagates).
@@ -59,8 +59,8 @@ def load_wan_components(
     upstream layout. `text_encoder_dtype=None` means `dtype`. Raises `CheckpointError` (one line,
     naming the file) for missing or malformed files.
     """
-    if task not in TASKS:
-        raise UserInputError(f"unknown Wan task {task!r}; expected one of {', '.join(TASKS)}")
+    if task not in SUPPORTED_TASKS:
+        raise UserInputError(f"unknown Wan task {task!r}; expected one of {', '.join(SUPPORTED_TASKS)}")
     set_offline()
     root = Path(ckpt_dir)
     if not root.is_dir():

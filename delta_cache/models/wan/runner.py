@@ -11,7 +11,7 @@ from .pipeline import build_pipeline, decode, denoise, encode, token_grid
 
 
 def load_wan_runner(ckpt_dir, *, width: int, height: int, num_frames: int, num_steps: int, device: torch.device,
-                    offload: bool = False, progress: bool = False, task: str = "t2v-14B",
+                    offload: bool = False, progress: bool = False, task: str = tasks.DEFAULT_TASK,
                     shift: float | None = None, guide_scale: float | None = None, solver: str = "unipc") -> ModelRunner:
     """Text-to-video with CFG and upstream's negative prompt; bf16 on a GPU, fp32 on the CPU (as generate.py).
     None: generate.py's default (shift: the task's; guide scale 5)."""

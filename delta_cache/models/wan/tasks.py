@@ -11,6 +11,7 @@ from datetime import datetime
 
 TASKS = ("t2v-14B", "t2v-1.3B", "i2v-14B", "t2i-14B", "flf2v-14B", "vace-1.3B", "vace-14B")
 SUPPORTED_TASKS = ("t2v-14B", "t2v-1.3B", "i2v-14B", "t2i-14B")
+DEFAULT_TASK = "t2v-14B"  # upstream generate.py's --task default
 
 SIZES = {  # WIDTH*HEIGHT -> (width, height)
     "720*1280": (720, 1280),
