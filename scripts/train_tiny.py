@@ -36,6 +36,7 @@ import string
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout without installing
 
@@ -56,6 +57,7 @@ from delta_cache.training import (  # noqa: E402
     normalise_latents,
     reconstruction_loss,
     sample_sigmas,
+    object_weights,
     shift_sigmas,
     vae_loss,
 )
@@ -138,6 +140,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vae_object_crops", type=float, default=0.5,
                    help="share of VAE crops centred on an object (objects are a small part of the frame: uniform "
                         "crops of a small size mostly teach background; 0 = uniform crops only)")
+    p.add_argument("--vae_object_weight", type=float, default=0.0,
+                   help="extra weight of object pixels (and a 2-pixel border around them) in the reconstruction "
+                        "loss of the VAE and decoder stages: pixel weight 1 + this on objects, 1 elsewhere (their "
+                        "colours and corners are what the analyser reads; 0 = plain mean, as before)")
     # models (None: the family's default, FAMILY_DEFAULTS)
     p.add_argument("--num_layers", type=int, help="transformer blocks (wan 40; hunyuan_video: double-stream, 20)")
     p.add_argument("--num_single_layers", type=int, help="hunyuan_video single-stream blocks (40)")
@@ -211,6 +217,8 @@ def validate(args) -> None:
         raise UserInputError(f"--min_lr_ratio must be between 0 and 1, got {args.min_lr_ratio}")
     if not 0 <= args.vae_object_crops <= 1:
         raise UserInputError(f"--vae_object_crops must be between 0 and 1, got {args.vae_object_crops}")
+    if not args.vae_object_weight >= 0:
+        raise UserInputError(f"--vae_object_weight must be >= 0, got {args.vae_object_weight}")
     if not 0 <= args.min_vae_agreement <= 1 or args.vae_check_videos < 0:
         raise UserInputError("--min_vae_agreement must be between 0 and 1 and --vae_check_videos >= 0")
     if args.min_vae_agreement > 0 and args.vae_check_videos == 0:
@@ -493,11 +501,21 @@ def torch_generator(rng: np.random.Generator) -> torch.Generator:
     return torch.Generator().manual_seed(int(rng.integers(2**62)))
 
 
-def vae_batch(args, step: int, stage: str = "vae") -> tuple[torch.Tensor, torch.Generator]:
+class VaeBatch(NamedTuple):
+    videos: torch.Tensor  # (B, 3, F, H, W) in [-1, 1]
+    masks: torch.Tensor  # (B, F, H, W) bool: the objects' pixels in the same crops
+    generator: torch.Generator  # the posterior samples' noise
+
+    def pixel_weights(self, args) -> torch.Tensor | None:
+        """The reconstruction loss's weights for --vae_object_weight (None: a plain mean)."""
+        return object_weights(self.masks, args.vae_object_weight) if args.vae_object_weight > 0 else None
+
+
+def vae_batch(args, step: int, stage: str = "vae") -> VaeBatch:
     """Random crops of random training videos (any index: the VAE never sees the transformer's split)."""
     rng = step_rng(args, stage, step)
     crop = args.vae_crop or min(args.height, args.width)
-    clips = []
+    clips, masks = [], []
     for index in rng.integers(0, 10**9, size=args.vae_batch_size):
         video = make_video(int(index), "train", num_frames=args.num_frames, height=args.height, width=args.width)
         t0 = int(rng.integers(0, args.num_frames - args.vae_frames + 1))
@@ -508,7 +526,8 @@ def vae_batch(args, step: int, stage: str = "vae") -> tuple[torch.Tensor, torch.
             # crop centred in the first frame would teach the later frames (and latent frames) background.
             y0, x0 = object_crop(video.mask[t0 + int(rng.integers(0, args.vae_frames))], crop, rng)
         clips.append(video.frames[t0:t0 + args.vae_frames, y0:y0 + crop, x0:x0 + crop])
-    return to_tensor(clips), torch_generator(rng)
+        masks.append(video.mask[t0:t0 + args.vae_frames, y0:y0 + crop, x0:x0 + crop])
+    return VaeBatch(to_tensor(clips), torch.from_numpy(np.stack(masks)), torch_generator(rng))
 
 
 def object_crop(mask: np.ndarray, crop: int, rng: np.random.Generator) -> tuple[int, int]:
@@ -666,11 +685,13 @@ def train_vae(args, modules, state, device) -> dict:
         optimizer.load_state_dict(state["vae_optimizer"])
 
     def step_fn(step: int) -> float:
-        videos, generator = vae_batch(args, step)
+        batch = vae_batch(args, step)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args, args.vae_lr, step, args.vae_steps)
+        weights = batch.pixel_weights(args)
         with autocast(device):
-            parts = vae_loss(vae, videos.to(device), args.kl_weight, generator)
+            parts = vae_loss(vae, batch.videos.to(device), args.kl_weight, batch.generator,
+                             None if weights is None else weights.to(device))
         optimizer.zero_grad(set_to_none=True)
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -744,17 +765,18 @@ def train_decoder(args, modules, state, device) -> dict:
     if state.get("decoder_optimizer"):
         optimizer.load_state_dict(state["decoder_optimizer"])
 
-    def reconstruct(videos: torch.Tensor) -> torch.Tensor:
+    def reconstruct(videos: torch.Tensor, pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
         with torch.no_grad(), autocast(device):
             latents = family["encode"](vae, videos)
         with autocast(device):
-            return reconstruction_loss(family["decode"](vae, latents), videos)["loss"]
+            return reconstruction_loss(family["decode"](vae, latents), videos, pixel_weights)["loss"]
 
     def step_fn(step: int) -> float:
-        videos, _ = vae_batch(args, step, stage="decoder")
+        batch = vae_batch(args, step, stage="decoder")
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args, args.decoder_lr, step, args.decoder_steps)
-        loss = reconstruct(videos.to(device))
+        weights = batch.pixel_weights(args)
+        loss = reconstruct(batch.videos.to(device), None if weights is None else weights.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)

@@ -24,6 +24,8 @@ from delta_cache.training import (
     encode_latents,
     flow_matching_loss,
     fold_latent_statistics,
+    object_weights,
+    reconstruction_loss,
     sample_sigmas,
     shift_sigmas,
     vae_loss,
@@ -240,6 +242,15 @@ def test_decoder_stage_moves_only_the_decoding_half(tmp_path):
     a, b = load_file(tmp_path / "plain" / keys.TRANSFORMER_FILE), load_file(tmp_path / "tuned" / keys.TRANSFORMER_FILE)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
+    # --vae_object_weight reweights both stages' loss: the same run with it trains other VAE weights.
+    _run(tmp_path / "weighted", "--vae_lr", "1e-2", "--decoder_steps", "3", "--decoder_lr", "1e-2",
+         "--vae_check_videos", "1", "--vae_object_weight", "4")
+    weighted = torch.load(tmp_path / "weighted" / keys.VAE_FILE, weights_only=True)
+    assert any(not torch.equal(weighted[k], tuned[k]) for k in encoding)
+    assert any(not torch.equal(weighted[k], tuned[k]) for k in decoding)
+    recipe = json.loads((tmp_path / "weighted" / "tiny_model.json").read_text())["recipe"]
+    assert recipe["vae_object_weight"] == 4
+
 
 def _interrupt_then_resume(monkeypatch, run, out, wrong_flags: list[str], wrong_flag_message: str) -> None:
     """Stop a run of `run` in the middle of the transformer stage, check the refusals, then resume it."""
@@ -453,6 +464,8 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
         _run(tmp_path / "r", "--resume")
     with pytest.raises(UserInputError, match="--min_lr_ratio"):
         _run(tmp_path / "l", "--min_lr_ratio", "2")
+    with pytest.raises(UserInputError, match="--vae_object_weight must be >= 0"):
+        _run(tmp_path / "w", "--vae_object_weight", "-1")
 
 
 # --- the hunyuan_video family --------------------------------------------------------------------------
@@ -782,7 +795,7 @@ def test_hunyuan_video_resume_gives_the_same_weights(tmp_path, monkeypatch):
 def test_object_crops_show_objects_and_uniform_crops_are_unchanged():
     # --vae_object_crops 1: every VAE crop is centred on an object pixel, so it shows some object.
     args = small_args(vae_object_crops=1.0, vae_batch_size=6, vae_frames=1, vae_crop=16)
-    clips, _ = train_tiny.vae_batch(args, step=3)
+    clips = train_tiny.vae_batch(args, step=3).videos
     rng = train_tiny.step_rng(args, "vae", 3)
     indices = rng.integers(0, 10**9, size=6)
     for clip, index in zip(clips, indices):
@@ -793,7 +806,7 @@ def test_object_crops_show_objects_and_uniform_crops_are_unchanged():
     # Whole clips: the crop is centred on the object in a random frame of the clip, not always the first
     # (objects move out of a small crop: centring on the first frame left later frames mostly background).
     args = small_args(vae_object_crops=1.0, vae_batch_size=32, vae_frames=9, vae_crop=16)
-    clips, _ = train_tiny.vae_batch(args, step=0)
+    clips = train_tiny.vae_batch(args, step=0).videos
     centre = clips[:, :, :, 7:9, 7:9]  # (B, 3, F, 2, 2) around the crop centre
     rng = train_tiny.step_rng(args, "vae", 0)
     shows = []
@@ -813,4 +826,38 @@ def test_object_crops_show_objects_and_uniform_crops_are_unchanged():
         t0 = int(rng.integers(0, 9 - 5 + 1))
         y0, x0 = int(rng.integers(0, 64 - 32 + 1)), int(rng.integers(0, 64 - 32 + 1))
         expected.append(frames[t0:t0 + 5, y0:y0 + 32, x0:x0 + 32])
-    torch.testing.assert_close(train_tiny.vae_batch(uniform, step=5)[0], train_tiny.to_tensor(expected))
+    torch.testing.assert_close(train_tiny.vae_batch(uniform, step=5).videos, train_tiny.to_tensor(expected))
+
+
+def test_vae_batch_masks_are_the_objects_of_its_crops():
+    # Flat colours on a flat background: a pixel differs from the background exactly where an object is.
+    args = small_args(vae_object_crops=0.5, vae_batch_size=6, vae_frames=5, vae_crop=32)
+    batch = train_tiny.vae_batch(args, step=7)
+    assert batch.masks.shape == (6, 5, 32, 32) and batch.masks.dtype == torch.bool and batch.masks.any()
+    rng = train_tiny.step_rng(args, "vae", 7)
+    for clip, mask, index in zip(batch.videos, batch.masks, rng.integers(0, 10**9, size=6)):
+        video = make_video(int(index), "train", num_frames=9, height=64, width=64)
+        background = torch.tensor(prompts.BACKGROUND_COLOURS[video.scene.background]).float() / 127.5 - 1.0
+        assert torch.equal((clip - background.view(3, 1, 1, 1)).abs().amax(dim=0) > 1e-3, mask), video.prompt
+    assert batch.pixel_weights(args) is None  # --vae_object_weight 0 (default): a plain mean, as before
+    weights = batch.pixel_weights(small_args(vae_object_weight=3.0))
+    assert weights.shape == (6, 1, 5, 32, 32) and (weights[:, 0][batch.masks] == 4.0).all()
+
+
+def test_object_weights_cover_objects_and_a_band_and_weight_the_loss():
+    mask = torch.zeros(1, 2, 12, 12, dtype=torch.bool)
+    mask[0, 0, 5:7, 5:7] = True  # frame 1 has no object
+    weights = object_weights(mask, 4.0, band=2)
+    assert weights.shape == (1, 1, 2, 12, 12)
+    assert (weights[0, 0, 0, 3:9, 3:9] == 5.0).all() and weights[0, 0, 0].sum() == 36 * 5 + (144 - 36)
+    assert (weights[0, 0, 1] == 1.0).all()
+    # Weighted means: an error of 1 on the object's 4 pixels of 288 weighs 5x with weight 4 and no band.
+    videos = torch.zeros(1, 3, 2, 12, 12)
+    reconstruction = videos.clone()
+    reconstruction[:, :, 0, 5:7, 5:7] = 1.0
+    plain = reconstruction_loss(reconstruction, videos)
+    assert plain["l1"] == pytest.approx(4 / 288)
+    weighted = reconstruction_loss(reconstruction, videos, object_weights(mask, 4.0, band=0))
+    assert weighted["l1"] == pytest.approx(4 * 5 / (288 + 4 * 4)) and weighted["mse"] == pytest.approx(weighted["l1"])
+    uniform = reconstruction_loss(reconstruction, videos, torch.full((1, 1, 2, 12, 12), 3.0))
+    assert uniform["loss"].item() == pytest.approx(plain["loss"].item())

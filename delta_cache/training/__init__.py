@@ -7,6 +7,7 @@ from .flow_matching import (
     flow_matching_loss,
     fold_latent_statistics,
     normalise_latents,
+    object_weights,
     reconstruction_loss,
     sample_sigmas,
     shift_sigmas,
@@ -15,5 +16,5 @@ from .flow_matching import (
 
 __all__ = [
     "channel_statistics", "decode_unclamped", "encode_latents", "flow_matching_loss", "fold_latent_statistics",
-    "normalise_latents", "reconstruction_loss", "sample_sigmas", "shift_sigmas", "vae_loss",
+    "normalise_latents", "object_weights", "reconstruction_loss", "sample_sigmas", "shift_sigmas", "vae_loss",
 ]
