@@ -79,6 +79,10 @@ _FIXED_ARGS = ("family", "seed", "num_frames", "height", "width", "num_layers", 
 _FIXED_ARG_DEFAULTS = {"train_text_encoder": False}
 # Per-family defaults of the flags given as None below (a state saved before a flag existed has no entry for
 # it, which reads as None: the Wan values of the new flags stay None).
+# The trained components of each family's checkpoint (what --init_components chooses from).
+FAMILY_COMPONENTS = {"wan": ("transformer", "vae", "text_encoder"),
+                     "hunyuan_video": ("transformer", "vae", "text_encoder", "text_encoder_2")}
+COMPONENTS = FAMILY_COMPONENTS["hunyuan_video"]
 FAMILY_DEFAULTS = {
     "wan": dict(num_layers=40, num_single_layers=None, num_heads=4, head_dim=24, ffn_dim=384, text_dim=32,
                 vae_base_dim=12, shift=5.0),
@@ -104,6 +108,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--init_from", type=Path,
                    help="warm start: begin from the weights of a checkpoint this script wrote (e.g. the committed "
                         "preview); its tiny_model.json supplies the model-shape and size flags not given")
+    p.add_argument("--init_components", nargs="+", choices=COMPONENTS, default=None,
+                   help="with --init_from: the components to start from (default: all of the family's); e.g. "
+                        "`vae text_encoder` trains a new transformer, of any shape (the transformer's shape "
+                        "flags are then not inherited), on a trained VAE")
     # stages
     p.add_argument("--vae_steps", type=int, default=4000)
     p.add_argument("--dit_steps", type=int, default=30000)
@@ -167,7 +175,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ema_decay", type=float, default=0.999)
     args = p.parse_args(argv)
     args.work_dir = args.work_dir or args.out.with_name(args.out.name + ".work")
+    if args.init_components is not None and args.init_from is None:
+        raise UserInputError("--init_components needs --init_from")
     if args.init_from is not None:
+        args.init_components = args.init_components or list(FAMILY_COMPONENTS[args.family])
+        unknown = sorted(set(args.init_components) - set(FAMILY_COMPONENTS[args.family]))
+        if unknown:
+            raise UserInputError(f"--init_components: a {args.family} model has no {', '.join(unknown)} (it has "
+                                 f"{', '.join(FAMILY_COMPONENTS[args.family])})")
         inherit_shape(args, p)
     for name, value in FAMILY_DEFAULTS[args.family].items():
         if getattr(args, name) is None:
@@ -177,9 +192,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# What a warm start inherits from the initial checkpoint's recipe unless given on the command line.
-_INHERITED_ARGS = ("num_frames", "height", "width", "num_layers", "num_single_layers", "num_heads", "head_dim",
-                   "ffn_dim", "text_dim", "vae_base_dim", "shift")
+# What a warm start inherits from the initial checkpoint's recipe unless given on the command line; the
+# transformer's own shape only when the transformer is one of the --init_components.
+_INHERITED_ARGS = ("num_frames", "height", "width", "text_dim", "vae_base_dim", "shift")
+_TRANSFORMER_SHAPE_ARGS = ("num_layers", "num_single_layers", "num_heads", "head_dim", "ffn_dim")
 
 
 def inherit_shape(args, parser: argparse.ArgumentParser) -> None:
@@ -195,7 +211,8 @@ def inherit_shape(args, parser: argparse.ArgumentParser) -> None:
     if recipe.get("family") != args.family:
         raise UserInputError(f"--init_from {args.init_from} holds a {recipe.get('family')} model, not --family "
                              f"{args.family}")
-    for name in _INHERITED_ARGS:
+    inherited = _INHERITED_ARGS + (_TRANSFORMER_SHAPE_ARGS if "transformer" in args.init_components else ())
+    for name in inherited:
         if getattr(args, name) == parser.get_default(name) and recipe.get(name) is not None:
             setattr(args, name, recipe[name])
 
@@ -929,15 +946,13 @@ def load_initial_weights(args, modules) -> None:
         from delta_cache.models.wan.checkpoint import load_wan_components
 
         loaded = load_wan_components(args.init_from, task="t2v-1.3B", dtype=torch.float32)
-        names = ("transformer", "vae", "text_encoder")
     else:
         from delta_cache.models.hunyuan_video.checkpoint import DIT_WEIGHT, load_hunyuan_video_components
 
         loaded = load_hunyuan_video_components(args.init_from / DIT_WEIGHT, args.init_from, dtype=torch.float32,
                                                vae_dtype=torch.float32, text_encoder_dtype=torch.float32,
                                                text_encoder_2_dtype=torch.float32)
-        names = ("transformer", "vae", "text_encoder", "text_encoder_2")
-    for name in names:
+    for name in args.init_components:
         try:
             modules[name].load_state_dict(getattr(loaded, name).state_dict())
         except RuntimeError:

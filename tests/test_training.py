@@ -411,6 +411,24 @@ def test_warm_start_from_a_checkpoint_inherits_its_shape_and_weights(tmp_path, m
     with pytest.raises(UserInputError, match="does not fit"):
         _run(tmp_path / "y", "--init_from", str(tmp_path / "first"), "--num_layers", "3")
 
+    # --init_components vae text_encoder: a new transformer of another shape on the first run's VAE and text
+    # encoder; the transformer's shape flags not given are the family defaults (40 blocks), not inherited.
+    train_tiny.main(["--out", str(tmp_path / "new_dit"), "--init_from", str(tmp_path / "first"),
+                     "--init_components", "vae", "text_encoder", "--num_heads", "3", "--head_dim", "8",
+                     "--ffn_dim", "16", "--threads", "1", "--device", "cpu", "--vae_steps", "0", "--dit_steps", "0",
+                     "--num_videos", "4", "--batch_size", "2", "--vae_batch_size", "1", "--vae_check_videos", "0"])
+    config = json.loads((tmp_path / "new_dit" / "config.json").read_text())
+    assert (config["num_layers"], config["num_heads"], config["dim"]) == (40, 3, 24)
+    t5_new = torch.load(tmp_path / "new_dit" / keys.T5_FILE, weights_only=True)
+    assert all(torch.equal(t5_first[k], t5_new[k]) for k in t5_first)
+    new_vae = load_wan_components(tmp_path / "new_dit", task="t2v-1.3B").vae
+    with torch.no_grad():
+        assert (new_vae.decode(new_vae.encode(videos).latent_dist.mean).sample - before).abs().max() < 2e-2
+    with pytest.raises(UserInputError, match="--init_components needs --init_from"):
+        _run(tmp_path / "z", "--init_components", "vae")
+    with pytest.raises(UserInputError, match="a wan model has no text_encoder_2"):
+        _run(tmp_path / "z", "--init_from", str(tmp_path / "first"), "--init_components", "text_encoder_2")
+
 
 class IdentityVAE:
     """encode -> decode gives the input back: a perfect VAE for the round-trip check."""
