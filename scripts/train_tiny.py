@@ -55,9 +55,9 @@ from delta_cache.training import (  # noqa: E402
     flow_matching_loss,
     fold_latent_statistics,
     normalise_latents,
+    object_weights,
     reconstruction_loss,
     sample_sigmas,
-    object_weights,
     shift_sigmas,
     vae_loss,
 )
@@ -77,12 +77,12 @@ _FIXED_ARGS = ("family", "seed", "num_frames", "height", "width", "num_layers", 
                "text_dim", "vae_base_dim", "num_videos", "num_single_layers", "train_text_encoder")
 # Fixed flags added after states were first written: their value in an older state.
 _FIXED_ARG_DEFAULTS = {"train_text_encoder": False}
-# Per-family defaults of the flags given as None below (a state saved before a flag existed has no entry for
-# it, which reads as None: the Wan values of the new flags stay None).
 # The trained components of each family's checkpoint (what --init_components chooses from).
 FAMILY_COMPONENTS = {"wan": ("transformer", "vae", "text_encoder"),
                      "hunyuan_video": ("transformer", "vae", "text_encoder", "text_encoder_2")}
 COMPONENTS = FAMILY_COMPONENTS["hunyuan_video"]
+# Per-family defaults of the flags given as None below (a state saved before a flag existed has no entry for
+# it, which reads as None: the Wan values of the new flags stay None).
 FAMILY_DEFAULTS = {
     "wan": dict(num_layers=40, num_single_layers=None, num_heads=4, head_dim=24, ffn_dim=384, text_dim=32,
                 vae_base_dim=12, shift=5.0),
@@ -523,9 +523,11 @@ class VaeBatch(NamedTuple):
     masks: torch.Tensor  # (B, F, H, W) bool: the objects' pixels in the same crops
     generator: torch.Generator  # the posterior samples' noise
 
-    def pixel_weights(self, args) -> torch.Tensor | None:
+    def pixel_weights(self, args, device: torch.device | None = None) -> torch.Tensor | None:
         """The reconstruction loss's weights for --vae_object_weight (None: a plain mean)."""
-        return object_weights(self.masks, args.vae_object_weight) if args.vae_object_weight > 0 else None
+        if args.vae_object_weight == 0:
+            return None
+        return object_weights(self.masks, args.vae_object_weight).to(device)
 
 
 def vae_batch(args, step: int, stage: str = "vae") -> VaeBatch:
@@ -705,10 +707,9 @@ def train_vae(args, modules, state, device) -> dict:
         batch = vae_batch(args, step)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args, args.vae_lr, step, args.vae_steps)
-        weights = batch.pixel_weights(args)
         with autocast(device):
             parts = vae_loss(vae, batch.videos.to(device), args.kl_weight, batch.generator,
-                             None if weights is None else weights.to(device))
+                             batch.pixel_weights(args, device))
         optimizer.zero_grad(set_to_none=True)
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -792,8 +793,7 @@ def train_decoder(args, modules, state, device) -> dict:
         batch = vae_batch(args, step, stage="decoder")
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args, args.decoder_lr, step, args.decoder_steps)
-        weights = batch.pixel_weights(args)
-        loss = reconstruct(batch.videos.to(device), None if weights is None else weights.to(device))
+        loss = reconstruct(batch.videos.to(device), batch.pixel_weights(args, device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -938,7 +938,8 @@ def train_dit(args, modules, state, dataset, device) -> dict:
 # --- main ------------------------------------------------------------------------------------------
 
 def load_initial_weights(args, modules) -> None:
-    """Copy the trained weights of `--init_from` (loaded by the front ends' loader, in fp32) into `modules`.
+    """Copy the trained weights of `--init_from`'s `--init_components` (loaded by the front ends' loader, in
+    fp32) into `modules`.
 
     Tokenizers stay the freshly built ones: they are a pure function of the grammar, as in the checkpoint.
     """
