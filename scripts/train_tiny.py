@@ -148,10 +148,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vae_object_crops", type=float, default=0.5,
                    help="share of VAE crops centred on an object (objects are a small part of the frame: uniform "
                         "crops of a small size mostly teach background; 0 = uniform crops only)")
-    p.add_argument("--vae_object_weight", type=float, default=0.0,
+    p.add_argument("--vae_object_weight", type=float, default=4.0,
                    help="extra weight of object pixels (and a 2-pixel border around them) in the reconstruction "
                         "loss of the VAE and decoder stages: pixel weight 1 + this on objects, 1 elsewhere (their "
-                        "colours and corners are what the analyser reads; 0 = plain mean, as before)")
+                        "colours and corners are what the analyser reads; 0 = plain mean, as runs before "
+                        "2026-11-30)")
     # models (None: the family's default, FAMILY_DEFAULTS)
     p.add_argument("--num_layers", type=int, help="transformer blocks (wan 40; hunyuan_video: double-stream, 20)")
     p.add_argument("--num_single_layers", type=int, help="hunyuan_video single-stream blocks (40)")

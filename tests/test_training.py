@@ -242,14 +242,16 @@ def test_decoder_stage_moves_only_the_decoding_half(tmp_path):
     a, b = load_file(tmp_path / "plain" / keys.TRANSFORMER_FILE), load_file(tmp_path / "tuned" / keys.TRANSFORMER_FILE)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
-    # --vae_object_weight reweights both stages' loss: the same run with it trains other VAE weights.
-    _run(tmp_path / "weighted", "--vae_lr", "1e-2", "--decoder_steps", "3", "--decoder_lr", "1e-2",
-         "--vae_check_videos", "1", "--vae_object_weight", "4")
-    weighted = torch.load(tmp_path / "weighted" / keys.VAE_FILE, weights_only=True)
-    assert any(not torch.equal(weighted[k], tuned[k]) for k in encoding)
-    assert any(not torch.equal(weighted[k], tuned[k]) for k in decoding)
-    recipe = json.loads((tmp_path / "weighted" / "tiny_model.json").read_text())["recipe"]
-    assert recipe["vae_object_weight"] == 4
+    # --vae_object_weight (default 4) reweights both stages' loss: the same run with a plain mean (0) trains
+    # other VAE weights.
+    _run(tmp_path / "plain_mean", "--vae_lr", "1e-2", "--decoder_steps", "3", "--decoder_lr", "1e-2",
+         "--vae_check_videos", "1", "--vae_object_weight", "0")
+    plain_mean = torch.load(tmp_path / "plain_mean" / keys.VAE_FILE, weights_only=True)
+    assert any(not torch.equal(plain_mean[k], tuned[k]) for k in encoding)
+    assert any(not torch.equal(plain_mean[k], tuned[k]) for k in decoding)
+    recipes = [json.loads((tmp_path / name / "tiny_model.json").read_text())["recipe"]
+               for name in ("tuned", "plain_mean")]
+    assert [recipe["vae_object_weight"] for recipe in recipes] == [4, 0]
 
 
 def _interrupt_then_resume(monkeypatch, run, out, wrong_flags: list[str], wrong_flag_message: str) -> None:
@@ -857,7 +859,7 @@ def test_vae_batch_masks_are_the_objects_of_its_crops():
         video = make_video(int(index), "train", num_frames=9, height=64, width=64)
         background = torch.tensor(prompts.BACKGROUND_COLOURS[video.scene.background]).float() / 127.5 - 1.0
         assert torch.equal((clip - background.view(3, 1, 1, 1)).abs().amax(dim=0) > 1e-3, mask), video.prompt
-    assert batch.pixel_weights(args) is None  # --vae_object_weight 0 (default): a plain mean, as before
+    assert batch.pixel_weights(small_args(vae_object_weight=0.0)) is None  # a plain mean
     weights = batch.pixel_weights(small_args(vae_object_weight=3.0))
     assert weights.shape == (6, 1, 5, 32, 32) and (weights[:, 0][batch.masks] == 4.0).all()
 
