@@ -556,6 +556,12 @@ def profile_training_prompts(model: ModelRunner, settings: EvidenceSettings, out
     limit = 3 * settings.profile_prompts + 20
     index = 0
     with tqdm(total=settings.profile_prompts, desc="profiling training prompts") as bar:
+        def skip() -> None:
+            # Shown on the bar: a skipped prompt may have cost a full profiled generation without advancing it,
+            # and a model that draws little would otherwise look stalled.
+            result.skipped.append(index - 1)
+            bar.set_postfix(skipped=len(result.skipped))
+
         while len(result.chosen) < settings.profile_prompts:
             if index >= limit:
                 raise UserInputError(f"{len(result.skipped)} of {index} training prompts gave an empty true "
@@ -564,8 +570,7 @@ def profile_training_prompts(model: ModelRunner, settings: EvidenceSettings, out
             video = make_video(index, "train", num_frames=model.num_frames, height=model.height, width=model.width)
             index += 1
             if settings.truth == "rendered" and not masks.pixel_mask_to_tokens(video.mask, model.token_grid).any():
-                result.skipped.append(index - 1)
-                bar.set_postfix(skipped=len(result.skipped))
+                skip()
                 continue
             position = len(result.chosen)  # the prompt's index in a profile_model.py run of the chosen prompts
             probe = ProfileProbe(model.transformer, model.block_lists, ProbeSettings(
@@ -579,10 +584,7 @@ def profile_training_prompts(model: ModelRunner, settings: EvidenceSettings, out
             generated = generated_foreground(frames)
             found = token_masks(model, latents, generated, video.mask)
             if not found[settings.truth].any():
-                # A full profiled generation that does not advance the bar: show it, or a model that draws
-                # little looks stalled.
-                result.skipped.append(index - 1)
-                bar.set_postfix(skipped=len(result.skipped))
+                skip()
                 continue
             result.chosen.append((index - 1, video.prompt, settings.profile_seed))
             result.truth_pixels.append(video.mask if settings.truth == "rendered" else generated)
