@@ -61,7 +61,7 @@ sys.path.insert(0, str(REPO))  # works without `pip install -e .` too
 
 from delta_cache.cli import OneLineArgumentParser, run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
-from delta_cache.models.tiny_info import COMMITTED_CHECKPOINTS  # noqa: E402
+from delta_cache.models.tiny_info import COMMITTED_CHECKPOINTS, committed_checkpoint  # noqa: E402
 
 FAMILIES = ("wan", "hunyuan_video")
 CKPT_FLAGS = {"wan": "wan_ckpt", "hunyuan_video": "hunyuan_ckpt"}
@@ -120,7 +120,7 @@ def validate(args) -> dict[str, VideoSize]:
     for family in args.family:
         flag = CKPT_FLAGS[family]
         if getattr(args, flag) is None:
-            setattr(args, flag, str(REPO / COMMITTED_CHECKPOINTS[family]))
+            setattr(args, flag, str(committed_checkpoint(family)))
         ckpt = Path(getattr(args, flag))
         if not ckpt.is_dir():
             raise UserInputError(f"--{flag} {ckpt}: no such checkpoint folder (train one with scripts/train_tiny.py, "

@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from delta_cache.cli import OneLineArgumentParser, run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
-from delta_cache.models.tiny_info import COMMITTED_CHECKPOINTS  # noqa: E402
+from delta_cache.models.tiny_info import COMMITTED_CHECKPOINTS, committed_checkpoint  # noqa: E402
 
 
 def build_parser() -> OneLineArgumentParser:
@@ -41,7 +41,7 @@ def build_parser() -> OneLineArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    ckpt = args.ckpt_dir or REPO / COMMITTED_CHECKPOINTS[args.family]
+    ckpt = args.ckpt_dir or committed_checkpoint(args.family)
     if not ckpt.is_dir():
         raise UserInputError(f"--ckpt_dir {ckpt}: no such folder")
     if min(args.num_pairs, args.sample_steps, args.threads, args.quiet_directions) < 1:

@@ -21,7 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-CKPT = REPO / "checkpoints" / "tiny-wan2.1-t2v"
+from delta_cache.models.tiny_info import committed_checkpoint  # noqa: E402
+
+CKPT = committed_checkpoint("wan")
 # A prompt from the grammar the tiny model was trained on (delta_cache/synthetic/prompts.py).
 PROMPT = "a yellow square moves right slowly on a black background"
 SEED = 42

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from delta_cache.errors import UserInputError
-from delta_cache.models.tiny_info import NativeSize, native_size, resolve_video_size
+from delta_cache.models.tiny_info import NativeSize, committed_checkpoint, native_size, resolve_video_size
 from delta_cache.video import read_video
 from script_loader import load_script
 
@@ -38,6 +38,8 @@ def test_committed_checkpoints_are_small_and_describe_themselves():
     info = json.loads((HUNYUAN_CKPT / "tiny_model.json").read_text())
     assert info["family"] == "hunyuan_video"
     assert (info["recipe"]["num_layers"], info["recipe"]["num_single_layers"]) == (20, 40)  # the real depths
+    # the scripts' default checkpoints are these folders, from any working directory
+    assert (committed_checkpoint("wan"), committed_checkpoint("hunyuan_video")) == (WAN_CKPT, HUNYUAN_CKPT)
 
 
 def test_tools_resolve_the_video_size_from_flags_native_size_or_default(tmp_path):

@@ -15,6 +15,12 @@ from delta_cache.errors import CheckpointError
 TINY_MODEL_FILE = "tiny_model.json"
 # The committed tiny trained checkpoints, relative to the repository root: the scripts' default per family.
 COMMITTED_CHECKPOINTS = {"wan": "checkpoints/tiny-wan2.1-t2v", "hunyuan_video": "checkpoints/tiny-hunyuanvideo-t2v"}
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def committed_checkpoint(family: str) -> Path:
+    """The committed tiny checkpoint of `family` ("wan" or "hunyuan_video"), as an absolute path."""
+    return _REPO / COMMITTED_CHECKPOINTS[family]
 
 
 @dataclass(frozen=True)
