@@ -16,27 +16,23 @@ step's data and noise derive from (seed, stage, step) only; --stop_after_minutes
               decoding without changing what the transformer's latents mean.
   5. save     the transformer's (and trained text encoders') EMA weights and the VAE, upstream layout, into --out.
 
-Families (FAMILIES: modules, VAE objective, latent fold, prompt encoding, flow-matching loss, writer):
+Families (FAMILIES; one adapter each in delta_cache/training/: modules, VAE objective, latent fold, prompt
+encoding, flow-matching loss, writer; the batches are in training/data.py, the step loop in training/loop.py):
   wan            AutoencoderKLWan, WanTransformer3DModel (40 blocks), UMT5; fp16 upstream Wan2.1 layout
                  (loads with Wan2.1/generate.py --ckpt_dir <out>).
   hunyuan_video  AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel (20 double + 40 single blocks,
                  embedded guidance), Llama + CLIP text models; upstream ckpts/ layout, transformer in bf16
                  (loads with HunyuanVideo/sample_video.py --model-base <out> and MODEL_BASE=<out>).
-Model sizes and --shift default per family (see FAMILY_DEFAULTS). See docs/tiny-models.md for the recipes and
-timings.
+Model sizes and --shift default per family (the adapters' `defaults`). See docs/tiny-models.md for the recipes
+and timings.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import re
-import string
 import sys
-import time
 from pathlib import Path
-from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout without installing
 
@@ -46,29 +42,29 @@ from tqdm import tqdm  # noqa: E402
 
 from delta_cache.cli import run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
-from delta_cache.synthetic.prompts import vocabulary  # noqa: E402
 from delta_cache.synthetic.videos import make_video  # noqa: E402
-from delta_cache.video import to_vae_input as to_tensor  # noqa: E402  (uint8 videos -> VAE input)
-from delta_cache.training import (  # noqa: E402
-    channel_statistics,
-    decode_unclamped,
-    flow_matching_loss,
-    fold_latent_statistics,
-    normalise_latents,
-    object_weights,
-    reconstruction_loss,
-    sample_sigmas,
-    shift_sigmas,
-    vae_loss,
-)
+from delta_cache.training import channel_statistics, reconstruction_loss, sample_sigmas, shift_sigmas  # noqa: E402
 from delta_cache.training import hunyuan_video as hunyuan_training  # noqa: E402
+from delta_cache.training import wan as wan_training  # noqa: E402
+from delta_cache.training.data import dit_batch, init_seed, vae_batch, vae_probe_batch  # noqa: E402
+from delta_cache.training.loop import (  # noqa: E402
+    LOG_FILE,
+    STATE_FILE,
+    TimeBudget,
+    TrainingPaused,
+    autocast,
+    learning_rate,
+    log,
+    run_steps,
+    save_state,
+    start_ema,
+    update_ema,
+)
+from delta_cache.video import to_vae_input  # noqa: E402
 
-STATE_FILE = "state.pt"
 LATENTS_FILE = "latents.pt"
-LOG_FILE = "log.jsonl"
 INFO_FILE = "tiny_model.json"  # written next to the checkpoint: native size, prompt grammar, recipe
 STAGES = ("vae", "latents", "dit", "decoder", "done")
-_STAGE_SEED = {"vae": 1, "dit": 2, "init": 3, "decoder": 4}
 # The fixed-batch probes draw their noise from this seed whatever --seed is, so that probe losses of runs
 # with different seeds (a continuation with --init_from, say) compare on the same batch.
 PROBE_SEED = 0
@@ -77,25 +73,17 @@ _FIXED_ARGS = ("family", "seed", "num_frames", "height", "width", "num_layers", 
                "text_dim", "vae_base_dim", "num_videos", "num_single_layers", "train_text_encoder")
 # Fixed flags added after states were first written: their value in an older state.
 _FIXED_ARG_DEFAULTS = {"train_text_encoder": False}
-# The trained components of each family's checkpoint (what --init_components chooses from).
-FAMILY_COMPONENTS = {"wan": ("transformer", "vae", "text_encoder"),
-                     "hunyuan_video": ("transformer", "vae", "text_encoder", "text_encoder_2")}
-COMPONENTS = FAMILY_COMPONENTS["hunyuan_video"]
-# Per-family defaults of the flags given as None below (a state saved before a flag existed has no entry for
-# it, which reads as None: the Wan values of the new flags stay None).
-FAMILY_DEFAULTS = {
-    "wan": dict(num_layers=40, num_single_layers=None, num_heads=4, head_dim=24, ffn_dim=384, text_dim=32,
-                vae_base_dim=12, shift=5.0),
-    "hunyuan_video": dict(num_layers=20, num_single_layers=40, num_heads=3, head_dim=24, ffn_dim=288, text_dim=32,
-                          vae_base_dim=12, shift=hunyuan_training.FLOW_SHIFT),
-}
-# Upstream prompts the sampler may use for the unconditional branch; CFG dropout trains on both.
-EMPTY_PROMPT = ""
+# Modules, objectives, prompt encoding and writer per family (delta_cache/training/family.py). Each family's
+# defaults fill the flags given as None below (a state saved before a flag existed has no entry for it,
+# which reads as None: the Wan values of the new flags stay None).
+FAMILIES = {family.name: family for family in (wan_training.FAMILY, hunyuan_training.FAMILY)}
+# Every family's trained components (what --init_components chooses from).
+COMPONENTS = tuple(dict.fromkeys(c for family in FAMILIES.values() for c in family.components))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--family", default="wan", choices=["wan", "hunyuan_video"], help="model family")
+    p.add_argument("--family", default="wan", choices=sorted(FAMILIES), help="model family")
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write (must be empty or new)")
     p.add_argument("--work_dir", type=Path, help="training state and latents (default: <out>.work)")
     p.add_argument("--seed", type=int, default=0)
@@ -153,7 +141,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "loss of the VAE and decoder stages: pixel weight 1 + this on objects, 1 elsewhere (their "
                         "colours and corners are what the analyser reads; 0 = plain mean, as runs before "
                         "2026-11-30)")
-    # models (None: the family's default, FAMILY_DEFAULTS)
+    # models (None: the family's default, FAMILIES[family].defaults)
     p.add_argument("--num_layers", type=int, help="transformer blocks (wan 40; hunyuan_video: double-stream, 20)")
     p.add_argument("--num_single_layers", type=int, help="hunyuan_video single-stream blocks (40)")
     p.add_argument("--num_heads", type=int, help="attention heads (wan 4, hunyuan_video 3); heads x head dim "
@@ -179,13 +167,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.init_components is not None and args.init_from is None:
         raise UserInputError("--init_components needs --init_from")
     if args.init_from is not None:
-        args.init_components = args.init_components or list(FAMILY_COMPONENTS[args.family])
-        unknown = sorted(set(args.init_components) - set(FAMILY_COMPONENTS[args.family]))
+        args.init_components = args.init_components or list(FAMILIES[args.family].components)
+        unknown = sorted(set(args.init_components) - set(FAMILIES[args.family].components))
         if unknown:
             raise UserInputError(f"--init_components: a {args.family} model has no {', '.join(unknown)} (it has "
-                                 f"{', '.join(FAMILY_COMPONENTS[args.family])})")
+                                 f"{', '.join(FAMILIES[args.family].components)})")
         inherit_shape(args, p)
-    for name, value in FAMILY_DEFAULTS[args.family].items():
+    for name, value in FAMILIES[args.family].defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.vae_frames is None:
@@ -274,431 +262,8 @@ def validate_hunyuan_video(args) -> None:
         raise UserInputError("--vae_base_dim must be a multiple of 4 (group norm with 4 channels per group)")
 
 
-# --- the Wan family --------------------------------------------------------------------------------
-
-def build_tokenizer():
-    """T5-style unigram tokenizer: each grammar word is one piece; other text falls back to characters."""
-    from transformers import T5Tokenizer
-
-    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    pieces = [("▁" + w, -2.0) for w in vocabulary()] + [("▁", -3.0)]
-    pieces += [(c, -5.0) for c in string.ascii_letters + string.digits + string.punctuation]
-    return T5Tokenizer(vocab=specials + pieces, extra_ids=0)
-
-
-def build_wan_modules(args) -> dict:
-    """Fresh modules for `args.seed`: the upstream-compatible shapes of delta_cache/models/wan/tiny.py."""
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    tokenizer = build_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed * 1000 + _STAGE_SEED["init"])
-        text_encoder = UMT5EncoderModel(UMT5Config(
-            vocab_size=len(tokenizer), d_model=args.text_dim, d_kv=8, d_ff=2 * args.text_dim, num_layers=2,
-            num_heads=4, relative_attention_num_buckets=32, relative_attention_max_distance=128,
-            feed_forward_proj="gated-gelu", dropout_rate=0.0)).eval().requires_grad_(False)
-        # The diffusers VAE converter hard-codes 4 levels with 2 residual blocks: only the width shrinks.
-        vae = AutoencoderKLWan(base_dim=args.vae_base_dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
-                               temperal_downsample=[False, True, True])
-        transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=args.num_heads, attention_head_dim=args.head_dim,
-            in_channels=16, out_channels=16, text_dim=args.text_dim, freq_dim=256, ffn_dim=args.ffn_dim,
-            num_layers=args.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
-            rope_max_seq_len=1024)
-        # Every block starts as the identity and the output as zero (as in DiT's adaLN-Zero): a deep, narrow
-        # stack then trains stably from the first step.
-        for block in transformer.blocks:
-            for layer in (block.attn1.to_out[0], block.attn2.to_out[0], block.ffn.net[2]):
-                torch.nn.init.zeros_(layer.weight)
-                torch.nn.init.zeros_(layer.bias)
-        torch.nn.init.zeros_(transformer.proj_out.weight)
-        torch.nn.init.zeros_(transformer.proj_out.bias)
-    return dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer)
-
-
-def text_pipeline(modules: dict, device: torch.device):
-    """A WanPipeline without transformer, for prompt encoding exactly as sampling does it."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
-
-    modules["text_encoder"].to(device)
-    return WanPipeline(tokenizer=modules["tokenizer"], text_encoder=modules["text_encoder"], vae=modules["vae"],
-                       scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0))
-
-
-WAN_TEXT_LENGTH = 512  # WanPipeline pads every prompt's T5 output with zero rows to this length
-
-
-def encode_prompts(pipe, prompts: list[str], device: torch.device, grad: bool = False,
-                   trim: bool = False) -> torch.Tensor:
-    """`WanPipeline.encode_prompt` as at sampling: (B, 512, D), zero rows after each prompt. With `trim`
-    only up to the batch's longest prompt: T5 masks the padding, so the prompt rows are the same, and a
-    trained encoder's forward and backward cost 20 rows instead of 512."""
-    from diffusers.pipelines.wan.pipeline_wan import prompt_clean
-
-    length = WAN_TEXT_LENGTH
-    if trim:  # tokenised exactly as encode_prompt tokenises (after its own clean-up)
-        length = max(len(ids) for ids in pipe.tokenizer([prompt_clean(p) for p in prompts]).input_ids)
-    with torch.set_grad_enabled(grad):
-        embeds, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=length,
-                                       device=device, dtype=torch.float32)
-    return embeds
-
-
-def encode_training_prompts(pipe, prompts: list[str], device: torch.device, grad: bool = False) -> torch.Tensor:
-    """`encode_prompts` up to the batch's longest prompt (`wan_text_attention` accounts for the rest)."""
-    return encode_prompts(pipe, prompts, device, grad=grad, trim=True)
-
-
-def save_wan(modules: dict, out: Path, info: dict) -> None:
-    """EMA weights in fp16 (the loaders cast to the run dtype), upstream layout, plus tiny_model.json."""
-    from delta_cache.models.wan import tiny
-
-    half = {name: to_half(modules[name].to("cpu")) for name in ("transformer", "vae", "text_encoder")}
-    out.mkdir(parents=True, exist_ok=True)
-    tiny.write_upstream(out, {**half, "tokenizer": modules["tokenizer"]}, shards=1)
-    (out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-
-
-def to_half(module: torch.nn.Module) -> torch.nn.Module:
-    """fp16 in place, except the modules the model class keeps in fp32 (norms, modulation, time embedding)."""
-    keep = set(getattr(module, "_keep_in_fp32_modules", None) or ())
-    for name, param in module.named_parameters():
-        if param.is_floating_point() and not keep & set(name.split(".")):
-            param.data = param.data.to(torch.float16)
-    return module
-
-
-def wan_text_pipeline(modules: dict, device: torch.device, args):
-    return text_pipeline(modules, device)
-
-
-def wan_negative_prompt() -> str:
-    from delta_cache.models.wan.tasks import NEGATIVE_PROMPT
-
-    return NEGATIVE_PROMPT
-
-
-# Compacted text keeps this many columns at least: every grammar prompt and the negative prompt fit, so the
-# batches share one shape (torch.compile compiles once).
-WAN_TEXT_COLUMNS = 64
-
-
-def wan_text_attention(transformer):
-    """Cross-attention over the batch's text without most of the 512 zero-padding rows (exact)."""
-    from delta_cache.training.text_padding import compact_text_attention
-
-    return compact_text_attention(transformer, WAN_TEXT_COLUMNS, full_length=WAN_TEXT_LENGTH)
-
-
-def encode_posterior_means(vae, videos: torch.Tensor) -> torch.Tensor:
-    return vae.encode(videos).latent_dist.mean
-
-
-# --- the HunyuanVideo family -----------------------------------------------------------------------
-
-def build_hunyuan_video_modules(args) -> dict:
-    """Fresh modules for `args.seed`: the shapes that the upstream layout and our loader expect (as in
-    delta_cache/models/hunyuan_video/tiny.py), with tokenizers that know every grammar word."""
-    from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
-
-    from delta_cache.models.hunyuan_video import tiny
-    from delta_cache.models.hunyuan_video.keys import rope_axes_dim
-
-    # The words of upstream's default negative prompt (CFG dropout trains on it) are one token each too, as
-    # the template's are: otherwise it spells out as 136 byte pieces and lengthens every batch holding it.
-    words = vocabulary() + sorted({w for w in re.findall(r"[A-Za-z]+", hunyuan_video_negative_prompt())})
-    tokenizer = tiny.llama_style_tokenizer(words)
-    tokenizer_2 = tiny.clip_tokenizer(dict.fromkeys(w.lower() for w in words))
-    width = args.num_heads * args.head_dim
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed * 1000 + _STAGE_SEED["init"])
-        text_encoder = tiny.tiny_llama(tokenizer, args.text_dim).eval().requires_grad_(False)
-        text_encoder_2 = tiny.tiny_clip(tokenizer_2, args.text_dim).eval().requires_grad_(False)
-        # The released VAE's structure (4 levels, 2 residual blocks, mid-block attention, 8x spatial / 4x
-        # temporal, 16 channels) at a small width, with its ratio of channels to norm groups.
-        b = args.vae_base_dim
-        vae = AutoencoderKLHunyuanVideo(latent_channels=16, block_out_channels=(b, 2 * b, 4 * b, 4 * b),
-                                        layers_per_block=2, norm_num_groups=b // 4)
-        transformer = HunyuanVideoTransformer3DModel(
-            in_channels=16, out_channels=16, num_attention_heads=args.num_heads, attention_head_dim=args.head_dim,
-            num_layers=args.num_layers, num_single_layers=args.num_single_layers, num_refiner_layers=2,
-            mlp_ratio=args.ffn_dim / width, patch_size=2, patch_size_t=1, qk_norm="rms_norm", guidance_embeds=True,
-            text_embed_dim=args.text_dim, pooled_projection_dim=args.text_dim, rope_theta=256.0,
-            rope_axes_dim=rope_axes_dim(args.head_dim))
-        # Every block starts as the identity and the output as zero (as for Wan).
-        for block in transformer.transformer_blocks:
-            for layer in (block.attn.to_out[0], block.attn.to_add_out, block.ff.net[2], block.ff_context.net[2]):
-                torch.nn.init.zeros_(layer.weight)
-                torch.nn.init.zeros_(layer.bias)
-        for layer in [block.proj_out for block in transformer.single_transformer_blocks] + [transformer.proj_out]:
-            torch.nn.init.zeros_(layer.weight)
-            torch.nn.init.zeros_(layer.bias)
-    return dict(tokenizer=tokenizer, text_encoder=text_encoder, tokenizer_2=tokenizer_2,
-                text_encoder_2=text_encoder_2, vae=vae, transformer=transformer)
-
-
-def hunyuan_video_text_pipeline(modules: dict, device: torch.device, args):
-    """(pipeline, text flags): what sample_video.py encodes prompts with, at its default text flags."""
-    from diffusers import HunyuanVideoPipeline
-
-    from delta_cache.models.hunyuan_video.pipeline import make_scheduler
-
-    modules["text_encoder"].to(device)
-    modules["text_encoder_2"].to(device)
-    pipe = HunyuanVideoPipeline(
-        transformer=modules["transformer"], vae=modules["vae"], scheduler=make_scheduler(args.shift),
-        text_encoder=modules["text_encoder"], tokenizer=modules["tokenizer"],
-        text_encoder_2=modules["text_encoder_2"], tokenizer_2=modules["tokenizer_2"])
-    return pipe, hunyuan_training.text_encoding(args.num_frames)
-
-
-def encode_hunyuan_video_prompts(text_pipe, prompts: list[str], device: torch.device, grad: bool = False):
-    """`pipeline.encode_prompt` on the batch, text padding trimmed (exact; see training/hunyuan_video.py)."""
-    from delta_cache.models.hunyuan_video.pipeline import encode_prompt
-
-    pipe, encoding = text_pipe
-    with torch.set_grad_enabled(grad):
-        return hunyuan_training.trim_text_padding(encode_prompt(pipe, prompts, encoding, device))
-
-
-def hunyuan_video_negative_prompt() -> str:
-    from delta_cache.models.hunyuan_video.config import NEGATIVE_PROMPT
-
-    return NEGATIVE_PROMPT
-
-
-@contextlib.contextmanager
-def hunyuan_video_text_attention(transformer):
-    """The prompt encoding already trims the (masked) padding: nothing to arm."""
-    yield lambda text: text
-
-
-def encode_hunyuan_video_latents(vae, videos: torch.Tensor) -> torch.Tensor:
-    return hunyuan_training.encode_clip(vae, videos).mean
-
-
-def save_hunyuan_video(modules: dict, out: Path, info: dict) -> None:
-    """EMA transformer in bf16 (as the released file), the rest in fp32, upstream ckpts/ layout (`out` is the
-    model base), plus tiny_model.json."""
-    from delta_cache.models.hunyuan_video import tiny
-
-    parts = {name: modules[name].to("cpu") for name in ("vae", "text_encoder", "text_encoder_2")}
-    parts["transformer"] = torch.nn.Module.to(modules["transformer"].to("cpu"), torch.bfloat16)
-    out.mkdir(parents=True, exist_ok=True)
-    tiny.write_upstream(out, {**parts, "tokenizer": modules["tokenizer"], "tokenizer_2": modules["tokenizer_2"]})
-    (out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-
-
-# Per family: modules, writer, VAE objective, posterior means for the dataset, unclamped decoding, the
-# pipeline's latent normalisation (of a folded VAE's latents), latent-statistics fold, prompt encoding as at
-# sampling, the training-time text attention (an exact, cheaper form of sampling's), flow-matching loss, the
-# sampler's default negative prompt.
-FAMILIES = {
-    "wan": dict(build=build_wan_modules, save=save_wan, vae_loss=vae_loss, encode=encode_posterior_means,
-                decode=decode_unclamped, normalise=normalise_latents,
-                fold=fold_latent_statistics, text_pipeline=wan_text_pipeline, encode_prompts=encode_training_prompts,
-                text_attention=wan_text_attention, loss=flow_matching_loss, negative_prompt=wan_negative_prompt),
-    "hunyuan_video": dict(build=build_hunyuan_video_modules, save=save_hunyuan_video,
-                          vae_loss=hunyuan_training.vae_loss, encode=encode_hunyuan_video_latents,
-                          decode=hunyuan_training.decode_clip, normalise=hunyuan_training.normalise_latents,
-                          fold=hunyuan_training.fold_scaling_factor, text_pipeline=hunyuan_video_text_pipeline,
-                          encode_prompts=encode_hunyuan_video_prompts, text_attention=hunyuan_video_text_attention,
-                          loss=hunyuan_training.flow_matching_loss,
-                          negative_prompt=hunyuan_video_negative_prompt),
-}
-
-
-# --- data ------------------------------------------------------------------------------------------
-
-def step_rng(args, stage: str, step: int) -> np.random.Generator:
-    return np.random.default_rng([args.seed, _STAGE_SEED[stage], step])
-
-
-def torch_generator(rng: np.random.Generator) -> torch.Generator:
-    return torch.Generator().manual_seed(int(rng.integers(2**62)))
-
-
-class VaeBatch(NamedTuple):
-    videos: torch.Tensor  # (B, 3, F, H, W) in [-1, 1]
-    masks: torch.Tensor  # (B, F, H, W) bool: the objects' pixels in the same crops
-    generator: torch.Generator  # the posterior samples' noise
-
-    def pixel_weights(self, args, device: torch.device | None = None) -> torch.Tensor | None:
-        """The reconstruction loss's weights for --vae_object_weight (None: a plain mean)."""
-        if args.vae_object_weight == 0:
-            return None
-        return object_weights(self.masks, args.vae_object_weight).to(device)
-
-
-def vae_batch(args, step: int, stage: str = "vae") -> VaeBatch:
-    """Random crops of random training videos (any index: the VAE never sees the transformer's split)."""
-    rng = step_rng(args, stage, step)
-    crop = args.vae_crop or min(args.height, args.width)
-    clips, masks = [], []
-    for index in rng.integers(0, 10**9, size=args.vae_batch_size):
-        video = make_video(int(index), "train", num_frames=args.num_frames, height=args.height, width=args.width)
-        t0 = int(rng.integers(0, args.num_frames - args.vae_frames + 1))
-        y0 = int(rng.integers(0, args.height - crop + 1))
-        x0 = int(rng.integers(0, args.width - crop + 1))
-        if args.vae_object_crops > 0 and rng.random() < args.vae_object_crops:
-            # Centred on the object in a random frame of the clip: objects move out of a small crop, and a
-            # crop centred in the first frame would teach the later frames (and latent frames) background.
-            y0, x0 = object_crop(video.mask[t0 + int(rng.integers(0, args.vae_frames))], crop, rng)
-        clips.append(video.frames[t0:t0 + args.vae_frames, y0:y0 + crop, x0:x0 + crop])
-        masks.append(video.mask[t0:t0 + args.vae_frames, y0:y0 + crop, x0:x0 + crop])
-    return VaeBatch(to_tensor(clips), torch.from_numpy(np.stack(masks)), torch_generator(rng))
-
-
-def object_crop(mask: np.ndarray, crop: int, rng: np.random.Generator) -> tuple[int, int]:
-    """Top-left corner of a crop centred on a random foreground pixel of `mask` (H, W)."""
-    ys, xs = np.nonzero(mask)
-    pick = int(rng.integers(0, len(ys)))
-    height, width = mask.shape
-    return (int(np.clip(ys[pick] - crop // 2, 0, height - crop)), int(np.clip(xs[pick] - crop // 2, 0, width - crop)))
-
-
-def vae_probe_batch(args) -> torch.Tensor:
-    """A fixed batch for the VAE's progress: centre crops of the first evaluation videos."""
-    crop = args.vae_crop or min(args.height, args.width)
-    y0, x0 = (args.height - crop) // 2, (args.width - crop) // 2
-    return to_tensor([
-        make_video(i, "eval", num_frames=args.num_frames, height=args.height, width=args.width)
-        .frames[:args.vae_frames, y0:y0 + crop, x0:x0 + crop]
-        for i in range(4)
-    ])
-
-
-def dit_batch(args, step: int, prompts: list[str],
-              negative_prompt: str) -> tuple[np.ndarray, list[str], torch.Generator]:
-    """Dataset indices, prompts after CFG dropout (half empty, half the sampler's negative prompt), noise rng."""
-    rng = step_rng(args, "dit", step)
-    indices = rng.integers(0, len(prompts), size=args.batch_size)
-    dropped = rng.random(args.batch_size) < args.cfg_dropout
-    use_negative = rng.random(args.batch_size) < 0.5
-    batch_prompts = [
-        (negative_prompt if neg else EMPTY_PROMPT) if drop else prompts[i]
-        for i, drop, neg in zip(indices, dropped, use_negative)
-    ]
-    return indices, batch_prompts, torch_generator(rng)
-
-
-# --- training loop pieces --------------------------------------------------------------------------
-
-def learning_rate(args, base: float, step: int, total: int) -> float:
-    """Linear warm-up, then (cosine) a decay to min_lr_ratio x base at the stage's last step."""
-    rate = base * min(1.0, (step + 1) / max(1, args.warmup_steps))
-    if args.lr_decay == "cosine" and step >= args.warmup_steps:
-        progress = min(1.0, (step - args.warmup_steps) / max(1, total - 1 - args.warmup_steps))
-        rate *= args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + np.cos(np.pi * progress))
-    return rate
-
-
-def autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def start_ema(model: torch.nn.Module, device: torch.device, saved: dict | None = None) -> dict:
-    """fp32 EMA weights on `device`: the saved ones of a resumed run, else a copy of the model's."""
-    ema = saved or {n: p.detach().float().clone() for n, p in model.named_parameters()}
-    return {n: t.to(device) for n, t in ema.items()}
-
-
-def update_ema(ema: dict, model: torch.nn.Module, decay: float, step: int) -> None:
-    decay = min(decay, (1 + step) / (10 + step))  # short runs still move the average
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            ema[name].lerp_(param.detach().float(), 1 - decay)
-
-
-def save_state(args, state: dict) -> None:
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    tmp = args.work_dir / (STATE_FILE + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(args.work_dir / STATE_FILE)
-
-
-class TrainingPaused(Exception):
-    """--stop_after_minutes ran out: the state on disk is at (stage, step)."""
-
-    def __init__(self, stage: str, step: int):
-        super().__init__(f"{stage} step {step}")
-        self.stage, self.step = stage, step
-
-
-class TimeBudget:
-    """Wall-clock budget of one invocation (--stop_after_minutes); None: unlimited."""
-
-    def __init__(self, minutes: float | None):
-        self.seconds = None if minutes is None else 60.0 * minutes
-        self.started = time.monotonic()
-
-    def spent(self) -> bool:
-        return self.seconds is not None and time.monotonic() - self.started >= self.seconds
-
-    def check(self, stage: str, step: int) -> None:
-        """Call where the state on disk is at (stage, step): pause there if the budget is spent."""
-        if self.spent():
-            raise TrainingPaused(stage, step)
-
-
-def log(args, record: dict) -> None:
-    with open(args.work_dir / LOG_FILE, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def run_steps(args, stage: str, first_step: int, total: int, step_fn, checkpoint_fn, probe_fn) -> dict:
-    """The shared loop: tqdm with the running loss, periodic checkpoints, a per-step log; returns a summary.
-
-    The per-step loss is noisy (it depends on the random noise level and batch), so `probe_fn`, the loss on
-    one fixed batch, is also measured at the start and at every checkpoint.
-    """
-    losses, step_seconds = [], 0.0
-    probes = [probe_fn()]
-    log(args, {"stage": stage, "step": first_step, "fixed_batch_loss": probes[0]})
-    bar = tqdm(range(first_step, total), desc=stage, initial=first_step, total=total, dynamic_ncols=True)
-    for step in bar:
-        start = time.perf_counter()
-        loss = step_fn(step)
-        step_seconds += time.perf_counter() - start
-        losses.append(loss)
-        log(args, {"stage": stage, "step": step, "loss": loss})
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", fixed=f"{probes[-1]:.4f}")
-        checkpointed = (step + 1) % args.checkpoint_every == 0 or step + 1 == total
-        if checkpointed:
-            probes.append(probe_fn())
-            log(args, {"stage": stage, "step": step + 1, "fixed_batch_loss": probes[-1]})
-            checkpoint_fn(step + 1)
-        if step + 1 < total and args.time_budget.spent():  # one reading: the state saved is the one reported
-            if not checkpointed:
-                checkpoint_fn(step + 1)
-            raise TrainingPaused(stage, step + 1)
-    # The summary covers the whole stage, also when this run resumed it: the log has every step.
-    stage_losses, stage_probes = (list(by_step.values()) for by_step in stage_log(args, stage, total))
-    n = max(1, min(10, len(stage_losses) // 4))
-    return {"steps": len(stage_losses), "seconds_per_step": step_seconds / max(1, len(losses)),
-            "loss_first": float(np.mean(stage_losses[:n])) if stage_losses else None,
-            "loss_last": float(np.mean(stage_losses[-n:])) if stage_losses else None,
-            "fixed_batch_loss_start": stage_probes[0] if stage_probes else None,
-            "fixed_batch_loss_end": stage_probes[-1] if stage_probes else None}
-
-
-def stage_log(args, stage: str, total: int) -> tuple[dict[int, float], dict[int, float]]:
-    """A stage's per-step losses and fixed-batch losses from log.jsonl, by step in order; where a resumed
-    run repeated the steps after its last checkpoint, its records (the ones the weights come from) win."""
-    losses, probes = {}, {}
-    with open(args.work_dir / LOG_FILE) as f:
-        for record in map(json.loads, f):
-            if record["stage"] == stage and record["step"] <= total:
-                if "loss" in record:
-                    losses[record["step"]] = record["loss"]
-                elif "fixed_batch_loss" in record:
-                    probes[record["step"]] = record["fixed_batch_loss"]
-    return dict(sorted(losses.items())), dict(sorted(probes.items()))
-
-
 def train_vae(args, modules, state, device) -> dict:
-    vae_loss = FAMILIES[args.family]["vae_loss"]
+    vae_loss = FAMILIES[args.family].vae_loss
     vae = modules["vae"].to(device).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     if state.get("vae_optimizer"):
@@ -739,12 +304,12 @@ def vae_round_trip(args, vae, device) -> dict:
     from delta_cache.metrics import fidelity
     from delta_cache.synthetic.analyse import ATTRIBUTES, check_video
 
-    encode = FAMILIES[args.family]["encode"]
+    encode = FAMILIES[args.family].encode
     agree, attributes, psnrs, ssims = 0, dict.fromkeys(ATTRIBUTES, 0), [], []
     for index in range(args.vae_check_videos):
         video = make_video(index, "eval", num_frames=args.num_frames, height=args.height, width=args.width)
         with autocast(device):
-            decoded = vae.decode(encode(vae, to_tensor([video.frames]).to(device))).sample
+            decoded = vae.decode(encode(vae, to_vae_input([video.frames]).to(device))).sample
         frames = ((decoded[0].float().clamp(-1, 1).permute(1, 2, 3, 0) + 1) * 127.5).round().byte().cpu().numpy()
         check = check_video(frames, video.scene)
         agree += check.agrees
@@ -786,9 +351,9 @@ def train_decoder(args, modules, state, device) -> dict:
 
     def reconstruct(videos: torch.Tensor, pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
         with torch.no_grad(), autocast(device):
-            latents = family["encode"](vae, videos)
+            latents = family.encode(vae, videos)
         with autocast(device):
-            return reconstruction_loss(family["decode"](vae, latents), videos, pixel_weights)["loss"]
+            return reconstruction_loss(family.decode(vae, latents), videos, pixel_weights)["loss"]
 
     def step_fn(step: int) -> float:
         batch = vae_batch(args, step, stage="decoder")
@@ -825,7 +390,7 @@ def encode_training_videos(args, vae, device, desc: str = "latents") -> tuple[to
         videos = [make_video(i, "train", num_frames=args.num_frames, height=args.height, width=args.width)
                   for i in range(start, min(start + 8, args.num_videos))]
         with torch.no_grad(), autocast(device):
-            latents.append(family["encode"](vae, to_tensor([v.frames for v in videos]).to(device)).float().cpu())
+            latents.append(family.encode(vae, to_vae_input([v.frames for v in videos]).to(device)).float().cpu())
         prompts += [v.prompt for v in videos]
     return torch.cat(latents), prompts
 
@@ -834,7 +399,7 @@ def encode_dataset(args, modules, device) -> dict:
     """Encode the transformer's training videos, fold their latent statistics into the VAE, re-normalise."""
     raw, prompts = encode_training_videos(args, modules["vae"], device)
     mean, std = channel_statistics(raw)
-    FAMILIES[args.family]["fold"](modules["vae"], mean.to(device), std.to(device))
+    FAMILIES[args.family].fold(modules["vae"], mean.to(device), std.to(device))
     # The fold is exact, so normalised latents are an affine map of the raw ones (no second encode).
     latents = (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
     return {"latents": latents.to(torch.float16), "prompts": prompts, "raw_mean": mean.tolist(),
@@ -857,7 +422,7 @@ def load_dataset(args, modules, state, device) -> dict:
                              "restore the file or start the run again")
     tqdm.write(f"{path} is missing: re-encoding the training videos with the run's (folded) VAE")
     latents, prompts = encode_training_videos(args, modules["vae"], device, desc="latents (again)")
-    latents = FAMILIES[args.family]["normalise"](modules["vae"], latents)
+    latents = FAMILIES[args.family].normalise(modules["vae"], latents)
     dataset = {"latents": latents.to(torch.float16), "prompts": prompts, **statistics}
     torch.save(dataset, path)
     return dataset
@@ -865,12 +430,12 @@ def load_dataset(args, modules, state, device) -> dict:
 
 def train_dit(args, modules, state, dataset, device) -> dict:
     family = FAMILIES[args.family]
-    encode_prompts, flow_matching_loss = family["encode_prompts"], family["loss"]
-    negative_prompt = family["negative_prompt"]()
+    encode_prompts, flow_matching_loss = family.encode_prompts, family.loss
+    negative_prompt = family.negative_prompt
     transformer = modules["transformer"].to(device).train()
     if args.compile:
         transformer.compile_repeated_blocks()  # in place: parameter names (EMA, state) stay the same
-    pipe = family["text_pipeline"](modules, device, args)
+    pipe = family.text_pipeline(modules, device, args)
     # With --train_text_encoder the tiny text encoders learn with the transformer (a frozen random encoder
     # mixes little context into its tokens, and two-object prompts need it to bind attributes to objects).
     text_names = [n for n in _TEXT_ENCODERS if n in modules] if args.train_text_encoder else []
@@ -885,7 +450,7 @@ def train_dit(args, modules, state, dataset, device) -> dict:
         optimizer.load_state_dict(state["transformer_optimizer"])
     latents_all, prompts = dataset["latents"], dataset["prompts"]
 
-    with family["text_attention"](transformer) as prepare_text:
+    with family.text_attention(transformer) as prepare_text:
         def step_fn(step: int) -> float:
             indices, batch_prompts, generator = dit_batch(args, step, prompts, negative_prompt)
             latents = latents_all[torch.from_numpy(indices)].float()
@@ -944,16 +509,7 @@ def load_initial_weights(args, modules) -> None:
 
     Tokenizers stay the freshly built ones: they are a pure function of the grammar, as in the checkpoint.
     """
-    if args.family == "wan":
-        from delta_cache.models.wan.checkpoint import load_wan_components
-
-        loaded = load_wan_components(args.init_from, task="t2v-1.3B", dtype=torch.float32)
-    else:
-        from delta_cache.models.hunyuan_video.checkpoint import DIT_WEIGHT, load_hunyuan_video_components
-
-        loaded = load_hunyuan_video_components(args.init_from / DIT_WEIGHT, args.init_from, dtype=torch.float32,
-                                               vae_dtype=torch.float32, text_encoder_dtype=torch.float32,
-                                               text_encoder_2_dtype=torch.float32)
+    loaded = FAMILIES[args.family].load(args.init_from)
     for name in args.init_components:
         try:
             modules[name].load_state_dict(getattr(loaded, name).state_dict())
@@ -1059,7 +615,7 @@ def main(argv=None) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     family = FAMILIES[args.family]
-    modules = family["build"](args)
+    modules = family.build(args, init_seed(args))
     warn_if_narrow(modules["transformer"])
     state = load_or_start(args, modules)
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -1082,14 +638,14 @@ def main(argv=None) -> dict:
         "sample_shift": args.shift,
         "prompt_grammar": "delta_cache.synthetic.prompts",
         "latent_statistics_folded_into_vae": {"mean": statistics["raw_mean"], "std": statistics["raw_std"]},
-        **({"embedded_guidance_scale": hunyuan_training.EMBEDDED_GUIDANCE_SCALE,
-            "vae_scaling_factor": modules["vae"].config.scaling_factor} if args.family == "hunyuan_video" else {}),
+        **family.sampling_info(modules),
         "recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                    if k not in ("out", "work_dir", "resume", "threads", "stop_after_minutes", "time_budget")},
         **({"initial_recipe": state["initial_recipe"]} if state.get("initial_recipe") else {}),
         "summaries": state["summaries"],
     }
-    family["save"](modules, args.out, info)
+    family.save(modules, args.out)
+    (args.out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps({"out": str(args.out), **state["summaries"]}, indent=2))
     return state["summaries"]
 

@@ -30,7 +30,11 @@ from delta_cache.training import (
     shift_sigmas,
     vae_loss,
 )
+from delta_cache.training import data as training_data
 from delta_cache.training import hunyuan_video as hunyuan_training
+from delta_cache.training import loop as training_loop
+from delta_cache.training import wan as wan_training
+from delta_cache.video import to_vae_input
 from script_loader import load_script
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,6 +56,11 @@ def small_args(**overrides):
     return args
 
 
+def build(family, args) -> dict:
+    """The family's fresh modules for `args`, as train_tiny builds them."""
+    return train_tiny.FAMILIES[family].build(args, training_data.init_seed(args))
+
+
 def test_training_sigmas_use_the_samplers_shift():
     scheduler = make_scheduler("unipc", shift=5.0)
     scheduler.set_timesteps(10)
@@ -65,12 +74,12 @@ def test_training_sigmas_use_the_samplers_shift():
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():
     args = small_args(warmup_steps=10, lr_decay="cosine", min_lr_ratio=0.1)
-    rates = [train_tiny.learning_rate(args, 1.0, step, 111) for step in range(111)]
+    rates = [training_loop.learning_rate(args, 1.0, step, 111) for step in range(111)]
     assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
     assert rates[60] == pytest.approx(0.55) and rates[110] == pytest.approx(0.1)  # halfway, last step
     assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
     constant = small_args(warmup_steps=10, lr_decay="none")
-    assert train_tiny.learning_rate(constant, 1.0, 109, 110) == 1.0
+    assert training_loop.learning_rate(constant, 1.0, 109, 110) == 1.0
 
 
 class RecordingModel(torch.nn.Module):
@@ -102,8 +111,8 @@ def test_flow_matching_loss_inputs_and_target():
 
 
 def test_folding_latent_statistics_normalises_and_keeps_reconstructions():
-    vae = train_tiny.build_wan_modules(small_args())["vae"].eval()
-    videos = train_tiny.to_tensor([make_video(i, num_frames=5, height=32, width=32).frames for i in range(3)])
+    vae = build("wan", small_args())["vae"].eval()
+    videos = to_vae_input([make_video(i, num_frames=5, height=32, width=32).frames for i in range(3)])
     with torch.no_grad():
         posterior = vae.encode(videos).latent_dist
         raw = posterior.mean
@@ -125,16 +134,16 @@ def test_folding_latent_statistics_normalises_and_keeps_reconstructions():
 
 
 def test_tokenizer_and_text_encoder_tell_prompts_apart():
-    modules = train_tiny.build_wan_modules(small_args())
+    modules = build("wan", small_args())
     tokenizer = modules["tokenizer"]
     ids = [tokenizer(word).input_ids for word in prompts.vocabulary()]
     assert all(len(i) == 2 and i[1] == tokenizer.eos_token_id and i[0] != tokenizer.unk_token_id for i in ids)
     assert len({i[0] for i in ids}) == len(ids)  # one distinct token per word
 
-    pipe = train_tiny.text_pipeline(modules, torch.device("cpu"))
+    pipe = wan_training.text_pipeline(modules, torch.device("cpu"))
     a = "a red circle moves left slowly on a black background"
     b = a.replace("left", "right")
-    embeds = train_tiny.encode_prompts(pipe, [a, b, a, ""], torch.device("cpu"))
+    embeds = wan_training.encode_prompts(pipe, [a, b, a, ""], torch.device("cpu"))
     assert embeds.shape == (4, 512, small_args().text_dim)
     assert torch.equal(embeds[0], embeds[2])
     assert (embeds[0] - embeds[1]).abs().max() > 1e-2
@@ -143,14 +152,14 @@ def test_tokenizer_and_text_encoder_tell_prompts_apart():
 
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
-    modules = train_tiny.build_wan_modules(small_args())
+    modules = build("wan", small_args())
     transformer = modules["transformer"].train()
     g = torch.Generator().manual_seed(1)
     latents = torch.randn(2, 16, 3, 8, 8, generator=g)
     noise = torch.randn(latents.shape, generator=g)
     sigmas = torch.tensor([0.5, 0.8])
-    pipe = train_tiny.text_pipeline(modules, torch.device("cpu"))
-    embeds = train_tiny.encode_prompts(pipe, [make_video(0, num_frames=1).prompt, make_video(1, num_frames=1).prompt],
+    pipe = wan_training.text_pipeline(modules, torch.device("cpu"))
+    embeds = wan_training.encode_prompts(pipe, [make_video(0, num_frames=1).prompt, make_video(1, num_frames=1).prompt],
                                        torch.device("cpu"))
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=3e-3)
     losses = []
@@ -163,7 +172,7 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():
     assert losses[-1] < 0.7 * losses[0], losses
 
     vae = modules["vae"].train()
-    videos = train_tiny.to_tensor([make_video(2, num_frames=5, height=32, width=32).frames])
+    videos = to_vae_input([make_video(2, num_frames=5, height=32, width=32).frames])
     optimizer = torch.optim.AdamW(vae.parameters(), lr=5e-4)
     vae_losses = []
     for _ in range(12):
@@ -199,7 +208,7 @@ def test_script_writes_a_checkpoint_that_loads_and_samples(tmp_path):
     assert trained["proj_out.weight"].abs().max() > 0  # trained away from its zero init
 
     # The default latents_mean / latents_std of the loaded VAE standardise the training latents.
-    videos = train_tiny.to_tensor([make_video(i, num_frames=9, height=64, width=64).frames for i in range(4)])
+    videos = to_vae_input([make_video(i, num_frames=9, height=64, width=64).frames for i in range(4)])
     mean, std = channel_statistics(encode_latents(components.vae, videos))
     assert mean.abs().max() < 0.05 and (std - 1).abs().max() < 0.05
 
@@ -256,17 +265,17 @@ def test_decoder_stage_moves_only_the_decoding_half(tmp_path):
 
 def _interrupt_then_resume(monkeypatch, run, out, wrong_flags: list[str], wrong_flag_message: str) -> None:
     """Stop a run of `run` in the middle of the transformer stage, check the refusals, then resume it."""
-    original_log = train_tiny.log
+    original_log = training_loop.log  # run_steps logs every step through it
 
     def interrupt(args, record):
         if record["stage"] == "dit" and record["step"] == 3:
             raise KeyboardInterrupt
         original_log(args, record)
 
-    monkeypatch.setattr(train_tiny, "log", interrupt)
+    monkeypatch.setattr(training_loop, "log", interrupt)
     with pytest.raises(KeyboardInterrupt):
         run(out)
-    monkeypatch.setattr(train_tiny, "log", original_log)
+    monkeypatch.setattr(training_loop, "log", original_log)
     assert not out.exists()  # nothing half-written
     with pytest.raises(UserInputError, match="--resume"):
         run(out)  # a state is there: refuse to start over silently
@@ -369,7 +378,7 @@ def test_warm_start_from_a_checkpoint_inherits_its_shape_and_weights(tmp_path, m
     info = json.loads((tmp_path / "second" / train_tiny.INFO_FILE).read_text())
     assert info["native_size"] == {"width": 64, "height": 64, "num_frames": 9}
     assert info["recipe"]["num_layers"] == 2 and info["initial_recipe"]["dit_steps"] == 4
-    videos = train_tiny.to_tensor([make_video(i, num_frames=9, height=64, width=64).frames for i in range(2)])
+    videos = to_vae_input([make_video(i, num_frames=9, height=64, width=64).frames for i in range(2)])
     first = load_wan_components(tmp_path / "first", task="t2v-1.3B").vae
     second = load_wan_components(tmp_path / "second", task="t2v-1.3B").vae
     with torch.no_grad():
@@ -388,17 +397,17 @@ def test_warm_start_from_a_checkpoint_inherits_its_shape_and_weights(tmp_path, m
     warm = ["--init_from", str(tmp_path / "first"), "--threads", "1", "--device", "cpu", "--vae_steps", "2",
             "--dit_steps", "0", "--num_videos", "4", "--batch_size", "2", "--vae_batch_size", "1", "--seed", "5",
             "--checkpoint_every", "1", "--vae_check_videos", "0"]
-    original_log = train_tiny.log
+    original_log = training_loop.log  # run_steps logs every step through it
 
     def interrupt(args, record):
         if record["stage"] == "vae" and record["step"] == 1 and "loss" in record:
             raise KeyboardInterrupt
         original_log(args, record)
 
-    monkeypatch.setattr(train_tiny, "log", interrupt)
+    monkeypatch.setattr(training_loop, "log", interrupt)
     with pytest.raises(KeyboardInterrupt):
         train_tiny.main(["--out", str(tmp_path / "third"), *warm])
-    monkeypatch.setattr(train_tiny, "log", original_log)
+    monkeypatch.setattr(training_loop, "log", original_log)
     train_tiny.main(["--out", str(tmp_path / "third"), *warm, "--resume"])
     c = load_file(tmp_path / "third" / keys.TRANSFORMER_FILE)
     assert all(torch.equal(a[k], c[k]) for k in a)
@@ -508,7 +517,7 @@ def hunyuan_args(*extra):
 def test_default_width_writes_every_output_value_and_narrow_ones_warn(family, capsys):
     # A width below the 64 values of an output token (16 latent channels x a 2x2 patch) confines every
     # predicted velocity to a width-dimensional subspace: the committed width-48 previews' flaw.
-    narrow = train_tiny.FAMILIES[family]["build"](small_args(family=family, num_single_layers=(
+    narrow = build(family, small_args(family=family, num_single_layers=(
         1 if family == "hunyuan_video" else None), ffn_dim=48, text_dim=16))["transformer"]
     out = narrow.proj_out
     assert out.in_features == 24 < out.out_features == 64
@@ -516,7 +525,7 @@ def test_default_width_writes_every_output_value_and_narrow_ones_warn(family, ca
     assert "width 24" in capsys.readouterr().out
 
     defaults = train_tiny.parse_args(["--out", "/x", "--family", family])
-    train_tiny.warn_if_narrow(train_tiny.FAMILIES[family]["build"](defaults)["transformer"])
+    train_tiny.warn_if_narrow(build(family, defaults)["transformer"])
     assert "warning" not in capsys.readouterr().out
 
 
@@ -543,7 +552,7 @@ def test_family_defaults():
 
 
 def test_hunyuan_video_prompts_are_encoded_as_at_sampling():
-    modules = train_tiny.build_hunyuan_video_modules(hunyuan_args())
+    modules = build("hunyuan_video", hunyuan_args())
     for tokenizer, specials in ((modules["tokenizer"], 1), (modules["tokenizer_2"], 2)):
         ids = [tokenizer(word).input_ids for word in prompts.vocabulary()]
         assert all(len(i) == 1 + specials for i in ids)  # bos (+ eos for CLIP) and one token
@@ -552,12 +561,12 @@ def test_hunyuan_video_prompts_are_encoded_as_at_sampling():
     assert all(len(i) == 2 for i in spaced)  # Llama-3 pieces carry the leading space
 
     device = torch.device("cpu")
-    text_pipe = train_tiny.hunyuan_video_text_pipeline(modules, device, hunyuan_args())
+    text_pipe = hunyuan_training.text_pipeline(modules, device, hunyuan_args())
     pipe, encoding = text_pipe
     a = "a red circle moves left slowly on a black background"
     b = a.replace("left", "right")
-    batch = [a, b, "", train_tiny.hunyuan_video_negative_prompt()]
-    encoded = train_tiny.encode_hunyuan_video_prompts(text_pipe, batch, device)
+    batch = [a, b, "", hunyuan_training.NEGATIVE_PROMPT]
+    encoded = hunyuan_training.encode_prompts(text_pipe, batch, device)
     lengths = encoded.attention_mask.sum(dim=1).tolist()
     assert encoded.embeds.shape[1] == max(lengths) < 40 and lengths[2] == 1  # "" is the template's <|eot_id|>
     # sampling encodes one prompt at a time, untrimmed (256 tokens)
@@ -573,14 +582,14 @@ def test_hunyuan_video_prompts_are_encoded_as_at_sampling():
 
 
 def test_trimmed_text_padding_gives_the_same_prediction():
-    modules = train_tiny.build_hunyuan_video_modules(hunyuan_args())
+    modules = build("hunyuan_video", hunyuan_args())
     transformer = modules["transformer"].eval()
     with torch.no_grad():  # undo the zero init, or every output would be 0
         for name, param in transformer.named_parameters():
             if param.abs().max() == 0:
                 param.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
     device = torch.device("cpu")
-    pipe, encoding = train_tiny.hunyuan_video_text_pipeline(modules, device, hunyuan_args())
+    pipe, encoding = hunyuan_training.text_pipeline(modules, device, hunyuan_args())
     full = encode_prompt(pipe, ["a red circle moves left slowly on a black background", "a blue square moves up"],
                          encoding, device)
     trimmed = hunyuan_training.trim_text_padding(full)
@@ -605,17 +614,17 @@ def test_wan_compacted_text_padding_gives_the_same_prediction():
 
     from delta_cache.training.text_padding import compact_text, compact_text_attention
 
-    modules = train_tiny.build_wan_modules(small_args(num_layers=3))
+    modules = build("wan", small_args(num_layers=3))
     transformer = modules["transformer"].eval()
     with torch.no_grad():  # undo the zero init, or every output would be 0
         for name, param in transformer.named_parameters():
             if param.abs().max() == 0:
                 param.normal_(0, 0.2, generator=torch.Generator().manual_seed(len(name)))
-    pipe = train_tiny.text_pipeline(modules, torch.device("cpu"))
+    pipe = wan_training.text_pipeline(modules, torch.device("cpu"))
     # prompts of different lengths, the empty one (a single </s>) among them
     texts = ["a red circle moves left slowly and a blue square moves up quickly on a black background", "",
              "a red circle"]
-    embeds = train_tiny.encode_prompts(pipe, texts, torch.device("cpu"))
+    embeds = wan_training.encode_prompts(pipe, texts, torch.device("cpu"))
     longest, empty, short = (len(modules["tokenizer"](t).input_ids) for t in texts)
     assert (longest, empty, short) == (18, 1, 4)  # one token a word, plus </s>
     compact, bias = compact_text(embeds)
@@ -640,11 +649,11 @@ def test_wan_compacted_text_padding_gives_the_same_prediction():
             block.attn2.processor.bias = None
         assert (predict(compact) - reference).abs().max() > 1e-3  # the bias is what makes it exact
     # what training feeds: T5 run up to the longest prompt only, zero-padded to 64 columns
-    trimmed = train_tiny.encode_training_prompts(pipe, texts, torch.device("cpu"))
+    trimmed = wan_training.encode_training_prompts(pipe, texts, torch.device("cpu"))
     assert trimmed.shape[1] == longest and torch.allclose(trimmed, embeds[:, :longest], atol=1e-6)
-    with train_tiny.wan_text_attention(transformer) as prepare:
+    with wan_training.text_attention(transformer) as prepare:
         compact_64 = prepare(trimmed)
-        assert compact_64.shape[1] == train_tiny.WAN_TEXT_COLUMNS
+        assert compact_64.shape[1] == wan_training.TEXT_COLUMNS
         assert torch.allclose(predict(compact_64), reference, atol=1e-5)
     assert all(type(block.attn2.processor) is WanAttnProcessor for block in transformer.blocks)  # restored
 
@@ -652,7 +661,7 @@ def test_wan_compacted_text_padding_gives_the_same_prediction():
 def test_text_encoder_trains_with_the_transformer_and_loads(tmp_path):
     out = tmp_path / "ckpt"
     _run(out, "--train_text_encoder", "--lr", "1e-2")
-    fresh = train_tiny.build_wan_modules(small_args())["text_encoder"].state_dict()
+    fresh = build("wan", small_args())["text_encoder"].state_dict()
     state = torch.load(tmp_path / "ckpt.work" / train_tiny.STATE_FILE, weights_only=False)
     saved = state["text_encoders"]["text_encoder"]
     assert state["args"]["train_text_encoder"]
@@ -698,8 +707,8 @@ def test_hunyuan_video_flow_matching_loss_inputs_and_target():
 
 
 def test_hunyuan_video_vae_fold_and_whole_clip_encoding():
-    vae = train_tiny.build_hunyuan_video_modules(hunyuan_args())["vae"].eval()
-    videos = train_tiny.to_tensor([make_video(i, num_frames=17, height=32, width=32).frames for i in range(2)])
+    vae = build("hunyuan_video", hunyuan_args())["vae"].eval()
+    videos = to_vae_input([make_video(i, num_frames=17, height=32, width=32).frames for i in range(2)])
     with torch.no_grad():
         # 17 frames: diffusers encodes with temporal tiles; the whole-clip encoding is the same
         tiled = vae.encode(videos).latent_dist.mean
@@ -747,7 +756,7 @@ def test_hunyuan_video_script_trains_and_sample_video_loads_it(tmp_path, monkeyp
 
     # the released scaling factor, times the folded VAE's latents, standardises the training latents
     assert components.vae.config.scaling_factor == 0.476986
-    videos = train_tiny.to_tensor([make_video(i, num_frames=9, height=64, width=64).frames for i in range(4)])
+    videos = to_vae_input([make_video(i, num_frames=9, height=64, width=64).frames for i in range(4)])
     with torch.no_grad():
         latents = hunyuan_training.encode_clip(components.vae, videos).mean * 0.476986
     mean, std = channel_statistics(latents)
@@ -795,7 +804,7 @@ def test_hunyuan_video_resume_gives_the_same_weights(tmp_path, monkeypatch):
         return _run_hunyuan(out, "--train_text_encoder", "--decoder_steps", "3", *extra)
 
     assert run(tmp_path / "straight")["decoder"]["steps"] == 3
-    fresh = train_tiny.build_hunyuan_video_modules(hunyuan_args())
+    fresh = build("hunyuan_video", hunyuan_args())
     for name in ("text_encoder", "text_encoder_2"):  # they did train
         trained = load_file(tmp_path / "straight" / name / "model.safetensors")
         initial = fresh[name].state_dict()
@@ -815,8 +824,8 @@ def test_hunyuan_video_resume_gives_the_same_weights(tmp_path, monkeypatch):
 def test_object_crops_show_objects_and_uniform_crops_are_unchanged():
     # --vae_object_crops 1: every VAE crop is centred on an object pixel, so it shows some object.
     args = small_args(vae_object_crops=1.0, vae_batch_size=6, vae_frames=1, vae_crop=16)
-    clips = train_tiny.vae_batch(args, step=3).videos
-    rng = train_tiny.step_rng(args, "vae", 3)
+    clips = training_data.vae_batch(args, step=3).videos
+    rng = training_data.step_rng(args, "vae", 3)
     indices = rng.integers(0, 10**9, size=6)
     for clip, index in zip(clips, indices):
         video = make_video(int(index), "train", num_frames=9, height=64, width=64)
@@ -826,9 +835,9 @@ def test_object_crops_show_objects_and_uniform_crops_are_unchanged():
     # Whole clips: the crop is centred on the object in a random frame of the clip, not always the first
     # (objects move out of a small crop: centring on the first frame left later frames mostly background).
     args = small_args(vae_object_crops=1.0, vae_batch_size=32, vae_frames=9, vae_crop=16)
-    clips = train_tiny.vae_batch(args, step=0).videos
+    clips = training_data.vae_batch(args, step=0).videos
     centre = clips[:, :, :, 7:9, 7:9]  # (B, 3, F, 2, 2) around the crop centre
-    rng = train_tiny.step_rng(args, "vae", 0)
+    rng = training_data.step_rng(args, "vae", 0)
     shows = []
     for clip_centre, index in zip(centre, rng.integers(0, 10**9, size=32)):
         video = make_video(int(index), "train", num_frames=9, height=64, width=64)
@@ -839,22 +848,22 @@ def test_object_crops_show_objects_and_uniform_crops_are_unchanged():
     assert (~shows[:, 0] & shows[:, 1:].any(dim=1)).any()  # some crops centre on an object that frame 0 lacks
     # --vae_object_crops 0 draws exactly what uniform crops drew before the flag existed.
     uniform = small_args(vae_object_crops=0.0)
-    rng = train_tiny.step_rng(uniform, "vae", 5)
+    rng = training_data.step_rng(uniform, "vae", 5)
     expected = []
     for index in rng.integers(0, 10**9, size=uniform.vae_batch_size):
         frames = make_video(int(index), "train", num_frames=9, height=64, width=64).frames
         t0 = int(rng.integers(0, 9 - 5 + 1))
         y0, x0 = int(rng.integers(0, 64 - 32 + 1)), int(rng.integers(0, 64 - 32 + 1))
         expected.append(frames[t0:t0 + 5, y0:y0 + 32, x0:x0 + 32])
-    torch.testing.assert_close(train_tiny.vae_batch(uniform, step=5).videos, train_tiny.to_tensor(expected))
+    torch.testing.assert_close(training_data.vae_batch(uniform, step=5).videos, to_vae_input(expected))
 
 
 def test_vae_batch_masks_are_the_objects_of_its_crops():
     # Flat colours on a flat background: a pixel differs from the background exactly where an object is.
     args = small_args(vae_object_crops=0.5, vae_batch_size=6, vae_frames=5, vae_crop=32)
-    batch = train_tiny.vae_batch(args, step=7)
+    batch = training_data.vae_batch(args, step=7)
     assert batch.masks.shape == (6, 5, 32, 32) and batch.masks.dtype == torch.bool and batch.masks.any()
-    rng = train_tiny.step_rng(args, "vae", 7)
+    rng = training_data.step_rng(args, "vae", 7)
     for clip, mask, index in zip(batch.videos, batch.masks, rng.integers(0, 10**9, size=6)):
         video = make_video(int(index), "train", num_frames=9, height=64, width=64)
         background = torch.tensor(prompts.BACKGROUND_COLOURS[video.scene.background]).float() / 127.5 - 1.0

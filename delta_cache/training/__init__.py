@@ -1,4 +1,10 @@
-"""Training the tiny models: flow-matching objective, VAE loss, latent normalisation (see flow_matching.py)."""
+"""Training the tiny models (scripts/train_tiny.py).
+
+flow_matching.py: the flow-matching objective, VAE loss and latent normalisation (Wan's, shared); family.py:
+what the script needs per model family, with one adapter each (wan.py, hunyuan_video.py); data.py: the
+batches; loop.py: the step loop, EMA, learning-rate schedule, state and log files; text_padding.py: Wan's
+exact, cheaper cross-attention over padded text.
+"""
 
 from .flow_matching import (
     channel_statistics,
