@@ -93,6 +93,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stop_after_minutes", type=float,
                    help="stop cleanly once this much wall-clock time has passed: the state is saved after the "
                         "current step or stage and --resume continues (for machines lent for a limited time)")
+    p.add_argument("--export_state", action="store_true",
+                   help="do not train: write the training state in --work_dir as a loadable checkpoint to --out (the "
+                        "transformer's EMA weights so far, the VAE, the text encoders) and exit, to evaluate a long "
+                        "run midway; the model flags come from the state (it must have reached the transformer "
+                        "stage)")
     p.add_argument("--init_from", type=Path,
                    help="warm start: begin from the weights of a checkpoint this script wrote (e.g. the committed "
                         "preview); its tiny_model.json supplies the model-shape and size flags not given")
@@ -163,6 +168,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--kl_weight", type=float, default=1e-4)
     p.add_argument("--ema_decay", type=float, default=0.999)
     args = p.parse_args(argv)
+    if args.export_state:
+        if args.work_dir is None:
+            raise UserInputError("--export_state needs --work_dir (the training run to export)")
+        return args
     args.work_dir = args.work_dir or args.out.with_name(args.out.name + ".work")
     if args.init_components is not None and args.init_from is None:
         raise UserInputError("--init_components needs --init_from")
@@ -607,6 +616,9 @@ def run_stages(args, modules, state, device) -> None:
 def main(argv=None) -> dict:
     """Run (or resume) the stages and write the checkpoint; returns the per-stage summaries."""
     args = parse_args(argv)
+    if args.export_state:
+        set_offline()
+        return export_state(args.work_dir, args.out)
     validate(args)
     set_offline()
     if args.threads:
@@ -631,7 +643,18 @@ def main(argv=None) -> dict:
         return {"paused": {"stage": paused.stage, "step": paused.step}}
     # (a state from before the statistics were kept in it: read them from the latents file)
     statistics = state.get("latent_statistics") or load_dataset(args, modules, state, device)
+    write_checkpoint(args, modules, state, statistics)
+    print(json.dumps({"out": str(args.out), **state["summaries"]}, indent=2))
+    return state["summaries"]
 
+
+_NOT_RECIPE = ("out", "work_dir", "resume", "threads", "stop_after_minutes", "time_budget", "export_state")
+
+
+def write_checkpoint(args, modules, state, statistics: dict, extra: dict | None = None) -> None:
+    """The family's upstream layout in --out, plus tiny_model.json (native size, shift, folded statistics,
+    recipe, stage summaries, and `extra`)."""
+    family = FAMILIES[args.family]
     info = {
         "family": args.family,
         "native_size": {"width": args.width, "height": args.height, "num_frames": args.num_frames},
@@ -639,15 +662,50 @@ def main(argv=None) -> dict:
         "prompt_grammar": "delta_cache.synthetic.prompts",
         "latent_statistics_folded_into_vae": {"mean": statistics["raw_mean"], "std": statistics["raw_std"]},
         **family.sampling_info(modules),
-        "recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                   if k not in ("out", "work_dir", "resume", "threads", "stop_after_minutes", "time_budget")},
+        "recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in _NOT_RECIPE},
         **({"initial_recipe": state["initial_recipe"]} if state.get("initial_recipe") else {}),
         "summaries": state["summaries"],
+        **(extra or {}),
     }
     family.save(modules, args.out)
     (args.out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    print(json.dumps({"out": str(args.out), **state["summaries"]}, indent=2))
-    return state["summaries"]
+
+
+def export_state(work_dir: Path, out: Path) -> dict:
+    """--export_state: the weights of the training state in `work_dir` as a checkpoint in `out`.
+
+    The transformer's EMA weights (what the run would save if it ended now), the folded VAE, and the text
+    encoders (their EMA when trained); tiny_model.json records the run's recipe and `snapshot` (stage, step).
+    """
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserInputError(f"--out {out} exists and is not empty")
+    if not (work_dir / STATE_FILE).exists():
+        raise UserInputError(f"--export_state: no training state in {work_dir}")
+    state = torch.load(work_dir / STATE_FILE, map_location="cpu", weights_only=False)
+    stage, step = state["stage"], state["step"]
+    if stage in ("vae", "latents") or not state.get("latent_statistics"):
+        raise UserInputError(f"--export_state: the run in {work_dir} is at its {stage} stage (step {step}); a "
+                             "checkpoint needs the folded VAE that the transformer stage starts with")
+    run = argparse.Namespace(**state["args"])
+    run.out, run.work_dir = out, work_dir
+    family = FAMILIES[run.family]
+    for name, value in family.defaults.items():  # flags that older states lack
+        if getattr(run, name, None) is None:
+            setattr(run, name, value)
+    modules = family.build(run, init_seed(run))
+    modules["vae"].load_state_dict(state["vae"])
+    # In the transformer stage the state holds the raw weights and, from its first checkpoint on, their EMA
+    # (parameters only); after it, the EMA weights themselves.
+    if stage == "dit" and state.get("ema"):
+        modules["transformer"].load_state_dict(state["ema"], strict=False)
+    elif state.get("transformer"):
+        modules["transformer"].load_state_dict(state["transformer"])
+    text_weights = (state.get("text_ema") if stage == "dit" else None) or state.get("text_encoders") or {}
+    for name, weights in text_weights.items():
+        modules[name].load_state_dict(weights, strict=False)
+    write_checkpoint(run, modules, state, state["latent_statistics"], extra={"snapshot": {"stage": stage, "step": step}})
+    tqdm.write(f"exported {work_dir} at {stage} step {step} to {out}")
+    return {"out": str(out), "snapshot": {"stage": stage, "step": step}}
 
 
 if __name__ == "__main__":

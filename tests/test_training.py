@@ -342,6 +342,49 @@ def test_a_time_budget_stops_cleanly_and_resumes_to_the_same_weights(tmp_path):
         _run(tmp_path / "x", "--stop_after_minutes", "0")
 
 
+def test_export_state_writes_the_ema_weights_midway_and_the_final_checkpoint_at_the_end(tmp_path):
+    def run(out, *extra):
+        return _run(out, "--train_text_encoder", *extra)
+
+    def export(name):
+        return train_tiny.main(["--export_state", "--work_dir", str(tmp_path / "run.work"), "--out", str(tmp_path / name)])
+
+    run(tmp_path / "run", "--stop_after_minutes", "1e-9")  # stops in the VAE stage: nothing to export yet
+    with pytest.raises(UserInputError, match="at its vae stage"):
+        export("early")
+    _run_in_slices(run, tmp_path / "run", until=lambda s: s.get("paused") == {"stage": "dit", "step": 2}, resume=True)
+    assert export("midway") == {"out": str(tmp_path / "midway"), "snapshot": {"stage": "dit", "step": 2}}
+    state = torch.load(tmp_path / "run.work" / train_tiny.STATE_FILE, weights_only=False)
+    midway = load_wan_components(tmp_path / "midway", task="t2v-14B", dtype=torch.float32)
+
+    def saved_as(loaded: dict, weights: dict) -> bool:
+        """Whether `loaded` holds `weights` as written: in fp16, or in fp32 where the model keeps it."""
+        return all(torch.equal(loaded[k], w.float()) or torch.equal(loaded[k], w.half().float())
+                   for k, w in weights.items())
+
+    # the EMA weights, not the raw ones, of the transformer and the trained text encoder
+    assert saved_as(midway.transformer.state_dict(), state["ema"])
+    assert not saved_as(midway.transformer.state_dict(), {k: state["transformer"][k] for k in state["ema"]})
+    text = midway.text_encoder.state_dict()
+    assert saved_as(text, state["text_ema"]["text_encoder"])
+    assert not saved_as(text, {k: state["text_encoders"]["text_encoder"][k] for k in state["text_ema"]["text_encoder"]})
+    info = json.loads((tmp_path / "midway" / train_tiny.INFO_FILE).read_text())
+    assert info["snapshot"] == {"stage": "dit", "step": 2} and info["recipe"]["num_layers"] == 2
+    with pytest.raises(UserInputError, match="exists and is not empty"):
+        export("midway")
+    with pytest.raises(UserInputError, match="needs --work_dir"):
+        train_tiny.main(["--export_state", "--out", str(tmp_path / "x")])
+
+    _run_in_slices(run, tmp_path / "run", resume=True)  # to the end: the run writes its checkpoint
+    export("end")
+    for file in (keys.TRANSFORMER_FILE,):
+        a, b = load_file(tmp_path / "run" / file), load_file(tmp_path / "end" / file)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for file in (keys.VAE_FILE, keys.T5_FILE):
+        a, b = (torch.load(tmp_path / name / file, weights_only=True) for name in ("run", "end"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("family", ["wan", "hunyuan_video"])
 def test_a_lost_latents_file_is_re_encoded_on_resume(tmp_path, family):
     # latents.pt is too large to carry between machines: a resume re-encodes it with the state's folded VAE.
