@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import delta_cache as dc
-from delta_cache.profiling import evidence, masks
+from delta_cache.profiling import evidence, evidence_results, masks
 from delta_cache.profiling.profile import Profile, PromptProfile
 from delta_cache.synthetic import make_video
 from script_loader import load_script
@@ -29,13 +29,13 @@ def test_mask_iou():
     grid = (2, 6, 6)
     truth = masks.pixel_mask_to_tokens(make_video(0, "eval", num_frames=5, height=96, width=96).mask, grid)
     assert truth.any() and not truth.all()
-    assert evidence.mask_iou(truth, truth) == 1.0
-    assert evidence.mask_iou(np.zeros_like(truth), truth) == 0.0
-    assert evidence.mask_iou(~truth, truth) == 0.0
-    assert evidence.mask_iou(np.array([1, 1, 0, 0]), np.array([0, 1, 1, 0])) == pytest.approx(1 / 3)
-    assert evidence.mask_iou(np.zeros(3), np.zeros(3)) == 1.0
+    assert evidence_results.mask_iou(truth, truth) == 1.0
+    assert evidence_results.mask_iou(np.zeros_like(truth), truth) == 0.0
+    assert evidence_results.mask_iou(~truth, truth) == 0.0
+    assert evidence_results.mask_iou(np.array([1, 1, 0, 0]), np.array([0, 1, 1, 0])) == pytest.approx(1 / 3)
+    assert evidence_results.mask_iou(np.zeros(3), np.zeros(3)) == 1.0
     with pytest.raises(ValueError, match="shape"):
-        evidence.mask_iou(np.zeros((2, 2)), np.zeros(4))
+        evidence_results.mask_iou(np.zeros((2, 2)), np.zeros(4))
 
 
 def test_generated_foreground_is_the_true_mask_of_a_drawn_video():
@@ -43,11 +43,11 @@ def test_generated_foreground_is_the_true_mask_of_a_drawn_video():
     for index in (0, 1, 7):
         video = make_video(index, "eval", num_frames=5, height=96, width=96)
         found = evidence.generated_foreground(video.frames.astype(np.float32) / 255.0)
-        assert evidence.mask_iou(found, video.mask) > 0.99
+        assert evidence_results.mask_iou(found, video.mask) > 0.99
     # but a video with the same prompt and its objects elsewhere (another render) is far from it
     other = make_video(0, "eval", num_frames=5, height=96, width=96)
     moved = np.roll(other.frames, 30, axis=2)
-    assert evidence.mask_iou(evidence.generated_foreground(moved / 255.0), other.mask) < 0.5
+    assert evidence_results.mask_iou(evidence.generated_foreground(moved / 255.0), other.mask) < 0.5
 
 
 def test_block_choices_and_equal_compute_schedules():
@@ -89,15 +89,15 @@ def test_tau_and_refresh_parameters_for_profile_model():
 def test_paired_comparison_and_budget():
     rng = np.random.default_rng(0)
     base = rng.normal(30, 2, size=16)
-    assert evidence.paired_comparison(base + 3 + rng.normal(0, 0.5, 16), base)["verdict"] == "better"
-    worse = evidence.paired_comparison(base - 3, base)
+    assert evidence_results.paired_comparison(base + 3 + rng.normal(0, 0.5, 16), base)["verdict"] == "better"
+    worse = evidence_results.paired_comparison(base - 3, base)
     assert worse["verdict"] == "worse" and worse["wins"] == 0 and worse["mean_diff"] == pytest.approx(-3)
     noise = np.array([0.5, -0.5] * 8)
-    assert evidence.paired_comparison(base + noise, base)["verdict"] == "not clearly different"
-    assert evidence.paired_comparison([31.0], [30.0])["verdict"] == "higher"
-    assert evidence.paired_comparison([float("inf")], [50.0])["mean_diff"] == evidence.PSNR_CAP - 50
-    assert evidence.budget_offset(210, 400, 2.0)[1] and not evidence.budget_offset(211, 400, 2.0)[1]
-    assert evidence.budget_offset(190, 400, 2.0) == (pytest.approx(-0.05), True)
+    assert evidence_results.paired_comparison(base + noise, base)["verdict"] == "not clearly different"
+    assert evidence_results.paired_comparison([31.0], [30.0])["verdict"] == "higher"
+    assert evidence_results.paired_comparison([float("inf")], [50.0])["mean_diff"] == evidence_results.PSNR_CAP - 50
+    assert evidence_results.budget_offset(210, 400, 2.0)[1] and not evidence_results.budget_offset(211, 400, 2.0)[1]
+    assert evidence_results.budget_offset(190, 400, 2.0) == (pytest.approx(-0.05), True)
 
 
 def test_size_comes_from_tiny_model_json(tmp_path):
