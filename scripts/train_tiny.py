@@ -182,12 +182,22 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise UserInputError(f"--init_components: a {args.family} model has no {', '.join(unknown)} (it has "
                                  f"{', '.join(FAMILIES[args.family].components)})")
         inherit_shape(args, p)
-    for name, value in FAMILIES[args.family].defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_family_defaults(args)
     if args.vae_frames is None:
         args.vae_frames = args.num_frames
     return args
+
+
+def fill_family_defaults(args) -> None:
+    """The family's defaults for the model flags left as None (or absent: a state saved before a flag existed)."""
+    for name, value in FAMILIES[args.family].defaults.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+
+
+def require_empty_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserInputError(f"--out {out} exists and is not empty")
 
 
 # What a warm start inherits from the initial checkpoint's recipe unless given on the command line; the
@@ -245,8 +255,7 @@ def validate(args) -> None:
         raise UserInputError("batch sizes, --num_videos and --checkpoint_every must be >= 1, steps >= 0")
     if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
         raise UserInputError(f"--device {args.device}: expected cpu, or cuda on a machine with a GPU")
-    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
-        raise UserInputError(f"--out {args.out} exists and is not empty")
+    require_empty_out(args.out)
     if (args.work_dir / STATE_FILE).exists() and not args.resume:
         raise UserInputError(f"{args.work_dir} holds a training state: pass --resume, or another --work_dir")
     if args.resume and not (args.work_dir / STATE_FILE).exists():
@@ -563,12 +572,18 @@ def load_or_start(args, modules) -> dict:
     changed = [f"--{k}" for k in _FIXED_ARGS if state["args"].get(k, _FIXED_ARG_DEFAULTS.get(k)) != getattr(args, k)]
     if changed:
         raise UserInputError(f"--resume: {', '.join(changed)} differ from the run in {args.work_dir}")
+    restore_weights(state, modules)
+    return state
+
+
+def restore_weights(state: dict, modules: dict) -> None:
+    """The weights a state holds: VAE and transformer as last saved, and the text encoders (trained ones, or
+    a warm start's frozen ones)."""
     for name in _TRAINED_MODULES:
         if state.get(name):
             modules[name].load_state_dict(state[name])
-    for name, weights in (state.get("text_encoders") or {}).items():  # a warm start's frozen text encoders
+    for name, weights in (state.get("text_encoders") or {}).items():
         modules[name].load_state_dict(weights)
-    return state
 
 
 def run_stages(args, modules, state, device) -> None:
@@ -677,8 +692,7 @@ def export_state(work_dir: Path, out: Path) -> dict:
     The transformer's EMA weights (what the run would save if it ended now), the folded VAE, and the text
     encoders (their EMA when trained); tiny_model.json records the run's recipe and `snapshot` (stage, step).
     """
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserInputError(f"--out {out} exists and is not empty")
+    require_empty_out(out)
     if not (work_dir / STATE_FILE).exists():
         raise UserInputError(f"--export_state: no training state in {work_dir}")
     state = torch.load(work_dir / STATE_FILE, map_location="cpu", weights_only=False)
@@ -688,21 +702,16 @@ def export_state(work_dir: Path, out: Path) -> dict:
                              "checkpoint needs the folded VAE that the transformer stage starts with")
     run = argparse.Namespace(**state["args"])
     run.out, run.work_dir = out, work_dir
-    family = FAMILIES[run.family]
-    for name, value in family.defaults.items():  # flags that older states lack
-        if getattr(run, name, None) is None:
-            setattr(run, name, value)
-    modules = family.build(run, init_seed(run))
-    modules["vae"].load_state_dict(state["vae"])
+    fill_family_defaults(run)
+    modules = FAMILIES[run.family].build(run, init_seed(run))
+    restore_weights(state, modules)
     # In the transformer stage the state holds the raw weights and, from its first checkpoint on, their EMA
-    # (parameters only); after it, the EMA weights themselves.
-    if stage == "dit" and state.get("ema"):
-        modules["transformer"].load_state_dict(state["ema"], strict=False)
-    elif state.get("transformer"):
-        modules["transformer"].load_state_dict(state["transformer"])
-    text_weights = (state.get("text_ema") if stage == "dit" else None) or state.get("text_encoders") or {}
-    for name, weights in text_weights.items():
-        modules[name].load_state_dict(weights, strict=False)
+    # (parameters only), which is what the run would save; after it, the EMA weights themselves.
+    if stage == "dit":
+        if state.get("ema"):
+            modules["transformer"].load_state_dict(state["ema"], strict=False)
+        for name, weights in (state.get("text_ema") or {}).items():
+            modules[name].load_state_dict(weights, strict=False)
     write_checkpoint(run, modules, state, state["latent_statistics"], extra={"snapshot": {"stage": stage, "step": step}})
     tqdm.write(f"exported {work_dir} at {stage} step {step} to {out}")
     return {"out": str(out), "snapshot": {"stage": stage, "step": step}}
