@@ -146,6 +146,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "loss of the VAE and decoder stages: pixel weight 1 + this on objects, 1 elsewhere (their "
                         "colours and corners are what the analyser reads; 0 = plain mean, as runs before "
                         "2026-11-30)")
+    p.add_argument("--vae_edge_weight", type=float, default=0.0,
+                   help="weight of an edge term in the same loss: the (object-weighted) mean absolute difference "
+                        "between the reconstruction's and the video's neighbouring-pixel differences (0 = off; 1 "
+                        "won a CPU A/B, docs/tiny-models.md)")
     # models (None: the family's default, FAMILIES[family].defaults)
     p.add_argument("--num_layers", type=int, help="transformer blocks (wan 40; hunyuan_video: double-stream, 20)")
     p.add_argument("--num_single_layers", type=int, help="hunyuan_video single-stream blocks (40)")
@@ -244,6 +248,8 @@ def validate(args) -> None:
         raise UserInputError(f"--vae_object_crops must be between 0 and 1, got {args.vae_object_crops}")
     if not args.vae_object_weight >= 0:
         raise UserInputError(f"--vae_object_weight must be >= 0, got {args.vae_object_weight}")
+    if not args.vae_edge_weight >= 0:
+        raise UserInputError(f"--vae_edge_weight must be >= 0, got {args.vae_edge_weight}")
     if not 0 <= args.min_vae_agreement <= 1 or args.vae_check_videos < 0:
         raise UserInputError("--min_vae_agreement must be between 0 and 1 and --vae_check_videos >= 0")
     if args.min_vae_agreement > 0 and args.vae_check_videos == 0:
@@ -293,7 +299,7 @@ def train_vae(args, modules, state, device) -> dict:
             group["lr"] = learning_rate(args, args.vae_lr, step, args.vae_steps)
         with autocast(device):
             parts = vae_loss(vae, batch.videos.to(device), args.kl_weight, batch.generator,
-                             batch.pixel_weights(args, device))
+                             batch.pixel_weights(args, device), args.vae_edge_weight)
         optimizer.zero_grad(set_to_none=True)
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -367,17 +373,18 @@ def train_decoder(args, modules, state, device) -> dict:
     if state.get("decoder_optimizer"):
         optimizer.load_state_dict(state["decoder_optimizer"])
 
-    def reconstruct(videos: torch.Tensor, pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
+    def reconstruct(videos: torch.Tensor, pixel_weights: torch.Tensor | None = None,
+                    edge_weight: float = 0.0) -> torch.Tensor:
         with torch.no_grad(), autocast(device):
             latents = family.encode(vae, videos)
         with autocast(device):
-            return reconstruction_loss(family.decode(vae, latents), videos, pixel_weights)["loss"]
+            return reconstruction_loss(family.decode(vae, latents), videos, pixel_weights, edge_weight)["loss"]
 
     def step_fn(step: int) -> float:
         batch = vae_batch(args, step, stage="decoder")
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args, args.decoder_lr, step, args.decoder_steps)
-        loss = reconstruct(batch.videos.to(device), batch.pixel_weights(args, device))
+        loss = reconstruct(batch.videos.to(device), batch.pixel_weights(args, device), args.vae_edge_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)

@@ -258,9 +258,16 @@ def test_decoder_stage_moves_only_the_decoding_half(tmp_path):
     plain_mean = torch.load(tmp_path / "plain_mean" / keys.VAE_FILE, weights_only=True)
     assert any(not torch.equal(plain_mean[k], tuned[k]) for k in encoding)
     assert any(not torch.equal(plain_mean[k], tuned[k]) for k in decoding)
+    # --vae_edge_weight (default 0) adds the edge term to both stages' loss: other weights again.
+    _run(tmp_path / "edges", "--vae_lr", "1e-2", "--decoder_steps", "3", "--decoder_lr", "1e-2",
+         "--vae_check_videos", "1", "--vae_edge_weight", "1")
+    edges = torch.load(tmp_path / "edges" / keys.VAE_FILE, weights_only=True)
+    assert any(not torch.equal(edges[k], tuned[k]) for k in encoding)
+    assert any(not torch.equal(edges[k], tuned[k]) for k in decoding)
     recipes = [json.loads((tmp_path / name / "tiny_model.json").read_text())["recipe"]
-               for name in ("tuned", "plain_mean")]
-    assert [recipe["vae_object_weight"] for recipe in recipes] == [4, 0]
+               for name in ("tuned", "plain_mean", "edges")]
+    assert [recipe["vae_object_weight"] for recipe in recipes] == [4, 0, 4]
+    assert [recipe["vae_edge_weight"] for recipe in recipes] == [0, 0, 1]
 
 
 def _interrupt_then_resume(monkeypatch, run, out, wrong_flags: list[str], wrong_flag_message: str) -> None:
@@ -538,6 +545,8 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
         _run(tmp_path / "l", "--min_lr_ratio", "2")
     with pytest.raises(UserInputError, match="--vae_object_weight must be >= 0"):
         _run(tmp_path / "w", "--vae_object_weight", "-1")
+    with pytest.raises(UserInputError, match="--vae_edge_weight must be >= 0"):
+        _run(tmp_path / "e", "--vae_edge_weight", "-1")
 
 
 # --- the hunyuan_video family --------------------------------------------------------------------------
@@ -770,6 +779,12 @@ def test_hunyuan_video_vae_fold_and_whole_clip_encoding():
     assert new_mean.abs().max() < 1e-4 and (new_std - 1).abs().max() < 1e-4
     assert torch.allclose(folded.std, posterior_std / (scale * std).view(1, -1, 1, 1, 1), rtol=1e-3)
     assert (after - before).abs().max() < 1e-4
+    # The family's VAE objective takes the edge term (--vae_edge_weight) as Wan's does: plain loss + weight x edge.
+    with torch.no_grad():
+        plain = hunyuan_training.vae_loss(vae, videos, 1e-4, torch.Generator().manual_seed(0))
+        edged = hunyuan_training.vae_loss(vae, videos, 1e-4, torch.Generator().manual_seed(0), edge_weight=2.0)
+    assert "edge" not in plain and edged["edge"] > 0
+    assert edged["loss"].item() == pytest.approx(plain["loss"].item() + 2 * edged["edge"], rel=1e-5)
 
 
 def test_hunyuan_video_script_trains_and_sample_video_loads_it(tmp_path, monkeypatch):
@@ -933,3 +948,23 @@ def test_object_weights_cover_objects_and_a_band_and_weight_the_loss():
     assert weighted["l1"] == pytest.approx(4 * 5 / (288 + 4 * 4)) and weighted["mse"] == pytest.approx(weighted["l1"])
     uniform = reconstruction_loss(reconstruction, videos, torch.full((1, 1, 2, 12, 12), 3.0))
     assert uniform["loss"].item() == pytest.approx(plain["loss"].item())
+
+
+def test_edge_term_counts_errors_that_change_across_neighbours():
+    videos = torch.zeros(1, 3, 1, 4, 4)
+    # The same error everywhere (a colour shift) has no edge part: the loss is the plain one.
+    shifted = reconstruction_loss(videos + 0.5, videos, edge_weight=1.0)
+    assert shifted["edge"] == 0.0 and shifted["loss"].item() == pytest.approx(0.5 + 0.25)
+    # A stray vertical line at column 2: 2 of the 3 horizontal neighbour pairs of each row change by 1, no
+    # vertical pair changes.
+    line = videos.clone()
+    line[..., 2] = 1.0
+    parts = reconstruction_loss(line, videos, edge_weight=2.0)
+    assert parts["edge"] == pytest.approx(2 / 3)
+    assert parts["loss"].item() == pytest.approx(parts["l1"] + parts["mse"] + 2 * 2 / 3)
+    # Weighted: a pair weighs what its right (lower) pixel weighs; weight 5 on column 3 makes the pairs
+    # (0,1), (1,2), (2,3) weigh 1, 1, 5 with changes 0, 1, 1.
+    weights = torch.ones(1, 1, 1, 4, 4)
+    weights[..., 3] = 5.0
+    assert reconstruction_loss(line, videos, weights, edge_weight=1.0)["edge"] == pytest.approx(6 / 7)
+    assert "edge" not in reconstruction_loss(line, videos)  # off by default

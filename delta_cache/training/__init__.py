@@ -9,6 +9,7 @@ exact, cheaper cross-attention over padded text.
 from .flow_matching import (
     channel_statistics,
     decode_unclamped,
+    edge_error,
     encode_latents,
     flow_matching_loss,
     fold_latent_statistics,
@@ -21,6 +22,7 @@ from .flow_matching import (
 )
 
 __all__ = [
-    "channel_statistics", "decode_unclamped", "encode_latents", "flow_matching_loss", "fold_latent_statistics",
+    "channel_statistics", "decode_unclamped", "edge_error", "encode_latents", "flow_matching_loss",
+    "fold_latent_statistics",
     "normalise_latents", "object_weights", "reconstruction_loss", "sample_sigmas", "shift_sigmas", "vae_loss",
 ]

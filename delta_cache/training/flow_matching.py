@@ -51,40 +51,64 @@ def flow_matching_loss(transformer, latents: torch.Tensor, prompt_embeds: torch.
 
 
 def vae_loss(vae, videos: torch.Tensor, kl_weight: float, generator: torch.Generator | None = None,
-             pixel_weights: torch.Tensor | None = None) -> dict:
+             pixel_weights: torch.Tensor | None = None, edge_weight: float = 0.0) -> dict:
     """Reconstruction (L1 + MSE, pixels in [-1, 1]) of a posterior sample plus kl_weight * KL.
 
-    videos: (B, 3, F, H, W) in [-1, 1]; pixel_weights: see `reconstruction_loss`. Returns the total ("loss")
-    and its parts (detached floats).
+    videos: (B, 3, F, H, W) in [-1, 1]; pixel_weights, edge_weight: see `reconstruction_loss`. Returns the
+    total ("loss") and its parts (detached floats).
     """
     # decode() clamps to [-1, 1], which stops gradients at saturated pixels: the loss uses the raw output.
     return posterior_loss(vae.encode(videos).latent_dist, lambda z: decode_unclamped(vae, z), videos, kl_weight,
-                          generator, pixel_weights)
+                          generator, pixel_weights, edge_weight)
 
 
 def posterior_loss(posterior, decode: Callable[[torch.Tensor], torch.Tensor], videos: torch.Tensor,
                    kl_weight: float, generator: torch.Generator | None = None,
-                   pixel_weights: torch.Tensor | None = None) -> dict:
-    """The VAE objective of both families, whatever their encode/decode calls: L1 + MSE of `decode` (raw,
-    unclamped) of one posterior sample, plus kl_weight * KL to N(0, 1) as a mean over latent elements."""
+                   pixel_weights: torch.Tensor | None = None, edge_weight: float = 0.0) -> dict:
+    """The VAE objective of both families, whatever their encode/decode calls: L1 + MSE (+ the edge term) of
+    `decode` (raw, unclamped) of one posterior sample, plus kl_weight * KL to N(0, 1) as a mean over latent
+    elements."""
     noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
-    parts = reconstruction_loss(decode(posterior.mean + posterior.std * noise), videos, pixel_weights)
+    parts = reconstruction_loss(decode(posterior.mean + posterior.std * noise), videos, pixel_weights, edge_weight)
     kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
     return {**parts, "loss": parts["loss"] + kl_weight * kl, "kl": kl.item()}
 
 
 def reconstruction_loss(reconstruction: torch.Tensor, videos: torch.Tensor,
-                        pixel_weights: torch.Tensor | None = None) -> dict:
-    """L1 + MSE between a raw (unclamped) reconstruction and the videos (pixels in [-1, 1]).
+                        pixel_weights: torch.Tensor | None = None, edge_weight: float = 0.0) -> dict:
+    """L1 + MSE between a raw (unclamped) reconstruction and the videos (pixels in [-1, 1]), plus
+    edge_weight x the edge term.
 
-    pixel_weights: optional (B, 1, F, H, W) weights; the means become weighted means (see `object_weights`)."""
+    pixel_weights: optional (B, 1, F, H, W) weights; the means become weighted means (see `object_weights`).
+    The edge term is the (weighted) mean absolute difference between the reconstruction's and the videos'
+    differences of horizontally and of vertically neighbouring pixels, summed over the two: it ignores an
+    error that is the same on both sides of an edge and counts one that blurs or shifts it, which per-pixel
+    means weigh little because edges are few pixels."""
     error = reconstruction - videos
     if pixel_weights is None:
         l1, mse = error.abs().mean(), error.pow(2).mean()
     else:
         weights = pixel_weights.to(error) / pixel_weights.to(error).mean()
         l1, mse = (weights * error.abs()).mean(), (weights * error.pow(2)).mean()
-    return {"loss": l1 + mse, "l1": l1.item(), "mse": mse.item()}
+    parts = {"loss": l1 + mse, "l1": l1.item(), "mse": mse.item()}
+    if edge_weight:
+        edge = edge_error(error, None if pixel_weights is None else pixel_weights.to(error))
+        parts.update(loss=parts["loss"] + edge_weight * edge, edge=edge.item())
+    return parts
+
+
+def edge_error(error: torch.Tensor, pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean |difference of `error` between horizontal neighbours| + the same between vertical neighbours;
+    with pixel_weights (B, 1, F, H, W), weighted means with the weight of each pair's right / lower pixel."""
+    across = (error[..., 1:] - error[..., :-1]).abs()
+    down = (error[..., 1:, :] - error[..., :-1, :]).abs()
+    if pixel_weights is None:
+        return across.mean() + down.mean()
+
+    def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return (weights * values).mean() / weights.mean()
+
+    return weighted_mean(across, pixel_weights[..., 1:]) + weighted_mean(down, pixel_weights[..., 1:, :])
 
 
 def object_weights(masks: torch.Tensor, weight: float, band: int = 2) -> torch.Tensor:

@@ -82,11 +82,12 @@ def normalise_latents(vae, latents: torch.Tensor) -> torch.Tensor:
 
 
 def vae_loss(vae, videos: torch.Tensor, kl_weight: float, generator: torch.Generator | None = None,
-             pixel_weights: torch.Tensor | None = None) -> dict:
-    """The Wan family's VAE objective (flow_matching.vae_loss) for AutoencoderKLHunyuanVideo: L1 + MSE of the
-    reconstruction of a posterior sample (pixels in [-1, 1]) plus kl_weight * KL (mean per element)."""
+             pixel_weights: torch.Tensor | None = None, edge_weight: float = 0.0) -> dict:
+    """The Wan family's VAE objective (flow_matching.vae_loss) for AutoencoderKLHunyuanVideo: L1 + MSE (+ the
+    edge term) of the reconstruction of a posterior sample (pixels in [-1, 1]) plus kl_weight * KL (mean per
+    element)."""
     return posterior_loss(encode_clip(vae, videos), lambda z: decode_clip(vae, z), videos, kl_weight, generator,
-                          pixel_weights)
+                          pixel_weights, edge_weight)
 
 
 @torch.no_grad()
