@@ -23,6 +23,6 @@ from .flow_matching import (
 
 __all__ = [
     "channel_statistics", "decode_unclamped", "edge_error", "encode_latents", "flow_matching_loss",
-    "fold_latent_statistics",
-    "normalise_latents", "object_weights", "reconstruction_loss", "sample_sigmas", "shift_sigmas", "vae_loss",
+    "fold_latent_statistics", "normalise_latents", "object_weights", "reconstruction_loss", "sample_sigmas",
+    "shift_sigmas", "vae_loss",
 ]

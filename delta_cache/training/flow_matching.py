@@ -85,14 +85,15 @@ def reconstruction_loss(reconstruction: torch.Tensor, videos: torch.Tensor,
     error that is the same on both sides of an edge and counts one that blurs or shifts it, which per-pixel
     means weigh little because edges are few pixels."""
     error = reconstruction - videos
+    pixel_weights = None if pixel_weights is None else pixel_weights.to(error)
     if pixel_weights is None:
         l1, mse = error.abs().mean(), error.pow(2).mean()
     else:
-        weights = pixel_weights.to(error) / pixel_weights.to(error).mean()
+        weights = pixel_weights / pixel_weights.mean()
         l1, mse = (weights * error.abs()).mean(), (weights * error.pow(2)).mean()
     parts = {"loss": l1 + mse, "l1": l1.item(), "mse": mse.item()}
     if edge_weight:
-        edge = edge_error(error, None if pixel_weights is None else pixel_weights.to(error))
+        edge = edge_error(error, pixel_weights)
         parts.update(loss=parts["loss"] + edge_weight * edge, edge=edge.item())
     return parts
 
