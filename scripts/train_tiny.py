@@ -24,7 +24,7 @@ encoding, flow-matching loss, writer; the batches are in training/data.py, the s
                  embedded guidance), Llama + CLIP text models; upstream ckpts/ layout, transformer in bf16
                  (loads with HunyuanVideo/sample_video.py --model-base <out> and MODEL_BASE=<out>).
 Model sizes and --shift default per family (the adapters' `defaults`). See docs/tiny-models.md for the recipes
-and timings.
+and timings. --pack_state / --unpack_state carry a run between machines that keep nothing (runs/README.md).
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ from delta_cache.synthetic.videos import make_video  # noqa: E402
 from delta_cache.training import channel_statistics, reconstruction_loss, sample_sigmas, shift_sigmas  # noqa: E402
 from delta_cache.training import hunyuan_video as hunyuan_training  # noqa: E402
 from delta_cache.training import wan as wan_training  # noqa: E402
+from delta_cache.training.carry import pack_state, unpack_state  # noqa: E402
 from delta_cache.training.data import dit_batch, init_seed, vae_batch, vae_probe_batch  # noqa: E402
 from delta_cache.training.loop import (  # noqa: E402
+    LATENTS_FILE,
     LOG_FILE,
     STATE_FILE,
     TimeBudget,
@@ -55,6 +57,7 @@ from delta_cache.training.loop import (  # noqa: E402
     autocast,
     learning_rate,
     log,
+    restart_step,
     run_steps,
     save_state,
     start_ema,
@@ -62,9 +65,7 @@ from delta_cache.training.loop import (  # noqa: E402
 )
 from delta_cache.video import to_vae_input  # noqa: E402
 
-LATENTS_FILE = "latents.pt"
 INFO_FILE = "tiny_model.json"  # written next to the checkpoint: native size, prompt grammar, recipe
-STAGES = ("vae", "latents", "dit", "decoder", "done")
 # The fixed-batch probes draw their noise from this seed whatever --seed is, so that probe losses of runs
 # with different seeds (a continuation with --init_from, say) compare on the same batch.
 PROBE_SEED = 0
@@ -84,7 +85,7 @@ COMPONENTS = tuple(dict.fromkeys(c for family in FAMILIES.values() for c in fami
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", default="wan", choices=sorted(FAMILIES), help="model family")
-    p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write (must be empty or new)")
+    p.add_argument("--out", type=Path, help="checkpoint folder to write (must be empty or new)")
     p.add_argument("--work_dir", type=Path, help="training state and latents (default: <out>.work)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
@@ -98,6 +99,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "transformer's EMA weights so far, the VAE, the text encoders) and exit, to evaluate a long "
                         "run midway; the model flags come from the state (it must have reached the transformer "
                         "stage)")
+    p.add_argument("--check_vae_state", action="store_true",
+                   help="do not train: run the VAE round-trip check (--vae_check_videos held-out videos) on the VAE "
+                        "of the training state in --work_dir, at any stage, print it, add it to the run's log, and "
+                        "exit")
+    p.add_argument("--pack_state", type=Path, metavar="FILE",
+                   help="do not train: write the run in --work_dir to FILE, small enough to commit (weights in fp16, "
+                        "no optimizer moments, the log compressed; delta_cache/training/carry.py), and exit")
+    p.add_argument("--unpack_state", type=Path, metavar="FILE",
+                   help="do not train: restore a --pack_state FILE into an empty --work_dir and exit; then --resume "
+                        "continues it as a warm restart (the learning rate warms up again from the packed step)")
     p.add_argument("--init_from", type=Path,
                    help="warm start: begin from the weights of a checkpoint this script wrote (e.g. the committed "
                         "preview); its tiny_model.json supplies the model-shape and size flags not given")
@@ -172,10 +183,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--kl_weight", type=float, default=1e-4)
     p.add_argument("--ema_decay", type=float, default=0.999)
     args = p.parse_args(argv)
-    if args.export_state:
+    utilities = [flag for flag, given in (("--export_state", args.export_state), ("--pack_state", args.pack_state),
+                                          ("--unpack_state", args.unpack_state),
+                                          ("--check_vae_state", args.check_vae_state)) if given]
+    if len(utilities) > 1:
+        raise UserInputError(f"{' and '.join(utilities)} are separate commands: give one")
+    if utilities:
         if args.work_dir is None:
-            raise UserInputError("--export_state needs --work_dir (the training run to export)")
+            raise UserInputError(f"{utilities[0]} needs --work_dir (the training run)")
+        if args.export_state and args.out is None:
+            raise UserInputError("--export_state needs --out (the checkpoint folder to write)")
         return args
+    if args.out is None:
+        raise UserInputError("--out is required (the checkpoint folder to write)")
     args.work_dir = args.work_dir or args.out.with_name(args.out.name + ".work")
     if args.init_components is not None and args.init_from is None:
         raise UserInputError("--init_components needs --init_from")
@@ -292,11 +312,12 @@ def train_vae(args, modules, state, device) -> dict:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     if state.get("vae_optimizer"):
         optimizer.load_state_dict(state["vae_optimizer"])
+    restart = restart_step(state, "vae")
 
     def step_fn(step: int) -> float:
         batch = vae_batch(args, step)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(args, args.vae_lr, step, args.vae_steps)
+            group["lr"] = learning_rate(args, args.vae_lr, step, args.vae_steps, restart)
         with autocast(device):
             parts = vae_loss(vae, batch.videos.to(device), args.kl_weight, batch.generator,
                              batch.pixel_weights(args, device), args.vae_edge_weight)
@@ -348,10 +369,12 @@ def vae_round_trip(args, vae, device) -> dict:
             "ssim": float(np.mean(ssims))}
 
 
-def report_round_trip(args, vae, device, stage: str) -> dict:
-    """`vae_round_trip`, logged and printed."""
+def report_round_trip(args, vae, device, stage: str, step: int | None = None, **record) -> dict:
+    """`vae_round_trip`, logged (at `step`, default the stage's last; `record` added) and printed."""
     check = vae_round_trip(args, vae, device)
-    log(args, {"stage": stage, "step": args.vae_steps if stage == "vae" else args.decoder_steps, "round_trip": check})
+    if step is None:
+        step = args.vae_steps if stage == "vae" else args.decoder_steps
+    log(args, {"stage": stage, "step": step, **record, "round_trip": check})
     tqdm.write(f"VAE round trip on {check['videos']} held-out videos: {check['agreement']:.0%} agree with their "
                f"prompt, PSNR {check['psnr']:.1f} dB, SSIM {check['ssim']:.3f}; per attribute " +
                ", ".join(f"{k} {v:.0%}" for k, v in check["attributes"].items()))
@@ -372,6 +395,7 @@ def train_decoder(args, modules, state, device) -> dict:
     optimizer = torch.optim.AdamW(parameters, lr=args.decoder_lr, weight_decay=0.0)
     if state.get("decoder_optimizer"):
         optimizer.load_state_dict(state["decoder_optimizer"])
+    restart = restart_step(state, "decoder")
 
     def reconstruct(videos: torch.Tensor, pixel_weights: torch.Tensor | None = None,
                     edge_weight: float = 0.0) -> torch.Tensor:
@@ -383,7 +407,7 @@ def train_decoder(args, modules, state, device) -> dict:
     def step_fn(step: int) -> float:
         batch = vae_batch(args, step, stage="decoder")
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(args, args.decoder_lr, step, args.decoder_steps)
+            group["lr"] = learning_rate(args, args.decoder_lr, step, args.decoder_steps, restart)
         loss = reconstruct(batch.videos.to(device), batch.pixel_weights(args, device), args.vae_edge_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -473,6 +497,7 @@ def train_dit(args, modules, state, dataset, device) -> dict:
                 for name, module in text_modules.items()}
     if state.get("transformer_optimizer"):
         optimizer.load_state_dict(state["transformer_optimizer"])
+    restart = restart_step(state, "dit")
     latents_all, prompts = dataset["latents"], dataset["prompts"]
 
     with family.text_attention(transformer) as prepare_text:
@@ -482,7 +507,7 @@ def train_dit(args, modules, state, dataset, device) -> dict:
             noise = torch.randn(latents.shape, generator=generator)
             sigmas = sample_sigmas(len(indices), args.shift, generator)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(args, args.lr, step, args.dit_steps)
+                group["lr"] = learning_rate(args, args.lr, step, args.dit_steps, restart)
             text = prepare_text(encode_prompts(pipe, batch_prompts, device, grad=bool(text_modules)))
             with autocast(device):
                 loss = flow_matching_loss(transformer, latents.to(device), text, sigmas, noise.to(device))
@@ -641,6 +666,21 @@ def main(argv=None) -> dict:
     if args.export_state:
         set_offline()
         return export_state(args.work_dir, args.out)
+    if args.pack_state:
+        packed = pack_state(args.work_dir, args.pack_state)
+        tqdm.write(f"packed {args.work_dir} at {packed['stage']} step {packed['step']} into {args.pack_state} "
+                   f"({packed['bytes'] / 2**20:.1f} MiB)")
+        return packed
+    if args.check_vae_state:
+        set_offline()
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return check_vae_state(args.work_dir, args.vae_check_videos, torch.device(args.device))
+    if args.unpack_state:
+        unpacked = unpack_state(args.unpack_state, args.work_dir)
+        tqdm.write(f"unpacked {args.unpack_state} into {args.work_dir} at {unpacked['stage']} step "
+                   f"{unpacked['step']}; continue with --resume (a warm restart)")
+        return unpacked
     validate(args)
     set_offline()
     if args.threads:
@@ -670,7 +710,8 @@ def main(argv=None) -> dict:
     return state["summaries"]
 
 
-_NOT_RECIPE = ("out", "work_dir", "resume", "threads", "stop_after_minutes", "time_budget", "export_state")
+_NOT_RECIPE = ("out", "work_dir", "resume", "threads", "stop_after_minutes", "time_budget", "export_state",
+               "pack_state", "unpack_state", "check_vae_state")
 
 
 def write_checkpoint(args, modules, state, statistics: dict, extra: dict | None = None) -> None:
@@ -691,6 +732,25 @@ def write_checkpoint(args, modules, state, statistics: dict, extra: dict | None 
     }
     family.save(modules, args.out)
     (args.out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def check_vae_state(work_dir: Path, videos: int, device: torch.device) -> dict:
+    """--check_vae_state: the round-trip check of the VAE a training state holds now, logged as stage
+    "vae_check" at the state's step, with the state's stage as "state_stage"."""
+    if not (work_dir / STATE_FILE).exists():
+        raise UserInputError(f"--check_vae_state: no training state in {work_dir}")
+    if videos < 1:
+        raise UserInputError(f"--check_vae_state needs --vae_check_videos >= 1, got {videos}")
+    state = torch.load(work_dir / STATE_FILE, map_location="cpu", weights_only=False)
+    run = argparse.Namespace(**state["args"])
+    run.work_dir, run.vae_check_videos = work_dir, videos
+    fill_family_defaults(run)
+    modules = FAMILIES[run.family].build(run, init_seed(run))
+    restore_weights(state, modules)
+    tqdm.write(f"{work_dir}: {state['stage']} stage, step {state['step']}")
+    check = report_round_trip(run, modules["vae"].to(device).eval(), device, "vae_check", step=state["step"],
+                              state_stage=state["stage"])
+    return {"stage": state["stage"], "step": state["step"], **check}
 
 
 def export_state(work_dir: Path, out: Path) -> dict:

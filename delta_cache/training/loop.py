@@ -17,15 +17,29 @@ from tqdm import tqdm
 
 STATE_FILE = "state.pt"  # in --work_dir: everything a resume needs
 LOG_FILE = "log.jsonl"  # in --work_dir: every step's loss and the fixed-batch losses
+LATENTS_FILE = "latents.pt"  # in --work_dir: the encoded training videos of the transformer stage
+STAGES = ("vae", "latents", "dit", "decoder", "done")  # in the order a run goes through them
 
 
-def learning_rate(args, base: float, step: int, total: int) -> float:
-    """Linear warm-up, then (cosine) a decay to min_lr_ratio x base at the stage's last step."""
+def learning_rate(args, base: float, step: int, total: int, restarted_at: int | None = None) -> float:
+    """Linear warm-up, then (cosine) a decay to min_lr_ratio x base at the stage's last step.
+
+    `restarted_at`: the step where the stage went on with a fresh optimizer (an unpacked state, `carry.py`):
+    from there the rate warms up again over --warmup_steps towards the schedule's own rate (within the first
+    warm-up, the two ramps multiply: slower, and harmless).
+    """
     rate = base * min(1.0, (step + 1) / max(1, args.warmup_steps))
     if args.lr_decay == "cosine" and step >= args.warmup_steps:
         progress = min(1.0, (step - args.warmup_steps) / max(1, total - 1 - args.warmup_steps))
         rate *= args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + np.cos(np.pi * progress))
+    if restarted_at is not None and step >= restarted_at:
+        rate *= min(1.0, (step + 1 - restarted_at) / max(1, args.warmup_steps))
     return rate
+
+
+def restart_step(state: dict, stage: str) -> int | None:
+    """The step at which `stage` restarted without its optimizer's moments, if it did (see `learning_rate`)."""
+    return (state.get("warm_restarts") or {}).get(stage)
 
 
 def autocast(device: torch.device):
