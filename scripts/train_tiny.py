@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout without installing
@@ -72,6 +73,8 @@ PROBE_SEED = 0
 # Arguments that shape the models or the data: a resumed run must use the same values.
 _FIXED_ARGS = ("family", "seed", "num_frames", "height", "width", "num_layers", "num_heads", "head_dim", "ffn_dim",
                "text_dim", "vae_base_dim", "num_videos", "num_single_layers", "train_text_encoder")
+# Fixed only once the latents exist (a run still in its VAE stage may change them; the state takes the new value).
+_FIXED_FROM_LATENTS = ("num_videos",)
 # Fixed flags added after states were first written: their value in an older state.
 _FIXED_ARG_DEFAULTS = {"train_text_encoder": False}
 # Modules, objectives, prompt encoding and writer per family (delta_cache/training/family.py). Each family's
@@ -133,7 +136,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="after the warm-up: cosine decay to --min_lr_ratio x the rate at the stage's last step, or "
                         "a constant rate (short runs gain much from the decay)")
     p.add_argument("--min_lr_ratio", type=float, default=0.1, help="final learning rate / base rate (cosine)")
-    p.add_argument("--num_videos", type=int, default=20000, help="training videos encoded for the transformer")
+    p.add_argument("--num_videos", type=int, default=20000,
+                   help="training videos encoded for the transformer (at a time, with --refresh_videos_every)")
+    p.add_argument("--refresh_videos_every", type=int, default=0, metavar="STEPS",
+                   help="every STEPS transformer steps, train on the next --num_videos training videos instead "
+                        "(encoded when first needed): more distinct videos, and a resume on a fresh machine "
+                        "re-encodes only the current ones (0: the same videos for the whole stage)")
     p.add_argument("--checkpoint_every", type=int, default=1000, help="steps between saved training states")
     # data
     p.add_argument("--num_frames", type=int, default=17, help="native frames (4n+1)")
@@ -276,6 +284,8 @@ def validate(args) -> None:
         raise UserInputError("--min_vae_agreement needs --vae_check_videos > 0")
     if args.family == "wan" and (args.head_dim % 2 or args.head_dim < 6):
         raise UserInputError("--head_dim must be even and >= 6 (rope splits it into t/h/w parts)")
+    if args.refresh_videos_every < 0:
+        raise UserInputError(f"--refresh_videos_every must be >= 0, got {args.refresh_videos_every}")
     if min(args.batch_size, args.vae_batch_size, args.num_videos, args.checkpoint_every) < 1 or \
             min(args.vae_steps, args.dit_steps, args.decoder_steps) < 0:
         raise UserInputError("batch sizes, --num_videos and --checkpoint_every must be >= 1, steps >= 0")
@@ -430,14 +440,22 @@ def train_decoder(args, modules, state, device) -> dict:
     return summary
 
 
-def encode_training_videos(args, vae, device, desc: str = "latents") -> tuple[torch.Tensor, list[str]]:
-    """Posterior means of the transformer's --num_videos training videos, and their prompts."""
+def video_pool(args, step: int) -> int:
+    """Which --num_videos training videos the transformer trains on at `step`: pool k is videos
+    k*num_videos ... (k+1)*num_videos - 1 (--refresh_videos_every)."""
+    return step // args.refresh_videos_every if args.refresh_videos_every else 0
+
+
+def encode_training_videos(args, vae, device, desc: str = "latents", first: int = 0,
+                           count: int | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Posterior means of `count` (default --num_videos) training videos from index `first`, and their prompts."""
     family = FAMILIES[args.family]
     vae = vae.to(device).eval()
     latents, prompts = [], []
-    for start in tqdm(range(0, args.num_videos, 8), desc=desc, dynamic_ncols=True):
+    end = first + (args.num_videos if count is None else count)
+    for start in tqdm(range(first, end, 8), desc=desc, dynamic_ncols=True, disable=end - first <= 8):
         videos = [make_video(i, "train", num_frames=args.num_frames, height=args.height, width=args.width)
-                  for i in range(start, min(start + 8, args.num_videos))]
+                  for i in range(start, min(start + 8, end))]
         with torch.no_grad(), autocast(device):
             latents.append(family.encode(vae, to_vae_input([v.frames for v in videos]).to(device)).float().cpu())
         prompts += [v.prompt for v in videos]
@@ -452,32 +470,42 @@ def encode_dataset(args, modules, device) -> dict:
     # The fold is exact, so normalised latents are an affine map of the raw ones (no second encode).
     latents = (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
     return {"latents": latents.to(torch.float16), "prompts": prompts, "raw_mean": mean.tolist(),
-            "raw_std": std.tolist()}
+            "raw_std": std.tolist(), "pool": 0}
 
 
-def load_dataset(args, modules, state, device) -> dict:
-    """The encoded training set; re-encoded if the file is gone (it is too large to carry between machines).
+def encode_normalised(args, vae, device, desc: str, first: int = 0, count: int | None = None):
+    """Training latents of a folded VAE (the pipeline's normalisation of its posterior means), and prompts."""
+    latents, prompts = encode_training_videos(args, vae, device, desc, first, count)
+    return FAMILIES[args.family].normalise(vae, latents).to(torch.float16), prompts
+
+
+def load_dataset(args, modules, state, device, pool: int = 0) -> dict:
+    """The encoded training videos of `pool` (`video_pool`); encoded if the file is gone (it is too large to
+    carry between machines) or holds another pool.
 
     The state's VAE is already folded, so the pipeline's normalisation of its posterior means gives the
-    training latents (the lost file's up to rounding); the raw statistics, which tiny_model.json records,
-    come from the state.
+    training latents (pool 0's as the latents stage made them, up to rounding); the raw statistics, which
+    tiny_model.json records, come from the state.
     """
     path = args.work_dir / LATENTS_FILE
     if path.exists():
-        return torch.load(path, weights_only=False)
+        dataset = torch.load(path, weights_only=False)
+        if dataset.get("pool", 0) == pool:
+            return dataset
     statistics = state.get("latent_statistics")
     if statistics is None:  # a state written before the statistics were kept in it
         raise UserInputError(f"{path} is missing and {args.work_dir / STATE_FILE} predates re-encoding: "
                              "restore the file or start the run again")
-    tqdm.write(f"{path} is missing: re-encoding the training videos with the run's (folded) VAE")
-    latents, prompts = encode_training_videos(args, modules["vae"], device, desc="latents (again)")
-    latents = FAMILIES[args.family].normalise(modules["vae"], latents)
-    dataset = {"latents": latents.to(torch.float16), "prompts": prompts, **statistics}
+    first = pool * args.num_videos
+    tqdm.write(f"encoding training videos {first}-{first + args.num_videos - 1} (pool {pool}) with the run's "
+               "(folded) VAE")
+    latents, prompts = encode_normalised(args, modules["vae"], device, f"latents (pool {pool})", first)
+    dataset = {"latents": latents, "prompts": prompts, **statistics, "pool": pool}
     torch.save(dataset, path)
     return dataset
 
 
-def train_dit(args, modules, state, dataset, device) -> dict:
+def train_dit(args, modules, state, device) -> dict:
     family = FAMILIES[args.family]
     encode_prompts, flow_matching_loss = family.encode_prompts, family.loss
     negative_prompt = family.negative_prompt
@@ -498,12 +526,15 @@ def train_dit(args, modules, state, dataset, device) -> dict:
     if state.get("transformer_optimizer"):
         optimizer.load_state_dict(state["transformer_optimizer"])
     restart = restart_step(state, "dit")
-    latents_all, prompts = dataset["latents"], dataset["prompts"]
+    current = {"dataset": load_dataset(args, modules, state, device, video_pool(args, state["step"]))}
 
     with family.text_attention(transformer) as prepare_text:
         def step_fn(step: int) -> float:
-            indices, batch_prompts, generator = dit_batch(args, step, prompts, negative_prompt)
-            latents = latents_all[torch.from_numpy(indices)].float()
+            if current["dataset"]["pool"] != video_pool(args, step):  # --refresh_videos_every: the next videos
+                current["dataset"] = load_dataset(args, modules, state, device, video_pool(args, step))
+            dataset = current["dataset"]
+            indices, batch_prompts, generator = dit_batch(args, step, dataset["prompts"], negative_prompt)
+            latents = dataset["latents"][torch.from_numpy(indices)].float()
             noise = torch.randn(latents.shape, generator=generator)
             sigmas = sample_sigmas(len(indices), args.shift, generator)
             for group in optimizer.param_groups:
@@ -528,21 +559,30 @@ def train_dit(args, modules, state, dataset, device) -> dict:
                     **(state.get("text_encoders") or {}), **{n: m.state_dict() for n, m in text_modules.items()}})
             save_state(args, state)
 
-        # Fixed batch: the first training latents at evenly spread noise levels.
-        count = min(8, len(prompts))
+        # Fixed batch: the first training videos (whatever the pool) at evenly spread noise levels.
+        count = min(8, args.num_videos)
+        started = time.perf_counter()
+        probe_latents, probe_prompts = encode_normalised(args, modules["vae"], device, "probe", 0, count)
+        probe_latents = probe_latents.float()
+        seconds_per_video = (time.perf_counter() - started) / count
+
+        def pause_before(step: int) -> bool:
+            """Pause before a new pool whose encoding would not fit in the time budget (it is encoded first
+            thing after the resume instead; an hour-long step past the budget could outlast the machine)."""
+            return (video_pool(args, step) != current["dataset"]["pool"]
+                    and args.time_budget.remaining() < 1.5 * seconds_per_video * args.num_videos)
         probe_generator = torch.Generator().manual_seed(PROBE_SEED)
-        probe_latents = latents_all[:count].float()
         probe_noise = torch.randn(probe_latents.shape, generator=probe_generator)
         probe_sigmas = shift_sigmas((torch.arange(count) + 0.5) / count, args.shift)
 
         def probe() -> float:
             with torch.no_grad():
-                text = prepare_text(encode_prompts(pipe, prompts[:count], device))
+                text = prepare_text(encode_prompts(pipe, probe_prompts, device))
             with torch.no_grad(), autocast(device):
                 return flow_matching_loss(transformer, probe_latents.to(device), text, probe_sigmas,
                                           probe_noise.to(device)).item()
 
-        summary = run_steps(args, "dit", state["step"], args.dit_steps, step_fn, checkpoint, probe)
+        summary = run_steps(args, "dit", state["step"], args.dit_steps, step_fn, checkpoint, probe, pause_before)
     transformer.load_state_dict(ema, strict=False)  # parameters only (rope tables are buffers)
     transformer.eval()
     for name, module in text_modules.items():
@@ -601,11 +641,19 @@ def load_or_start(args, modules) -> dict:
             state["text_encoders"] = {name: modules[name].state_dict() for name in _TEXT_ENCODERS if name in modules}
         return state
     state = torch.load(args.work_dir / STATE_FILE, map_location="cpu", weights_only=False)
-    changed = [f"--{k}" for k in _FIXED_ARGS if state["args"].get(k, _FIXED_ARG_DEFAULTS.get(k)) != getattr(args, k)]
+    changed = fixed_args_changed(state, args)
     if changed:
         raise UserInputError(f"--resume: {', '.join(changed)} differ from the run in {args.work_dir}")
+    state["args"].update({k: getattr(args, k) for k in _FIXED_FROM_LATENTS})
     restore_weights(state, modules)
     return state
+
+
+def fixed_args_changed(state: dict, args) -> list[str]:
+    """The flags that shape the models or data and differ between `args` and the run in `state` (a resume
+    must not change them)."""
+    fixed = [k for k in _FIXED_ARGS if state["stage"] != "vae" or k not in _FIXED_FROM_LATENTS]
+    return [f"--{k}" for k in fixed if state["args"].get(k, _FIXED_ARG_DEFAULTS.get(k)) != getattr(args, k)]
 
 
 def restore_weights(state: dict, modules: dict) -> None:
@@ -640,8 +688,7 @@ def run_stages(args, modules, state, device) -> None:
         save_state(args, state)
         args.time_budget.check("dit", 0)
     if state["stage"] == "dit":
-        dataset = load_dataset(args, modules, state, device)
-        state["summaries"]["dit"] = train_dit(args, modules, state, dataset, device)
+        state["summaries"]["dit"] = train_dit(args, modules, state, device)
         state.update(stage="decoder", step=0, transformer=modules["transformer"].state_dict(),
                      transformer_optimizer=None)
         if args.train_text_encoder:  # their EMA weights, which a resume of the finished run reloads

@@ -169,5 +169,5 @@ def test_carried_runs_recipes_parse_and_match_their_packed_state(run):
     assert args.family in train_tiny.FAMILIES
     if (folder / "state.packed.pt").exists():
         packed = torch.load(folder / "state.packed.pt", map_location="cpu", weights_only=False)
-        differ = [k for k in train_tiny._FIXED_ARGS if packed["args"].get(k) != getattr(args, k)]
+        differ = train_tiny.fixed_args_changed(packed, args)
         assert not differ, f"runs/{run}: recipe.args and the packed run differ in {differ}"

@@ -84,7 +84,11 @@ class TimeBudget:
         self.started = time.monotonic()
 
     def spent(self) -> bool:
-        return self.seconds is not None and time.monotonic() - self.started >= self.seconds
+        return self.remaining() <= 0
+
+    def remaining(self) -> float:
+        """Seconds left (inf without a budget)."""
+        return float("inf") if self.seconds is None else self.seconds - (time.monotonic() - self.started)
 
     def check(self, stage: str, step: int) -> None:
         """Call where the state on disk is at (stage, step): pause there if the budget is spent."""
@@ -97,17 +101,24 @@ def log(args, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def run_steps(args, stage: str, first_step: int, total: int, step_fn, checkpoint_fn, probe_fn) -> dict:
+def run_steps(args, stage: str, first_step: int, total: int, step_fn, checkpoint_fn, probe_fn,
+              pause_before=None) -> dict:
     """The shared loop: tqdm with the running loss, periodic checkpoints, a per-step log; returns a summary.
 
     The per-step loss is noisy (it depends on the random noise level and batch), so `probe_fn`, the loss on
-    one fixed batch, is also measured at the start and at every checkpoint.
+    one fixed batch, is also measured at the start and at every checkpoint. `pause_before(step)`, if given,
+    may pause the run before a step (after the first), e.g. one whose preparation would overrun the budget.
     """
     losses, step_seconds = [], 0.0
     probes = [probe_fn()]
     log(args, {"stage": stage, "step": first_step, "fixed_batch_loss": probes[0]})
     bar = tqdm(range(first_step, total), desc=stage, initial=first_step, total=total, dynamic_ncols=True)
+    checkpointed = False
     for step in bar:
+        if pause_before is not None and step > first_step and pause_before(step):
+            if not checkpointed:
+                checkpoint_fn(step)
+            raise TrainingPaused(stage, step)
         start = time.perf_counter()
         loss = step_fn(step)
         step_seconds += time.perf_counter() - start
