@@ -446,25 +446,34 @@ def video_pool(args, step: int) -> int:
     return step // args.refresh_videos_every if args.refresh_videos_every else 0
 
 
-def encode_training_videos(args, vae, device, desc: str = "latents", first: int = 0,
-                           count: int | None = None) -> tuple[torch.Tensor, list[str]]:
-    """Posterior means of `count` (default --num_videos) training videos from index `first`, and their prompts."""
+def encode_training_videos(args, vae, device, desc: str = "latents", first: int = 0, count: int | None = None,
+                           budget: TimeBudget | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Posterior means of `count` (default --num_videos) training videos from index `first`, and their prompts.
+
+    `budget`: after the first batch, pause (the "latents" stage at step 0) if the rest would not fit in it.
+    """
     family = FAMILIES[args.family]
     vae = vae.to(device).eval()
     latents, prompts = [], []
     end = first + (args.num_videos if count is None else count)
+    started = time.perf_counter()
     for start in tqdm(range(first, end, 8), desc=desc, dynamic_ncols=True, disable=end - first <= 8):
         videos = [make_video(i, "train", num_frames=args.num_frames, height=args.height, width=args.width)
                   for i in range(start, min(start + 8, end))]
         with torch.no_grad(), autocast(device):
             latents.append(family.encode(vae, to_vae_input([v.frames for v in videos]).to(device)).float().cpu())
         prompts += [v.prompt for v in videos]
+        if budget is not None and start == first:
+            projected = (time.perf_counter() - started) / len(videos) * (end - first)
+            if budget.remaining() < 1.5 * projected:
+                raise TrainingPaused("latents", 0)
     return torch.cat(latents), prompts
 
 
 def encode_dataset(args, modules, device) -> dict:
     """Encode the transformer's training videos, fold their latent statistics into the VAE, re-normalise."""
-    raw, prompts = encode_training_videos(args, modules["vae"], device)
+    # (an encoding that would outlast the time budget, and maybe the machine, waits for the resume)
+    raw, prompts = encode_training_videos(args, modules["vae"], device, budget=args.time_budget)
     mean, std = channel_statistics(raw)
     FAMILIES[args.family].fold(modules["vae"], mean.to(device), std.to(device))
     # The fold is exact, so normalised latents are an affine map of the raw ones (no second encode).

@@ -61,6 +61,14 @@ def test_a_new_pool_that_would_overrun_the_time_budget_waits_for_the_resume(tmp_
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_latents_that_would_overrun_the_time_budget_wait_for_the_resume(tmp_path, monkeypatch):
+    monkeypatch.setattr(training_loop.TimeBudget, "remaining", lambda self: 1e-6)  # nearly spent, never spent
+    assert _run(tmp_path / "run", "--stop_after_minutes", "60") == {"paused": {"stage": "latents", "step": 0}}
+    assert not (tmp_path / "run.work" / train_tiny.LATENTS_FILE).exists()
+    monkeypatch.undo()
+    assert _run(tmp_path / "run", "--resume")["dit"]["steps"] == 4
+
+
 def test_num_videos_may_change_until_the_latents_exist(tmp_path):
     out = tmp_path / "run"
     _run(out, "--num_videos", "4", "--stop_after_minutes", "1e-9")  # paused in the VAE stage
