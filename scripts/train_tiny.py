@@ -470,10 +470,11 @@ def encode_training_videos(args, vae, device, desc: str = "latents", first: int 
     return torch.cat(latents), prompts
 
 
-def encode_dataset(args, modules, device) -> dict:
-    """Encode the transformer's training videos, fold their latent statistics into the VAE, re-normalise."""
-    # (an encoding that would outlast the time budget, and maybe the machine, waits for the resume)
-    raw, prompts = encode_training_videos(args, modules["vae"], device, budget=args.time_budget)
+def encode_dataset(args, modules, device, budget: TimeBudget | None = None) -> dict:
+    """Encode the transformer's training videos, fold their latent statistics into the VAE, re-normalise.
+
+    `budget`: pause before the encoding if it would outlast the time budget (and maybe the machine)."""
+    raw, prompts = encode_training_videos(args, modules["vae"], device, budget=budget)
     mean, std = channel_statistics(raw)
     FAMILIES[args.family].fold(modules["vae"], mean.to(device), std.to(device))
     # The fold is exact, so normalised latents are an affine map of the raw ones (no second encode).
@@ -677,6 +678,7 @@ def restore_weights(state: dict, modules: dict) -> None:
 
 def run_stages(args, modules, state, device) -> None:
     """The stages from the state's one to "done"; each ends with the state saved (the budget pauses there)."""
+    first_stage = state["stage"]
     if state["stage"] == "vae":
         state["summaries"]["vae"] = train_vae(args, modules, state, device)
         if args.vae_check_videos:
@@ -690,7 +692,9 @@ def run_stages(args, modules, state, device) -> None:
         save_state(args, state)
         args.time_budget.check("latents", 0)
     if state["stage"] == "latents":
-        dataset = encode_dataset(args, modules, device)
+        # A run that resumes here encodes whatever the budget (it must make progress); one that got here
+        # from its VAE stage may pause first instead of overrunning.
+        dataset = encode_dataset(args, modules, device, args.time_budget if first_stage != "latents" else None)
         torch.save(dataset, args.work_dir / LATENTS_FILE)
         state.update(stage="dit", step=0, vae=modules["vae"].state_dict(),  # the folded VAE
                      latent_statistics={k: dataset[k] for k in ("raw_mean", "raw_std")})

@@ -49,14 +49,19 @@ def test_a_resume_re_encodes_the_current_pool_and_trains_the_same_weights(tmp_pa
 
 
 def test_a_new_pool_that_would_overrun_the_time_budget_waits_for_the_resume(tmp_path, monkeypatch):
-    _run(tmp_path / "straight", *POOLS)
+    def run(out, *extra):
+        return _run(out, *POOLS, *extra)
+
+    run(tmp_path / "straight")
+    run(tmp_path / "run", "--stop_after_minutes", "1e-9")
+    _run_in_slices(run, tmp_path / "run", until=lambda s: s.get("paused") == {"stage": "dit", "step": 1}, resume=True)
     # A budget that is nearly spent but never spent: only the pool switch before step 2 may pause.
     monkeypatch.setattr(training_loop.TimeBudget, "remaining", lambda self: 1e-6)
-    assert _run(tmp_path / "run", *POOLS, "--stop_after_minutes", "60") == {"paused": {"stage": "dit", "step": 2}}
+    assert run(tmp_path / "run", "--stop_after_minutes", "60", "--resume") == {"paused": {"stage": "dit", "step": 2}}
     state = torch.load(tmp_path / "run.work" / train_tiny.STATE_FILE, weights_only=False)
     assert (state["stage"], state["step"]) == ("dit", 2)  # checkpointed where it paused
     monkeypatch.undo()
-    _run(tmp_path / "run", *POOLS, "--resume")
+    run(tmp_path / "run", "--resume")
     a, b = (load_file(tmp_path / name / keys.TRANSFORMER_FILE) for name in ("straight", "run"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
