@@ -465,7 +465,7 @@ def encode_training_videos(args, vae, device, desc: str = "latents", first: int 
         prompts += [v.prompt for v in videos]
         if budget is not None and start == first:
             projected = (time.perf_counter() - started) / len(videos) * (end - first)
-            if budget.remaining() < 1.5 * projected:
+            if not budget.allows(projected):
                 raise TrainingPaused("latents", 0)
     return torch.cat(latents), prompts
 
@@ -580,7 +580,7 @@ def train_dit(args, modules, state, device) -> dict:
             """Pause before a new pool whose encoding would not fit in the time budget (it is encoded first
             thing after the resume instead; an hour-long step past the budget could outlast the machine)."""
             return (video_pool(args, step) != current["dataset"]["pool"]
-                    and args.time_budget.remaining() < 1.5 * seconds_per_video * args.num_videos)
+                    and not args.time_budget.allows(seconds_per_video * args.num_videos))
         probe_generator = torch.Generator().manual_seed(PROBE_SEED)
         probe_noise = torch.randn(probe_latents.shape, generator=probe_generator)
         probe_sigmas = shift_sigmas((torch.arange(count) + 0.5) / count, args.shift)
@@ -794,19 +794,29 @@ def write_checkpoint(args, modules, state, statistics: dict, extra: dict | None 
     (args.out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
 
-def check_vae_state(work_dir: Path, videos: int, device: torch.device) -> dict:
-    """--check_vae_state: the round-trip check of the VAE a training state holds now, logged as stage
-    "vae_check" at the state's step, with the state's stage as "state_stage"."""
+def read_state(work_dir: Path, flag: str) -> dict:
+    """The training state in `work_dir`, for the utilities that read a run without training it."""
     if not (work_dir / STATE_FILE).exists():
-        raise UserInputError(f"--check_vae_state: no training state in {work_dir}")
-    if videos < 1:
-        raise UserInputError(f"--check_vae_state needs --vae_check_videos >= 1, got {videos}")
-    state = torch.load(work_dir / STATE_FILE, map_location="cpu", weights_only=False)
-    run = argparse.Namespace(**state["args"])
-    run.work_dir, run.vae_check_videos = work_dir, videos
+        raise UserInputError(f"{flag}: no training state in {work_dir}")
+    return torch.load(work_dir / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def state_modules(state: dict, work_dir: Path, **overrides) -> tuple[argparse.Namespace, dict]:
+    """The run's flags (as the state recorded them, with `overrides`) and its modules holding the state's weights."""
+    run = argparse.Namespace(**{**state["args"], "work_dir": work_dir, **overrides})
     fill_family_defaults(run)
     modules = FAMILIES[run.family].build(run, init_seed(run))
     restore_weights(state, modules)
+    return run, modules
+
+
+def check_vae_state(work_dir: Path, videos: int, device: torch.device) -> dict:
+    """--check_vae_state: the round-trip check of the VAE a training state holds now, logged as stage
+    "vae_check" at the state's step, with the state's stage as "state_stage"."""
+    if videos < 1:
+        raise UserInputError(f"--check_vae_state needs --vae_check_videos >= 1, got {videos}")
+    state = read_state(work_dir, "--check_vae_state")
+    run, modules = state_modules(state, work_dir, vae_check_videos=videos)
     tqdm.write(f"{work_dir}: {state['stage']} stage, step {state['step']}")
     check = report_round_trip(run, modules["vae"].to(device).eval(), device, "vae_check", step=state["step"],
                               state_stage=state["stage"])
@@ -820,18 +830,12 @@ def export_state(work_dir: Path, out: Path) -> dict:
     encoders (their EMA when trained); tiny_model.json records the run's recipe and `snapshot` (stage, step).
     """
     require_empty_out(out)
-    if not (work_dir / STATE_FILE).exists():
-        raise UserInputError(f"--export_state: no training state in {work_dir}")
-    state = torch.load(work_dir / STATE_FILE, map_location="cpu", weights_only=False)
+    state = read_state(work_dir, "--export_state")
     stage, step = state["stage"], state["step"]
     if stage in ("vae", "latents") or not state.get("latent_statistics"):
         raise UserInputError(f"--export_state: the run in {work_dir} is at its {stage} stage (step {step}); a "
                              "checkpoint needs the folded VAE that the transformer stage starts with")
-    run = argparse.Namespace(**state["args"])
-    run.out, run.work_dir = out, work_dir
-    fill_family_defaults(run)
-    modules = FAMILIES[run.family].build(run, init_seed(run))
-    restore_weights(state, modules)
+    run, modules = state_modules(state, work_dir, out=out)
     # In the transformer stage the state holds the raw weights and, from its first checkpoint on, their EMA
     # (parameters only), which is what the run would save; after it, the EMA weights themselves.
     if stage == "dit":

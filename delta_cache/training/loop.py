@@ -90,6 +90,11 @@ class TimeBudget:
         """Seconds left (inf without a budget)."""
         return float("inf") if self.seconds is None else self.seconds - (time.monotonic() - self.started)
 
+    def allows(self, estimated_seconds: float) -> bool:
+        """Whether work estimated at this many seconds fits in what is left, with a 1.5x margin (the estimates
+        come from a first batch, a rough guide)."""
+        return self.remaining() >= 1.5 * estimated_seconds
+
     def check(self, stage: str, step: int) -> None:
         """Call where the state on disk is at (stage, step): pause there if the budget is spent."""
         if self.spent():
