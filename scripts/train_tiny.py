@@ -802,7 +802,8 @@ def read_state(work_dir: Path, flag: str) -> dict:
 
 
 def state_modules(state: dict, work_dir: Path, **overrides) -> tuple[argparse.Namespace, dict]:
-    """The run's flags (as the state recorded them, with `overrides`) and its modules holding the state's weights."""
+    """The run's flags (as the state recorded them, with `overrides`) and its modules, holding the state's
+    weights."""
     run = argparse.Namespace(**{**state["args"], "work_dir": work_dir, **overrides})
     fill_family_defaults(run)
     modules = FAMILIES[run.family].build(run, init_seed(run))
