@@ -495,6 +495,10 @@ def test_vae_round_trip_check_reads_the_reconstructions(tmp_path):
     blank = train_tiny.vae_round_trip(args, BlankVAE(), torch.device("cpu"))
     assert blank["agreement"] == 0.0 and blank["attributes"]["count"] == 0.0 and blank["psnr"] < 20
     assert perfect["ssim"] > 0.99 and blank["ssim"] < 0.9
+    # Flat clips of each background colour: exact through the identity, mid-grey through the blank VAE.
+    assert set(perfect["flat_backgrounds"]) == {"black", "gray", "white", "brown"}
+    assert max(perfect["flat_backgrounds"].values()) < 1
+    assert blank["flat_backgrounds"]["black"] > 150 and blank["flat_backgrounds"]["gray"] < 20
 
     # Below --min_vae_agreement the run stops after the VAE stage, with a state that resumes into more VAE steps.
     with pytest.raises(UserInputError, match="--min_vae_agreement"):
