@@ -359,13 +359,10 @@ def vae_round_trip(args, vae, device) -> dict:
     from delta_cache.metrics import fidelity
     from delta_cache.synthetic.analyse import ATTRIBUTES, check_video
 
-    encode = FAMILIES[args.family].encode
     agree, attributes, psnrs, ssims = 0, dict.fromkeys(ATTRIBUTES, 0), [], []
     for index in range(args.vae_check_videos):
         video = make_video(index, "eval", num_frames=args.num_frames, height=args.height, width=args.width)
-        with autocast(device):
-            decoded = vae.decode(encode(vae, to_vae_input([video.frames]).to(device))).sample
-        frames = ((decoded[0].float().clamp(-1, 1).permute(1, 2, 3, 0) + 1) * 127.5).round().byte().cpu().numpy()
+        frames = round_trip(args, vae, video.frames, device)
         check = check_video(frames, video.scene)
         agree += check.agrees
         for name in ATTRIBUTES:
@@ -387,15 +384,20 @@ def flat_background_errors(args, vae, device) -> dict[str, float]:
     one latent. Such a VAE decodes every background alike, and no transformer can draw the prompt's."""
     from delta_cache.synthetic.prompts import BACKGROUND_COLOURS
 
-    encode = FAMILIES[args.family].encode
     errors = {}
     for name, rgb in BACKGROUND_COLOURS.items():
         clip = np.broadcast_to(np.array(rgb, np.uint8), (args.num_frames, args.height, args.width, 3))
-        with autocast(device):
-            decoded = vae.decode(encode(vae, to_vae_input([clip]).to(device))).sample
-        mean_rgb = ((decoded[0].float().clamp(-1, 1) + 1) * 127.5).mean(dim=(1, 2, 3)).cpu().numpy()
+        mean_rgb = round_trip(args, vae, clip, device).reshape(-1, 3).mean(axis=0)
         errors[name] = round(float(np.linalg.norm(mean_rgb - np.array(rgb))), 1)
     return errors
+
+
+@torch.no_grad()
+def round_trip(args, vae, frames: np.ndarray, device) -> np.ndarray:
+    """One uint8 video (F, H, W, 3) encoded and decoded as sampling decodes it, back as uint8 frames."""
+    with autocast(device):
+        decoded = vae.decode(FAMILIES[args.family].encode(vae, to_vae_input([frames]).to(device))).sample
+    return ((decoded[0].float().clamp(-1, 1).permute(1, 2, 3, 0) + 1) * 127.5).round().byte().cpu().numpy()
 
 
 def report_round_trip(args, vae, device, stage: str, step: int | None = None, **record) -> dict:
