@@ -72,7 +72,8 @@ INFO_FILE = "tiny_model.json"  # written next to the checkpoint: native size, pr
 PROBE_SEED = 0
 # Arguments that shape the models or the data: a resumed run must use the same values.
 _FIXED_ARGS = ("family", "seed", "num_frames", "height", "width", "num_layers", "num_heads", "head_dim", "ffn_dim",
-               "text_dim", "vae_base_dim", "num_videos", "num_single_layers", "train_text_encoder")
+               "text_dim", "vae_base_dim", "num_videos", "num_single_layers", "train_text_encoder",
+               "vae_norm_groups")
 # Fixed only once the latents exist (a run still in its VAE stage may change them; the state takes the new value).
 _FIXED_FROM_LATENTS = ("num_videos",)
 # Fixed flags added after states were first written: their value in an older state.
@@ -179,6 +180,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--text_dim", type=int,
                    help="text encoder width (32): wan UMT5 d_model; hunyuan_video Llama and CLIP hidden size")
     p.add_argument("--vae_base_dim", type=int, help="VAE width of the first level (12)")
+    p.add_argument("--vae_norm_groups", type=int,
+                   help="hunyuan_video: the VAE's GroupNorm groups (default: --vae_base_dim / 4, the released "
+                        "VAE's 4 channels a group)")
     # objective
     p.add_argument("--shift", type=float,
                    help="flow shift of the training sigmas (the sampler's default: wan 5, hunyuan_video 7)")
@@ -234,7 +238,7 @@ def require_empty_out(out: Path) -> None:
 
 # What a warm start inherits from the initial checkpoint's recipe unless given on the command line; the
 # transformer's own shape only when the transformer is one of the --init_components.
-_INHERITED_ARGS = ("num_frames", "height", "width", "text_dim", "vae_base_dim", "shift")
+_INHERITED_ARGS = ("num_frames", "height", "width", "text_dim", "vae_base_dim", "vae_norm_groups", "shift")
 _TRANSFORMER_SHAPE_ARGS = ("num_layers", "num_single_layers", "num_heads", "head_dim", "ffn_dim")
 
 
@@ -260,8 +264,10 @@ def inherit_shape(args, parser: argparse.ArgumentParser) -> None:
 def validate(args) -> None:
     if args.family == "hunyuan_video":
         validate_hunyuan_video(args)
-    elif args.num_single_layers is not None:
-        raise UserInputError("--num_single_layers is a hunyuan_video flag")
+    else:
+        for flag in ("num_single_layers", "vae_norm_groups"):
+            if getattr(args, flag) is not None:
+                raise UserInputError(f"--{flag} is a hunyuan_video flag")
     if args.num_frames < 1 or (args.num_frames - 1) % 4 or args.vae_frames < 1 or (args.vae_frames - 1) % 4:
         raise UserInputError("--num_frames and --vae_frames must be 4n+1")
     if args.vae_frames > args.num_frames:
@@ -314,6 +320,9 @@ def validate_hunyuan_video(args) -> None:
         raise UserInputError("--text_dim must be a multiple of 4 (2 heads with an even head dim)")
     if args.vae_base_dim % 4 or args.vae_base_dim < 4:
         raise UserInputError("--vae_base_dim must be a multiple of 4 (group norm with 4 channels per group)")
+    groups = args.vae_norm_groups
+    if groups is not None and not (groups >= 1 and args.vae_base_dim % groups == 0):
+        raise UserInputError(f"--vae_norm_groups {groups} must be >= 1 and divide --vae_base_dim {args.vae_base_dim}")
 
 
 def train_vae(args, modules, state, device) -> dict:

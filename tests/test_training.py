@@ -519,6 +519,10 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
         _run(tmp_path / "full")
     with pytest.raises(UserInputError, match="hunyuan_video flag"):
         _run(tmp_path / "h", "--num_single_layers", "2")
+    with pytest.raises(UserInputError, match="hunyuan_video flag"):
+        _run(tmp_path / "h", "--vae_norm_groups", "2")
+    with pytest.raises(UserInputError, match="--vae_norm_groups 3 must be >= 1 and divide --vae_base_dim 4"):
+        _run_hunyuan(tmp_path / "h", "--vae_norm_groups", "3")
     with pytest.raises(UserInputError, match="multiple of 4"):
         _run_hunyuan(tmp_path / "h", "--head_dim", "10")
     with pytest.raises(UserInputError, match="mlp_ratio"):
@@ -775,7 +779,7 @@ def test_hunyuan_video_vae_fold_and_whole_clip_encoding():
 
 def test_hunyuan_video_script_trains_and_sample_video_loads_it(tmp_path, monkeypatch):
     out = tmp_path / "ckpts"
-    summaries = _run_hunyuan(out)
+    summaries = _run_hunyuan(out, "--vae_norm_groups", "2")  # (default here: 4 channels / 4 = 1 group)
     assert set(summaries) == {"vae", "dit"} and summaries["dit"]["steps"] == 4
     assert summaries["dit"]["fixed_batch_loss_end"] < summaries["dit"]["fixed_batch_loss_start"]
     info = json.loads((out / train_tiny.INFO_FILE).read_text())
@@ -797,6 +801,10 @@ def test_hunyuan_video_script_trains_and_sample_video_loads_it(tmp_path, monkeyp
     assert trained["proj_out.weight"].abs().max() > 0  # trained away from its zero init
     words = [components.tokenizer(" " + w).input_ids for w in prompts.vocabulary()]
     assert all(len(i) == 2 for i in words)  # the saved tokenizer still has one token per grammar word
+
+    # the VAE was built, and is written and read back, with the requested norm groups
+    norms = [m for m in components.vae.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert components.vae.config.norm_num_groups == 2 and norms and {m.num_groups for m in norms} == {2}
 
     # the released scaling factor, times the folded VAE's latents, standardises the training latents
     assert components.vae.config.scaling_factor == 0.476986

@@ -127,10 +127,11 @@ def build_modules(args, init_seed: int) -> dict:
         text_encoder = tiny.tiny_llama(tokenizer, args.text_dim).eval().requires_grad_(False)
         text_encoder_2 = tiny.tiny_clip(tokenizer_2, args.text_dim).eval().requires_grad_(False)
         # The released VAE's structure (4 levels, 2 residual blocks, mid-block attention, 8x spatial / 4x
-        # temporal, 16 channels) at a small width, with its ratio of channels to norm groups.
+        # temporal, 16 channels) at a small width, by default with its ratio of channels to norm groups.
         b = args.vae_base_dim
+        groups = getattr(args, "vae_norm_groups", None) or b // 4  # (states saved before the flag lack it)
         vae = AutoencoderKLHunyuanVideo(latent_channels=16, block_out_channels=(b, 2 * b, 4 * b, 4 * b),
-                                        layers_per_block=2, norm_num_groups=b // 4)
+                                        layers_per_block=2, norm_num_groups=groups)
         transformer = HunyuanVideoTransformer3DModel(
             in_channels=16, out_channels=16, num_attention_heads=args.num_heads, attention_head_dim=args.head_dim,
             num_layers=args.num_layers, num_single_layers=args.num_single_layers, num_refiner_layers=2,
