@@ -76,8 +76,9 @@ _FIXED_ARGS = ("family", "seed", "num_frames", "height", "width", "num_layers", 
                "vae_norm_groups")
 # Fixed only once the latents exist (a run still in its VAE stage may change them; the state takes the new value).
 _FIXED_FROM_LATENTS = ("num_videos",)
-# Fixed flags added after states were first written: their value in an older state.
-_FIXED_ARG_DEFAULTS = {"train_text_encoder": False}
+# Fixed flags added after states were first written: their value in an older state (compared on resume, and
+# filled in where a run is rebuilt from its state).
+_FIXED_ARG_DEFAULTS = {"train_text_encoder": False, "vae_norm_groups": None}
 # Modules, objectives, prompt encoding and writer per family (delta_cache/training/family.py). Each family's
 # defaults fill the flags given as None below (a state saved before a flag existed has no entry for it,
 # which reads as None: the Wan values of the new flags stay None).
@@ -836,7 +837,7 @@ def read_state(work_dir: Path, flag: str) -> dict:
 def state_modules(state: dict, work_dir: Path, **overrides) -> tuple[argparse.Namespace, dict]:
     """The run's flags (as the state recorded them, with `overrides`) and its modules, holding the state's
     weights."""
-    run = argparse.Namespace(**{**state["args"], "work_dir": work_dir, **overrides})
+    run = argparse.Namespace(**{**_FIXED_ARG_DEFAULTS, **state["args"], "work_dir": work_dir, **overrides})
     fill_family_defaults(run)
     modules = FAMILIES[run.family].build(run, init_seed(run))
     restore_weights(state, modules)

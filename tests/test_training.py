@@ -777,6 +777,16 @@ def test_hunyuan_video_vae_fold_and_whole_clip_encoding():
     assert edged["loss"].item() == pytest.approx(plain["loss"].item() + 2 * edged["edge"], rel=1e-5)
 
 
+def test_states_saved_before_a_model_flag_existed_build_as_they_were_trained(tmp_path):
+    # A state written before --vae_norm_groups (and --train_text_encoder) has no entry for them: the utilities
+    # that read a run (--check_vae_state, --export_state) must build its VAE with the groups it trained with.
+    recorded = {k: v for k, v in vars(hunyuan_args("--vae_base_dim", "8")).items()
+                if k not in ("vae_norm_groups", "train_text_encoder")}
+    run, modules = train_tiny.state_modules({"args": recorded}, tmp_path)
+    assert run.vae_norm_groups is None and run.train_text_encoder is False
+    assert {m.num_groups for m in modules["vae"].modules() if isinstance(m, torch.nn.GroupNorm)} == {2}
+
+
 def test_hunyuan_video_script_trains_and_sample_video_loads_it(tmp_path, monkeypatch):
     out = tmp_path / "ckpts"
     summaries = _run_hunyuan(out, "--vae_norm_groups", "2")  # (default here: 4 channels / 4 = 1 group)

@@ -129,7 +129,7 @@ def build_modules(args, init_seed: int) -> dict:
         # The released VAE's structure (4 levels, 2 residual blocks, mid-block attention, 8x spatial / 4x
         # temporal, 16 channels) at a small width, by default with its ratio of channels to norm groups.
         b = args.vae_base_dim
-        groups = getattr(args, "vae_norm_groups", None) or b // 4  # (states saved before the flag lack it)
+        groups = args.vae_norm_groups or b // 4
         vae = AutoencoderKLHunyuanVideo(latent_channels=16, block_out_channels=(b, 2 * b, 4 * b, 4 * b),
                                         layers_per_block=2, norm_num_groups=groups)
         transformer = HunyuanVideoTransformer3DModel(
