@@ -115,8 +115,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="do not train: restore a --pack_state FILE into an empty --work_dir and exit; then --resume "
                         "continues it as a warm restart (the learning rate warms up again from the packed step)")
     p.add_argument("--init_from", type=Path,
-                   help="warm start: begin from the weights of a checkpoint this script wrote (e.g. the committed "
-                        "preview); its tiny_model.json supplies the model-shape and size flags not given")
+                   help="warm start: begin from the weights of a checkpoint this script wrote (e.g. a committed "
+                        "one); its tiny_model.json supplies the model-shape and size flags not given")
     p.add_argument("--init_components", nargs="+", choices=COMPONENTS, default=None,
                    help="with --init_from: the components to start from (default: all of the family's); e.g. "
                         "`vae text_encoder` trains a new transformer, of any shape (the transformer's shape "

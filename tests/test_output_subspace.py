@@ -40,13 +40,18 @@ def test_written_subspace_and_the_variance_outside_it():
     assert full.rank == 8 and full.variance_split(tokens)[1] is None
 
 
-def test_check_output_rank_on_the_width_48_preview(tmp_path):
+def test_check_output_rank_on_the_committed_models(tmp_path):
     script = load_script(REPO / "scripts" / "check_output_rank.py")
-    result = script.main(["--num_pairs", "1", "--sample_steps", "4"])
-    # 48 of 64 directions are written; the samples keep unit noise in the rest, real latents have little there
+    # The HunyuanVideo preview is 48 wide: 48 of 64 directions are written; the samples keep unit noise in
+    # the rest, where real latents have little.
+    result = script.main(["--family", "hunyuan_video", "--num_pairs", "1", "--sample_steps", "4"])
     assert (result["token_size"], result["rank"]) == (64, 48)
     assert result["generated"][1] > 0.8 and result["encoded"][1] < 0.4
     assert result["quiet"][0] < 0.01 < 0.1 < result["quiet"][1]  # noise left where real latents hardly vary
+    # The Wan model is 96 wide: every direction is written and little noise is left where latents are quiet.
+    result = script.main(["--family", "wan", "--num_pairs", "1", "--sample_steps", "4"])
+    assert (result["token_size"], result["rank"]) == (64, 64) and result["generated"][1] is None
+    assert result["quiet"][1] < 0.05
     with pytest.raises(UserInputError, match="must be >= 1"):
         script.main(["--num_pairs", "0"])
     with pytest.raises(UserInputError, match="a token has only 64 values"):

@@ -96,9 +96,9 @@ def _check_quality():
     return load_script(REPO / "scripts" / "check_quality.py")
 
 
-# Lenient lower bounds on the background share for the committed previews: Wan 100% and HunyuanVideo 30% on
-# the 40 pairs (docs/tiny-models.md). Raise them when full-recipe weights replace them. (2 pairs each keep
-# the suite under 10 minutes.)
+# Lenient lower bounds on the background share for the committed models: Wan 100% and HunyuanVideo 30% on
+# the 40 pairs (docs/tiny-models.md). Raise them when weights that pass the bar replace them. (2 pairs each
+# keep the suite under 10 minutes.)
 @pytest.mark.parametrize("family, ckpt, pairs, background",
                          [("wan", WAN_CKPT, 2, 1.0), ("hunyuan_video", HUNYUAN_CKPT, 2, 0.5)])
 def test_quality_bar_lenient(family, ckpt, pairs, background, tmp_path):
