@@ -100,3 +100,30 @@ def test_step_rescaling_rule():
     # More steps: the warm-up keeps its share (7 of 50 -> 14 of 100), later refreshes map one-to-one.
     steps = sorted(bl.refresh_steps_for(100, 50))
     assert steps[:14] == list(range(14)) and steps[14:] == [24, 36, 48, 60, 72, 84, 96]
+
+
+def test_the_profiled_tiny_preset_belongs_to_the_committed_model():
+    # A profiled schedule is only valid for the weights it was profiled on: replacing the committed tiny Wan
+    # model without re-profiling (the command in the provenance) must fail here.
+    import hashlib
+    import shlex
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    schedule = dc.load_schedule("tiny-wan2.1-t2v-profiled")
+    provenance = schedule.provenance
+    ckpt = repo / provenance["ckpt_dir"]
+    config = json.loads((ckpt / "config.json").read_text())
+    native = json.loads((ckpt / "tiny_model.json").read_text())["native_size"]
+    assert schedule.block_lists["blocks"].num_blocks == config["num_layers"]
+    assert provenance["size"] == f"{native['width']}*{native['height']}"
+    assert provenance["frame_num"] == native["num_frames"]
+    weights = (ckpt / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert hashlib.sha256(weights).hexdigest() == provenance["transformer_sha256"], (
+        "checkpoints/tiny-wan2.1-t2v changed: re-profile it with the command in the preset's provenance")
+    assert schedule.predicted_block_evals({"blocks": config["num_layers"]}, schedule.num_steps) == tuple(
+        provenance["predicted_block_evals"])
+    # The reproduce command's prompt file is committed and holds the profiled prompts.
+    command = shlex.split(provenance["reproduce"].split(" (")[0])
+    prompts = repo / command[command.index("--prompts") + 1]
+    assert prompts.read_text().split("\n")[: len(provenance["prompts"])] == provenance["prompts"]
