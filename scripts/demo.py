@@ -82,7 +82,8 @@ def main() -> None:
     from delta_cache.video import read_video
 
     videos = {name: read_video(path) for name, path in paths.items()}
-    seconds = {name: float(re.search(r"denoising time: ([\d.]+) s", line).group(1)) for name, line in summaries.items()}
+    seconds = {name: float(re.search(r"denoising time: ([\d.]+) s", line).group(1))
+               for name, line in summaries.items()}
     print(f"\nprompt: {args.prompt!r}")
     for name, label in (("delta_cache", "paper preset wan2.1-t2v-14b"), ("delta_cache_profiled", PROFILED_PRESET)):
         ideal = float(re.search(r"ideal speedup ([\d.]+)x", summaries[name]).group(1))
@@ -92,6 +93,7 @@ def main() -> None:
     for name, frames in videos.items():
         print(f"the analyser sees in {name}.mp4: {describe(frames)}")
     print("videos: " + ", ".join(str(path) for path in paths.values()))
+
 
 if __name__ == "__main__":
     main()
