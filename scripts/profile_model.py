@@ -44,6 +44,9 @@ def build_parser() -> OneLineArgumentParser:
     model.add_argument("--frame_num", type=int, default=None,
                        help="frames, 4n+1 (default 81, or a tiny trained checkpoint's native count at its native size)")
     add_sampler_flags(model)
+    model.add_argument("--threads", type=int, default=None,
+                       help="CPU threads (torch.set_num_threads; default: torch's, all cores; give 1 next to "
+                            "other CPU work, where oversubscribed threads slow both down)")
     prompts = p.add_argument_group("prompts")
     prompts.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     prompts.add_argument("--prompts", type=Path, help="a text file with one prompt per line")
@@ -99,6 +102,8 @@ def main(argv=None) -> None:
         raise UserInputError("give --tau or --target_speedup, not both")
     if not 0 < args.high_fraction < 1:
         raise UserInputError(f"--high_fraction must be between 0 and 1, got {args.high_fraction}")
+    if args.threads is not None and args.threads < 1:
+        raise UserInputError(f"--threads must be >= 1, got {args.threads}")
     mask_files = None
     if args.mask_source == "files":
         if args.mask_dir is None:
@@ -109,11 +114,15 @@ def main(argv=None) -> None:
             raise UserInputError(f"mask file missing: {missing[0]}")
     set_offline()
 
+    import torch
+
     from delta_cache.models.runner import load_runner
     from delta_cache.profiling.derive import DerivationParams, derive_for_target, derive_schedule
     from delta_cache.profiling.report import write_report
     from delta_cache.profiling.runner import ProfileRequest, run_profile
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     # The front end's loader and sampler; at real size diffusers' model CPU offload keeps one model on the GPU.
     model = load_runner(args.family, args.ckpt_dir, width=width, height=height, num_frames=args.frame_num,
                         num_steps=args.sample_steps, offload=True, progress=True, **sampler_options(args))

@@ -185,7 +185,7 @@ def test_profile_cli_writes_a_schedule_that_generate_uses(tmp_path):
     out = tmp_path / "profile"
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "profile_model.py"), "--ckpt_dir", str(ckpt),
                            "--size", "32*32", "--frame_num", "9", "--sample_steps", "10", "--prompt", "a red square",
-                           "--target_speedup", "1.3", "--max_queries", "16", "--out", str(out)],
+                           "--target_speedup", "1.3", "--max_queries", "16", "--threads", "1", "--out", str(out)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("schedule.json", "foreground_ratio.png", "step_change.png", "schedule.png", "summary.md"):
@@ -203,6 +203,11 @@ def test_profile_cli_writes_a_schedule_that_generate_uses(tmp_path):
                           "--size", "30*30", "--prompt", "x", "--out", str(tmp_path / "bad")],
                          env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "multiples of 16" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad").exists()
+    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "profile_model.py"), "--ckpt_dir", str(ckpt),
+                          "--prompt", "x", "--threads", "0", "--out", str(tmp_path / "bad")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--threads must be >= 1" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()
     json.loads((out / "schedule.json").read_text())
 
