@@ -38,6 +38,17 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
 
 
+def positive_int(value: str) -> int:
+    """argparse type for counts that must be >= 1 (threads, pairs, steps): a bad value is one clear line."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
 def add_cache_flags(parser: argparse.ArgumentParser, default_preset: str) -> None:
     """The delta-cache flags, identical in every front end; any of them turns the cache on."""
     cache = parser.add_argument_group("delta cache (ProfilingDiT); any of these turns the cache on")

@@ -21,7 +21,6 @@ measured/ideal shows the hooks' overhead.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import delta_cache  # noqa: E402
+from delta_cache.cli import OneLineArgumentParser, positive_int  # noqa: E402
 
 
 def latent_grid(tokens: int) -> tuple[int, int, int]:
@@ -123,7 +123,7 @@ def denoise_loop(bench: Bench, latents, steps: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", default="wan", choices=sorted(FAMILIES), help="model family (default wan)")
     p.add_argument("--tokens", type=int, nargs="+", default=[256, 1024, 4096])
     p.add_argument("--schedule", default=None,
@@ -138,7 +138,7 @@ def main() -> None:
     p.add_argument("--no_cfg", action="store_true", help="wan: one branch per step instead of cond + uncond")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (1 keeps CPU timings stable)")
+    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads (1 keeps CPU timings stable)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 

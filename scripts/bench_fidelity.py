@@ -59,7 +59,7 @@ from typing import Callable
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # works without `pip install -e .` too
 
-from delta_cache.cli import OneLineArgumentParser, run_cli, set_offline  # noqa: E402
+from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.models.tiny_info import COMMITTED_CHECKPOINTS, committed_checkpoint  # noqa: E402
 
@@ -92,7 +92,7 @@ def build_parser() -> OneLineArgumentParser:
                    help="WIDTH*HEIGHT instead of the checkpoint's native size (another size needs --frame_num too)")
     p.add_argument("--frame_num", type=int, default=None, help="frames (4n+1) instead of the native count")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--out", default="outputs/bench_fidelity", help="output folder (default: %(default)s)")
     return p
 

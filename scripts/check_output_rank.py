@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from delta_cache.cli import OneLineArgumentParser, run_cli, set_offline  # noqa: E402
+from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.models.tiny_info import COMMITTED_CHECKPOINTS, committed_checkpoint  # noqa: E402
 
@@ -35,7 +35,7 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--sample_steps", type=int, default=50, help="sampling steps (default 50)")
     p.add_argument("--quiet_directions", type=int, default=16,
                    help="also compare variance along the encoded videos' N least-varying token directions (16)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads")
+    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads")
     return p
 
 
@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
     ckpt = args.ckpt_dir or committed_checkpoint(args.family)
     if not ckpt.is_dir():
         raise UserInputError(f"--ckpt_dir {ckpt}: no such folder")
-    if min(args.num_pairs, args.sample_steps, args.threads, args.quiet_directions) < 1:
-        raise UserInputError("--num_pairs, --sample_steps, --threads and --quiet_directions must be >= 1")
+    if min(args.num_pairs, args.sample_steps, args.quiet_directions) < 1:
+        raise UserInputError("--num_pairs, --sample_steps and --quiet_directions must be >= 1")
     set_offline()
 
     import torch

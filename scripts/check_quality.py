@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from delta_cache.cli import OneLineArgumentParser, run_cli, set_offline  # noqa: E402
+from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.models.tiny_info import committed_checkpoint  # noqa: E402
 
@@ -51,7 +51,7 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--num_pairs", type=int, default=40, help="held-out prompt/seed pairs (default 40)")
     p.add_argument("--sample_steps", type=int, default=None, help="sampling steps (default: the front end's)")
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "quality")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads")
+    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads")
     p.add_argument("--min_agreement", type=float, default=None, help="exit with status 1 below this share")
     p.add_argument("--start_sigma", type=float, default=None,
                    help="diagnostic: start each pair from its rendered video noised to this level (0 < S < 1)")
@@ -154,8 +154,6 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserInputError(f"--ckpt_dir {ckpt}: no such folder")
     if args.num_pairs < 1:
         raise UserInputError(f"--num_pairs must be >= 1, got {args.num_pairs}")
-    if args.threads < 1:
-        raise UserInputError(f"--threads must be >= 1, got {args.threads}")
     if args.sample_steps is not None and args.sample_steps < 1:
         raise UserInputError(f"--sample_steps must be >= 1, got {args.sample_steps}")
     if args.start_sigma is not None and not 0.0 < args.start_sigma < 1.0:

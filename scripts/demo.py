@@ -12,7 +12,6 @@ uncached video, and what the shape analyser sees in each. The mp4s land in --out
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from delta_cache.cli import OneLineArgumentParser, positive_int  # noqa: E402
 from delta_cache.models.tiny_info import committed_checkpoint  # noqa: E402
 
 CKPT = committed_checkpoint("wan")
@@ -53,11 +53,11 @@ def describe(frames) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=REPO / "demo_output")
     p.add_argument("--prompt", default=PROMPT, help="a prompt in the tiny model's grammar")
     p.add_argument("--sample_steps", type=int, default=50)
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (1 gives stable CPU timings)")
+    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads (1 gives stable CPU timings)")
     p.add_argument("--ckpt_dir", type=Path, default=CKPT, help="tiny trained checkpoint")
     args = p.parse_args()
     if not (args.ckpt_dir / "config.json").is_file():

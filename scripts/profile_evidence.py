@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from delta_cache.cli import (  # noqa: E402
-    OneLineArgumentParser, add_sampler_flags, run_cli, sampler_options, set_offline)
+    OneLineArgumentParser, add_sampler_flags, positive_int, run_cli, sampler_options, set_offline)
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.models.wan.tasks import DEFAULT_TASK  # noqa: E402
 
@@ -52,7 +52,7 @@ def build_parser() -> OneLineArgumentParser:
                     help="do not evaluate the block set profiled with motion masks")
     ev.add_argument("--max_queries", type=int, default=256, help="sampled queries per attention map")
     ev.add_argument("--high_fraction", type=float, default=0.25, help="top fraction of tokens that is high-attention")
-    model.add_argument("--threads", type=int, default=1,
+    model.add_argument("--threads", type=positive_int, default=1,
                        help="CPU threads (torch.set_num_threads; 1 keeps CPU timings stable)")
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path, default=Path("outputs/profile_evidence"),
@@ -72,8 +72,6 @@ def main(argv=None):
         raise UserInputError(f"--targets must be >= 1, got {args.targets}")
     if not args.ckpt_dir.is_dir():
         raise UserInputError(f"--ckpt_dir {args.ckpt_dir}: no such folder")
-    if args.threads < 1:
-        raise UserInputError(f"--threads must be >= 1, got {args.threads}")
     set_offline()
 
     import torch

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from delta_cache.cli import (  # noqa: E402
-    OneLineArgumentParser, add_sampler_flags, run_cli, sampler_options, set_offline)
+    OneLineArgumentParser, add_sampler_flags, positive_int, run_cli, sampler_options, set_offline)
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.models.wan.tasks import DEFAULT_TASK  # noqa: E402
 
@@ -44,7 +44,7 @@ def build_parser() -> OneLineArgumentParser:
     model.add_argument("--frame_num", type=int, default=None,
                        help="frames, 4n+1 (default 81, or a tiny trained checkpoint's native count at its native size)")
     add_sampler_flags(model)
-    model.add_argument("--threads", type=int, default=None,
+    model.add_argument("--threads", type=positive_int, default=None,
                        help="CPU threads (torch.set_num_threads; default: torch's, all cores; give 1 next to "
                             "other CPU work, where oversubscribed threads slow both down)")
     prompts = p.add_argument_group("prompts")
@@ -102,8 +102,6 @@ def main(argv=None) -> None:
         raise UserInputError("give --tau or --target_speedup, not both")
     if not 0 < args.high_fraction < 1:
         raise UserInputError(f"--high_fraction must be between 0 and 1, got {args.high_fraction}")
-    if args.threads is not None and args.threads < 1:
-        raise UserInputError(f"--threads must be >= 1, got {args.threads}")
     mask_files = None
     if args.mask_source == "files":
         if args.mask_dir is None:

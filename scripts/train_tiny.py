@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from delta_cache.cli import run_cli, set_offline  # noqa: E402
+from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.synthetic.videos import make_video  # noqa: E402
 from delta_cache.training import channel_statistics, reconstruction_loss, sample_sigmas, shift_sigmas  # noqa: E402
@@ -88,14 +88,14 @@ COMPONENTS = tuple(dict.fromkeys(c for family in FAMILIES.values() for c in fami
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", default="wan", choices=sorted(FAMILIES), help="model family")
     p.add_argument("--out", type=Path, help="checkpoint folder to write (must be empty or new)")
     p.add_argument("--work_dir", type=Path, help="training state and latents (default: <out>.work)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue from the state in --work_dir")
-    p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--stop_after_minutes", type=float,
                    help="stop cleanly once this much wall-clock time has passed: the state is saved after the "
                         "current step or stage and --resume continues (for machines lent for a limited time)")

@@ -207,7 +207,7 @@ def test_profile_cli_writes_a_schedule_that_generate_uses(tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "scripts" / "profile_model.py"), "--ckpt_dir", str(ckpt),
                           "--prompt", "x", "--threads", "0", "--out", str(tmp_path / "bad")],
                          env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "--threads must be >= 1" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "--threads: must be >= 1" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()
     json.loads((out / "schedule.json").read_text())
 

@@ -1,0 +1,31 @@
+"""The shared flag type for counts: every script's --threads refuses a bad value with one line and exit 2."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from delta_cache.cli import OneLineArgumentParser, positive_int
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_positive_int_accepts_counts_and_refuses_the_rest(capsys):
+    parser = OneLineArgumentParser()
+    parser.add_argument("--threads", type=positive_int)
+    assert parser.parse_args(["--threads", "3"]).threads == 3
+    for bad, says in (("0", "must be >= 1, got 0"), ("-2", "must be >= 1, got -2"), ("two", "expected an integer")):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(["--threads", bad])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert says in err and "--threads" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("script", ["bench_cache.py", "demo.py", "train_tiny.py", "check_quality.py"])
+def test_scripts_refuse_zero_threads_in_one_line(script):
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--threads", "0"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: argument --threads: must be >= 1, got 0 (see --help)"]
