@@ -92,6 +92,7 @@ class DeltaCacheRootHook(ModelHook):
             if owns_context:
                 self.state_manager.set_context(None)
 
+    @torch.compiler.disable  # per-step Python decisions; compiling the whole transformer must not guard on them
     def _start_call(self) -> None:
         context = self.state_manager.context
         state: BranchState = self.state_manager.get_state()
@@ -132,25 +133,40 @@ class DeltaCacheBlockHook(ModelHook):
         self.config = config
         self.stats = stats
 
+    # Only the block's own computation is left for torch.compile to trace. The bookkeeping runs eagerly
+    # (torch.compiler.disable), so per-block Python state (run position, branch, statistics) never becomes
+    # a guard, and `compile_repeated_blocks` keeps one graph for every block instead of recompiling per block.
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        state: BranchState = self.state_manager.get_state()
-        streams = self._input_streams(args, kwargs)
-        if state.refresh_now[self.list_name]:
+        if self._is_refresh_step():
             output = self.fn_ref.original_forward(*args, **kwargs)
-            if self.is_run_first:
-                state.run_inputs[self.run_key] = streams
-            if self.is_run_last:
-                run_inputs = state.run_inputs.pop(self.run_key)
-                state.deltas[self.run_key] = tuple(
-                    None if x is None else self._make_delta(y, x)
-                    for x, y in zip(run_inputs, self._output_streams(output))
-                )
-                self.stats.record_delta_bytes(
-                    sum(s.delta_bytes() for s in self.state_manager._state_cache.values())
-                )
+            self._record(args, kwargs, output)
             return output
+        return self._reuse(args, kwargs)
 
+    @torch.compiler.disable
+    def _is_refresh_step(self) -> bool:
+        return self.state_manager.get_state().refresh_now[self.list_name]
+
+    @torch.compiler.disable
+    def _record(self, args, kwargs, output) -> None:
+        """On a refresh step: keep the run's input at its first block, store the run's delta at its last."""
+        state: BranchState = self.state_manager.get_state()
+        if self.is_run_first:
+            state.run_inputs[self.run_key] = self._input_streams(args, kwargs)
+        if self.is_run_last:
+            run_inputs = state.run_inputs.pop(self.run_key)
+            state.deltas[self.run_key] = tuple(
+                None if x is None else self._make_delta(y, x)
+                for x, y in zip(run_inputs, self._output_streams(output))
+            )
+            self.stats.record_delta_bytes(sum(s.delta_bytes() for s in self.state_manager._state_cache.values()))
+
+    @torch.compiler.disable
+    def _reuse(self, args, kwargs):
+        """On a reuse step: the run's first block returns input + delta, the others pass their input on."""
+        state: BranchState = self.state_manager.get_state()
         self.stats.record_skip(self.state_manager.context.name, self.list_name)
+        streams = self._input_streams(args, kwargs)
         if self.is_run_first:
             streams = tuple(
                 None if x is None else self._add_delta(x, d) for x, d in zip(streams, state.deltas[self.run_key])

@@ -257,3 +257,34 @@ def test_unregistered_block_class_is_refused_without_touching_the_model():
         dc.apply_delta_cache(model, _schedule([0, 1], [0], num_steps=2))
     assert not hasattr(model.blocks[0], "_diffusers_hook") or not model.blocks[0]._diffusers_hook.hooks
     dc.apply_delta_cache(model, _schedule([0], [0], num_steps=2))  # and it can still be applied properly
+
+
+def test_compiled_blocks_cache_like_eager_ones_with_one_graph_per_kind_of_step():
+    # diffusers' compile_repeated_blocks on a cached transformer. The cache's per-block Python state (run
+    # position, branch, statistics) must stay out of the traced code: otherwise dynamo recompiles the block
+    # for each combination and, past its recompile limit, silently runs it eagerly. Allowed: two entries,
+    # one for refresh steps and one for reuse steps; a limit hit raises here.
+    torch._dynamo.reset()
+    pipe = tiny_wan.tiny_wan_pipeline(num_layers=6)
+    pipe.set_progress_bar_config(disable=True)
+    calls = {"ffn": 0}
+
+    @torch.compiler.disable  # counted eagerly on every real call, compiled or not
+    def count_ffn_call(module, args):
+        calls["ffn"] += 1
+
+    for block in pipe.transformer.blocks:  # ffn runs only when its block really computes
+        block.ffn.register_forward_pre_hook(count_ffn_call)
+    # runs [1, 2] and [4]: a run's first, last, and first-and-last block; 0, 3, 5 always compute
+    dc.apply_delta_cache(pipe.transformer, _schedule([1, 2, 4], [0, 1, 4, 6], num_steps=8))
+    eager = tiny_wan.run(pipe, steps=8)
+    assert calls["ffn"] == 2 * (6 * 8 - 3 * 4)  # cond + uncond, 3 blocks skipped on 4 reuse steps
+    calls["ffn"] = 0
+    pipe.transformer.compile_repeated_blocks(fullgraph=False)
+    try:
+        with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
+            compiled = tiny_wan.run(pipe, steps=8)
+    finally:
+        torch._dynamo.reset()
+    assert calls["ffn"] == 2 * (6 * 8 - 3 * 4)
+    np.testing.assert_allclose(compiled, eager, atol=1e-5)
