@@ -53,7 +53,7 @@ def build_parser() -> OneLineArgumentParser:
     prompts.add_argument("--seeds", type=int, nargs="+", default=[42], help="seeds; every prompt runs with each")
     probe = p.add_argument_group("probe")
     probe.add_argument("--mask_source", default="motion", choices=["motion", "pca", "files"],
-                       help="foreground masks: motion of the predicted latent, PCA clustering, or .npy files")
+                       help="foreground masks: the moving subjects of the predicted latent, PCA clustering, or .npy files")
     probe.add_argument("--mask_dir", type=Path, help="for --mask_source files: 000.npy, 001.npy, ... per prompt run")
     probe.add_argument("--max_queries", type=int, default=256, help="sampled queries per attention map")
     probe.add_argument("--high_fraction", type=float, default=0.25,

@@ -14,6 +14,7 @@ import delta_cache as dc
 import tiny_wan
 from delta_cache.models.wan.pipeline import make_scheduler, token_grid
 from delta_cache.profiling import masks
+from delta_cache.profiling.evidence_results import mask_iou
 from delta_cache.profiling.derive import (
     DerivationParams,
     derive_for_target,
@@ -45,16 +46,51 @@ def test_received_attention_equals_sdpa_probabilities(monkeypatch, max_logits):
 
 def test_otsu_and_masks():
     values = np.concatenate([np.full(90, 0.1), np.full(10, 0.9)])
-    assert 0.1 < masks.otsu_threshold(values) < 0.9
-    latents = np.zeros((4, 3, 8, 8), dtype=np.float32)
-    for f in range(3):  # a 2x2-token blob moving right by one token per latent frame
-        latents[:, f, 2:6, 2 * f: 2 * f + 4] = 1.0
-    motion = masks.motion_mask(latents)
-    assert motion.shape == (3, 4, 4) and motion[1, 1:3].any() and not motion[:, 3].any()
+    assert masks.otsu_threshold(values) == pytest.approx(0.5, abs=0.01)  # tied cuts: their middle, not the first
     pixels = np.zeros((9, 32, 32), dtype=bool)
     pixels[:, :16, :16] = True  # top-left quarter, all frames
     tokens = masks.pixel_mask_to_tokens(pixels, (3, 2, 2))
     assert tokens.tolist() == [[[True, False], [False, False]]] * 3
+
+
+def _flat_square_moving_slowly(frames=5, size=32, side=8, first_frame_offset=0.8):
+    """Latents (16, F, size, size): a square of even colour (4x4 tokens) moving right by a quarter of its width
+    per latent frame over a static textured background, and its true token mask (patch 2x2)."""
+    rng = np.random.default_rng(0)
+    texture = rng.normal(0, 0.3, (16, 1, size, size))
+    latents = np.repeat(texture, frames, axis=1) + rng.normal(0, 0.02, (16, frames, size, size))
+    colour = rng.normal(0, 1, (16, 1, 1))
+    truth = np.zeros((frames, size // 2, size // 2), dtype=bool)
+    for f in range(frames):
+        latents[:, f, 10:10 + side, 4 + 2 * f: 4 + 2 * f + side] = colour
+        truth[f, 5:9, 2 + f: 6 + f] = True
+    latents[:, 0] += first_frame_offset  # a causal VAE's first latent frame (one video frame) is offset as a whole
+    return latents.astype(np.float32), truth
+
+
+def test_motion_mask_finds_the_whole_moving_subject_not_its_edges():
+    latents, truth = _flat_square_moving_slowly()
+    found = masks.motion_mask(latents)
+    assert found.shape == truth.shape
+    # Frame differences alone fire on the square's two edges only, and on all of frame 0 (IoU 0.08 here).
+    assert mask_iou(found, truth) >= 0.9
+    assert found.sum(axis=(1, 2)).tolist() == truth.sum(axis=(1, 2)).tolist()
+    assert np.array_equal(masks.motion_mask(latents), found)  # deterministic (k-means from seeded starts)
+
+
+def test_motion_mask_of_a_still_video_is_empty_and_needs_two_latent_frames():
+    still = np.repeat(np.random.default_rng(1).normal(size=(4, 1, 8, 8)), 3, axis=1).astype(np.float32)
+    assert not masks.motion_mask(still).any()
+    with pytest.raises(dc.UserInputError, match="at least 2 latent frames"):
+        masks.motion_mask(still[:, :1])
+    latents, truth = _flat_square_moving_slowly(frames=2, first_frame_offset=0.0)  # 5-frame videos: 2 latent frames
+    assert mask_iou(masks.motion_mask(latents), truth) >= 0.5
+
+
+def test_kmeans_labels_separates_clear_groups_with_fewer_distinct_rows_than_k():
+    rows = np.array([[0.0, 0.0]] * 5 + [[10.0, 10.0]] * 3)
+    labels = masks.kmeans_labels(rows, 4)
+    assert len(set(labels[:5])) == 1 and len(set(labels[5:])) == 1 and labels[0] != labels[5]
 
 
 def test_foreground_ratio_counts_high_attention_tokens_inside_the_mask():

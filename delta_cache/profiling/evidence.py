@@ -189,10 +189,12 @@ def make_references(model: ModelRunner, num_pairs: int) -> list[Reference]:
         video = make_video(index, "eval", num_frames=model.num_frames, height=model.height, width=model.width)
         latents, seconds = model.generate(video.prompt, index)
         frames = model.decode(latents)
+        found = token_masks(model, latents, generated_foreground(frames), video.mask)
+        # The mask method on a video that shows its prompt: the rendered video through the model's own VAE.
+        found["rendered_motion"] = masks.motion_mask(model.encode(video.frames)[0].float().cpu().numpy(), model.patch)
         references.append(Reference(
             index=index, prompt=video.prompt, seed=index, frames=frames, seconds=seconds,
-            agrees=check_video(to_uint8_frames(frames), video.scene).agrees,
-            token_masks=token_masks(model, latents, generated_foreground(frames), video.mask)))
+            agrees=check_video(to_uint8_frames(frames), video.scene).agrees, token_masks=found))
     return references
 
 

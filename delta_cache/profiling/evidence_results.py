@@ -184,6 +184,13 @@ class EvidenceResult:
                          f"(target >= {IOU_TARGET}: {'met' if mean >= IOU_TARGET else 'NOT met'}).")
         else:
             lines.append(f"Motion masks vs true ({self.truth}) masks: no eval pair has a non-empty true token mask.")
+        rendered = self.ious("rendered_motion", "rendered")
+        if rendered:
+            mean = float(np.mean(rendered))
+            lines.append(f"The same motion masks on the rendered eval videos (encoded by the model's VAE), vs their "
+                         f"rendered masks: mean IoU {mean:.3f} over {len(rendered)} videos (target >= {IOU_TARGET}: "
+                         f"{'met' if mean >= IOU_TARGET else 'NOT met'}): the mask method where the video shows "
+                         "its prompt.")
         profiled = self.variant("profiled-true-masks")
         if profiled is None or profiled.error:
             return lines
@@ -252,6 +259,8 @@ class EvidenceResult:
         rows.append(f"| masks | motion mask vs true mask ({len(ious)} eval pairs) | | | | | | | {check} |")
         other = "rendered" if self.truth == "generated" else "generated"
         diagnostic = (f"IoU {self._iou_text('motion', other)}; IoU {self._iou_text('generated', 'rendered')}; "
+                      f"IoU {self._iou_text('rendered_motion', 'rendered')} (rendered_motion: the motion mask of the "
+                      "rendered video through the model's VAE); "
                       f"prompt agreement {sum(r.agrees for r in self.references)}/{pairs}")
         rows.append(f"| masks (diagnostic) | other mask pairs | | | | | | | {diagnostic} |")
         first = next((v for v in self.variants if not v.error), None)
@@ -308,7 +317,8 @@ class EvidenceResult:
             return out
 
         ious = self.eval_ious
-        pairs = [("motion", "generated"), ("motion", "rendered"), ("generated", "rendered")]
+        pairs = [("motion", "generated"), ("motion", "rendered"), ("generated", "rendered"),
+                 ("rendered_motion", "rendered")]
         return {
             "family": self.family, "ckpt_dir": self.ckpt_dir, "run": self.runner_info, "truth": self.truth,
             "truth_means": TRUTH_SOURCES[self.truth], "preset": self.preset.name, "psnr_cap_db": PSNR_CAP,

@@ -1,7 +1,8 @@
 """Foreground masks on the video-token grid (frames, height, width) after VAE and patching.
 
 Sources (pluggable, all weight-free):
-- `motion_mask`: where the predicted clean latent changes between latent frames (moving subjects);
+- `motion_mask`: the moving subjects of the predicted clean latent: its change between latent frames decides
+  which appearance clusters (k-means of the tokens' latents) are foreground;
 - `pca_mask`: 2-means clustering of a 3-component PCA of the latent (the paper's PCA image, with
   clustering instead of SAM2, which needs downloaded weights);
 - `pixel_mask_to_tokens`: ground-truth or user-supplied pixel masks (F, H, W), e.g. from our synthetic data;
@@ -10,9 +11,11 @@ Sources (pluggable, all weight-free):
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
+from scipy.cluster.vq import kmeans2
 
 from ..errors import UserInputError
 
@@ -26,7 +29,9 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     mean_low = np.cumsum(hist * centers) / np.maximum(weight_low, 1)
     mean_high = (np.sum(hist * centers) - np.cumsum(hist * centers)) / np.maximum(weight_high, 1)
     between = weight_low * weight_high * (mean_low - mean_high) ** 2
-    return float(centers[int(np.argmax(between))])
+    # Cuts that separate equally well (e.g. every cut between the two values of two-valued data): their middle.
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    return float(centers[best].mean())
 
 
 def _pool_patches(values: np.ndarray, patch: tuple[int, int]) -> np.ndarray:
@@ -36,15 +41,64 @@ def _pool_patches(values: np.ndarray, patch: tuple[int, int]) -> np.ndarray:
     return values[:, : h - h % ph, : w - w % pw].reshape(f, h // ph, ph, w // pw, pw).mean(axis=(2, 4))
 
 
-def motion_mask(latents: np.ndarray, patch: tuple[int, int] = (2, 2)) -> np.ndarray:
-    """latents (C, F, H, W) -> bool token mask (F, H/ph, W/pw) of where the content moves."""
+MOTION_CLUSTERS = 2  # k of motion_mask's appearance clusters (chosen on training videos, docs/profiling.md)
+
+
+def token_motion(latents: np.ndarray, patch: tuple[int, int] = (2, 2)) -> np.ndarray:
+    """latents (C, F, H, W) -> (F, H/ph, W/pw): how much each token's latent changes over time.
+
+    The change of a latent frame is the RMS over channels of its difference to the previous and the next
+    frame (their mean). A causal video VAE codes latent frame 0 from one video frame and every later one
+    from four, so the change from frame 0 to 1 is global, not motion: with 3 or more latent frames, frame 0
+    is left out and takes frame 1's change.
+    """
     latents = np.asarray(latents, dtype=np.float32)
     if latents.shape[1] < 2:
         raise UserInputError("motion masks need at least 2 latent frames (5 video frames); use --mask_source pca")
-    change = np.abs(np.diff(latents, axis=1)).mean(axis=0)  # (F-1, H, W)
-    change = np.concatenate([change[:1], change], axis=0)  # frame 0 takes frame 1's motion
-    tokens = _pool_patches(change, patch)
-    return tokens > otsu_threshold(tokens)
+    first = 1 if latents.shape[1] >= 3 else 0
+    steps = np.sqrt((np.diff(latents[:, first:], axis=1) ** 2).mean(axis=0))  # (F - first - 1, H, W)
+    change = np.concatenate([steps[:1], (steps[:-1] + steps[1:]) / 2, steps[-1:]], axis=0)
+    change = np.concatenate([change[:1]] * first + [change], axis=0)
+    return _pool_patches(change, patch)
+
+
+def motion_mask(latents: np.ndarray, patch: tuple[int, int] = (2, 2), clusters: int = MOTION_CLUSTERS) -> np.ndarray:
+    """latents (C, F, H, W) -> bool token mask (F, H/ph, W/pw) of the moving subjects.
+
+    Frame differences of a subject of even colour fire only at its leading and trailing edges (the aperture
+    problem), so motion alone marks outlines. Here appearance groups the tokens and motion picks the groups:
+    the tokens' latents, less each latent frame's median (a causal VAE's first frame, or a global drift, is
+    offset as a whole), are clustered (k-means, `clusters` groups, fixed seeds), and Otsu's method splits
+    the groups by their mean motion (weighted by group size); the moving side is foreground. A video
+    without change gives an empty mask.
+    """
+    motion = token_motion(latents, patch)
+    if np.ptp(motion) == 0:
+        return np.zeros(motion.shape, dtype=bool)
+    latents = np.asarray(latents, dtype=np.float32)
+    pooled = np.stack([_pool_patches(channel, patch) for channel in latents])  # (C, F, h, w)
+    pooled = pooled - np.median(pooled.reshape(*pooled.shape[:2], -1), axis=2)[:, :, None, None]
+    labels = kmeans_labels(pooled.reshape(pooled.shape[0], -1).T, min(clusters, motion.size))
+    flat = motion.ravel()
+    sizes = np.bincount(labels)
+    means = np.array([flat[labels == k].mean() if sizes[k] else 0.0 for k in range(len(sizes))])
+    moving = np.flatnonzero((means > otsu_threshold(np.repeat(means, sizes))) & (sizes > 0))
+    return np.isin(labels, moving).reshape(motion.shape)
+
+
+def kmeans_labels(features: np.ndarray, k: int, restarts: int = 10, iterations: int = 30) -> np.ndarray:
+    """(N, D) -> cluster label per row: scipy's k-means from k-means++ starts (seeds 0 .. restarts - 1), the
+    run with the lowest within-cluster sum of squares (a single start varies a lot on a few hundred tokens)."""
+    features = np.asarray(features, dtype=np.float64)
+    best_error, best_labels = np.inf, None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "One of the clusters is empty": fewer distinct rows than k is fine
+        for seed in range(restarts):
+            centers, labels = kmeans2(features, k, iter=iterations, minit="++", seed=seed, missing="warn")
+            error = float(((features - centers[labels]) ** 2).sum())
+            if error < best_error:
+                best_error, best_labels = error, labels
+    return best_labels
 
 
 def pca_mask(latents: np.ndarray, patch: tuple[int, int] = (2, 2), iterations: int = 20) -> np.ndarray:

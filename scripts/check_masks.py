@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""How well do the weight-free mask sources find the subjects of videos that show their prompt?
+
+Renders the first --num_videos synthetic videos of --split (`make_video(i, split)`) at the checkpoint's
+native size, encodes them with the checkpoint's own VAE, and prints one markdown table: the mean IoU of
+each mask source (the profiler's motion mask for each --clusters k, and the PCA mask) against the rendered
+masks on the token grid. The transformer is not run: this measures the mask method apart from how well the
+model draws. `masks.MOTION_CLUSTERS` was chosen with it on the training split (docs/profiling.md).
+
+    python scripts/check_masks.py --family wan --split train
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli, set_offline  # noqa: E402
+from delta_cache.errors import UserInputError  # noqa: E402
+from delta_cache.models.tiny_info import COMMITTED_CHECKPOINTS, committed_checkpoint  # noqa: E402
+
+
+def build_parser() -> OneLineArgumentParser:
+    p = OneLineArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--family", choices=sorted(COMMITTED_CHECKPOINTS), default="wan")
+    p.add_argument("--ckpt_dir", type=Path, help="tiny trained checkpoint (default: the committed one)")
+    p.add_argument("--split", choices=["train", "eval"], default="train",
+                   help="synthetic videos to render (default train: where the mask settings were chosen)")
+    p.add_argument("--num_videos", type=positive_int, default=16, help="videos make_video(i, split), i < N (16)")
+    p.add_argument("--clusters", type=positive_int, nargs="+", default=[2, 3, 4, 5, 6],
+                   help="cluster counts k of the motion mask to compare (default 2 3 4 5 6)")
+    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[float]]:
+    args = build_parser().parse_args(argv)
+    ckpt = args.ckpt_dir or committed_checkpoint(args.family)
+    if not ckpt.is_dir():
+        raise UserInputError(f"--ckpt_dir {ckpt}: no such folder")
+    set_offline()
+
+    import torch
+
+    from delta_cache.models.runner import load_runner
+    from delta_cache.models.tiny_info import native_size
+    from delta_cache.profiling.mask_check import encode_rendered, markdown_table, mask_sources, score_sources
+
+    torch.set_num_threads(args.threads)
+    native = native_size(ckpt)
+    if native is None:
+        raise UserInputError(f"{ckpt} has no tiny_model.json: this check renders the synthetic videos a tiny "
+                             "trained model was trained on, at its native size")
+    sources = mask_sources(args.clusters)
+    runner = load_runner(args.family, ckpt, width=native.width, height=native.height, num_frames=native.num_frames)
+    with torch.no_grad():
+        videos = encode_rendered(runner, args.split, args.num_videos)
+    scores = score_sources(videos, sources, runner.patch)
+    left_out = sum(not v.truth.any() for v in videos)
+    print(f"{ckpt}: rendered {args.split} videos 0-{args.num_videos - 1} at {native.width}x{native.height}, "
+          f"{native.num_frames} frames, encoded by its VAE; IoU against the rendered masks on the "
+          f"{runner.token_grid} token grid (a token is foreground when half its pixels are)"
+          + (f"; {left_out} videos whose mask covers no token left out" if left_out else "") + ":")
+    print(markdown_table(scores))
+    return scores
+
+
+if __name__ == "__main__":
+    run_cli(main)

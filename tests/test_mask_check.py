@@ -1,0 +1,52 @@
+"""scripts/check_masks.py: mask sources scored on rendered videos encoded by a checkpoint's own VAE."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from delta_cache.errors import UserInputError
+from delta_cache.profiling.mask_check import EncodedVideo, markdown_table, mask_sources, score_sources
+from script_loader import load_script
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_committed_wan_vae_lets_the_default_motion_mask_find_rendered_subjects(capsys):
+    scores = load_script(REPO / "scripts" / "check_masks.py").main(
+        ["--family", "wan", "--num_videos", "4", "--clusters", "2", "4"])
+    printed = capsys.readouterr().out
+    assert "| motion, k = 2 (default) |" in printed and "| motion, k = 4 |" in printed and "| pca |" in printed
+    assert list(scores) == ["motion, k = 2 (default)", "motion, k = 4", "pca"]
+    assert all(len(v) == 4 and all(0.0 <= x <= 1.0 for x in v) for v in scores.values())
+    # Lenient: 0.61 on these 4 training videos; frame differences thresholded per token (the mask before
+    # 2026-12-06) gave 0.28: they mark a flat subject's edges and all of the VAE's first latent frame.
+    assert np.mean(scores["motion, k = 2 (default)"]) >= 0.45
+
+
+def test_videos_without_a_subject_on_the_token_grid_are_left_out():
+    rng = np.random.default_rng(0)
+    latents = rng.normal(size=(4, 3, 8, 8)).astype(np.float32)
+    truth = np.zeros((3, 4, 4), dtype=bool)
+    found = EncodedVideo("p", latents, truth)
+    truth_2 = truth.copy()
+    truth_2[:, 1, 1] = True
+    scores = score_sources([found, EncodedVideo("q", latents, truth_2)], mask_sources([2]), (2, 2))
+    assert [len(v) for v in scores.values()] == [1, 1]
+    assert "| n/a | n/a | 0 |" in markdown_table({"empty": []})
+    with pytest.raises(UserInputError, match="--clusters"):
+        mask_sources([])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--clusters", "0"], "--clusters"),
+    (["--num_videos", "-1"], "--num_videos"),
+    (["--ckpt_dir", "/nonexistent/ckpt"], "no such folder"),
+])
+def test_bad_flags_get_one_line_and_exit_2(flags, message):
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "check_masks.py"), *flags],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
