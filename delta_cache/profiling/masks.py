@@ -72,17 +72,17 @@ def motion_mask(latents: np.ndarray, patch: tuple[int, int] = (2, 2), clusters: 
     the groups by their mean motion (weighted by group size); the moving side is foreground. A video
     without change gives an empty mask.
     """
+    latents = np.asarray(latents, dtype=np.float32)
     motion = token_motion(latents, patch)
     if np.ptp(motion) == 0:
         return np.zeros(motion.shape, dtype=bool)
-    latents = np.asarray(latents, dtype=np.float32)
     pooled = np.stack([_pool_patches(channel, patch) for channel in latents])  # (C, F, h, w)
     pooled = pooled - np.median(pooled.reshape(*pooled.shape[:2], -1), axis=2)[:, :, None, None]
     labels = kmeans_labels(pooled.reshape(pooled.shape[0], -1).T, min(clusters, motion.size))
     flat = motion.ravel()
     sizes = np.bincount(labels)
     means = np.array([flat[labels == k].mean() if sizes[k] else 0.0 for k in range(len(sizes))])
-    moving = np.flatnonzero((means > otsu_threshold(np.repeat(means, sizes))) & (sizes > 0))
+    moving = np.flatnonzero(means > otsu_threshold(np.repeat(means, sizes)))  # (no token has an empty cluster's label)
     return np.isin(labels, moving).reshape(motion.shape)
 
 
