@@ -9,6 +9,8 @@ method's own statistics for the run) and `describe()` (one line for the results 
   previous computed call's output of the same CFG branch (`StepSkippingHook`, a diffusers `ModelHook` on
   the transformer with one state per `cache_context` name, reset at the end of every pipeline call).
   `evenly_spread_steps` and `steps_for_block_budget` choose which steps to compute at a given compute.
+- `TeaCache`: TeaCache (`delta_cache.teacache`, written from its description; there is none in diffusers),
+  with the family's published coefficients or ones fitted on the model (`calibrate_teacache`).
 - `FirstBlockCache`, `MagCache`: diffusers' own caches (`transformer.enable_cache(...)` /
   `disable_cache()`). `calibrate_mag_ratios` runs MagCache's calibrate=True mode and reads back the ratios
   it prints; `tune_threshold` searches a threshold for a target share of block evaluations.
@@ -31,9 +33,9 @@ from typing import Callable
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
+from diffusers.hooks.hooks import BaseState, StateManager
 
-from .hooks import DEFAULT_BRANCH, apply_delta_cache, model_block_lists, remove_delta_cache
+from .hooks import apply_delta_cache, default_branch, model_block_lists, remove_delta_cache
 from .schedule import compress_ranges
 
 _COUNTER_HOOK = "bench_block_counter"
@@ -161,10 +163,7 @@ class StepSkippingHook(ModelHook):
         self.skipped_calls = 0
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        owns_context = self.state_manager._context is None
-        if owns_context:
-            self.state_manager.set_context(CacheContext(DEFAULT_BRANCH))
-        try:
+        with default_branch(self.state_manager):
             context = self.state_manager.context
             state: _StepSkipState = self.state_manager.get_state()
             # WanPipeline passes the step index; HunyuanVideoPipeline does not: count this branch's calls.
@@ -176,9 +175,6 @@ class StepSkippingHook(ModelHook):
                 return state.last_output
             self.skipped_calls += 1
             return _clone_output(state.last_output)  # callers must not be able to alter the cached output
-        finally:
-            if owns_context:
-                self.state_manager.set_context(None)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state_manager.reset()
@@ -251,6 +247,58 @@ class StepSkipping:
         else:
             steps = "evenly spread, first and last included"
         return f"{len(self.computed_steps)}/{self.num_steps} steps computed ({steps})"
+
+
+class TeaCache:
+    """TeaCache with `coefficients` (published, or fitted by `calibrate_teacache`) and a threshold."""
+
+    name = "teacache"
+    label = "TeaCache"
+
+    def __init__(self, threshold: float, settings, num_steps: int, coefficients_source: str):
+        from .teacache import TeaCacheConfig
+
+        self.config = TeaCacheConfig(threshold=threshold, coefficients=tuple(settings.coefficients),
+                                     indicator=settings.indicator, num_inference_steps=num_steps,
+                                     first_computed_steps=settings.first_computed_steps)
+        self.coefficients_source = coefficients_source
+        self.tuning: TuneResult | None = None
+        self._handle = None
+
+    def attach(self, transformer) -> None:
+        from .teacache import apply_teacache
+
+        self._handle = apply_teacache(transformer, self.config)
+
+    def detach(self, transformer) -> dict:
+        from .teacache import remove_teacache
+
+        handle, self._handle = self._handle, None
+        remove_teacache(transformer)
+        return {} if handle is None else {"computed_calls": handle.stats.computed_calls,
+                                          "skipped_calls": handle.stats.skipped_calls}
+
+    def describe(self) -> str:
+        text = f"threshold {self.config.threshold:.4g}, {self.config.indicator}, {self.coefficients_source} coefficients"
+        return text + (f"; {self.tuning.summary()}" if self.tuning else "")
+
+
+def calibrate_teacache(transformer, settings, num_steps: int, runs: list[Callable[[], None]]):
+    """TeaCache's coefficient fit on this model: every call computed, (indicator change, output change)
+    pairs over `runs` (generations), a degree-4 polynomial through them. Returns `settings` with it."""
+    import dataclasses
+
+    from .teacache import TeaCacheConfig, apply_teacache, fit_coefficients, remove_teacache
+
+    handle = apply_teacache(transformer, TeaCacheConfig(threshold=0.0, coefficients=(1.0, 0.0),
+                                                        indicator=settings.indicator, num_inference_steps=num_steps,
+                                                        calibrate=True))
+    try:
+        for run in runs:
+            run()
+    finally:
+        remove_teacache(transformer)
+    return dataclasses.replace(settings, coefficients=tuple(fit_coefficients(handle.stats.calibration_pairs)))
 
 
 class FirstBlockCache:

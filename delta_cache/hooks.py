@@ -15,6 +15,7 @@ Foreground blocks get no hook at all.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
+from . import block_streams
 from .errors import UserInputError
 from .schedule import Schedule, load_schedule
 from .stats import DeltaCacheStats
@@ -30,6 +32,30 @@ _ROOT_HOOK = "delta_cache_root"
 _BLOCK_HOOK = "delta_cache_block"
 _HANDLE_ATTR = "_delta_cache_handle"
 DEFAULT_BRANCH = "default"  # branch name for calls made outside any `cache_context`
+
+
+@contextlib.contextmanager
+def default_branch(state_manager: StateManager):
+    """Calls made outside any `cache_context` (a plain transformer call) run as the DEFAULT_BRANCH branch."""
+    owns_context = state_manager._context is None
+    if owns_context:
+        state_manager.set_context(CacheContext(DEFAULT_BRANCH))
+    try:
+        yield
+    finally:
+        if owns_context:
+            state_manager.set_context(None)
+
+
+def detach_hooks(transformer: torch.nn.Module, root_hook: str, child_hooks: tuple[str, ...], handle_attr: str) -> None:
+    """Remove a cache's root hook, its hooks on submodules and its handle; the transformer is as before."""
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    registry.remove_hook(root_hook, recurse=False)
+    for name in child_hooks:
+        registry.remove_hook(name, recurse=True)
+    registry.invalidate_child_registries_cache()
+    if hasattr(transformer, handle_attr):
+        delattr(transformer, handle_attr)
 
 
 @dataclass
@@ -82,15 +108,9 @@ class DeltaCacheRootHook(ModelHook):
         self._refresh_sets: dict[tuple[str, int], frozenset[int]] = {}
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        owns_context = self.state_manager._context is None
-        if owns_context:
-            self.state_manager.set_context(CacheContext(DEFAULT_BRANCH))
-        try:
+        with default_branch(self.state_manager):
             self._start_call()
             return self.fn_ref.original_forward(*args, **kwargs)
-        finally:
-            if owns_context:
-                self.state_manager.set_context(None)
 
     @torch.compiler.disable  # per-step Python decisions; compiling the whole transformer must not guard on them
     def _start_call(self) -> None:
@@ -175,28 +195,13 @@ class DeltaCacheBlockHook(ModelHook):
 
     # ---- streams: (hidden_states, encoder_hidden_states or None) ---------------------------------------
     def _input_streams(self, args, kwargs) -> tuple:
-        md = self.metadata
-        hidden = md._get_parameter_from_args_kwargs(md.hidden_states_argument_name, args, kwargs)
-        encoder = None
-        if md.return_encoder_hidden_states_index is not None:
-            encoder = md._get_parameter_from_args_kwargs(md.encoder_hidden_states_argument_name, args, kwargs)
-        return hidden, encoder
+        return block_streams.input_streams(self.metadata, args, kwargs)
 
     def _output_streams(self, output) -> tuple:
-        md = self.metadata
-        if not isinstance(output, (tuple, list)):
-            return output, None
-        encoder = None if md.return_encoder_hidden_states_index is None else output[md.return_encoder_hidden_states_index]
-        return output[md.return_hidden_states_index], encoder
+        return block_streams.output_streams(self.metadata, output)
 
     def _pack(self, streams: tuple):
-        md = self.metadata
-        if md.return_encoder_hidden_states_index is None:
-            return streams[0]
-        packed = [None] * (max(md.return_hidden_states_index, md.return_encoder_hidden_states_index) + 1)
-        packed[md.return_hidden_states_index] = streams[0]
-        packed[md.return_encoder_hidden_states_index] = streams[1]
-        return tuple(packed)
+        return block_streams.pack_output(self.metadata, streams)
 
     # ---- delta arithmetic --------------------------------------------------------------------------
     def _make_delta(self, output: torch.Tensor, run_input: torch.Tensor) -> torch.Tensor:
@@ -268,6 +273,8 @@ def apply_delta_cache(
         raise UserInputError("the delta cache is already applied to this transformer; remove_delta_cache() first")
     if getattr(transformer, "_cache_config", None) is not None:
         raise UserInputError("this transformer already has a diffusers cache enabled; call disable_cache() first")
+    if getattr(transformer, "_teacache_handle", None) is not None:  # (teacache.py's handle attribute)
+        raise UserInputError("TeaCache is applied to this transformer; remove_teacache() first")
 
     depths = model_block_lists(transformer)
     for list_name in resolved.block_lists:
@@ -285,7 +292,7 @@ def apply_delta_cache(
         for run in block_list.runs()
         for index in range(run[0], run[1] + 1)
     ]
-    metadata = [_block_metadata(block) for *_, block in cached_blocks]
+    metadata = [block_streams.block_metadata(block) for *_, block in cached_blocks]
     for (list_name, index, run, block), block_metadata in zip(cached_blocks, metadata):
         hook = DeltaCacheBlockHook(state_manager, list_name, index, run, block_metadata, config, stats)
         HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _BLOCK_HOOK)
@@ -300,19 +307,4 @@ def apply_delta_cache(
 
 def remove_delta_cache(transformer: torch.nn.Module) -> None:
     """Detach the delta cache; the transformer behaves exactly as before `apply_delta_cache`."""
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    registry.remove_hook(_ROOT_HOOK, recurse=False)
-    registry.remove_hook(_BLOCK_HOOK, recurse=True)
-    registry.invalidate_child_registries_cache()
-    if hasattr(transformer, _HANDLE_ATTR):
-        delattr(transformer, _HANDLE_ATTR)
-
-
-def _block_metadata(block: torch.nn.Module) -> TransformerBlockMetadata:
-    try:
-        return TransformerBlockRegistry.get(type(block))
-    except ValueError:
-        raise UserInputError(
-            f"block class {type(block).__name__} is not registered in diffusers' TransformerBlockRegistry; "
-            "register it (which outputs are hidden/encoder hidden states) before applying the delta cache"
-        ) from None
+    detach_hooks(transformer, _ROOT_HOOK, (_BLOCK_HOOK,), _HANDLE_ATTR)

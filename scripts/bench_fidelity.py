@@ -15,7 +15,10 @@ seen in training) with seed i. Every method runs on a pair before the next pair 
   delta_cache       ProfilingDiT with the family's paper preset (--wan_schedule / --hunyuan_schedule);
   step_skipping     naive: only evenly spread steps (first and last included) run the transformer, the others
                     reuse the branch's last output; as many steps as give the delta cache's block evaluations;
-  first_block_cache diffusers' FirstBlockCache, threshold tuned to the delta cache's block evaluations;
+  teacache          TeaCache (delta_cache.teacache, from its description): coefficients fitted on this model
+                    by its own recipe over the calibration pairs (--teacache_coefficients published: the
+                    family's published ones), threshold tuned to the delta cache's block evaluations;
+  first_block_cache diffusers' FirstBlockCache, threshold tuned the same way;
   mag_cache         diffusers' MagCache, ratios from its calibrate=True mode, threshold tuned the same way.
 
 The block budget (the delta cache's block evaluations) and the thresholds come from --calib_pairs (2)
@@ -67,7 +70,7 @@ FAMILIES = ("wan", "hunyuan_video")
 CKPT_FLAGS = {"wan": "wan_ckpt", "hunyuan_video": "hunyuan_ckpt"}
 SCHEDULE_FLAGS = {"wan": "wan_schedule", "hunyuan_video": "hunyuan_schedule"}
 CALIBRATION_OFFSET = 1000  # calibration pairs: make_video(1000 + k, "eval"), far from the evaluation pairs
-METHOD_ORDER = ("uncached", "delta_cache", "step_skipping", "first_block_cache", "mag_cache")
+METHOD_ORDER = ("uncached", "delta_cache", "step_skipping", "teacache", "first_block_cache", "mag_cache")
 
 
 def build_parser() -> OneLineArgumentParser:
@@ -88,6 +91,9 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--tune_tolerance", type=float, default=0.05,
                    help="stop tuning when block evaluations are within this relative distance of the target "
                         "(default 0.05)")
+    p.add_argument("--teacache_coefficients", choices=["fitted", "published"], default="fitted",
+                   help="TeaCache's rescaling polynomial: fitted on the model over the calibration pairs (default; "
+                        "published coefficients belong to the real checkpoints) or the family's published ones")
     p.add_argument("--size", default=None,
                    help="WIDTH*HEIGHT instead of the checkpoint's native size (another size needs --frame_num too)")
     p.add_argument("--frame_num", type=int, default=None, help="frames (4n+1) instead of the native count")
@@ -272,8 +278,17 @@ def prepare_methods(runner: Runner, bench: FamilyBench, args, schedule) -> list:
                                                 lambda: runner.model.sample(first.prompt, first.index, False))
         return tuned("mag_cache", lambda threshold: baselines.MagCache(threshold, ratios, steps), initial=0.06)
 
+    def teacache():
+        settings = published_teacache_settings(family, runner.model)
+        if args.teacache_coefficients == "fitted":
+            runs = [lambda video=video: runner.model.sample(video.prompt, video.index, False) for video in calibration]
+            settings = baselines.calibrate_teacache(transformer, settings, steps, runs)
+        return tuned("teacache", lambda threshold: baselines.TeaCache(threshold, settings, steps,
+                                                                      args.teacache_coefficients), initial=0.05)
+
     unavailable = {}
-    for cls, build in ((baselines.FirstBlockCache, lambda: tuned("first_block_cache", baselines.FirstBlockCache, 0.05)),
+    for cls, build in ((baselines.TeaCache, teacache),
+                       (baselines.FirstBlockCache, lambda: tuned("first_block_cache", baselines.FirstBlockCache, 0.05)),
                        (baselines.MagCache, mag_cache)):
         try:
             methods.append(build())
@@ -294,8 +309,21 @@ def prepare_methods(runner: Runner, bench: FamilyBench, args, schedule) -> list:
             info["computed_steps"] = method.computed_steps
         if isinstance(method, baselines.MagCache):
             info["mag_ratios"] = method.mag_ratios
+        if isinstance(method, baselines.TeaCache):
+            info["teacache_coefficients"] = list(method.config.coefficients)
     bench.methods.update(unavailable)
     return methods
+
+
+def published_teacache_settings(family: str, model):
+    """The family's published TeaCache settings (Wan2.1 by the checkpoint's task and size)."""
+    if family == "wan":
+        from delta_cache.models.wan.teacache import teacache_settings
+
+        return teacache_settings(model.settings["task"], model.width, model.height)
+    from delta_cache.models.hunyuan_video.teacache import teacache_settings
+
+    return teacache_settings()
 
 
 def evaluate(runner: Runner, bench: FamilyBench, methods: list, num_pairs: int, video_dir: Path, lpips_fn) -> None:

@@ -215,7 +215,7 @@ def test_bench_wan_end_to_end(wan_ckpt, tmp_path, capsys):
     pair = data["pairs"][0]
     assert pair["prompt"] == make_video(0, "eval").prompt and pair["seed"] == 0
     runs = pair["runs"]
-    assert set(runs) == {"uncached", "delta_cache", "step_skipping", "first_block_cache", "mag_cache"}
+    assert set(runs) == {"uncached", "delta_cache", "step_skipping", "teacache", "first_block_cache", "mag_cache"}
     assert runs["uncached"]["computed_block_evals"] == 960 == 40 * 12 * 2  # blocks x steps x branches
     assert runs["uncached"]["psnr"] == "inf" and runs["uncached"]["ssim"] == 1.0
     delta = runs["delta_cache"]
@@ -228,6 +228,10 @@ def test_bench_wan_end_to_end(wan_ckpt, tmp_path, capsys):
         assert run_["psnr"] != "inf" and run_["psnr"] > 10 and 0 < run_["ssim"] <= 1 and run_["denoise_s"] > 0
         assert Path(run_["video"]).is_file()
     assert data["methods"]["first_block_cache"]["tuning"]["trials"][0][0] == 0.05
+    # TeaCache skips or runs the whole stack per call, first and last step of each branch always computed.
+    tea = runs["teacache"]
+    assert tea["computed_block_evals"] == 40 * tea["computed_calls"] and tea["computed_calls"] + tea["skipped_calls"] == 24
+    assert tea["computed_calls"] >= 4 and len(data["methods"]["teacache"]["teacache_coefficients"]) == 5
     assert len(data["methods"]["mag_cache"]["mag_ratios"]) == 12
     assert data["summary"]["uncached"]["compute_share"] == 1.0
     assert data["summary"]["delta_cache"]["compute_share"] == pytest.approx(792 / 960)
@@ -257,7 +261,8 @@ def test_bench_hunyuan_video_smoke(tmp_path, monkeypatch):
     assert runs["uncached"]["computed_block_evals"] == 4 * 6  # one call per step (embedded guidance)
     assert runs["delta_cache"]["computed_block_evals"] == 24 - 3 * 3  # 3 reuse steps x 3 background blocks
     assert runs["step_skipping"]["computed_block_evals"] == 4 * 4  # 15 evaluations -> 4 of 6 steps
-    assert set(runs) == {"uncached", "delta_cache", "step_skipping", "first_block_cache"}
+    assert set(runs) == {"uncached", "delta_cache", "step_skipping", "teacache", "first_block_cache"}
+    assert runs["teacache"]["computed_block_evals"] == 4 * runs["teacache"]["computed_calls"]
     assert data["methods"]["mag_cache"] == {"label": "MagCache (diffusers)", "available": False,
                                             "reason": "RuntimeError: MagCache calibration printed no ratios"}
     table = (out / "bench_fidelity.md").read_text()

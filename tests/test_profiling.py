@@ -87,6 +87,13 @@ def test_motion_mask_of_a_still_video_is_empty_and_needs_two_latent_frames():
     assert mask_iou(masks.motion_mask(latents), truth) >= 0.5
 
 
+def test_pca_mask_finds_a_subject_that_differs_in_colour_from_a_textured_background():
+    latents, truth = _flat_square_moving_slowly(first_frame_offset=0.0)
+    found = masks.pca_mask(latents)
+    assert found.shape == truth.shape and mask_iou(found, truth) >= 0.9
+    assert np.array_equal(masks.pca_mask(latents), found)  # deterministic (k-means from seeded starts)
+
+
 def test_kmeans_labels_separates_clear_groups_with_fewer_distinct_rows_than_k():
     rows = np.array([[0.0, 0.0]] * 5 + [[10.0, 10.0]] * 3)
     labels = masks.kmeans_labels(rows, 4)

@@ -101,19 +101,16 @@ def kmeans_labels(features: np.ndarray, k: int, restarts: int = 10, iterations: 
     return best_labels
 
 
-def pca_mask(latents: np.ndarray, patch: tuple[int, int] = (2, 2), iterations: int = 20) -> np.ndarray:
-    """latents (C, F, H, W) -> bool token mask: the smaller of two clusters of the 3-component PCA image."""
+def pca_mask(latents: np.ndarray, patch: tuple[int, int] = (2, 2)) -> np.ndarray:
+    """latents (C, F, H, W) -> bool token mask: the smaller of two k-means clusters of the 3-component PCA
+    image (`kmeans_labels`, as the motion mask clusters)."""
     latents = np.asarray(latents, dtype=np.float32)
-    c, f, h, w = latents.shape
-    pooled = np.stack([_pool_patches(latents[i], patch) for i in range(c)])  # (C, F, h', w')
+    c = latents.shape[0]
+    pooled = np.stack([_pool_patches(channel, patch) for channel in latents])  # (C, F, h, w)
     features = pooled.reshape(c, -1).T
     features = features - features.mean(axis=0)
     _, _, components = np.linalg.svd(features, full_matrices=False)
-    projected = features @ components[:3].T
-    centers = projected[[np.argmin(projected[:, 0]), np.argmax(projected[:, 0])]]
-    for _ in range(iterations):
-        labels = np.argmin(((projected[:, None] - centers[None]) ** 2).sum(-1), axis=1)
-        centers = np.stack([projected[labels == k].mean(0) if np.any(labels == k) else centers[k] for k in (0, 1)])
+    labels = kmeans_labels(features @ components[:3].T, min(2, len(features)))
     foreground = int(np.argmin(np.bincount(labels, minlength=2)))
     return (labels == foreground).reshape(pooled.shape[1:])
 
