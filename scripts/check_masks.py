@@ -20,13 +20,12 @@ sys.path.insert(0, str(REPO))
 
 from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
-from delta_cache.models.tiny_info import COMMITTED_CHECKPOINTS, committed_checkpoint  # noqa: E402
+from delta_cache.models.tiny_info import add_tiny_checkpoint_flags, tiny_checkpoint_dir  # noqa: E402
 
 
 def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--family", choices=sorted(COMMITTED_CHECKPOINTS), default="wan")
-    p.add_argument("--ckpt_dir", type=Path, help="tiny trained checkpoint (default: the committed one)")
+    add_tiny_checkpoint_flags(p)
     p.add_argument("--split", choices=["train", "eval"], default="train",
                    help="synthetic videos to render (default train: where the mask settings were chosen)")
     p.add_argument("--num_videos", type=positive_int, default=16, help="videos make_video(i, split), i < N (16)")
@@ -38,9 +37,7 @@ def build_parser() -> OneLineArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     args = build_parser().parse_args(argv)
-    ckpt = args.ckpt_dir or committed_checkpoint(args.family)
-    if not ckpt.is_dir():
-        raise UserInputError(f"--ckpt_dir {ckpt}: no such folder")
+    ckpt = tiny_checkpoint_dir(args)
     set_offline()
 
     import torch

@@ -24,13 +24,12 @@ sys.path.insert(0, str(REPO))
 
 from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
-from delta_cache.models.tiny_info import COMMITTED_CHECKPOINTS, committed_checkpoint  # noqa: E402
+from delta_cache.models.tiny_info import add_tiny_checkpoint_flags, tiny_checkpoint_dir  # noqa: E402
 
 
 def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--family", choices=sorted(COMMITTED_CHECKPOINTS), default="wan")
-    p.add_argument("--ckpt_dir", type=Path, help="tiny trained checkpoint (default: the committed one)")
+    add_tiny_checkpoint_flags(p)
     p.add_argument("--num_pairs", type=int, default=4, help="held-out prompt/seed pairs (default 4)")
     p.add_argument("--sample_steps", type=int, default=50, help="sampling steps (default 50)")
     p.add_argument("--quiet_directions", type=int, default=16,
@@ -41,9 +40,7 @@ def build_parser() -> OneLineArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    ckpt = args.ckpt_dir or committed_checkpoint(args.family)
-    if not ckpt.is_dir():
-        raise UserInputError(f"--ckpt_dir {ckpt}: no such folder")
+    ckpt = tiny_checkpoint_dir(args)
     if min(args.num_pairs, args.sample_steps, args.quiet_directions) < 1:
         raise UserInputError("--num_pairs, --sample_steps and --quiet_directions must be >= 1")
     set_offline()

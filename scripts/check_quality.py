@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
-from delta_cache.models.tiny_info import committed_checkpoint  # noqa: E402
+from delta_cache.models.tiny_info import tiny_checkpoint_dir  # noqa: E402
 
 FRONT_ENDS = {"wan": REPO / "Wan2.1" / "generate.py", "hunyuan_video": REPO / "HunyuanVideo" / "sample_video.py"}
 ATTRIBUTES = ("background", "count", "colour", "shape", "direction", "speed")
@@ -149,9 +149,7 @@ def markdown(family: str, ckpt: Path, summary: dict, start_sigma: float | None =
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    ckpt = args.ckpt_dir or committed_checkpoint(args.family)
-    if not ckpt.is_dir():
-        raise UserInputError(f"--ckpt_dir {ckpt}: no such folder")
+    ckpt = tiny_checkpoint_dir(args)
     if args.num_pairs < 1:
         raise UserInputError(f"--num_pairs must be >= 1, got {args.num_pairs}")
     if args.sample_steps is not None and args.sample_steps < 1:

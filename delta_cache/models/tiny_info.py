@@ -23,6 +23,22 @@ def committed_checkpoint(family: str) -> Path:
     return _REPO / COMMITTED_CHECKPOINTS[family]
 
 
+def add_tiny_checkpoint_flags(parser) -> None:
+    """--family and --ckpt_dir of the diagnostics that run a tiny trained checkpoint (`tiny_checkpoint_dir`)."""
+    parser.add_argument("--family", choices=sorted(COMMITTED_CHECKPOINTS), default="wan")
+    parser.add_argument("--ckpt_dir", type=Path, help="tiny trained checkpoint (default: the committed one)")
+
+
+def tiny_checkpoint_dir(args) -> Path:
+    """`args.ckpt_dir`, else the committed checkpoint of `args.family`; a missing folder is a UserInputError."""
+    from delta_cache.errors import UserInputError
+
+    ckpt = args.ckpt_dir or committed_checkpoint(args.family)
+    if not ckpt.is_dir():
+        raise UserInputError(f"--ckpt_dir {ckpt}: no such folder")
+    return ckpt
+
+
 @dataclass(frozen=True)
 class NativeSize:
     width: int
