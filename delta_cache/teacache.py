@@ -92,6 +92,7 @@ class _BranchState(BaseState):
     def reset(self) -> None:
         self.num_calls = 0
         self.step = 0
+        self.num_steps: int | None = None  # this call's step count (config, else the pipeline's)
         self.indicator: torch.Tensor | None = None  # this call's
         self.previous_indicator: torch.Tensor | None = None
         self.accumulated = 0.0
@@ -139,6 +140,7 @@ class _TeaCacheRootHook(ModelHook):
         num_steps = self.config.num_inference_steps or context.num_inference_steps
         if context.step_index is None and num_steps and state.num_calls >= num_steps:
             state.reset()  # a new generation without the pipeline's end-of-call reset (an interrupted run)
+        state.num_steps = num_steps
         # WanPipeline passes the step index; HunyuanVideoPipeline does not: count this branch's calls.
         state.step = context.step_index if context.step_index is not None else state.num_calls
         state.num_calls += 1
@@ -188,8 +190,6 @@ class _TeaCacheBlockHook(ModelHook):
             self._decide(module, args, kwargs)
         if self._skipping():
             return self._skip(args, kwargs)
-        if self.is_stack_first:
-            self._keep_stack_input(args, kwargs)
         output = self.fn_ref.original_forward(*args, **kwargs)
         if self.is_stack_last:
             self._store_residual(output)
@@ -207,13 +207,12 @@ class _TeaCacheBlockHook(ModelHook):
             indicator = _modulated_input(module, args, kwargs)
         if indicator is None:
             raise RuntimeError(f"TeaCache: no {self.config.indicator} indicator was seen before the first block")
-        num_steps = self.config.num_inference_steps or self.state_manager.context.num_inference_steps
-        if num_steps is None:
+        if state.num_steps is None:
             raise UserInputError("TeaCache needs num_inference_steps (this pipeline does not pass it)")
         hidden = block_streams.input_streams(self.metadata, args, kwargs)[0]
         compute = (self.config.calibrate or state.residual is None or state.residual.shape != hidden.shape
                    or state.previous_indicator is None
-                   or state.step < self.config.first_computed_steps or state.step >= num_steps - 1)
+                   or state.step < self.config.first_computed_steps or state.step >= state.num_steps - 1)
         if state.previous_indicator is not None and (self.config.calibrate or not compute):
             change = relative_l1(indicator, state.previous_indicator)
             if self.config.calibrate:
@@ -228,10 +227,7 @@ class _TeaCacheBlockHook(ModelHook):
             self.stats.skipped_calls += 1
         state.previous_indicator = indicator.detach()
         state.skip_now = not compute
-
-    @torch.compiler.disable
-    def _keep_stack_input(self, args, kwargs) -> None:
-        self.state_manager.get_state().stack_input = block_streams.input_streams(self.metadata, args, kwargs)[0]
+        state.stack_input = hidden if compute else None  # the last block makes the residual from it
 
     @torch.compiler.disable
     def _store_residual(self, output) -> None:
@@ -253,10 +249,6 @@ def _modulated_input(block: torch.nn.Module, args, kwargs) -> torch.Tensor:
     """HunyuanVideo's indicator: the first double block's modulated, normalised image input."""
     bound = inspect.signature(type(block).forward).bind(block, *args, **kwargs).arguments
     return block.norm1(bound["hidden_states"], emb=bound["temb"])[0]
-
-
-def _no_norm() -> None:  # stands in for a missing norm1 (takes no `emb`)
-    pass
 
 
 def _takes_hidden_and_emb_only(forward) -> bool:
@@ -297,7 +289,7 @@ def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig) -> TeaC
         if embedder is None:
             raise UserInputError(f"TeaCache indicator {config.indicator}: {type(transformer).__name__} has no "
                                  "condition_embedder (it is Wan2.1's)")
-    elif not _takes_hidden_and_emb_only(getattr(getattr(blocks[0], "norm1", None), "forward", _no_norm)):
+    elif getattr(blocks[0], "norm1", None) is None or not _takes_hidden_and_emb_only(blocks[0].norm1.forward):
         raise UserInputError(f"TeaCache indicator modulated_input: the first block of {type(transformer).__name__} "
                              "has no norm1(hidden_states, emb=temb) (HunyuanVideo text-to-video's)")
 
