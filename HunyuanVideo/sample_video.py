@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     if schedule is not None:
         # diffusers' HunyuanVideoPipeline passes no step index: the cache counts calls against this many steps.
         handle = apply_cache_from_flags(transformer, schedule, args, num_inference_steps=args.infer_steps)
-        logger.info(f"delta cache: schedule '{schedule.name}'")
+        logger.info(f"delta cache: schedule '{schedule.name}', forecast {handle.schedule.forecast}")
 
     pipe = build_pipeline(components, shift=args.flow_shift)
     if device.type == "cuda":

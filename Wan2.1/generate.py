@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     handle = None
     if schedule is not None:
         handle = apply_cache_from_flags(components.transformer, schedule, args)
-        logger.info(f"delta cache: schedule '{schedule.name}'")
+        logger.info(f"delta cache: schedule '{schedule.name}', forecast {handle.schedule.forecast}")
 
     image = None
     width, height = tasks.parse_size(args.size)

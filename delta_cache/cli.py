@@ -7,6 +7,7 @@ no traceback, no output file. Bugs still raise normally.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import Callable, NoReturn
@@ -56,12 +57,16 @@ def add_cache_flags(parser: argparse.ArgumentParser, default_preset: str) -> Non
                        help=f"Reuse background blocks' residuals with the preset schedule ({default_preset}).")
     cache.add_argument("--cache_schedule", type=str, default=None, metavar="PRESET|PATH",
                        help=f"Schedule preset name or JSON file (default: {default_preset}).")
+    cache.add_argument("--cache_forecast", default=None, choices=["hold", "linear"],
+                       help="What a reuse step adds: the last refresh's delta (hold, the paper's reuse) or the delta "
+                            "extrapolated through the last two refreshes (linear; twice the delta memory). "
+                            "Default: the schedule's own (hold unless the file says otherwise).")
     cache.add_argument("--cache_fp32", action="store_true", default=False, help="Keep delta buffers in fp32.")
     cache.add_argument("--cache_cpu", action="store_true", default=False, help="Keep delta buffers in CPU memory.")
 
 
 def cache_requested(args) -> bool:
-    return bool(args.delta_cache or args.cache_schedule or args.cache_fp32 or args.cache_cpu)
+    return bool(args.delta_cache or args.cache_schedule or args.cache_forecast or args.cache_fp32 or args.cache_cpu)
 
 
 def apply_cache_from_flags(transformer, schedule, args, num_inference_steps: int | None = None):
@@ -70,6 +75,8 @@ def apply_cache_from_flags(transformer, schedule, args, num_inference_steps: int
 
     from .hooks import apply_delta_cache
 
+    if args.cache_forecast is not None:
+        schedule = dataclasses.replace(schedule, forecast=args.cache_forecast)
     return apply_delta_cache(transformer, schedule, delta_dtype=torch.float32 if args.cache_fp32 else None,
                              delta_device="cpu" if args.cache_cpu else None,
                              num_inference_steps=num_inference_steps)

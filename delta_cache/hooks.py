@@ -10,6 +10,8 @@ gets its own `BranchState` (its own deltas), exactly like diffusers' built-in ca
   first/last block of a run records `delta = output(last) - input(first)` (overwriting, never
   accumulating); on reuse steps the run is skipped and the first block returns `input + delta` for every
   stream the block carries (image and text tokens for HunyuanVideo), the others pass their input through.
+  With the schedule's linear forecast the added delta is extrapolated through the last two refreshes
+  (`DeltaCacheBlockHook._forecast_deltas`; docs/schedule-format.md).
 Foreground blocks get no hook at all.
 """
 
@@ -89,9 +91,15 @@ class BranchState(BaseState):
         self.refresh_now: dict[str, bool] = {}  # block list -> is the current call a refresh step
         self.run_inputs: dict[tuple[str, int], tuple] = {}  # inputs of a run's first block, until its last
         self.deltas: dict[tuple[str, int], tuple] = {}  # (block list, first block of run) -> per-stream deltas
+        self.step = 0  # the current call's step
+        self.warmup_steps: dict[str, int] = {}  # block list -> its warm-up length in this run
+        self.delta_steps: dict[tuple[str, int], int] = {}  # run -> the step its delta was recorded at
+        self.previous: dict[tuple[str, int], tuple[int, tuple]] = {}  # run -> (step, deltas) one refresh earlier
+        self.line_trusted: dict[tuple[str, int], bool] = {}  # run -> the line's last forecast beat holding
 
     def delta_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for ds in self.deltas.values() for t in ds if t is not None)
+        held = [*self.deltas.values(), *(deltas for _, deltas in self.previous.values())]
+        return sum(t.numel() * t.element_size() for ds in held for t in ds if t is not None)
 
 
 class DeltaCacheRootHook(ModelHook):
@@ -118,9 +126,12 @@ class DeltaCacheRootHook(ModelHook):
         state: BranchState = self.state_manager.get_state()
         step = context.step_index if context.step_index is not None else state.num_calls
         state.num_calls += 1
+        state.step = step
         num_steps = self.config.num_inference_steps or context.num_inference_steps or self.schedule.num_steps
         for list_name in self.runs_per_list:
-            refresh = step >= num_steps or step in self._refresh_steps(list_name, num_steps)
+            refresh_steps = self._refresh_steps(list_name, num_steps)
+            refresh = step >= num_steps or step in refresh_steps
+            state.warmup_steps[list_name] = _leading_run(refresh_steps)
             # Without a delta for every run (e.g. a pipeline that skipped steps) reuse is impossible: compute.
             has_all_deltas = sum(1 for key in state.deltas if key[0] == list_name) == self.runs_per_list[list_name]
             state.refresh_now[list_name] = refresh or not has_all_deltas
@@ -138,12 +149,29 @@ class DeltaCacheRootHook(ModelHook):
         return module
 
 
+def _closer(forecast: tuple, actual: tuple, than: tuple) -> bool:
+    """Whether `forecast` is closer to `actual` than `than` is (summed over the streams)."""
+    def distance(a: tuple) -> float:
+        return sum(float(torch.linalg.vector_norm((x - y).float()) ** 2) for x, y in zip(a, actual) if x is not None)
+    return distance(forecast) < distance(than)
+
+
+def _leading_run(steps: frozenset[int]) -> int:
+    """Length of the stretch 0, 1, 2, ... in `steps` (the warm-up)."""
+    count = 0
+    while count in steps:
+        count += 1
+    return count
+
+
 class DeltaCacheBlockHook(ModelHook):
     """Hook on one background block at position `block_index` of run [run_first, run_last]."""
 
     def __init__(self, state_manager: StateManager, list_name: str, block_index: int, run: tuple[int, int],
-                 metadata: TransformerBlockMetadata, config: DeltaCacheConfig, stats: DeltaCacheStats):
+                 metadata: TransformerBlockMetadata, config: DeltaCacheConfig, stats: DeltaCacheStats,
+                 forecast: str = "hold"):
         super().__init__()
+        self.forecast = forecast
         self.state_manager = state_manager
         self.list_name = list_name
         self.run_key = (list_name, run[0])
@@ -175,10 +203,16 @@ class DeltaCacheBlockHook(ModelHook):
             state.run_inputs[self.run_key] = self._input_streams(args, kwargs)
         if self.is_run_last:
             run_inputs = state.run_inputs.pop(self.run_key)
-            state.deltas[self.run_key] = tuple(
-                None if x is None else self._make_delta(y, x)
-                for x, y in zip(run_inputs, self._output_streams(output))
+            deltas = tuple(
+                None if x is None else self._make_delta(y, x) for x, y in zip(run_inputs, self._output_streams(output))
             )
+            if self.forecast == "linear" and self.run_key in state.deltas:
+                line = self._extrapolate(state, state.step)
+                if line is not None:  # the line's forecast for this step, checked against the computed deltas
+                    state.line_trusted[self.run_key] = _closer(line, deltas, than=state.deltas[self.run_key])
+                state.previous[self.run_key] = (state.delta_steps[self.run_key], state.deltas[self.run_key])
+            state.delta_steps[self.run_key] = state.step
+            state.deltas[self.run_key] = deltas
             self.stats.record_delta_bytes(sum(s.delta_bytes() for s in self.state_manager._state_cache.values()))
 
     @torch.compiler.disable
@@ -189,9 +223,33 @@ class DeltaCacheBlockHook(ModelHook):
         streams = self._input_streams(args, kwargs)
         if self.is_run_first:
             streams = tuple(
-                None if x is None else self._add_delta(x, d) for x, d in zip(streams, state.deltas[self.run_key])
+                None if x is None else self._add_delta(x, d) for x, d in zip(streams, self._forecast_deltas(state))
             )
         return self._pack(streams)
+
+    def _forecast_deltas(self, state: BranchState) -> tuple:
+        """The run's deltas for this step: the last refresh's (hold), or with the linear forecast the line's
+        (`_extrapolate`) while the line's forecast of the last refresh was closer than holding would have been;
+        otherwise they hold (a closed loop can amplify a bad line: each refresh sees the error it caused)."""
+        deltas = state.deltas[self.run_key]
+        if self.forecast != "linear" or not state.line_trusted.get(self.run_key, True):
+            return deltas
+        line = self._extrapolate(state, state.step)
+        return deltas if line is None else line
+
+    def _extrapolate(self, state: BranchState, step: int) -> tuple | None:
+        """The run's deltas at `step` on the line (in step index) through the last two refreshes' deltas, or
+        None without such a line. The line needs its earlier point at or after the last warm-up step: the
+        warm-up's steps change fastest (that is why they are computed), and a line through two of them
+        overshoots the first reuse step."""
+        if self.run_key not in state.previous:
+            return None
+        earlier_step, earlier = state.previous[self.run_key]
+        if earlier_step < state.warmup_steps[self.list_name] - 1:
+            return None
+        last_step, deltas = state.delta_steps[self.run_key], state.deltas[self.run_key]
+        slope = (step - last_step) / (last_step - earlier_step)
+        return tuple(None if d is None else d + (d - e) * slope for d, e in zip(deltas, earlier))
 
     # ---- streams: (hidden_states, encoder_hidden_states or None) ---------------------------------------
     def _input_streams(self, args, kwargs) -> tuple:
@@ -294,7 +352,8 @@ def apply_delta_cache(
     ]
     metadata = [block_streams.block_metadata(block) for *_, block in cached_blocks]
     for (list_name, index, run, block), block_metadata in zip(cached_blocks, metadata):
-        hook = DeltaCacheBlockHook(state_manager, list_name, index, run, block_metadata, config, stats)
+        hook = DeltaCacheBlockHook(state_manager, list_name, index, run, block_metadata, config, stats,
+                                   forecast=resolved.forecast)
         HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _BLOCK_HOOK)
 
     registry = HookRegistry.check_if_exists_or_initialize(transformer)

@@ -24,7 +24,10 @@ from typing import Any, Iterable
 from .errors import ScheduleError
 
 FORMAT_VERSION = 1
-_TOP_LEVEL_KEYS = {"format_version", "name", "description", "num_steps", "block_lists", "provenance"}
+_TOP_LEVEL_KEYS = {"format_version", "name", "description", "num_steps", "block_lists", "forecast", "provenance"}
+# What a reuse step adds: "hold" the delta of the last refresh (the paper's reuse), or "linear": extrapolate
+# it along the line through the last two refreshes' deltas (docs/schedule-format.md).
+FORECASTS = ("hold", "linear")
 _BLOCK_LIST_KEYS = {"background_blocks", "refresh_steps", "num_blocks"}
 
 
@@ -89,6 +92,12 @@ class Schedule:
     block_lists: dict[str, BlockListSchedule]
     description: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
+    forecast: str = "hold"
+
+    def __post_init__(self):
+        if self.forecast not in FORECASTS:
+            raise ScheduleError(f"schedule '{self.name}': forecast must be one of {', '.join(FORECASTS)}, "
+                                f"got {self.forecast!r}")
 
     # ---- serialisation -------------------------------------------------------------------------
     @classmethod
@@ -118,8 +127,11 @@ class Schedule:
         provenance = data.get("provenance", {})
         if not isinstance(description, str) or not isinstance(provenance, dict):
             raise ScheduleError(f"{source}: description must be a string and provenance an object")
+        forecast = data.get("forecast", "hold")
+        if forecast not in FORECASTS:
+            raise ScheduleError(f"{source}: forecast must be one of {', '.join(FORECASTS)}, got {forecast!r}")
         return cls(name=name, num_steps=num_steps, block_lists=block_lists, description=description,
-                   provenance=provenance)
+                   provenance=provenance, forecast=forecast)
 
     def to_dict(self) -> dict[str, Any]:
         lists = {}
@@ -130,8 +142,11 @@ class Schedule:
             spec["background_blocks"] = compress_ranges(bl.background_blocks)
             spec["refresh_steps"] = compress_ranges(bl.refresh_steps)
             lists[list_name] = spec
-        return {"format_version": FORMAT_VERSION, "name": self.name, "description": self.description,
-                "num_steps": self.num_steps, "block_lists": lists, "provenance": self.provenance}
+        data = {"format_version": FORMAT_VERSION, "name": self.name, "description": self.description,
+                "num_steps": self.num_steps, "block_lists": lists}
+        if self.forecast != "hold":  # files of the paper's reuse stay as they were
+            data["forecast"] = self.forecast
+        return {**data, "provenance": self.provenance}
 
     def save(self, path: str | Path) -> None:
         text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False)

@@ -1,9 +1,10 @@
 """The README's demo: Wan2.1's `generate.py` on the tiny trained model, without and with `--delta_cache`.
 
-Runs the same upstream command line three times through `Wan2.1/generate.py` on the committed tiny trained
+Runs the same upstream command line four times through `Wan2.1/generate.py` on the committed tiny trained
 checkpoint (`checkpoints/tiny-wan2.1-t2v`: 40 blocks, upstream file layout, trained on synthetic moving
-shapes by scripts/train_tiny.py): uncached, plus `--delta_cache` (the paper's preset), and plus
-`--delta_cache --cache_schedule tiny-wan2.1-t2v-profiled` (the schedule profiled on this model); then prints
+shapes by scripts/train_tiny.py): uncached, plus `--delta_cache` (the paper's preset), plus
+`--delta_cache --cache_schedule tiny-wan2.1-t2v-profiled` (the schedule profiled on this model), and the
+same with `--cache_forecast linear` (reuse steps extrapolate the deltas; same compute); then prints
 each cached run's measured speedup of the denoising loop next to the ideal one, PSNR/SSIM against the
 uncached video, and what the shape analyser sees in each. The mp4s land in --out.
 
@@ -73,6 +74,8 @@ def main() -> None:
         "uncached": [],
         "delta_cache": ["--delta_cache"],
         "delta_cache_profiled": ["--delta_cache", "--cache_schedule", PROFILED_PRESET],
+        "delta_cache_profiled_linear": ["--delta_cache", "--cache_schedule", PROFILED_PRESET,
+                                        "--cache_forecast", "linear"],
     }
     paths = {name: args.out / f"{name}.mp4" for name in runs}
     summaries = {name: run_generate(common + ["--save_file", str(paths[name])] + flags, env)
@@ -85,7 +88,8 @@ def main() -> None:
     seconds = {name: float(re.search(r"denoising time: ([\d.]+) s", line).group(1))
                for name, line in summaries.items()}
     print(f"\nprompt: {args.prompt!r}")
-    for name, label in (("delta_cache", "paper preset wan2.1-t2v-14b"), ("delta_cache_profiled", PROFILED_PRESET)):
+    for name, label in (("delta_cache", "paper preset wan2.1-t2v-14b"), ("delta_cache_profiled", PROFILED_PRESET),
+                        ("delta_cache_profiled_linear", f"{PROFILED_PRESET}, linear forecast")):
         ideal = float(re.search(r"ideal speedup ([\d.]+)x", summaries[name]).group(1))
         print(f"{name} ({label}): measured speedup of the denoising loop {seconds['uncached'] / seconds[name]:.2f}x "
               f"({seconds['uncached']:.1f} s -> {seconds[name]:.1f} s), ideal {ideal:.2f}x; "

@@ -64,6 +64,16 @@ def build_parser() -> OneLineArgumentParser:
                         help="pick tau and refresh intervals for this block-evaluation speedup (default 2.0)")
     derive.add_argument("--t_max", type=int, default=6, help="first refresh interval after the warm-up (with --tau)")
     derive.add_argument("--t_min", type=int, default=2, help="last refresh interval (with --tau)")
+    derive.add_argument("--refresh_threshold", type=float, default=None,
+                        help="with --tau: refresh where the step-change curve accumulates to this value since the "
+                             "last refresh (TeaCache's rule, decided once from the profile) instead of --t_max/--t_min")
+    derive.add_argument("--refresh_rule", default="any", choices=["any", "eq15", "curve"],
+                        help="with --target_speedup: refresh rules searched: Eq. 15 intervals, the curve rule, or "
+                             "both (default)")
+    derive.add_argument("--forecast", default="hold", choices=["hold", "linear", "any"],
+                        help="what reuse steps add: the last refresh's deltas (hold, the paper's reuse), the deltas "
+                             "extrapolated through the last two refreshes (linear), or (with --target_speedup) "
+                             "whichever the search predicts better (any); default hold")
     derive.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: from the step-change curve)")
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path, required=True, help="folder for schedule.json, figures, summary, profiles/")
@@ -100,6 +110,13 @@ def main(argv=None) -> None:
     prompts = read_prompts(args)
     if args.tau is not None and args.target_speedup is not None:
         raise UserInputError("give --tau or --target_speedup, not both")
+    if args.refresh_threshold is not None and (args.tau is None or args.refresh_threshold <= 0):
+        raise UserInputError("--refresh_threshold needs --tau and a value > 0 (--target_speedup searches it)")
+    if args.forecast == "any" and args.tau is not None:
+        raise UserInputError("--forecast any is for --target_speedup; with --tau give hold or linear")
+    if args.refresh_rule != "any" and args.tau is not None:
+        raise UserInputError("--refresh_rule is for --target_speedup; with --tau give --refresh_threshold or "
+                             "--t_max/--t_min")
     if not 0 < args.high_fraction < 1:
         raise UserInputError(f"--high_fraction must be between 0 and 1, got {args.high_fraction}")
     mask_files = None
@@ -115,8 +132,9 @@ def main(argv=None) -> None:
     import torch
 
     from delta_cache.models.runner import load_runner
-    from delta_cache.profiling.derive import DerivationParams, derive_for_target, derive_schedule
+    from delta_cache.profiling.derive import REFRESH_RULES, DerivationParams, derive_for_target, derive_schedule
     from delta_cache.profiling.report import write_report
+    from delta_cache.schedule import FORECASTS
     from delta_cache.profiling.runner import ProfileRequest, run_profile
 
     if args.threads is not None:
@@ -137,9 +155,14 @@ def main(argv=None) -> None:
     name = args.name or (f"profiled-{args.task.lower()}" if args.family == "wan" else "profiled-hunyuanvideo")
     if args.tau is not None:
         schedule = derive_schedule(profile, DerivationParams(tau=args.tau, t_max=args.t_max, t_min=args.t_min,
-                                                             warmup=args.warmup), name=name)
+                                                             warmup=args.warmup,
+                                                             refresh_threshold=args.refresh_threshold,
+                                                             forecast=args.forecast), name=name)
     else:
-        schedule = derive_for_target(profile, args.target_speedup or 2.0, warmup=args.warmup, name=name)
+        rules = REFRESH_RULES if args.refresh_rule == "any" else (args.refresh_rule,)
+        forecasts = FORECASTS if args.forecast == "any" else (args.forecast,)
+        schedule = derive_for_target(profile, args.target_speedup or 2.0, warmup=args.warmup, name=name,
+                                     refresh_rules=rules, forecasts=forecasts)
     schedule_path = args.out / "schedule.json"
     schedule.save(schedule_path)
     write_report(profile, schedule, args.out)

@@ -47,8 +47,8 @@ class DummyTransformer(torch.nn.Module, CacheMixin):
         return hidden, text
 
 
-def _schedule(background, refresh, num_steps):
-    return dc.Schedule.from_dict({"format_version": 1, "name": "test", "num_steps": num_steps,
+def _schedule(background, refresh, num_steps, forecast="hold"):
+    return dc.Schedule.from_dict({"format_version": 1, "name": "test", "num_steps": num_steps, "forecast": forecast,
                                   "block_lists": {"blocks": {"background_blocks": background,
                                                              "refresh_steps": refresh}}})
 
@@ -71,11 +71,21 @@ def test_hand_computed_runs_at_first_and_last_block():
     assert step1 == 123.0  # reuse: 1+2 = 3, 3+20 = 23, 23+100 = 123 (uncached would be 224)
 
 
-def _reference(blocks, background, refresh, temb_by_step, hidden=1.0, text=0.0):
-    """Plain-Python statement of the semantics: runs, delta = out(last) - in(first), overwrite."""
+def _reference(blocks, background, refresh, temb_by_step, hidden=1.0, text=0.0, forecast="hold"):
+    """Plain-Python statement of the semantics: runs, delta = out(last) - in(first), overwrite. With the
+    linear forecast a reuse step adds the delta on the line through the last two refreshes (not through two
+    warm-up steps), while that line's forecast of the last refresh was closer than holding."""
     runs = dc.BlockListSchedule(tuple(background), ()).runs()
     run_of = {i: run for run in runs for i in range(run[0], run[1] + 1)}
-    deltas, outputs = {}, []
+    warmup = next(k for k in range(len(temb_by_step) + 1) if k not in refresh)
+    history, trusted, outputs = {}, {}, []  # run -> [(step, (hidden delta, text delta)), ...]; run -> bool
+
+    def line(run, step):
+        if len(history[run]) < 2 or history[run][-2][0] < warmup - 1:
+            return None
+        (s0, d0), (s1, d1) = history[run][-2:]
+        return tuple(a + (a - b) * (step - s1) / (s1 - s0) for a, b in zip(d1, d0))
+
     for step, temb in enumerate(temb_by_step):
         h, t = hidden, text
         run_inputs = {}
@@ -83,30 +93,63 @@ def _reference(blocks, background, refresh, temb_by_step, hidden=1.0, text=0.0):
             run = run_of.get(i)
             if run is not None and step not in refresh:
                 if i == run[0]:
-                    h, t = h + deltas[run][0], t + deltas[run][1]
+                    delta = history[run][-1][1]
+                    if forecast == "linear" and trusted.get(run, True) and line(run, step) is not None:
+                        delta = line(run, step)
+                    h, t = h + delta[0], t + delta[1]
                 continue
             if run is not None and i == run[0]:
                 run_inputs[run] = (h, t)
             h = b.scale * h + b.weight * temb
             t = t + (b.text_weight or 0.0) * temb
             if run is not None and i == run[1]:
-                deltas[run] = (h - run_inputs[run][0], t - run_inputs[run][1])
+                new = (h - run_inputs[run][0], t - run_inputs[run][1])
+                if forecast == "linear" and run in history and line(run, step) is not None:
+                    def distance(d):
+                        return sum((x - y) ** 2 for x, y in zip(d, new))
+                    trusted[run] = distance(line(run, step)) < distance(history[run][-1][1])
+                history.setdefault(run, []).append((step, new))
         outputs.append((h, t))
     return outputs
 
 
+def test_linear_forecast_by_hand():
+    # one block, h -> h + temb, cached; refreshes at steps 0 and 2 record deltas 1 and 3
+    model = DummyTransformer([AffineBlock(1.0, 1.0)])
+    dc.apply_delta_cache(model, _schedule([0], [0, 2], num_steps=4, forecast="linear"))
+    outputs = [h for h, _ in _denoise(model, [1.0, 2.0, 3.0, 4.0])]
+    # step 1: only one delta so far, so it holds (1 + 1); step 3: 3 + (3 - 1) * (3 - 2) / (2 - 0) = 4 (held: 3)
+    assert outputs == [2.0, 2.0, 4.0, 5.0]
+    # with a 2-step warm-up (0, 1) no line runs through two warm-up steps: step 2 holds 2 (1 + 2), step 3
+    # computes 4 (delta 4), step 4 extrapolates through steps 1 and 3: 4 + (4 - 2) * 1 / 2 = 5
+    model = DummyTransformer([AffineBlock(1.0, 1.0)])
+    dc.apply_delta_cache(model, _schedule([0], [0, 1, 3], num_steps=5, forecast="linear"))
+    outputs = [h for h, _ in _denoise(model, [1.0, 2.0, 3.0, 4.0, 5.0])]
+    assert outputs == [2.0, 3.0, 3.0, 5.0, 6.0]
+    # a line that missed the refresh is not trusted: refreshes 0, 2, 4 record deltas 1, 3, -5; the line
+    # through steps 0 and 2 forecast 5 for step 4, farther from -5 than holding 3, so step 5 holds -5 (1 - 5)
+    # instead of extrapolating -9
+    model = DummyTransformer([AffineBlock(1.0, 1.0)])
+    dc.apply_delta_cache(model, _schedule([0], [0, 2, 4], num_steps=6, forecast="linear"))
+    outputs = [h for h, _ in _denoise(model, [1.0, 2.0, 3.0, 4.0, -5.0, 6.0])]
+    assert outputs == [2.0, 2.0, 4.0, 5.0, -4.0, -4.0]
+
+
+@pytest.mark.parametrize("forecast", ["hold", "linear"])
 @pytest.mark.parametrize("block_cls", [AffineBlock, TwoStreamBlock])
-def test_matches_reference_semantics_and_counts_real_calls(block_cls):
+def test_matches_reference_semantics_and_counts_real_calls(block_cls, forecast):
     rng = np.random.default_rng(0)
     params = [(float(rng.uniform(0.5, 1.5)), float(rng.uniform(-1, 1)),
                float(rng.uniform(-1, 1)) if block_cls is TwoStreamBlock else None) for _ in range(8)]
     background, refresh = [0, 1, 2, 4, 6, 7], [0, 1, 4, 7]
     temb = [float(x) for x in rng.uniform(0, 1, size=10)]
     model = DummyTransformer([block_cls(*p) for p in params])
-    handle = dc.apply_delta_cache(model, _schedule(background, refresh, num_steps=10))
+    handle = dc.apply_delta_cache(model, _schedule(background, refresh, num_steps=10, forecast=forecast))
     AffineBlock.calls = 0
     got = _denoise(model, temb)
-    expected = _reference([block_cls(*p) for p in params], background, refresh, temb)
+    expected = _reference([block_cls(*p) for p in params], background, refresh, temb, forecast=forecast)
+    if forecast == "linear":  # the forecast really differs from holding the delta
+        assert not np.allclose(got, _reference([block_cls(*p) for p in params], background, refresh, temb))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     # 10 steps x 8 blocks, the 6 background blocks skipped on the 6 reuse steps
     assert AffineBlock.calls == 80 - 6 * 6

@@ -19,7 +19,9 @@ from delta_cache.profiling.derive import (
     DerivationParams,
     derive_for_target,
     derive_schedule,
+    curve_thresholds,
     refresh_steps_eq15,
+    refresh_steps_from_curve,
     warmup_from_curve,
 )
 from delta_cache.profiling.probe import ProbeRecord, ProfileProbe
@@ -252,6 +254,24 @@ def test_profile_cli_writes_a_schedule_that_generate_uses(tmp_path):
                          env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--threads: must be >= 1" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()
+    for flags, message in ((["--tau", "0.3", "--forecast", "any"], "--forecast any is for --target_speedup"),
+                           (["--refresh_threshold", "0.1"], "--refresh_threshold needs --tau"),
+                           (["--tau", "0.3", "--refresh_rule", "curve"], "--refresh_rule is for --target_speedup")):
+        bad = subprocess.run([sys.executable, str(REPO / "scripts" / "profile_model.py"), "--ckpt_dir", str(ckpt),
+                              "--prompt", "x", "--out", str(tmp_path / "bad"), *flags],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+        assert not (tmp_path / "bad").exists()
+    # re-derived from the saved profile: the curve rule and the linear forecast reach the schedule file
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "profile_model.py"), "--ckpt_dir", str(ckpt),
+                           "--size", "32*32", "--frame_num", "9", "--sample_steps", "10", "--prompt", "a red square",
+                           "--tau", "1.0", "--refresh_threshold", "0.05", "--forecast", "linear", "--max_queries", "16",
+                           "--threads", "1", "--out", str(out), "--resume"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    curve = dc.load_schedule(out / "schedule.json")
+    assert curve.forecast == "linear" and curve.provenance["refresh_rule"] == "curve"
+    assert curve.block_lists["blocks"].background_blocks == tuple(range(6))  # every R < 1
     json.loads((out / "schedule.json").read_text())
 
 
@@ -275,3 +295,61 @@ def test_profile_cli_hunyuan_video_covers_both_block_lists(tmp_path):
     for list_name, block_list in schedule.block_lists.items():  # tau really decides which blocks are cached
         expected = tuple(int(b) for b in np.flatnonzero(ratio[list_name].mean(axis=0) < 0.3))
         assert block_list.background_blocks == expected
+
+
+def test_curve_refresh_rule_accumulates_the_step_change():
+    curve = np.array([0.5, 0.1, 0.1, 0.1, 0.3, 0.05, 0.05, 0.05, 0.05])  # change from step i to i + 1
+    # warm-up 1; accumulate from step 1: 0.5 >= 0.2 (refresh 1), 0.1, 0.2 (refresh 3), 0.1, 0.4 (refresh 5),
+    # 0.05, 0.1, 0.15, 0.2 (refresh 9)
+    assert refresh_steps_from_curve(curve, 10, 1, 0.2) == [0, 1, 3, 5, 9]
+    assert refresh_steps_from_curve(curve, 10, 3, 0.2) == [0, 1, 2, 4, 5, 9]
+    with pytest.raises(dc.UserInputError, match="threshold must be > 0"):
+        refresh_steps_from_curve(curve, 10, 1, 0.0)
+    # the candidate thresholds reach every sequence a fine sweep of thresholds finds
+    rng = np.random.default_rng(1)
+    curve = rng.uniform(0.01, 0.2, size=15)
+    for warmup in (1, 4):
+        swept = {tuple(refresh_steps_from_curve(curve, 16, warmup, t)) for t in np.linspace(1e-4, 3.0, 20000)}
+        candidates = {tuple(refresh_steps_from_curve(curve, 16, warmup, t)) for t in curve_thresholds(curve, warmup)}
+        assert swept <= candidates
+
+
+def test_target_search_uses_the_curve_rule_where_the_change_peaks_mid_way():
+    # Residuals drift fast in steps 8-13 of 24 and slowly elsewhere, and the step-change curve says so: Eq. 15's
+    # shrinking intervals cannot put dense refreshes in the middle, the curve rule can.
+    drift = np.full(24, 0.05)
+    drift[8:14] = 3.0
+    profile = _drift_profile(drift, num_steps=24)
+    for prompt in profile.prompts:
+        prompt.output_change = prompt.output_change_abs = drift[1:].astype(np.float32)
+    eq15 = derive_for_target(profile, 1.6, refresh_rules=("eq15",))
+    either = derive_for_target(profile, 1.6)
+    assert either.provenance["refresh_rule"] == "curve"
+    assert either.provenance["predicted_error"] < eq15.provenance["predicted_error"]
+    refresh = either.block_lists["blocks"].refresh_steps
+    assert refresh == tuple(refresh_steps_from_curve(profile.output_change(), 24, either.provenance["warmup_steps"],
+                                                     either.provenance["refresh_threshold"]))
+    assert set(range(9, 14)) <= set(refresh)  # every fast-drifting step computed
+    computed, total = either.provenance["predicted_block_evals"]
+    assert abs(computed - total / 1.6) <= 0.05 * total / 1.6
+    with pytest.raises(dc.UserInputError, match="refresh rules"):
+        derive_for_target(profile, 1.6, refresh_rules=("steps",))
+
+
+def test_predicted_error_of_the_linear_forecast():
+    # Residuals that grow linearly in the step: a line through two refreshes forecasts them exactly, except
+    # where the line would run through two warm-up steps (the hooks hold there, as here at step 2).
+    profile = _drift_profile(np.ones(12))
+
+    def error(forecast):
+        return profile.predicted_error(dc.Schedule.from_dict({
+            "format_version": 1, "name": "x", "num_steps": 12, "forecast": forecast,
+            "block_lists": {"blocks": {"num_blocks": 6, "background_blocks": ["0-5"],
+                                       "refresh_steps": [0, 1, 3, 6, 9, 11]}}}))
+
+    assert error("linear") == pytest.approx(1 / 12, rel=0.01)
+    assert error("hold") == pytest.approx(1 / 12 + 1 / 14 + 2 / 15 + 1 / 17 + 2 / 18 + 1 / 20, rel=0.01)
+    either = derive_for_target(_drift_profile(np.ones(25), num_steps=25), 1.5, forecasts=("hold", "linear"))
+    assert either.forecast == "linear" and either.provenance["forecast"] == "linear"
+    with pytest.raises(dc.UserInputError, match="forecasts must be"):
+        derive_for_target(profile, 1.2, forecasts=("quadratic",))

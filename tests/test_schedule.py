@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -64,6 +65,9 @@ def test_bad_files_are_rejected(tmp_path):
     path.write_text(json.dumps({**_schedule(), "speed": 2}))
     with pytest.raises(dc.ScheduleError, match="unknown key"):
         dc.load_schedule(path)
+    path.write_text(json.dumps({**_schedule(), "forecast": "quadratic"}))
+    with pytest.raises(dc.ScheduleError, match="forecast must be one of hold, linear, got 'quadratic'"):
+        dc.load_schedule(path)
     path.write_text(json.dumps({**_schedule(), "format_version": 7}))
     with pytest.raises(dc.ScheduleError, match="format_version"):
         dc.load_schedule(path)
@@ -76,6 +80,10 @@ def test_schedule_round_trips_through_json(tmp_path):
     schedule.save(tmp_path / "copy.json")
     again = dc.load_schedule(tmp_path / "copy.json")
     assert again.block_lists == schedule.block_lists and again.num_steps == 50
+    assert again.forecast == "hold" and "forecast" not in json.loads((tmp_path / "copy.json").read_text())
+    linear = dataclasses.replace(schedule, forecast="linear")
+    linear.save(tmp_path / "linear.json")
+    assert dc.load_schedule(tmp_path / "linear.json").forecast == "linear"
 
 
 def test_check_fits_names_the_problem():

@@ -69,6 +69,7 @@ def test_default_output_name_and_t2i_png_from_repo_root(ckpt4, tmp_path):
         (["--offload_model", "maybe"], "expected a boolean"),
         (["--sample_steps", "0"], "--sample_steps must be positive"),
         (["--task", "i2v-14B", "--size", "832*480"], "--image is required"),
+        (["--cache_forecast", "cubic"], "invalid choice: 'cubic'"),
     ],
 )
 def test_bad_flags_give_one_line(ckpt4, tmp_path, args, message):
@@ -87,7 +88,11 @@ def _bad_schedule_cases(tmp_path):
     beyond = tmp_path / "beyond.json"
     beyond.write_text(json.dumps({"format_version": 1, "num_steps": 50, "block_lists": {
         "blocks": {"background_blocks": [1, 9], "refresh_steps": ["0-6"]}}}))
+    cubic = tmp_path / "cubic.json"
+    cubic.write_text(json.dumps({"format_version": 1, "num_steps": 50, "forecast": "cubic", "block_lists": {
+        "blocks": {"background_blocks": [1], "refresh_steps": ["0-6"]}}}))
     return [(malformed, "not valid JSON"), (beyond, "block 9 in 'blocks' is beyond the model's depth"),
+            (cubic, "forecast must be one of hold, linear, got 'cubic'"),
             ("wan2.1-t2v-14b", "made for 40 blocks in 'blocks', but this model has 4"),
             ("no-such-preset", "unknown schedule preset")]
 
@@ -104,6 +109,19 @@ def test_bad_schedules_give_one_line(ckpt4, tmp_path):
         lines = [line for line in proc.stderr.splitlines() if line.strip() and "| INFO" not in line]
         assert len(lines) == 1 and message in lines[0], proc.stderr
         assert "Traceback" not in proc.stderr and list(workdir.iterdir()) == []
+
+
+def test_cache_forecast_flag_reaches_the_cache(ckpt4, tmp_path):
+    schedule = tmp_path / "every_other.json"
+    schedule.write_text(json.dumps({"format_version": 1, "num_steps": 6, "block_lists": {
+        "blocks": {"num_blocks": 4, "background_blocks": ["0-3"], "refresh_steps": [0, 1, 3, 5]}}}))
+    base = ["--size", "832*480", "--frame_num", "1", "--ckpt_dir", ckpt4, "--sample_steps", "6",
+            "--cache_schedule", schedule]
+    for extra, forecast in (([], "hold"), (["--cache_forecast", "linear"], "linear")):
+        proc = run_cli(base + extra + ["--save_file", tmp_path / f"{forecast}.mp4"], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert f"schedule 'every_other', forecast {forecast}" in proc.stdout + proc.stderr
+        assert "cond 16/24, uncond 16/24" in proc.stdout
 
 
 def test_missing_checkpoint_file_gives_one_line(ckpt4, tmp_path):

@@ -117,7 +117,8 @@ class Profile:
         drift (every reuse step adds its error; a mean over reuse steps would reward adding cheap ones); the
         mean over prompts.
 
-        At a reuse step s with last refresh r, the cached blocks contribute B[r] instead of B[s], where B is
+        At a reuse step s with last refresh r, the cached blocks contribute B[r] (or, with the schedule's
+        linear forecast, B[r] extrapolated through the refresh before r) instead of B[s], where B is
         the sum of the background blocks' residuals (deltas add up along the residual stream, so the run
         structure does not matter for this first-order estimate): drift = |B[s] - B[r]| / |sum of all
         residuals of the block list at s|. A first-order proxy: how the drift propagates through the later
@@ -129,12 +130,12 @@ class Profile:
             for list_name, block_list in schedule.block_lists.items():
                 cached, total_norm = self._background_sums(index, list_name, block_list.background_blocks)
                 steps = len(total_norm)
-                refresh = block_list.refresh_steps_for(steps, schedule.num_steps)
-                last_refresh = np.maximum.accumulate([s if s in refresh else 0 for s in range(steps)])
-                reuse = np.array([s not in refresh for s in range(steps)])
+                refresh_set = block_list.refresh_steps_for(steps, schedule.num_steps)
+                refresh = sorted(refresh_set)
+                reuse = np.array([s not in refresh_set for s in range(steps)])
                 if reuse.any():
-                    drift = np.linalg.norm(cached[reuse] - cached[last_refresh[reuse]], axis=1)
-                    error += float(np.sum(drift / np.maximum(total_norm[reuse], 1e-12)))
+                    reused = cached[reuse] - _forecast(cached, refresh, np.flatnonzero(reuse), schedule.forecast)
+                    error += float(np.sum(np.linalg.norm(reused, axis=1) / np.maximum(total_norm[reuse], 1e-12)))
             errors.append(error)
         return float(np.mean(errors))
 
@@ -147,3 +148,17 @@ class Profile:
             cached = flat[:, list(background)].sum(axis=1)
             self._sums_cache[key] = (cached, np.linalg.norm(flat.sum(axis=1), axis=1))
         return self._sums_cache[key]
+
+
+def _forecast(cached: np.ndarray, refresh: list[int], reuse_steps: np.ndarray, forecast: str) -> np.ndarray:
+    """What the cache adds at each reuse step, as the hooks compute it (hooks.DeltaCacheBlockHook)."""
+    position = np.searchsorted(refresh, reuse_steps, side="right") - 1  # index of the last refresh
+    last = np.asarray(refresh)[position]
+    held = cached[last]
+    if forecast != "linear":
+        return held
+    earlier = np.asarray(refresh)[np.maximum(position - 1, 0)]
+    warmup = next(k for k in range(len(refresh) + 1) if k not in refresh)
+    has_line = (position >= 1) & (earlier >= warmup - 1)  # no line through two warm-up steps (the hooks' rule)
+    slope = np.where(has_line, (reuse_steps - last) / np.maximum(last - earlier, 1), 0.0)
+    return held + (held - cached[earlier]) * slope[:, None]
