@@ -27,7 +27,7 @@ from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
 from . import block_streams
 from .errors import UserInputError
-from .schedule import Schedule, load_schedule
+from .schedule import Schedule, load_schedule, warmup_length
 from .stats import DeltaCacheStats
 
 _ROOT_HOOK = "delta_cache_root"
@@ -114,6 +114,7 @@ class DeltaCacheRootHook(ModelHook):
         self.stats = stats
         self.runs_per_list = runs_per_list
         self._refresh_sets: dict[tuple[str, int], frozenset[int]] = {}
+        self._warmups: dict[tuple[str, int], int] = {}  # (block list, run's step count) -> warm-up length
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         with default_branch(self.state_manager):
@@ -129,9 +130,8 @@ class DeltaCacheRootHook(ModelHook):
         state.step = step
         num_steps = self.config.num_inference_steps or context.num_inference_steps or self.schedule.num_steps
         for list_name in self.runs_per_list:
-            refresh_steps = self._refresh_steps(list_name, num_steps)
-            refresh = step >= num_steps or step in refresh_steps
-            state.warmup_steps[list_name] = _leading_run(refresh_steps)
+            refresh = step >= num_steps or step in self._refresh_steps(list_name, num_steps)
+            state.warmup_steps[list_name] = self._warmups[(list_name, num_steps)]
             # Without a delta for every run (e.g. a pipeline that skipped steps) reuse is impossible: compute.
             has_all_deltas = sum(1 for key in state.deltas if key[0] == list_name) == self.runs_per_list[list_name]
             state.refresh_now[list_name] = refresh or not has_all_deltas
@@ -142,6 +142,7 @@ class DeltaCacheRootHook(ModelHook):
         if key not in self._refresh_sets:
             block_list = self.schedule.block_lists[list_name]
             self._refresh_sets[key] = block_list.refresh_steps_for(num_steps, self.schedule.num_steps)
+            self._warmups[key] = warmup_length(self._refresh_sets[key])
         return self._refresh_sets[key]
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -154,14 +155,6 @@ def _closer(forecast: tuple, actual: tuple, than: tuple) -> bool:
     def distance(a: tuple) -> float:
         return sum(float(torch.linalg.vector_norm((x - y).float()) ** 2) for x, y in zip(a, actual) if x is not None)
     return distance(forecast) < distance(than)
-
-
-def _leading_run(steps: frozenset[int]) -> int:
-    """Length of the stretch 0, 1, 2, ... in `steps` (the warm-up)."""
-    count = 0
-    while count in steps:
-        count += 1
-    return count
 
 
 class DeltaCacheBlockHook(ModelHook):

@@ -31,6 +31,15 @@ FORECASTS = ("hold", "linear")
 _BLOCK_LIST_KEYS = {"background_blocks", "refresh_steps", "num_blocks"}
 
 
+def warmup_length(refresh_steps: Iterable[int]) -> int:
+    """Length of the leading stretch 0, 1, 2, ... of `refresh_steps` (the warm-up)."""
+    refresh = set(refresh_steps)
+    count = 0
+    while count in refresh:
+        count += 1
+    return count
+
+
 @dataclass(frozen=True)
 class BlockListSchedule:
     """The schedule of one block list."""
@@ -51,11 +60,7 @@ class BlockListSchedule:
 
     def warmup_steps(self) -> int:
         """Length of the leading stretch 0, 1, 2, ... of refresh steps (the warm-up)."""
-        refresh = set(self.refresh_steps)
-        count = 0
-        while count in refresh:
-            count += 1
-        return count
+        return warmup_length(self.refresh_steps)
 
     def refresh_steps_for(self, num_steps: int, schedule_steps: int) -> frozenset[int]:
         """Refresh steps of a run with `num_steps` steps, for a schedule made on `schedule_steps` steps.

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserInputError
-from ..schedule import Schedule
+from ..schedule import Schedule, warmup_length
 from .probe import ProbeRecord
 
 
@@ -158,7 +158,7 @@ def _forecast(cached: np.ndarray, refresh: list[int], reuse_steps: np.ndarray, f
     if forecast != "linear":
         return held
     earlier = np.asarray(refresh)[np.maximum(position - 1, 0)]
-    warmup = next(k for k in range(len(refresh) + 1) if k not in refresh)
+    warmup = warmup_length(refresh)
     has_line = (position >= 1) & (earlier >= warmup - 1)  # no line through two warm-up steps (the hooks' rule)
     slope = np.where(has_line, (reuse_steps - last) / np.maximum(last - earlier, 1), 0.0)
     return held + (held - cached[earlier]) * slope[:, None]
