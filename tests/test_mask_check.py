@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from delta_cache.errors import UserInputError
-from delta_cache.profiling.mask_check import EncodedVideo, markdown_table, mask_sources, score_sources
+from delta_cache.profiling.mask_check import (EncodedVideo, generate_videos, markdown_table, mask_sources,
+                                              score_sources)
 from script_loader import load_script
 
 REPO = Path(__file__).resolve().parent.parent
@@ -18,12 +19,31 @@ def test_the_committed_wan_vae_lets_the_default_motion_mask_find_rendered_subjec
     scores = load_script(REPO / "scripts" / "check_masks.py").main(
         ["--family", "wan", "--num_videos", "4", "--clusters", "2", "4"])
     printed = capsys.readouterr().out
-    assert "| motion, k = 2 (default) |" in printed and "| motion, k = 4 |" in printed and "| pca |" in printed
-    assert list(scores) == ["motion, k = 2 (default)", "motion, k = 4", "pca"]
+    assert "| motion (default) |" in printed and "| motion, k = 4 |" in printed and "| pca |" in printed
+    assert list(scores) == ["motion (default)", "motion, k = 2", "motion, k = 4", "pca"]
     assert all(len(v) == 4 and all(0.0 <= x <= 1.0 for x in v) for v in scores.values())
     # Lenient: 0.61 on these 4 training videos; frame differences thresholded per token (the mask before
     # 2026-12-06) gave 0.28: they mark a flat subject's edges and all of the VAE's first latent frame.
-    assert np.mean(scores["motion, k = 2 (default)"]) >= 0.45
+    assert np.mean(scores["motion (default)"]) >= 0.45
+
+
+def test_generated_videos_are_the_models_own_seeded_generations_with_their_drawn_foreground():
+    import torch
+
+    from delta_cache.models.runner import load_runner
+    from delta_cache.synthetic import make_video
+
+    runner = load_runner("wan", REPO / "checkpoints" / "tiny-wan2.1-t2v", width=128, height=128, num_frames=17,
+                         num_steps=3, device=torch.device("cpu"))
+    with torch.no_grad():
+        videos = generate_videos(runner, "eval", 2)
+        again, _ = runner.generate(make_video(1, "eval").prompt, 1)  # video i: prompt i, seed i
+    assert [v.prompt for v in videos] == [make_video(i, "eval").prompt for i in range(2)]
+    assert videos[1].latents.shape == (16, 5, 16, 16) and np.array_equal(videos[1].latents, again[0].numpy())
+    assert all(v.truth.shape == runner.token_grid and v.truth.dtype == bool for v in videos)
+    assert not np.array_equal(videos[0].latents, videos[1].latents)
+    with pytest.raises(UserInputError, match="--num_videos"):
+        generate_videos(runner, "eval", 0)
 
 
 def test_videos_without_a_subject_on_the_token_grid_are_left_out():
@@ -34,7 +54,7 @@ def test_videos_without_a_subject_on_the_token_grid_are_left_out():
     truth_2 = truth.copy()
     truth_2[:, 1, 1] = True
     scores = score_sources([found, EncodedVideo("q", latents, truth_2)], mask_sources([2]), (2, 2))
-    assert [len(v) for v in scores.values()] == [1, 1]
+    assert [len(v) for v in scores.values()] == [1, 1, 1]
     assert "| n/a | n/a | 0 |" in markdown_table({"empty": []})
     with pytest.raises(UserInputError, match="--clusters"):
         mask_sources([])
@@ -43,6 +63,7 @@ def test_videos_without_a_subject_on_the_token_grid_are_left_out():
 @pytest.mark.parametrize("flags, message", [
     (["--clusters", "0"], "--clusters"),
     (["--num_videos", "-1"], "--num_videos"),
+    (["--videos", "both"], "--videos"),
     (["--ckpt_dir", "/nonexistent/ckpt"], "no such folder"),
 ])
 def test_bad_flags_get_one_line_and_exit_2(flags, message):

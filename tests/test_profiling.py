@@ -80,6 +80,31 @@ def test_motion_mask_finds_the_whole_moving_subject_not_its_edges():
     assert np.array_equal(masks.motion_mask(latents), found)  # deterministic (k-means from seeded starts)
 
 
+def _square_on_two_background_shades(frames=5, size=32, side=8):
+    """Latents (16, F, size, size): a background of two flat shades (left 3/8 and right 5/8) and a square
+    (4x4 tokens) moving right across the right shade, in a colour nearer that shade than the left one; and
+    its true token mask (patch 2x2)."""
+    rng = np.random.default_rng(0)
+    right, offset = rng.normal(0, 1, (2, 16, 1, 1, 1))
+    latents = np.broadcast_to(right, (16, frames, size, size)).copy()
+    latents[:, :, :, : size * 3 // 8] = -2 * right
+    latents += rng.normal(0, 0.05, latents.shape)
+    truth = np.zeros((frames, size // 2, size // 2), dtype=bool)
+    for f in range(frames):
+        latents[:, f, 12:12 + side, 14 + 2 * f: 14 + 2 * f + side] = (right + 0.8 * offset)[:, 0]
+        truth[f, 6:10, 7 + f: 11 + f] = True
+    return latents.astype(np.float32), truth
+
+
+def test_motion_mask_grows_k_when_the_moving_side_is_a_majority():
+    latents, truth = _square_on_two_background_shades()
+    # Two clusters put the square with the right shade: that whole side "moves" (62.5% of the tokens).
+    lumped = masks.motion_mask(latents, clusters=2, max_clusters=2)
+    assert lumped.mean() > 0.5 and mask_iou(lumped, truth) < 0.2
+    found = masks.motion_mask(latents)  # k = 3 separates the square
+    assert mask_iou(found, truth) >= 0.9
+
+
 def test_motion_mask_of_a_still_video_is_empty_and_needs_two_latent_frames():
     still = np.repeat(np.random.default_rng(1).normal(size=(4, 1, 8, 8)), 3, axis=1).astype(np.float32)
     assert not masks.motion_mask(still).any()

@@ -110,27 +110,37 @@ def test_step_rescaling_rule():
     assert steps[:14] == list(range(14)) and steps[14:] == [24, 36, 48, 60, 72, 84, 96]
 
 
-def test_the_profiled_tiny_preset_belongs_to_the_committed_model():
-    # A profiled schedule is only valid for the weights it was profiled on: replacing the committed tiny Wan
-    # model without re-profiling (the command in the provenance) must fail here.
+def _committed_block_counts(ckpt) -> tuple[dict[str, int], str]:
+    """Block list -> blocks of a committed tiny checkpoint, read from its own files, and its transformer file."""
+    config = ckpt / "config.json"
+    if config.exists():  # Wan2.1 layout
+        return {"blocks": json.loads(config.read_text())["num_layers"]}, "diffusion_pytorch_model.safetensors"
+    recipe = json.loads((ckpt / "tiny_model.json").read_text())["recipe"]  # HunyuanVideo upstream layout
+    return ({"transformer_blocks": recipe["num_layers"], "single_transformer_blocks": recipe["num_single_layers"]},
+            "hunyuan-video-t2v-720p/transformers/mp_rank_00_model_states.pt")
+
+
+@pytest.mark.parametrize("preset", ["tiny-wan2.1-t2v-profiled", "tiny-hunyuanvideo-t2v-profiled"])
+def test_the_profiled_tiny_presets_belong_to_the_committed_models(preset):
+    # A profiled schedule is only valid for the weights it was profiled on: replacing a committed tiny model
+    # without re-profiling (the command in the provenance) must fail here.
     import hashlib
     import shlex
     from pathlib import Path
 
     repo = Path(__file__).resolve().parent.parent
-    schedule = dc.load_schedule("tiny-wan2.1-t2v-profiled")
+    schedule = dc.load_schedule(preset)
     provenance = schedule.provenance
     ckpt = repo / provenance["ckpt_dir"]
-    config = json.loads((ckpt / "config.json").read_text())
+    blocks, weights_file = _committed_block_counts(ckpt)
     native = json.loads((ckpt / "tiny_model.json").read_text())["native_size"]
-    assert schedule.block_lists["blocks"].num_blocks == config["num_layers"]
+    assert {name: bl.num_blocks for name, bl in schedule.block_lists.items()} == blocks
     assert provenance["size"] == f"{native['width']}*{native['height']}"
     assert provenance["frame_num"] == native["num_frames"]
-    weights = (ckpt / "diffusion_pytorch_model.safetensors").read_bytes()
+    weights = (ckpt / weights_file).read_bytes()
     assert hashlib.sha256(weights).hexdigest() == provenance["transformer_sha256"], (
-        "checkpoints/tiny-wan2.1-t2v changed: re-profile it with the command in the preset's provenance")
-    assert schedule.predicted_block_evals({"blocks": config["num_layers"]}, schedule.num_steps) == tuple(
-        provenance["predicted_block_evals"])
+        f"{provenance['ckpt_dir']} changed: re-profile it with the command in the preset's provenance")
+    assert schedule.predicted_block_evals(blocks, schedule.num_steps) == tuple(provenance["predicted_block_evals"])
     # The reproduce command's prompt file is committed and holds the profiled prompts.
     command = shlex.split(provenance["reproduce"].split(" (")[0])
     prompts = repo / command[command.index("--prompts") + 1]

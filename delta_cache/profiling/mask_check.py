@@ -1,8 +1,10 @@
-"""How good is a weight-free mask source where the answer is known: rendered synthetic videos, encoded by a
-checkpoint's own VAE, against their rendered masks on the token grid (`scripts/check_masks.py`).
+"""How good is a weight-free mask source where the answer is known (`scripts/check_masks.py`): rendered
+synthetic videos, encoded by a checkpoint's own VAE, against their rendered masks on the token grid; or
+the model's own uncached generations against what they show (the synthetic-data analyser's foreground).
 
-This tests the mask method apart from the transformer: a model that does not draw its prompts gives low
-IoUs on its generations whatever the method. `MOTION_CLUSTERS` was chosen with it on the training split.
+The rendered videos test the mask method apart from the transformer: a model that does not draw its
+prompts gives low IoUs on its generations whatever the method. `MOTION_CLUSTERS` was chosen with them on
+the training split.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from .evidence_results import mask_iou
 @dataclass
 class EncodedVideo:
     prompt: str
-    latents: np.ndarray  # (C, F, H, W), as the VAE encodes the rendered frames
-    truth: np.ndarray  # (frames, h, w) bool: the rendered mask on the token grid
+    latents: np.ndarray  # (C, F, H, W): the VAE's code of the rendered frames, or a generation's final latents
+    truth: np.ndarray  # (frames, h, w) bool: the rendered (or generated) foreground on the token grid
 
 
 def encode_rendered(model, split: str, count: int) -> list[EncodedVideo]:
@@ -40,14 +42,33 @@ def encode_rendered(model, split: str, count: int) -> list[EncodedVideo]:
     return videos
 
 
+def generate_videos(model, split: str, count: int) -> list[EncodedVideo]:
+    """The model's uncached generation of `make_video(i, split).prompt` with seed i, for i < count: its final
+    latents, and as truth the foreground of its decoded frames (`evidence.generated_foreground`, as the
+    evidence table's true masks)."""
+    from ..synthetic import make_video
+    from .evidence import generated_foreground
+
+    if count < 1:
+        raise UserInputError("--num_videos must be >= 1")
+    videos = []
+    for index in tqdm(range(count), desc=f"generating {split} prompts", dynamic_ncols=True):
+        video = make_video(index, split, num_frames=model.num_frames, height=model.height, width=model.width)
+        latents, _ = model.generate(video.prompt, index)
+        truth = masks.pixel_mask_to_tokens(generated_foreground(model.decode(latents)), model.token_grid)
+        videos.append(EncodedVideo(prompt=video.prompt, latents=latents[0].float().cpu().numpy(), truth=truth))
+    return videos
+
+
 def mask_sources(clusters: Sequence[int]) -> dict:
-    """label -> function(latents, patch) -> token mask: motion masks for each k in `clusters`, and PCA."""
+    """label -> function(latents, patch) -> token mask: the default motion mask, the motion mask with k fixed
+    for each k in `clusters` (no growing k), and PCA."""
     if not clusters or min(clusters) < 1:
         raise UserInputError("--clusters: give one or more cluster counts >= 1")
-    sources = {}
+    sources = {"motion (default)": masks.motion_mask}  # k = MOTION_CLUSTERS, growing while the moving side is a majority
     for k in clusters:
-        label = f"motion, k = {k}" + (" (default)" if k == masks.MOTION_CLUSTERS else "")
-        sources[label] = lambda latents, patch, k=k: masks.motion_mask(latents, patch, clusters=k)
+        sources[f"motion, k = {k}"] = (
+            lambda latents, patch, k=k: masks.motion_mask(latents, patch, clusters=k, max_clusters=k))
     sources["pca"] = masks.pca_mask
     return sources
 

@@ -42,6 +42,7 @@ def _pool_patches(values: np.ndarray, patch: tuple[int, int]) -> np.ndarray:
 
 
 MOTION_CLUSTERS = 2  # k of motion_mask's appearance clusters (chosen on training videos, docs/profiling.md)
+MOTION_MAX_CLUSTERS = 4  # the largest k motion_mask tries when a split leaves the moving side a majority
 
 
 def token_motion(latents: np.ndarray, patch: tuple[int, int] = (2, 2)) -> np.ndarray:
@@ -62,15 +63,20 @@ def token_motion(latents: np.ndarray, patch: tuple[int, int] = (2, 2)) -> np.nda
     return _pool_patches(change, patch)
 
 
-def motion_mask(latents: np.ndarray, patch: tuple[int, int] = (2, 2), clusters: int = MOTION_CLUSTERS) -> np.ndarray:
+def motion_mask(latents: np.ndarray, patch: tuple[int, int] = (2, 2), clusters: int = MOTION_CLUSTERS,
+                max_clusters: int = MOTION_MAX_CLUSTERS) -> np.ndarray:
     """latents (C, F, H, W) -> bool token mask (F, H/ph, W/pw) of the moving subjects.
 
     Frame differences of a subject of even colour fire only at its leading and trailing edges (the aperture
     problem), so motion alone marks outlines. Here appearance groups the tokens and motion picks the groups:
     the tokens' latents, less each latent frame's median (a causal VAE's first frame, or a global drift, is
     offset as a whole), are clustered (k-means, `clusters` groups, fixed seeds), and Otsu's method splits
-    the groups by their mean motion (weighted by group size); the moving side is foreground. A video
-    without change gives an empty mask.
+    the groups by their mean motion (weighted by group size); the moving side is foreground.
+
+    Subjects are the smaller part of a frame: when the moving side covers more than half the tokens, the
+    clusters have lumped a subject with part of the background (two background shades, or a generated
+    background's blotches), so k grows by one up to `max_clusters`; if no k leaves a minority, the split
+    with the fewest foreground tokens. A video without change gives an empty mask.
     """
     latents = np.asarray(latents, dtype=np.float32)
     motion = token_motion(latents, patch)
@@ -78,10 +84,24 @@ def motion_mask(latents: np.ndarray, patch: tuple[int, int] = (2, 2), clusters: 
         return np.zeros(motion.shape, dtype=bool)
     pooled = np.stack([_pool_patches(channel, patch) for channel in latents])  # (C, F, h, w)
     pooled = pooled - np.median(pooled.reshape(*pooled.shape[:2], -1), axis=2)[:, :, None, None]
-    labels = kmeans_labels(pooled.reshape(pooled.shape[0], -1).T, min(clusters, motion.size))
+    features = pooled.reshape(pooled.shape[0], -1).T
+    best = None
+    for k in range(clusters, max(clusters, max_clusters) + 1):
+        found = _moving_clusters(features, motion, min(k, motion.size))
+        if best is None or found.sum() < best.sum():
+            best = found
+        if found.mean() <= 0.5:
+            break
+    return best
+
+
+def _moving_clusters(features: np.ndarray, motion: np.ndarray, k: int) -> np.ndarray:
+    """Token mask of the k-means clusters of `features` (one row per token) on the moving side of Otsu's cut
+    of the clusters' mean `motion`."""
+    labels = kmeans_labels(features, k)
     flat = motion.ravel()
     sizes = np.bincount(labels)
-    means = np.array([flat[labels == k].mean() if sizes[k] else 0.0 for k in range(len(sizes))])
+    means = np.array([flat[labels == j].mean() if sizes[j] else 0.0 for j in range(len(sizes))])
     moving = np.flatnonzero(means > otsu_threshold(np.repeat(means, sizes)))  # (no token has an empty cluster's label)
     return np.isin(labels, moving).reshape(motion.shape)
 

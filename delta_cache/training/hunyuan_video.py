@@ -186,11 +186,12 @@ def encode_posterior_means(vae, videos: torch.Tensor) -> torch.Tensor:
 
 
 def save(modules: dict, out: Path) -> None:
-    """EMA transformer in bf16 (as the released file), the rest in fp32, upstream ckpts/ layout (`out` is the
-    model base)."""
+    """EMA transformer in bf16 (as the released file), the VAE in fp16 (half the bytes; the loaders cast to the
+    run dtype), the small text encoders in fp32; upstream ckpts/ layout (`out` is the model base)."""
     from ..models.hunyuan_video import tiny
 
-    parts = {name: modules[name].to("cpu") for name in ("vae", "text_encoder", "text_encoder_2")}
+    parts = {name: modules[name].to("cpu") for name in ("text_encoder", "text_encoder_2")}
+    parts["vae"] = torch.nn.Module.to(modules["vae"].to("cpu"), torch.float16)
     parts["transformer"] = torch.nn.Module.to(modules["transformer"].to("cpu"), torch.bfloat16)
     out.mkdir(parents=True, exist_ok=True)
     tiny.write_upstream(out, {**parts, "tokenizer": modules["tokenizer"], "tokenizer_2": modules["tokenizer_2"]})
