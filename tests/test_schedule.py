@@ -112,12 +112,15 @@ def test_step_rescaling_rule():
 
 def _committed_block_counts(ckpt) -> tuple[dict[str, int], str]:
     """Block list -> blocks of a committed tiny checkpoint, read from its own files, and its transformer file."""
+    from delta_cache.models.hunyuan_video.checkpoint import DIT_WEIGHT
+    from delta_cache.models.wan.keys import TRANSFORMER_FILE
+
     config = ckpt / "config.json"
     if config.exists():  # Wan2.1 layout
-        return {"blocks": json.loads(config.read_text())["num_layers"]}, "diffusion_pytorch_model.safetensors"
+        return {"blocks": json.loads(config.read_text())["num_layers"]}, TRANSFORMER_FILE
     recipe = json.loads((ckpt / "tiny_model.json").read_text())["recipe"]  # HunyuanVideo upstream layout
     return ({"transformer_blocks": recipe["num_layers"], "single_transformer_blocks": recipe["num_single_layers"]},
-            "hunyuan-video-t2v-720p/transformers/mp_rank_00_model_states.pt")
+            DIT_WEIGHT)
 
 
 @pytest.mark.parametrize("preset", ["tiny-wan2.1-t2v-profiled", "tiny-hunyuanvideo-t2v-profiled"])
