@@ -11,7 +11,10 @@ pipeline does:
   cache is told the step count; preset hunyuanvideo-720p.
 
 Latency does not depend on weight values, so random weights measure the real code path. The ratio
-measured/ideal shows the hooks' overhead.
+measured/ideal shows the hooks' overhead together with the part of a call outside the blocks (embeddings,
+output layer), which no block cache skips. The last column isolates the hooks: a call with every block
+reused (the schedule's forecast) against a call whose blocks return their input without computing, per
+skipped block and, for all blocks at once, as a share of a full call.
 
     python scripts/bench_cache.py                      # CPU: 256, 1024, 4096 tokens
     python scripts/bench_cache.py --device cuda --dim 1536 --heads 12 --ffn 8960 --tokens 32760
@@ -24,6 +27,7 @@ untimed warm-ups (for the cached run a whole generation, so that both refresh an
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -107,14 +111,18 @@ def hunyuan_video_bench(args, dtype) -> Bench:
 FAMILIES = {"wan": (wan_bench, "wan2.1-t2v-14b"), "hunyuan_video": (hunyuan_video_bench, "hunyuanvideo-720p")}
 
 
-def denoise_loop(bench: Bench, latents, steps: int) -> float:
-    """Seconds for `steps` steps of transformer calls (one per branch), each in its cache_context."""
+def denoise_loop(bench: Bench, latents, steps: int, untimed_steps: int = 0) -> float:
+    """Seconds for `steps` steps of transformer calls (one per branch), each in its cache_context; the first
+    `untimed_steps` steps run before the clock starts."""
     transformer = bench.transformer
     sync = torch.cuda.synchronize if latents.device.type == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
     with torch.no_grad():
         for step in range(steps):
+            if step == untimed_steps and step:
+                sync()
+                start = time.perf_counter()
             timestep = torch.full((latents.shape[0],), 1000.0 * (1 - step / steps), device=latents.device)
             step_info = dict(step_index=step, num_inference_steps=steps) if bench.passes_step_index else {}
             for branch in bench.branches:
@@ -123,6 +131,47 @@ def denoise_loop(bench: Bench, latents, steps: int) -> float:
     sync()
     transformer._reset_stateful_cache()  # what a pipeline does at the end of a generation
     return time.perf_counter() - start
+
+
+def all_reuse_schedule(transformer: torch.nn.Module, steps: int, forecast: str) -> "delta_cache.Schedule":
+    """Every block of every list reused on every step after step 0."""
+    lists = {name: {"background_blocks": list(range(depth)), "refresh_steps": [0]}
+             for name, depth in delta_cache.model_block_lists(transformer).items()}
+    return delta_cache.Schedule.from_dict({"format_version": 1, "name": "all-reuse", "num_steps": steps,
+                                           "forecast": forecast, "block_lists": lists})
+
+
+@contextlib.contextmanager
+def blocks_pass_through(transformer: torch.nn.Module):
+    """Every block returns its input streams without computing: the cost of a call's non-block part."""
+    from delta_cache import block_streams
+
+    blocks = [block for name in delta_cache.model_block_lists(transformer) for block in getattr(transformer, name)]
+    for block in blocks:
+        metadata = block_streams.block_metadata(block)
+        block.forward = lambda *args, _md=metadata, **kwargs: block_streams.pack_output(
+            _md, block_streams.input_streams(_md, args, kwargs))
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward  # back to the class's forward
+
+
+def hook_cost(bench: Bench, latents, steps: int, forecast: str) -> float:
+    """Seconds the cache adds per skipped block: calls with every block reused against calls whose blocks
+    do nothing, both timed over steps 1 .. steps - 1 (step 0 computes the deltas)."""
+    with blocks_pass_through(bench.transformer):
+        bare = denoise_loop(bench, latents, steps, untimed_steps=1)
+    delta_cache.apply_delta_cache(bench.transformer, all_reuse_schedule(bench.transformer, steps, forecast),
+                                  num_inference_steps=steps)
+    try:
+        reused = denoise_loop(bench, latents, steps, untimed_steps=1)
+    finally:
+        delta_cache.remove_delta_cache(bench.transformer)
+    calls = (steps - 1) * len(bench.branches)
+    blocks = sum(delta_cache.model_block_lists(bench.transformer).values())
+    return max(reused - bare, 0.0) / calls / blocks
 
 
 def main() -> None:
@@ -156,8 +205,9 @@ def main() -> None:
 
     compiled = ", blocks compiled" if args.compile else ""
     print(f"{bench.description}, schedule '{schedule.name}', {args.device} {args.dtype}{compiled}")
-    print("| tokens | uncached s | cached s | measured speedup | ideal speedup | measured/ideal | delta buffers / activation |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("| tokens | uncached s | cached s | measured speedup | ideal speedup | measured/ideal | delta buffers / activation "
+          "| hook cost per skipped block |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for tokens in args.tokens:
         frames, height, width = latent_grid(tokens)
         real_tokens = frames * (height // 2) * (width // 2)
@@ -176,8 +226,15 @@ def main() -> None:
             delta_cache.remove_delta_cache(bench.transformer)
         activation_bytes = real_tokens * args.dim * torch.finfo(dtype).bits // 8
         measured = plain / cached
+        if args.compile:  # the pass-through blocks would compile inside the timed loop
+            cost = "n/a (--compile)"
+        else:
+            full_call = plain / (args.steps * len(bench.branches))
+            per_block = hook_cost(bench, latents, args.steps, schedule.forecast)
+            num_blocks = sum(delta_cache.model_block_lists(bench.transformer).values())
+            cost = f"{per_block * 1e6:.1f} µs (all {num_blocks}: {per_block * num_blocks / full_call:.2%} of a call)"
         print(f"| {real_tokens} | {plain:.2f} | {cached:.2f} | {measured:.2f}x | {stats['ideal_speedup']:.2f}x | "
-              f"{measured / stats['ideal_speedup']:.2f} | {stats['delta_memory_bytes'] / activation_bytes:.1f} |")
+              f"{measured / stats['ideal_speedup']:.2f} | {stats['delta_memory_bytes'] / activation_bytes:.1f} | {cost} |")
 
 
 if __name__ == "__main__":

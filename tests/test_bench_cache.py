@@ -1,0 +1,49 @@
+"""scripts/bench_cache.py's hook-cost measurement: its pass-through blocks and all-reuse schedule."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+import delta_cache as dc
+from script_loader import load_script
+
+bench_cache = load_script(Path(__file__).resolve().parent.parent / "scripts" / "bench_cache.py")
+
+
+def _tiny_hunyuan_bench():
+    torch.manual_seed(0)
+    args = SimpleNamespace(layers=2, single_layers=3, dim=16, heads=2, ffn=32, device="cpu", steps=4)
+    return bench_cache.hunyuan_video_bench(args, torch.float32)
+
+
+def test_blocks_pass_through_returns_inputs_and_restores_the_blocks():
+    bench = _tiny_hunyuan_bench()
+    block = bench.transformer.transformer_blocks[0]
+    hidden, text = torch.randn(1, 8, 16), torch.randn(1, 4, 16)
+    temb = torch.randn(1, 16)
+    with torch.no_grad():
+        computed = block(hidden, text, temb)
+        with bench_cache.blocks_pass_through(bench.transformer):
+            passed = block(hidden, text, temb)
+        again = block(hidden, text, temb)
+    assert passed[0] is hidden and passed[1] is text
+    assert not torch.equal(computed[0], hidden)  # the block really computes outside the context
+    assert torch.equal(again[0], computed[0]) and torch.equal(again[1], computed[1])
+    assert "forward" not in vars(block)
+
+
+def test_all_reuse_schedule_skips_every_block_after_the_first_step():
+    bench = _tiny_hunyuan_bench()
+    steps = 4
+    schedule = bench_cache.all_reuse_schedule(bench.transformer, steps, "linear")
+    assert schedule.forecast == "linear"
+    handle = dc.apply_delta_cache(bench.transformer, schedule, num_inference_steps=steps)
+    latents = torch.randn(1, 16, 1, 8, 8)
+    bench_cache.denoise_loop(bench, latents, steps)
+    stats = handle.stats()
+    assert stats["total_block_evals"] == steps * 5 and stats["computed_block_evals"] == 5
+    dc.remove_delta_cache(bench.transformer)
+    cost = bench_cache.hook_cost(bench, latents, steps, forecast="hold")
+    assert cost >= 0.0
+    assert not hasattr(bench.transformer, "_delta_cache_handle")  # the measurement leaves the model bare
