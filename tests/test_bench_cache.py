@@ -39,8 +39,13 @@ def test_all_reuse_schedule_skips_every_block_after_the_first_step():
     schedule = bench_cache.all_reuse_schedule(bench.transformer, steps, "linear")
     assert schedule.forecast == "linear"
     handle = dc.apply_delta_cache(bench.transformer, schedule, num_inference_steps=steps)
+    computed = []  # a block's attention runs only when the block itself computes
+    blocks = [*bench.transformer.transformer_blocks, *bench.transformer.single_transformer_blocks]
+    for block in blocks:
+        block.attn.register_forward_hook(lambda *_: computed.append(1))
     latents = torch.randn(1, 16, 1, 8, 8)
     bench_cache.denoise_loop(bench, latents, steps)
+    assert len(computed) == len(blocks) == 5  # step 0 only
     stats = handle.stats()
     assert stats["total_block_evals"] == steps * 5 and stats["computed_block_evals"] == 5
     dc.remove_delta_cache(bench.transformer)
