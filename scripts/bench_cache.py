@@ -159,8 +159,8 @@ def blocks_pass_through(transformer: torch.nn.Module):
 
 
 def hook_cost(bench: Bench, latents, steps: int, forecast: str) -> float:
-    """Seconds the cache adds per skipped block: calls with every block reused against calls whose blocks
-    do nothing, both timed over steps 1 .. steps - 1 (step 0 computes the deltas)."""
+    """Seconds the cache adds to a call that skips every block: calls with every block reused against calls
+    whose blocks do nothing, both timed over steps 1 .. steps - 1 (step 0 computes the deltas)."""
     with blocks_pass_through(bench.transformer):
         bare = denoise_loop(bench, latents, steps, untimed_steps=1)
     delta_cache.apply_delta_cache(bench.transformer, all_reuse_schedule(bench.transformer, steps, forecast),
@@ -169,9 +169,7 @@ def hook_cost(bench: Bench, latents, steps: int, forecast: str) -> float:
         reused = denoise_loop(bench, latents, steps, untimed_steps=1)
     finally:
         delta_cache.remove_delta_cache(bench.transformer)
-    calls = (steps - 1) * len(bench.branches)
-    blocks = sum(delta_cache.model_block_lists(bench.transformer).values())
-    return max(reused - bare, 0.0) / calls / blocks
+    return max(reused - bare, 0.0) / ((steps - 1) * len(bench.branches))
 
 
 def main() -> None:
@@ -230,9 +228,9 @@ def main() -> None:
             cost = "n/a (--compile)"
         else:
             full_call = plain / (args.steps * len(bench.branches))
-            per_block = hook_cost(bench, latents, args.steps, schedule.forecast)
+            per_call = hook_cost(bench, latents, args.steps, schedule.forecast)
             num_blocks = sum(delta_cache.model_block_lists(bench.transformer).values())
-            cost = f"{per_block * 1e6:.1f} µs (all {num_blocks}: {per_block * num_blocks / full_call:.2%} of a call)"
+            cost = f"{per_call / num_blocks * 1e6:.1f} µs (all {num_blocks}: {per_call / full_call:.2%} of a call)"
         print(f"| {real_tokens} | {plain:.2f} | {cached:.2f} | {measured:.2f}x | {stats['ideal_speedup']:.2f}x | "
               f"{measured / stats['ideal_speedup']:.2f} | {stats['delta_memory_bytes'] / activation_bytes:.1f} | {cost} |")
 
