@@ -180,19 +180,20 @@ def main(argv: list[str] | None = None) -> None:
     validate(args)
     set_offline()
 
+    from delta_cache.schedule import load_schedule
+
+    schedule = None  # a bad schedule file fails here, before the seconds of imports and minutes of loading
+    if args.delta_cache:
+        schedule = load_schedule(args.cache_schedule or config.DEFAULT_PRESET)
+
     import numpy as np
     import torch
     from loguru import logger
 
-    import delta_cache
     from delta_cache.cli import summary_line
     from delta_cache.models.hunyuan_video.checkpoint import find_diffusers_folder, load_hunyuan_video_components
     from delta_cache.models.hunyuan_video.pipeline import TextEncoding, build_pipeline, generate
     from delta_cache.video import save_video
-
-    schedule = None
-    if args.delta_cache:  # a bad schedule file should fail before minutes of checkpoint loading
-        schedule = delta_cache.load_schedule(args.cache_schedule or config.DEFAULT_PRESET)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precisions = dict(dtype=args.precision, vae_dtype=args.vae_precision, text_encoder_dtype=args.text_encoder_precision,

@@ -12,7 +12,8 @@ train_tiny = load_script(REPO / "scripts" / "train_tiny.py")
 TINY = ["--threads", "1", "--device", "cpu", "--vae_steps", "2", "--dit_steps", "4", "--batch_size", "2",
         "--vae_batch_size", "1", "--num_videos", "4", "--num_layers", "2", "--num_heads", "2", "--head_dim", "12",
         "--ffn_dim", "32", "--vae_base_dim", "4", "--num_frames", "9", "--height", "64", "--width", "64",
-        "--vae_frames", "5", "--vae_crop", "32", "--checkpoint_every", "2", "--warmup_steps", "1"]
+        "--vae_frames", "5", "--vae_crop", "32", "--checkpoint_every", "2", "--warmup_steps", "1",
+        "--vae_check_videos", "1"]  # the round-trip check runs, on 1 video instead of 12 (12 s of each run)
 
 
 def run(out, *extra):
