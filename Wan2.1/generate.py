@@ -25,6 +25,7 @@ from delta_cache.cli import (  # noqa: E402
     set_offline,
     str2bool,
 )
+from delta_cache import parallel  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.models.tiny_info import native_size  # noqa: E402
 from delta_cache.models.wan import tasks  # noqa: E402
@@ -41,12 +42,15 @@ def build_parser() -> OneLineArgumentParser:
                    help="Frames to sample, 4n+1 (default 81; 1 for t2i; a tiny trained checkpoint's native count).")
     p.add_argument("--ckpt_dir", type=str, default=None, help="The checkpoint folder (upstream or diffusers layout).")
     p.add_argument("--offload_model", type=str2bool, default=None,
-                   help="Offload models to the CPU between uses (default True on one GPU).")
-    p.add_argument("--ulysses_size", type=int, default=1, help="Ulysses sequence-parallel degree.")
-    p.add_argument("--ring_size", type=int, default=1, help="Ring attention degree.")
-    p.add_argument("--t5_fsdp", action="store_true", default=False, help="FSDP for T5 (multi-GPU).")
+                   help="Offload models to the CPU between uses (default True on one GPU, False on several).")
+    p.add_argument("--ulysses_size", type=int, default=1,
+                   help="Ulysses sequence-parallel degree (under torchrun; ulysses_size x ring_size = processes).")
+    p.add_argument("--ring_size", type=int, default=1, help="Ring attention degree (under torchrun, GPUs only).")
+    p.add_argument("--t5_fsdp", action="store_true", default=False,
+                   help="Accepted for upstream command lines; T5 is replicated on every GPU (no FSDP).")
     p.add_argument("--t5_cpu", action="store_true", default=False, help="Keep the T5 text encoder on the CPU.")
-    p.add_argument("--dit_fsdp", action="store_true", default=False, help="FSDP for the DiT (multi-GPU).")
+    p.add_argument("--dit_fsdp", action="store_true", default=False,
+                   help="Accepted for upstream command lines; the DiT is replicated on every GPU (no FSDP).")
     p.add_argument("--save_file", type=str, default=None, help="Output file (default: upstream's generated name).")
     p.add_argument("--src_video", type=str, default=None, help="VACE source video.")
     p.add_argument("--src_mask", type=str, default=None, help="VACE source mask.")
@@ -85,8 +89,9 @@ def validate(args) -> None:
                              f"{', '.join(supported)}")
     if args.use_prompt_extend:
         raise UserInputError("--use_prompt_extend is not supported yet")
-    if args.ulysses_size * args.ring_size > 1 or args.t5_fsdp or args.dit_fsdp:
-        raise UserInputError("multi-GPU flags (--ulysses_size, --ring_size, --t5_fsdp, --dit_fsdp) are not supported yet")
+    parallel.check_degrees(args.ulysses_size, args.ring_size, ("--ulysses_size", "--ring_size"))
+    if args.ulysses_size * args.ring_size > 1 and args.offload_model:
+        raise UserInputError("--offload_model True does not work with multi-GPU sampling; leave it out (False)")
     if args.task.startswith("i2v") and args.image is None:
         raise UserInputError(f"--image is required for task {args.task}")
     if args.image is not None and not Path(args.image).is_file():
@@ -119,22 +124,38 @@ def main(argv: list[str] | None = None) -> None:
     validate(args)
     set_offline()
 
+    from delta_cache.schedule import load_schedule
+
+    schedule = None  # a bad schedule file fails here, before the seconds of imports and minutes of loading
+    if args.delta_cache:
+        schedule = load_schedule(args.cache_schedule or tasks.DEFAULT_PRESETS[args.task])
+
+    group = parallel.init_process_group(args.ulysses_size, args.ring_size)  # None for a single process
+    try:
+        _generate(args, schedule, group)
+    finally:
+        parallel.close(group)
+
+
+def _generate(args, schedule, group: parallel.ProcessGroup | None) -> None:
     import torch
     from loguru import logger
 
-    import delta_cache
     from delta_cache.cli import summary_line
     from delta_cache.models.wan.checkpoint import load_wan_components
-    from delta_cache.models.wan.pipeline import build_pipeline, generate
+    from delta_cache.models.wan.pipeline import build_pipeline, generate, token_grid
     from delta_cache.video import save_image, save_video
 
-    schedule = None
-    if args.delta_cache:  # a bad schedule file should fail before minutes of checkpoint loading
-        schedule = delta_cache.load_schedule(args.cache_schedule or tasks.DEFAULT_PRESETS[args.task])
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if group is not None:
+        args.base_seed = parallel.shared_seed(group, args.base_seed)  # a random seed is drawn per process
+        if not group.is_main:  # one log, from rank 0
+            logger.remove()
+            logger.add(sys.stderr, level="WARNING")
+        if args.t5_fsdp or args.dit_fsdp:
+            logger.info("--t5_fsdp / --dit_fsdp: the models are replicated on every GPU (FSDP is not used)")
+    device = group.device if group is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    offload = args.offload_model if args.offload_model is not None else device.type == "cuda"
+    offload = args.offload_model if args.offload_model is not None else (device.type == "cuda" and group is None)
     text_device = torch.device("cpu") if args.t5_cpu else device
     logger.info(f"loading {args.task} from {args.ckpt_dir} ({device}, {dtype})")
     components = load_wan_components(
@@ -167,6 +188,13 @@ def main(argv: list[str] | None = None) -> None:
                 module = getattr(pipe, name, None)
                 if module is not None:
                     module.to(device)
+    if group is not None:  # after the cache hooks, which must come first
+        grid = token_grid(pipe, width=width, height=height, num_frames=args.frame_num)
+        parallel.check_model_fits(group, num_heads=pipe.transformer.config.num_attention_heads,
+                                  num_tokens=grid[0] * grid[1] * grid[2], heads_flag="--ulysses_size")
+        parallel.enable_context_parallel(pipe.transformer, group)
+        logger.info(f"context parallel over {group.world_size} processes: Ulysses {group.ulysses_degree}, "
+                    f"ring {group.ring_degree}")
 
     logger.info(f"generating {width}x{height}, {args.frame_num} frames, {args.sample_steps} steps, "
                 f"seed {args.base_seed}: {args.prompt!r}")
@@ -175,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
         num_frames=args.frame_num, num_inference_steps=args.sample_steps, guidance_scale=args.sample_guide_scale,
         seed=args.base_seed, image=image, text_encoder_device=text_device,
     )
+    if group is not None and not group.is_main:  # every rank holds the same video; rank 0 writes it
+        return
 
     save_path = args.save_file or tasks.output_file_name(args.task, args.size, args.ulysses_size, args.ring_size,
                                                          args.prompt)

@@ -14,6 +14,8 @@ from delta_cache.models.wan import tasks
 from delta_cache.models.wan.checkpoint import load_wan_components
 from delta_cache.models.wan.pipeline import build_pipeline, generate, make_scheduler
 from delta_cache.models.wan.tiny import write_tiny_checkpoint
+from delta_cache.video import read_video
+from script_loader import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 GENERATE = REPO / "Wan2.1" / "generate.py"
@@ -70,6 +72,8 @@ def test_default_output_name_and_t2i_png_from_repo_root(ckpt4, tmp_path):
         (["--sample_steps", "0"], "--sample_steps must be positive"),
         (["--task", "i2v-14B", "--size", "832*480"], "--image is required"),
         (["--cache_forecast", "cubic"], "invalid choice: 'cubic'"),
+        (["--ulysses_size", "2"], "= 2 must equal the number of processes; launch with torchrun --nproc_per_node=2"),
+        (["--ring_size", "0"], "--ulysses_size and --ring_size must be >= 1"),
     ],
 )
 def test_bad_flags_give_one_line(ckpt4, tmp_path, args, message):
@@ -111,17 +115,27 @@ def test_bad_schedules_give_one_line(ckpt4, tmp_path):
         assert "Traceback" not in proc.stderr and list(workdir.iterdir()) == []
 
 
-def test_cache_forecast_flag_reaches_the_cache(ckpt4, tmp_path):
+def test_cache_forecast_flag_reaches_the_cache(ckpt4, tmp_path, capsys):
+    from loguru import logger
+
     schedule = tmp_path / "every_other.json"
     schedule.write_text(json.dumps({"format_version": 1, "num_steps": 6, "block_lists": {
         "blocks": {"num_blocks": 4, "background_blocks": ["0-3"], "refresh_steps": [0, 1, 3, 5]}}}))
     base = ["--size", "832*480", "--frame_num", "1", "--ckpt_dir", ckpt4, "--sample_steps", "6",
             "--cache_schedule", schedule]
+    generate_py = load_script(GENERATE)  # in this process (the command line itself is tested above)
+    videos = {}
     for extra, forecast in (([], "hold"), (["--cache_forecast", "linear"], "linear")):
-        proc = run_cli(base + extra + ["--save_file", tmp_path / f"{forecast}.mp4"], cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert f"schedule 'every_other', forecast {forecast}" in proc.stdout + proc.stderr
-        assert "cond 16/24, uncond 16/24" in proc.stdout
+        messages = []
+        sink = logger.add(messages.append, format="{message}")
+        try:
+            generate_py.main([*map(str, base + extra), "--save_file", str(tmp_path / f"{forecast}.mp4")])
+        finally:
+            logger.remove(sink)
+        assert f"delta cache: schedule 'every_other', forecast {forecast}\n" in messages
+        assert "cond 16/24, uncond 16/24" in capsys.readouterr().out
+        videos[forecast] = read_video(tmp_path / f"{forecast}.mp4")
+    assert not np.array_equal(videos["hold"], videos["linear"])  # step 2 and 4 reuse differently
 
 
 def test_missing_checkpoint_file_gives_one_line(ckpt4, tmp_path):
@@ -212,8 +226,6 @@ def test_tiny_trained_checkpoint_runs_at_its_native_size_by_default(ckpt4, tmp_p
     out = tmp_path / "out.mp4"
     proc = run_cli(["--ckpt_dir", tiny, "--sample_steps", "2", "--save_file", out], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    from delta_cache.video import read_video
-
     assert read_video(out).shape == (5, 32, 48, 3)
     # Without the file that size is refused, with one line naming the supported sizes.
     proc = run_cli(["--ckpt_dir", ckpt4, "--size", "48*32", "--frame_num", "5"], cwd=tmp_path)
@@ -224,3 +236,40 @@ def test_tiny_trained_checkpoint_runs_at_its_native_size_by_default(ckpt4, tmp_p
     proc = run_cli(["--ckpt_dir", tiny, "--sample_steps", "2"], cwd=tmp_path)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "tiny_model.json: malformed" in lines[0], proc.stderr
+
+
+def test_ulysses_over_two_processes_gives_the_single_process_video(ckpt4, tmp_path):
+    # torchrun with two CPU processes (gloo) and diffusers' Ulysses attention, the delta cache on: the same
+    # video as one process, one file and one summary line (rank 0's), and each rank skips the same blocks.
+    schedule = tmp_path / "every_other.json"
+    schedule.write_text(json.dumps({"format_version": 1, "num_steps": 4, "block_lists": {
+        "blocks": {"num_blocks": 4, "background_blocks": ["0-3"], "refresh_steps": [0, 1, 3]}}}))
+    args = ["--size", "832*480", "--frame_num", "1", "--ckpt_dir", ckpt4, "--sample_steps", "4", "--base_seed", "5",
+            "--cache_schedule", schedule, "--dit_fsdp", "--t5_fsdp"]
+    load_script(GENERATE).main([*map(str, args[:-2]), "--save_file", str(tmp_path / "single.mp4")])  # one process
+    out = tmp_path / "multi"
+    out.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(out), "PYTHONPATH": str(REPO)}
+    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            str(REPO / "tests" / "torchrun_cpu.py"), str(GENERATE), *map(str, args), "--ulysses_size",
+                            "2", "--save_file", str(out / "multi.mp4")],
+                           cwd=out, env=env, capture_output=True, text=True, timeout=600)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    assert "context parallel over 2 processes: Ulysses 2, ring 1" in multi.stderr
+    assert "the models are replicated on every GPU" in multi.stderr
+    summaries = [line for line in multi.stdout.splitlines() if line.startswith("denoising time:")]
+    assert len(summaries) == 1 and "cond 12/16, uncond 12/16" in summaries[0]
+    assert [p.name for p in out.iterdir()] == ["multi.mp4"]
+    np.testing.assert_array_equal(read_video(out / "multi.mp4"), read_video(tmp_path / "single.mp4"))
+
+
+def test_parallel_degrees_must_fit_the_model():
+    from delta_cache import parallel
+    from delta_cache.errors import UserInputError
+
+    group = parallel.ProcessGroup(rank=0, world_size=4, device=torch.device("cpu"), ulysses_degree=4, ring_degree=1)
+    parallel.check_model_fits(group, num_heads=40, num_tokens=32760, heads_flag="--ulysses_size")  # 14B, 832x480x81
+    with pytest.raises(UserInputError, match="--ulysses_size 4 must divide the model's 14 attention heads"):
+        parallel.check_model_fits(group, num_heads=14, num_tokens=32760, heads_flag="--ulysses_size")
+    with pytest.raises(UserInputError, match="the video's 1562 tokens do not split evenly over 4 processes"):
+        parallel.check_model_fits(group, num_heads=40, num_tokens=1562, heads_flag="--ulysses_size")

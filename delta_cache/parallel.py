@@ -1,0 +1,113 @@
+"""Multi-GPU sampling: torch.distributed plus diffusers' context parallelism (Ulysses / ring attention).
+
+The front ends are launched as upstream's are, e.g. `torchrun --nproc_per_node=8 generate.py ... --ulysses_size 8`.
+Every rank runs the whole pipeline on the same inputs (same prompt embeddings, same CPU-generated noise, so
+the seed is rank 0's); inside the transformer diffusers splits the video tokens over the ranks and gathers the
+output. The delta cache needs nothing else: its schedule is static, so every rank reuses the same blocks on
+the same steps and the collectives inside attention stay matched (a data-dependent skip decision could
+differ between ranks and hang them). Each rank keeps the deltas of its own tokens. Only rank 0 writes files.
+
+Order matters: cache hooks go on before `enable_context_parallel` (diffusers' notes: the other order fails
+with a shape mismatch).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import UserInputError
+
+if TYPE_CHECKING:  # torch is imported where it is used: flag checks stay instant
+    import torch
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    """This process's place in a torchrun launch."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    ulysses_degree: int
+    ring_degree: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_world_size() -> int:
+    """The number of processes torchrun started (1 when run as a plain script)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_degrees(ulysses_degree: int, ring_degree: int, flags: tuple[str, str]) -> None:
+    """Degrees >= 1 whose product is the number of launched processes; one line naming the flags otherwise."""
+    ulysses_flag, ring_flag = flags
+    if ulysses_degree < 1 or ring_degree < 1:
+        raise UserInputError(f"{ulysses_flag} and {ring_flag} must be >= 1, got {ulysses_degree} and {ring_degree}")
+    world = launched_world_size()
+    if ulysses_degree * ring_degree != world:
+        launch = (f"launch with torchrun --nproc_per_node={ulysses_degree * ring_degree}" if world == 1 else
+                  f"{world} processes were launched")
+        raise UserInputError(f"{ulysses_flag} x {ring_flag} = {ulysses_degree * ring_degree} must equal the number of "
+                             f"processes; {launch}")
+
+
+def init_process_group(ulysses_degree: int, ring_degree: int) -> ProcessGroup | None:
+    """Join torchrun's process group (NCCL on GPUs, gloo on CPUs); None for a single process."""
+    if ulysses_degree * ring_degree == 1:
+        return None
+    import torch
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        if ring_degree > 1:  # diffusers' ring attention merges partial results by their LSE: GPU backends only
+            raise UserInputError("ring attention (--ring_size > 1) needs GPUs; on CPUs use the Ulysses degree alone")
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return ProcessGroup(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device,
+                        ulysses_degree=ulysses_degree, ring_degree=ring_degree)
+
+
+def check_model_fits(group: ProcessGroup, *, num_heads: int, num_tokens: int, heads_flag: str) -> None:
+    """Ulysses gives each rank whole heads, and the token sequence is split evenly over all ranks."""
+    if num_heads % group.ulysses_degree:
+        raise UserInputError(f"{heads_flag} {group.ulysses_degree} must divide the model's {num_heads} attention "
+                             f"heads; use a divisor, or ring attention for the rest")
+    if num_tokens % group.world_size:
+        raise UserInputError(f"the video's {num_tokens} tokens do not split evenly over {group.world_size} processes; "
+                             f"choose a size or frame count whose token count does")
+
+
+def enable_context_parallel(transformer: torch.nn.Module, group: ProcessGroup) -> None:
+    """diffusers' context parallelism on `transformer` (after the cache hooks are attached)."""
+    from diffusers import ContextParallelConfig
+
+    transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=group.ulysses_degree,
+                                                                ring_degree=group.ring_degree))
+
+
+def shared_seed(group: ProcessGroup | None, seed: int) -> int:
+    """Rank 0's seed on every rank (a random seed is drawn per process)."""
+    if group is None:
+        return seed
+    import torch.distributed as dist
+
+    value = [seed]
+    dist.broadcast_object_list(value, src=0)
+    return int(value[0])
+
+
+def close(group: ProcessGroup | None) -> None:
+    if group is not None:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
