@@ -1,14 +1,15 @@
 """Multi-GPU sampling: torch.distributed plus diffusers' context parallelism (Ulysses / ring attention).
 
-The front ends are launched as upstream's are, e.g. `torchrun --nproc_per_node=8 generate.py ... --ulysses_size 8`.
+Wan2.1/generate.py is launched as upstream's is: `torchrun --nproc_per_node=8 generate.py ... --ulysses_size 8`
+(HunyuanVideo needs a custom cp_plan first; docs/hunyuanvideo.md).
 Every rank runs the whole pipeline on the same inputs (same prompt embeddings, same CPU-generated noise, so
 the seed is rank 0's); inside the transformer diffusers splits the video tokens over the ranks and gathers the
 output. The delta cache needs nothing else: its schedule is static, so every rank reuses the same blocks on
 the same steps and the collectives inside attention stay matched (a data-dependent skip decision could
 differ between ranks and hang them). Each rank keeps the deltas of its own tokens. Only rank 0 writes files.
 
-Order matters: cache hooks go on before `enable_context_parallel` (diffusers' notes: the other order fails
-with a shape mismatch).
+Order matters: cache hooks go on before `enable_context_parallel` (the other order fails with a shape
+mismatch).
 """
 
 from __future__ import annotations
