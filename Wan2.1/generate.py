@@ -213,7 +213,8 @@ def _generate(args, schedule, group: parallel.ProcessGroup | None) -> None:
     else:
         save_video(result.frames, save_path, fps=tasks.SAMPLE_FPS)
     print(f"Saving generated video to {save_path}")
-    print(summary_line(result.denoise_seconds, handle.stats() if handle is not None else None))
+    print(summary_line(result.denoise_seconds, handle.stats() if handle is not None else None,
+                       processes=1 if group is None else group.world_size))
 
 
 if __name__ == "__main__":

@@ -94,8 +94,9 @@ def run_cli(main: Callable[[], None]) -> None:
         sys.exit(130)
 
 
-def summary_line(denoise_seconds: float, cache_stats: dict | None) -> str:
-    """The one line printed at the end of a generation."""
+def summary_line(denoise_seconds: float, cache_stats: dict | None, processes: int = 1) -> str:
+    """The one line printed at the end of a generation (by rank 0 of `processes`, each holding its own tokens'
+    deltas)."""
     line = f"denoising time: {denoise_seconds:.2f} s"
     if cache_stats is not None:
         line += (
@@ -108,6 +109,7 @@ def summary_line(denoise_seconds: float, cache_stats: dict | None) -> str:
             line += " (" + ", ".join(parts) + ")"
         line += f" | ideal speedup {cache_stats['ideal_speedup']:.2f}x"
         line += f" | delta buffers {cache_stats['delta_memory_bytes'] / 2**20:.1f} MiB"
+        line += " per process" if processes > 1 else ""
     return line
 
 

@@ -41,7 +41,7 @@ def test_ulysses_over_two_processes_gives_the_single_process_video(tmp_path):
     assert "context parallel over 2 processes: Ulysses 2, ring 1" in multi.stderr
     assert "the models are replicated on every GPU" in multi.stderr
     summaries = [line for line in multi.stdout.splitlines() if line.startswith("denoising time:")]
-    assert len(summaries) == 1 and "cond 12/16, uncond 12/16" in summaries[0]
+    assert len(summaries) == 1 and "cond 12/16, uncond 12/16" in summaries[0] and "MiB per process" in summaries[0]
     assert [p.name for p in out.iterdir()] == ["multi.mp4"]
     np.testing.assert_array_equal(read_video(out / "multi.mp4"), read_video(tmp_path / "single.mp4"))
     # Two processes without the degree flags: each says so in one line, before loading anything.

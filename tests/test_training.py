@@ -402,7 +402,8 @@ def test_warm_start_from_a_checkpoint_inherits_its_shape_and_weights(tmp_path, m
     # with no training steps the transformer is exactly the first one's and the VAE reconstructs as before.
     summaries = train_tiny.main(["--out", str(tmp_path / "second"), "--init_from", str(tmp_path / "first"),
                                  "--threads", "1", "--device", "cpu", "--vae_steps", "0", "--dit_steps", "0",
-                                 "--num_videos", "4", "--batch_size", "2", "--vae_batch_size", "1", "--vae_check_videos", "0"])
+                                 "--num_videos", "4", "--batch_size", "2", "--vae_batch_size", "1",
+                                 "--vae_check_videos", "0"])
     assert summaries["dit"]["steps"] == 0
     a, b = load_file(tmp_path / "first" / keys.TRANSFORMER_FILE), load_file(tmp_path / "second" / keys.TRANSFORMER_FILE)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
