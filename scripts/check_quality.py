@@ -24,7 +24,6 @@ that keeps shapes from 0.3 but not from 0.6 lacks the mid-noise steps). Files ge
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -37,9 +36,9 @@ sys.path.insert(0, str(REPO))
 
 from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
+from delta_cache.front_ends import FRONT_ENDS, load_front_end  # noqa: E402
 from delta_cache.models.tiny_info import tiny_checkpoint_dir  # noqa: E402
 
-FRONT_ENDS = {"wan": REPO / "Wan2.1" / "generate.py", "hunyuan_video": REPO / "HunyuanVideo" / "sample_video.py"}
 ATTRIBUTES = ("background", "count", "colour", "shape", "direction", "speed")
 BAR = 0.9  # the quality bar: share of pairs whose video agrees with the prompt
 
@@ -72,13 +71,6 @@ def front_end_command(family: str, ckpt: Path, prompt: str, seed: int, out_dir: 
     argv = ["--model-base", str(ckpt), "--dit-weight", str(dit_weight), "--prompt", prompt, "--seed", str(seed),
             "--save-path", str(out_dir), "--flow-reverse"]
     return argv + (["--infer-steps", str(steps)] if steps else [])
-
-
-def load_front_end(family: str):
-    spec = importlib.util.spec_from_file_location(f"front_end_{family}", FRONT_ENDS[family])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def sample(front_end, family: str, ckpt: Path, prompt: str, seed: int, steps: int | None):

@@ -1,6 +1,7 @@
 """The README's demo: Wan2.1's `generate.py` on the tiny trained model, without and with `--delta_cache`.
 
-Runs the same upstream command line four times through `Wan2.1/generate.py` on the committed tiny trained
+Runs the same upstream command line four times through `Wan2.1/generate.py` (its `main`, in this process:
+one interpreter start instead of four) on the committed tiny trained
 checkpoint (`checkpoints/tiny-wan2.1-t2v`: 40 blocks, upstream file layout, trained on synthetic moving
 shapes by scripts/train_tiny.py): uncached, plus `--delta_cache` (the paper's preset), plus
 `--delta_cache --cache_schedule tiny-wan2.1-t2v-profiled` (the schedule profiled on this model), and the
@@ -13,16 +14,17 @@ uncached video, and what the shape analyser sees in each. The mp4s land in --out
 
 from __future__ import annotations
 
-import os
+import contextlib
+import io
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from delta_cache.cli import OneLineArgumentParser, positive_int  # noqa: E402
+from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli  # noqa: E402
+from delta_cache.front_ends import load_front_end  # noqa: E402
 from delta_cache.models.tiny_info import committed_checkpoint  # noqa: E402
 
 CKPT = committed_checkpoint("wan")
@@ -33,15 +35,15 @@ SEED = 42
 PROFILED_PRESET = "tiny-wan2.1-t2v-profiled"
 
 
-def run_generate(args: list[str], env: dict) -> str:
-    """Run Wan2.1/generate.py, stream its output, return its summary line."""
-    command = [sys.executable, str(REPO / "Wan2.1" / "generate.py"), *args]
+def run_generate(generate_py, args: list[str]) -> str:
+    """Run Wan2.1/generate.py's command line (as `python Wan2.1/generate.py ARGS` would: a bad input is one
+    line and the exit code), echo its output, return its summary line."""
     print("$ python Wan2.1/generate.py " + " ".join(f'"{a}"' if " " in a else a for a in args), flush=True)
-    proc = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
-    print(proc.stdout, end="", flush=True)
-    if proc.returncode != 0:
-        sys.exit(proc.returncode)
-    return next(line for line in proc.stdout.splitlines() if line.startswith("denoising time"))
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        run_cli(lambda: generate_py.main(args))
+    print(output.getvalue(), end="", flush=True)
+    return next(line for line in output.getvalue().splitlines() if line.startswith("denoising time"))
 
 
 def describe(frames) -> str:
@@ -65,7 +67,10 @@ def main() -> None:
         sys.exit(f"error: no tiny trained checkpoint in {args.ckpt_dir} (config.json missing); "
                  "train one with scripts/train_tiny.py or pass --ckpt_dir")
 
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    import torch
+
+    torch.set_num_threads(args.threads)
+    generate_py = load_front_end("wan")
     # Size and frame count default to the checkpoint's native ones (tiny_model.json).
     common = ["--task", "t2v-14B", "--ckpt_dir", str(args.ckpt_dir), "--prompt", args.prompt,
               "--base_seed", str(SEED), "--sample_steps", str(args.sample_steps)]
@@ -78,7 +83,7 @@ def main() -> None:
                                         "--cache_forecast", "linear"],
     }
     paths = {name: args.out / f"{name}.mp4" for name in runs}
-    summaries = {name: run_generate(common + ["--save_file", str(paths[name])] + flags, env)
+    summaries = {name: run_generate(generate_py, common + ["--save_file", str(paths[name])] + flags)
                  for name, flags in runs.items()}
 
     from delta_cache.metrics import fidelity
