@@ -1,13 +1,12 @@
 """The README's demo: Wan2.1's `generate.py` on the tiny trained model, without and with `--delta_cache`.
 
-Runs the same upstream command line four times through `Wan2.1/generate.py` (its `main`, in this process:
-one interpreter start instead of four) on the committed tiny trained
-checkpoint (`checkpoints/tiny-wan2.1-t2v`: 40 blocks, upstream file layout, trained on synthetic moving
-shapes by scripts/train_tiny.py): uncached, plus `--delta_cache` (the paper's preset), plus
-`--delta_cache --cache_schedule tiny-wan2.1-t2v-profiled` (the schedule profiled on this model), and the
-same with `--cache_forecast linear` (reuse steps extrapolate the deltas; same compute); then prints
-each cached run's measured speedup of the denoising loop next to the ideal one, PSNR/SSIM against the
-uncached video, and what the shape analyser sees in each. The mp4s land in --out.
+Runs the same upstream command line four times through `Wan2.1/generate.py` (its `main`, in this process: one
+interpreter start instead of four) on the committed tiny trained checkpoint (`checkpoints/tiny-wan2.1-t2v`: 40
+blocks, upstream file layout, trained on synthetic moving shapes by scripts/train_tiny.py): uncached, plus
+`--delta_cache` (the paper's preset), plus `--delta_cache --cache_schedule tiny-wan2.1-t2v-profiled` (the
+schedule profiled on this model), and the same with `--cache_forecast linear` (reuse steps extrapolate the
+deltas; same compute); then prints each cached run's measured speedup of the denoising loop next to the ideal
+one, PSNR/SSIM against the uncached video, and what the shape analyser sees in each. The mp4s land in --out.
 
     python scripts/demo.py [--out demo_output] [--prompt "..."] [--sample_steps 50]
 """
