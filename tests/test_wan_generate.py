@@ -135,7 +135,7 @@ def test_cache_forecast_flag_reaches_the_cache(ckpt4, tmp_path, capsys):
         assert f"delta cache: schedule 'every_other', forecast {forecast}\n" in messages
         assert "cond 16/24, uncond 16/24" in capsys.readouterr().out
         videos[forecast] = read_video(tmp_path / f"{forecast}.mp4")
-    assert not np.array_equal(videos["hold"], videos["linear"])  # step 2 and 4 reuse differently
+    assert not np.array_equal(videos["hold"], videos["linear"])  # step 4 reuses the line through steps 1, 3
 
 
 def test_missing_checkpoint_file_gives_one_line(ckpt4, tmp_path):
@@ -236,4 +236,3 @@ def test_tiny_trained_checkpoint_runs_at_its_native_size_by_default(ckpt4, tmp_p
     proc = run_cli(["--ckpt_dir", tiny, "--sample_steps", "2"], cwd=tmp_path)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "tiny_model.json: malformed" in lines[0], proc.stderr
-
