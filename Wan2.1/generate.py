@@ -147,7 +147,7 @@ def _generate(args, schedule, group: parallel.ProcessGroup | None) -> None:
     from delta_cache.video import save_image, save_video
 
     if group is not None:
-        args.base_seed = parallel.shared_seed(group, args.base_seed)  # a random seed is drawn per process
+        args.base_seed = parallel.shared_seed(args.base_seed)  # a random seed is drawn per process
         if not group.is_main:  # one log, from rank 0
             logger.remove()
             logger.add(sys.stderr, level="WARNING")

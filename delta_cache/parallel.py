@@ -96,10 +96,8 @@ def enable_context_parallel(transformer: torch.nn.Module, group: ProcessGroup) -
                                                                 ring_degree=group.ring_degree))
 
 
-def shared_seed(group: ProcessGroup | None, seed: int) -> int:
-    """Rank 0's seed on every rank (a random seed is drawn per process)."""
-    if group is None:
-        return seed
+def shared_seed(seed: int) -> int:
+    """Rank 0's seed on every rank of the joined process group (a random seed is drawn per process)."""
     import torch.distributed as dist
 
     value = [seed]
