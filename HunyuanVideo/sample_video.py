@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # works without `pip install -e .` too
 
+from delta_cache import parallel  # noqa: E402
 from delta_cache.cli import (  # noqa: E402
     OneLineArgumentParser,
     add_cache_flags,
@@ -105,9 +106,10 @@ def build_parser() -> OneLineArgumentParser:
     inference.add_argument("--use-fp8", action="store_true", help="Load *_fp8.pt weights with their *_fp8_map.pt.")
     inference.add_argument("--reproduce", action="store_true", help="Accepted, unused.")
 
-    parallel = p.add_argument_group("Parallel args")
-    parallel.add_argument("--ulysses-degree", type=int, default=1, help="Ulysses degree (1 only, for now).")
-    parallel.add_argument("--ring-degree", type=int, default=1, help="Ring degree (1 only, for now).")
+    parallel_args = p.add_argument_group("Parallel args")
+    parallel_args.add_argument("--ulysses-degree", type=int, default=1,
+                          help="Ulysses sequence-parallel degree (under torchrun; must equal the process count).")
+    parallel_args.add_argument("--ring-degree", type=int, default=1, help="Ring degree (1 only: see docs/hunyuanvideo.md).")
 
     add_cache_flags(p, config.DEFAULT_PRESET)
     return p
@@ -130,12 +132,18 @@ def validate(args) -> None:
     if args.batch_size != 1:
         raise UserInputError(f"--batch-size must be 1, got {args.batch_size} (use --num-videos for more videos)")
     for flag, value in (("--infer-steps", args.infer_steps), ("--num-videos", args.num_videos),
-                        ("--text-len", args.text_len), ("--ulysses-degree", args.ulysses_degree),
-                        ("--ring-degree", args.ring_degree)):
+                        ("--text-len", args.text_len)):
         if value < 1:
             raise UserInputError(f"{flag} must be positive, got {value}")
-    if args.ulysses_degree * args.ring_degree > 1:
-        raise UserInputError("multi-GPU sampling (--ulysses-degree / --ring-degree > 1) is not supported yet")
+    if args.ring_degree > 1:
+        raise UserInputError(config.RING_UNSUPPORTED)
+    parallel.check_degrees(args.ulysses_degree, args.ring_degree, ("--ulysses-degree", "--ring-degree"))
+    if args.ulysses_degree > 1:
+        if args.use_cpu_offload:
+            raise UserInputError("--use-cpu-offload does not work with multi-GPU sampling; leave it out")
+        if args.text_len % args.ulysses_degree:  # the text tokens are split over the ranks, like the video's
+            raise UserInputError(f"--text-len {args.text_len} must be a multiple of --ulysses-degree "
+                                 f"{args.ulysses_degree}")
     if args.flow_shift <= 0:
         raise UserInputError(f"--flow-shift must be positive, got {args.flow_shift}")
     if args.denoise_type != "flow":
@@ -186,16 +194,24 @@ def main(argv: list[str] | None = None) -> None:
     if args.delta_cache:
         schedule = load_schedule(args.cache_schedule or config.DEFAULT_PRESET)
 
+    with parallel.process_group(args.ulysses_degree, args.ring_degree) as group:  # None for a single process
+        _sample(args, schedule, group)
+
+
+def _sample(args, schedule, group: parallel.ProcessGroup | None) -> None:
     import numpy as np
     import torch
     from loguru import logger
 
     from delta_cache.cli import summary_line
     from delta_cache.models.hunyuan_video.checkpoint import find_diffusers_folder, load_hunyuan_video_components
-    from delta_cache.models.hunyuan_video.pipeline import TextEncoding, build_pipeline, generate
+    from delta_cache.models.hunyuan_video.pipeline import TextEncoding, build_pipeline, generate, token_grid
     from delta_cache.video import save_video
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if group is not None:
+        args.seeds = parallel.from_rank0(args.seeds)  # random seeds are drawn per process
+    parallel.log_from_main_only(group)
+    device = group.device if group is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precisions = dict(dtype=args.precision, vae_dtype=args.vae_precision, text_encoder_dtype=args.text_encoder_precision,
                       text_encoder_2_dtype=args.text_encoder_precision_2)
     if device.type == "cuda":
@@ -229,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
         logger.info(f"delta cache: schedule '{schedule.name}', forecast {handle.schedule.forecast}")
 
     pipe = build_pipeline(components, shift=args.flow_shift)
+    if group is not None and not group.is_main:
+        pipe.set_progress_bar_config(disable=True)  # one progress bar, rank 0's
     if device.type == "cuda":
         if args.use_cpu_offload:
             pipe.enable_model_cpu_offload(device=device)
@@ -238,6 +256,15 @@ def main(argv: list[str] | None = None) -> None:
     vae_autocast = autocast and dtypes["vae_dtype"] != torch.float32
 
     height, width = (config.align_to(size) for size in args.video_size)
+    if group is not None:  # after the cache hooks, which must come first
+        from delta_cache.models.hunyuan_video.context_parallel import enable_context_parallel
+
+        grid = token_grid(pipe, width=width, height=height, num_frames=args.video_length)
+        parallel.check_model_fits(group, num_heads=transformer.config.num_attention_heads,
+                                  num_tokens=grid[0] * grid[1] * grid[2], heads_flag="--ulysses-degree",
+                                  ring_supported=False)
+        enable_context_parallel(transformer, group)
+        logger.info(f"context parallel over {group.world_size} processes: Ulysses {group.ulysses_degree}")
     text = TextEncoding(
         template=config.prompt_template(args.video_length, args.prompt_template, args.prompt_template_video),
         text_len=args.text_len, text_len_2=args.text_len_2, hidden_state_skip_layer=args.hidden_state_skip_layer,
@@ -259,11 +286,14 @@ def main(argv: list[str] | None = None) -> None:
             autocast_dtype=dtypes["dtype"] if autocast else None,
             vae_autocast_dtype=dtypes["vae_dtype"] if vae_autocast else None,
         )
+        if group is not None and not group.is_main:  # every rank holds the same video; rank 0 writes it
+            continue
         save_path = save_dir / config.output_file_name(seed, args.prompt)
         frames = (np.clip(result.frames, 0.0, 1.0) * 255).astype(np.uint8)  # upstream truncates, not rounds
         save_video(frames, save_path, fps=config.SAMPLE_FPS)
         print(f"Sample save to: {save_path}")
-        print(summary_line(result.denoise_seconds, handle.stats() if handle is not None else None))
+        print(summary_line(result.denoise_seconds, handle.stats() if handle is not None else None,
+                           processes=1 if group is None else group.world_size))
 
 
 if __name__ == "__main__":

@@ -130,11 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.delta_cache:
         schedule = load_schedule(args.cache_schedule or tasks.DEFAULT_PRESETS[args.task])
 
-    group = parallel.init_process_group(args.ulysses_size, args.ring_size)  # None for a single process
-    try:
+    with parallel.process_group(args.ulysses_size, args.ring_size) as group:  # None for a single process
         _generate(args, schedule, group)
-    finally:
-        parallel.close(group)
 
 
 def _generate(args, schedule, group: parallel.ProcessGroup | None) -> None:
@@ -146,11 +143,9 @@ def _generate(args, schedule, group: parallel.ProcessGroup | None) -> None:
     from delta_cache.models.wan.pipeline import build_pipeline, generate, token_grid
     from delta_cache.video import save_image, save_video
 
+    parallel.log_from_main_only(group)
     if group is not None:
-        args.base_seed = parallel.shared_seed(args.base_seed)  # a random seed is drawn per process
-        if not group.is_main:  # one log, from rank 0
-            logger.remove()
-            logger.add(sys.stderr, level="WARNING")
+        args.base_seed = parallel.from_rank0(args.base_seed)  # a random seed is drawn per process
         if args.t5_fsdp or args.dit_fsdp:
             logger.info("--t5_fsdp / --dit_fsdp: the models are replicated on every GPU (FSDP is not used)")
     device = group.device if group is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -178,6 +173,8 @@ def _generate(args, schedule, group: parallel.ProcessGroup | None) -> None:
 
     pipe = build_pipeline(components, image_to_video=image is not None, solver=args.sample_solver,
                           shift=args.sample_shift)
+    if group is not None and not group.is_main:
+        pipe.set_progress_bar_config(disable=True)  # one progress bar, rank 0's
     if device.type == "cuda":
         if offload:
             if args.t5_cpu:

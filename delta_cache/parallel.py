@@ -1,7 +1,8 @@
 """Multi-GPU sampling: torch.distributed plus diffusers' context parallelism (Ulysses / ring attention).
 
-Wan2.1/generate.py is launched as upstream's is: `torchrun --nproc_per_node=8 generate.py ... --ulysses_size 8`
-(HunyuanVideo needs a custom cp_plan first; docs/hunyuanvideo.md).
+Both front ends are launched as upstream's are: `torchrun --nproc_per_node=8 generate.py ... --ulysses_size 8`,
+`torchrun --nproc_per_node=8 sample_video.py ... --ulysses-degree 8` (HunyuanVideo's plan, which diffusers does
+not ship, is in models/hunyuan_video/context_parallel.py).
 Every rank runs the whole pipeline on the same inputs (same prompt embeddings, same CPU-generated noise, so
 the seed is rank 0's); inside the transformer diffusers splits the video tokens over the ranks and gathers the
 output. The delta cache needs nothing else: its schedule is static, so every rank reuses the same blocks on
@@ -15,6 +16,9 @@ mismatch).
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -78,31 +82,43 @@ def init_process_group(ulysses_degree: int, ring_degree: int) -> ProcessGroup | 
                         ulysses_degree=ulysses_degree, ring_degree=ring_degree)
 
 
-def check_model_fits(group: ProcessGroup, *, num_heads: int, num_tokens: int, heads_flag: str) -> None:
+def check_model_fits(group: ProcessGroup, *, num_heads: int, num_tokens: int, heads_flag: str,
+                     ring_supported: bool = True) -> None:
     """Ulysses gives each rank whole heads, and the token sequence is split evenly over all ranks."""
     if num_heads % group.ulysses_degree:
         raise UserInputError(f"{heads_flag} {group.ulysses_degree} must divide the model's {num_heads} attention "
-                             f"heads; use a divisor, or ring attention for the rest")
+                             f"heads; use a divisor" + (", or ring attention for the rest" if ring_supported else ""))
     if num_tokens % group.world_size:
         raise UserInputError(f"the video's {num_tokens} tokens do not split evenly over {group.world_size} processes; "
                              f"choose a size or frame count whose token count does")
 
 
-def enable_context_parallel(transformer: torch.nn.Module, group: ProcessGroup) -> None:
-    """diffusers' context parallelism on `transformer` (after the cache hooks are attached)."""
+def enable_context_parallel(transformer: torch.nn.Module, group: ProcessGroup, cp_plan: dict | None = None) -> None:
+    """diffusers' context parallelism on `transformer` (after the cache hooks are attached), by the model's own
+    `_cp_plan` unless `cp_plan` is given."""
     from diffusers import ContextParallelConfig
 
     transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=group.ulysses_degree,
-                                                                ring_degree=group.ring_degree))
+                                                                ring_degree=group.ring_degree), cp_plan=cp_plan)
 
 
-def shared_seed(seed: int) -> int:
-    """Rank 0's seed on every rank of the joined process group (a random seed is drawn per process)."""
+def from_rank0(value):
+    """Rank 0's `value` (any picklable object) on every rank of the joined process group: random seeds are
+    drawn per process."""
     import torch.distributed as dist
 
-    value = [seed]
-    dist.broadcast_object_list(value, src=0)
-    return int(value[0])
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def log_from_main_only(group: ProcessGroup | None) -> None:
+    """One log, rank 0's: other ranks keep only warnings and errors."""
+    if group is not None and not group.is_main:
+        from loguru import logger
+
+        logger.remove()
+        logger.add(sys.stderr, level="WARNING")
 
 
 def close(group: ProcessGroup | None) -> None:
@@ -110,3 +126,13 @@ def close(group: ProcessGroup | None) -> None:
         import torch.distributed as dist
 
         dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(ulysses_degree: int, ring_degree: int) -> Iterator[ProcessGroup | None]:
+    """`init_process_group` for the length of a `with` block (None for a single process)."""
+    group = init_process_group(ulysses_degree, ring_degree)
+    try:
+        yield group
+    finally:
+        close(group)

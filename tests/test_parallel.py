@@ -1,7 +1,8 @@
-"""Multi-GPU sampling (delta_cache/parallel.py): Wan2.1/generate.py under torchrun with diffusers' context
-parallelism, here as two CPU processes (gloo)."""
+"""Multi-GPU sampling (delta_cache/parallel.py): Wan2.1/generate.py and HunyuanVideo/sample_video.py under
+torchrun with diffusers' context parallelism, here as two CPU processes (gloo)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +13,24 @@ import torch
 
 from delta_cache import parallel
 from delta_cache.errors import UserInputError
+from delta_cache.models.hunyuan_video.checkpoint import DIT_WEIGHT
+from delta_cache.models.hunyuan_video.context_parallel import local_key_mask
+from delta_cache.models.hunyuan_video.tiny import write_tiny_checkpoint as write_tiny_hunyuan_checkpoint
 from delta_cache.models.wan.tiny import write_tiny_checkpoint
 from delta_cache.video import read_video
 from script_loader import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 GENERATE = REPO / "Wan2.1" / "generate.py"
+SAMPLE_VIDEO = REPO / "HunyuanVideo" / "sample_video.py"
+
+
+def torchrun(script, args, cwd, env=None, timeout=600):
+    """`script ARGS` as two torchrun CPU processes (tests/torchrun_cpu.py)."""
+    base_env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(cwd), "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(REPO / "tests" / "torchrun_cpu.py"), str(script), *map(str, args)],
+                          cwd=cwd, env={**base_env, **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
 
 def test_ulysses_over_two_processes_gives_the_single_process_video(tmp_path):
@@ -32,11 +45,7 @@ def test_ulysses_over_two_processes_gives_the_single_process_video(tmp_path):
     load_script(GENERATE).main([*map(str, args[:-2]), "--save_file", str(tmp_path / "single.mp4")])  # one process
     out = tmp_path / "multi"
     out.mkdir()
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(out), "PYTHONPATH": str(REPO)}
-    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                            str(REPO / "tests" / "torchrun_cpu.py"), str(GENERATE), *map(str, args), "--ulysses_size",
-                            "2", "--save_file", str(out / "multi.mp4")],
-                           cwd=out, env=env, capture_output=True, text=True, timeout=600)
+    multi = torchrun(GENERATE, [*args, "--ulysses_size", "2", "--save_file", out / "multi.mp4"], cwd=out)
     assert multi.returncode == 0, multi.stderr[-3000:]
     assert "context parallel over 2 processes: Ulysses 2, ring 1" in multi.stderr
     assert "the models are replicated on every GPU" in multi.stderr
@@ -45,10 +54,7 @@ def test_ulysses_over_two_processes_gives_the_single_process_video(tmp_path):
     assert [p.name for p in out.iterdir()] == ["multi.mp4"]
     np.testing.assert_array_equal(read_video(out / "multi.mp4"), read_video(tmp_path / "single.mp4"))
     # Two processes without the degree flags: each says so in one line, before loading anything.
-    bad = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(REPO / "tests" / "torchrun_cpu.py"), str(GENERATE), *map(str, args[:-2]),
-                          "--save_file", str(out / "bad.mp4")], cwd=out, env=env, capture_output=True, text=True,
-                         timeout=300)
+    bad = torchrun(GENERATE, [*args[:-2], "--save_file", out / "bad.mp4"], cwd=out, timeout=300)
     assert bad.returncode != 0  # (torchrun's launcher adds its own report of the failed ranks)
     message = "error: --ulysses_size x --ring_size = 1 must equal the number of processes; 2 processes were launched"
     assert bad.stderr.count(message) == 2 and not (out / "bad.mp4").exists()
@@ -61,3 +67,52 @@ def test_parallel_degrees_must_fit_the_model():
         parallel.check_model_fits(group, num_heads=14, num_tokens=32760, heads_flag="--ulysses_size")
     with pytest.raises(UserInputError, match="the video's 1562 tokens do not split evenly over 4 processes"):
         parallel.check_model_fits(group, num_heads=40, num_tokens=1562, heads_flag="--ulysses_size")
+
+
+def test_hunyuan_video_ulysses_over_two_processes_gives_the_single_process_video(tmp_path, monkeypatch):
+    # HunyuanVideo's joint [video; text] attention with its text-padding key mask, split over two processes
+    # (models/hunyuan_video/context_parallel.py), true CFG and the delta cache on both block lists: the same
+    # video as one process. The prompt fills a few of the 256 text tokens, so most of the padding lies in
+    # rank 0's half of the text; without the per-rank mask the video differs (85% of the pixels, by up to 18).
+    ckpt = write_tiny_hunyuan_checkpoint(tmp_path / "ckpts", num_layers=2, num_single_layers=4, seed=1)
+    schedule = tmp_path / "schedule.json"
+    schedule.write_text(json.dumps({"format_version": 1, "num_steps": 4, "block_lists": {
+        "transformer_blocks": {"num_blocks": 2, "background_blocks": ["0-1"], "refresh_steps": [0, 1, 3]},
+        "single_transformer_blocks": {"num_blocks": 4, "background_blocks": ["1-3"], "refresh_steps": [0, 2]}}}))
+    args = ["--video-size", "32", "48", "--video-length", "5", "--infer-steps", "4", "--prompt",
+            "a red square moves left", "--seed", "3", "--cfg-scale", "2", "--flow-reverse", "--model-base", ckpt,
+            "--dit-weight", ckpt / DIT_WEIGHT, "--cache_schedule", schedule]
+    monkeypatch.setenv("MODEL_BASE", str(ckpt))
+    load_script(SAMPLE_VIDEO).main([*map(str, args), "--save-path", str(tmp_path / "single")])  # one process
+    multi = torchrun(SAMPLE_VIDEO, [*args, "--ulysses-degree", "2", "--save-path", tmp_path / "multi"], cwd=tmp_path,
+                     env={"MODEL_BASE": str(ckpt)})
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    assert "context parallel over 2 processes: Ulysses 2" in multi.stderr
+    summaries = [line for line in multi.stdout.splitlines() if line.startswith("denoising time:")]
+    assert multi.stdout.count("Sample save to:") == 1 and len(summaries) == 1 and "(cond 16/24, uncond 16/24)" in summaries[0] and "per process" in summaries[0]
+    [single_file], [multi_file] = (list((tmp_path / name).iterdir()) for name in ("single", "multi"))
+    assert single_file.name.split("_", 1)[1] == multi_file.name.split("_", 1)[1] == "seed3_a red square moves left.mp4"
+    np.testing.assert_array_equal(read_video(multi_file), read_video(single_file))
+
+
+def test_local_key_mask_cuts_each_ranks_video_and_text():
+    # Whole sequence: 4 video tokens then 6 text tokens (2 real, 4 padding); two ranks.
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)[:, None, None, :]
+    assert local_key_mask(mask, 2, 3, 0, 2)[0, 0, 0].tolist() == [1, 1, 1, 1, 0]
+    assert local_key_mask(mask, 2, 3, 1, 2)[0, 0, 0].tolist() == [1, 1, 0, 0, 0]
+    assert local_key_mask(mask, 4, 6, 0, 1) is mask  # one process: the mask is already local
+    with pytest.raises(ValueError, match="attention mask of length 10 does not fit 2 ranks of 3 video and 3 text"):
+        local_key_mask(mask, 3, 3, 0, 2)
+
+
+@pytest.mark.parametrize("args, message", [  # (launched as two processes; tests/test_hunyuan_generate.py: one)
+    (["--ring-degree", "2"], "--ring-degree > 1 is not supported: diffusers' ring attention cannot hold"),
+    (["--ulysses-degree", "2", "--use-cpu-offload"], "--use-cpu-offload does not work with multi-GPU"),
+    (["--ulysses-degree", "2", "--text-len", "255"], "--text-len 255 must be a multiple of --ulysses-degree 2"),
+])
+def test_hunyuan_video_parallel_flags_are_checked_before_loading(tmp_path, monkeypatch, args, message):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    sample_video = load_script(SAMPLE_VIDEO)
+    parsed = sample_video.build_parser().parse_args(["--prompt", "a cat", "--model-base", str(tmp_path), *args])
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        sample_video.validate(parsed)

@@ -43,6 +43,11 @@ SAMPLE_FPS = 24
 RANDOM_SEED_MAX = 1_000_000  # --seed omitted: each video gets randint(0, 1_000_000)
 CLIP_MAX_TOKENS = 77  # CLIP-L's context length (--text-len-2 cannot exceed it)
 
+# diffusers' ring attention applies each rank's key mask to every rotated key chunk; HunyuanVideo's text padding
+# differs between chunks, so ring attention would attend to padding (context_parallel.py).
+RING_UNSUPPORTED = ("--ring-degree > 1 is not supported: diffusers' ring attention cannot hold HunyuanVideo's text "
+                    "mask; use --ulysses-degree alone (it must divide the model's attention heads)")
+
 # --- text encoding -------------------------------------------------------------------------------------
 # The Llama prompt templates (facts: the released model was trained with them). `crop_start` is the
 # number of template tokens before the user prompt, dropped from the encoder output. The video template
