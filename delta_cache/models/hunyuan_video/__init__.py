@@ -5,6 +5,7 @@
 - `keys`: width/depth-agnostic transformer key conversion (and its inverse), fp8 dequantisation
 - `pipeline`: diffusers' HunyuanVideoPipeline with upstream's sampler grid, timed generation
 - `tiny`: `write_tiny_checkpoint`, random-weight tiny checkpoints for tests and demos
+- `context_parallel`: multi-GPU (Ulysses) sampling: the cp_plan diffusers lacks and a per-rank text mask
 
 Submodules are imported directly (this package imports nothing, so `--help` stays fast).
 """
