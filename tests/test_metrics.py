@@ -18,6 +18,21 @@ def test_psnr_of_a_known_error_and_identical_videos():
     assert fidelity(frames, frames).ssim == 1.0
 
 
+def test_ssim_is_exact_on_flat_light_backgrounds():
+    # Rendered synthetic videos: flat white or gray backgrounds, where float32 SSIM read identical videos as
+    # 0.998 and a slightly noisy copy 6e-4 low (the local variances cancel).
+    from delta_cache.synthetic import make_video
+
+    as_tensor = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2)  # noqa: E731
+    for index in (0, 2):  # white backgrounds
+        frames = make_video(index, "eval").frames[:5, :48, :48]
+        assert fidelity(frames, frames).ssim == 1.0
+        reference = frames / 255.0
+        noisy = np.clip(reference + 0.01 * np.random.default_rng(index).standard_normal(reference.shape), 0, 1)
+        exact = structural_similarity_index_measure(as_tensor(noisy), as_tensor(reference), data_range=1.0)
+        assert abs(fidelity(noisy, reference).ssim - float(exact)) < 1e-9
+
+
 def test_ssim_matches_the_float64_computation():
     rng = np.random.default_rng(1)
     reference = rng.random((4, 40, 48, 3))
