@@ -14,6 +14,7 @@ method's own statistics for the run) and `describe()` (one line for the results 
 - `FirstBlockCache`, `MagCache`: diffusers' own caches (`transformer.enable_cache(...)` /
   `disable_cache()`). `calibrate_mag_ratios` runs MagCache's calibrate=True mode and reads back the ratios
   it prints; `tune_threshold` searches a threshold for a target share of block evaluations.
+- `CacheDiT`: cache-dit's DBCache (optional: `pip install cache-dit`), attached to the pipeline.
 
 `BlockCounter` counts the block forwards that really run. It is a diffusers hook registered on every
 block BEFORE any cache, so it sits innermost in each block's hook chain: a cache that skips a block never
@@ -27,6 +28,7 @@ import ast
 import contextlib
 import io
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -352,6 +354,61 @@ class MagCache:
     def describe(self) -> str:
         c = self.config()
         text = f"threshold {self.threshold:.4g}, max_skip_steps {c.max_skip_steps}, retention_ratio {c.retention_ratio}"
+        return text + (f"; {self.tuning.summary()}" if self.tuning else "")
+
+
+class CacheDiT:
+    """cache-dit's DBCache (`cache_dit.enable_cache(pipe, cache_config=DBCacheConfig(...))`, an optional
+    dependency: `pip install cache-dit`), with cache-dit's defaults (the first 8 blocks always computed, none
+    at the end, 8 warm-up steps) but the threshold. cache-dit attaches to the pipeline (it follows the CFG
+    branches and steps through the pipeline's own call), so the method holds the pipeline; `attach` ignores
+    the transformer it is given."""
+
+    name = "cache_dit"
+    label = "DBCache (cache-dit)"
+
+    def __init__(self, pipe, threshold: float, num_steps: int):
+        self.pipe = pipe
+        self.threshold = threshold
+        self.num_steps = num_steps
+        self.tuning: TuneResult | None = None
+
+    def config(self):
+        os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "error")  # read once, at import: it warns on every attach
+        try:
+            from cache_dit import DBCacheConfig
+        except ImportError as err:
+            raise ImportError("cache-dit is not installed (pip install cache-dit)") from err
+
+        return DBCacheConfig(residual_diff_threshold=self.threshold, num_inference_steps=self.num_steps)
+
+    def attach(self, transformer) -> None:
+        config = self.config()  # first: it sets cache-dit's log level and says when cache-dit is missing
+        # cache-dit asserts this after it has begun patching the pipeline, which leaves it broken for the
+        # methods after it: check first.
+        depth = min(model_block_lists(transformer).values())
+        if config.Fn_compute_blocks + config.Bn_compute_blocks >= depth:
+            raise ValueError(f"cache-dit's F{config.Fn_compute_blocks}B{config.Bn_compute_blocks} needs more than "
+                             f"{config.Fn_compute_blocks + config.Bn_compute_blocks} blocks in each block list; "
+                             f"this model has {depth}")
+        import cache_dit
+
+        try:
+            cache_dit.enable_cache(self.pipe, cache_config=config)
+        except Exception:
+            cache_dit.disable_cache(self.pipe)  # nothing half-attached stays for the next method
+            raise
+
+    def detach(self, transformer) -> dict:
+        import cache_dit
+
+        cache_dit.disable_cache(self.pipe)
+        return {}
+
+    def describe(self) -> str:
+        c = self.config()
+        text = (f"threshold {self.threshold:.4g}, F{c.Fn_compute_blocks}B{c.Bn_compute_blocks}, "
+                f"warm-up {c.max_warmup_steps} steps")
         return text + (f"; {self.tuning.summary()}" if self.tuning else "")
 
 

@@ -4,6 +4,7 @@
     python scripts/bench_fidelity.py --family wan                    # checkpoints/tiny-wan2.1-t2v, 16 pairs
     python scripts/bench_fidelity.py --family wan hunyuan_video --num_pairs 32 --out outputs/bench_fidelity
     python scripts/bench_fidelity.py --family wan --wan_ckpt /work/train/tiny-wan2.1-t2v --sample_steps 50
+    python scripts/bench_fidelity.py --family wan --methods cache_dit   # the reference, ours and one peer
 
 For each family the checkpoint is loaded with the family's loader and sampled as its front end does
 (Wan2.1/generate.py t2v: UniPC, shift 5, guide scale 5 with upstream's negative prompt;
@@ -19,7 +20,9 @@ seen in training) with seed i. Every method runs on a pair before the next pair 
                     by its own recipe over the calibration pairs (--teacache_coefficients published: the
                     family's published ones), threshold tuned to the delta cache's block evaluations;
   first_block_cache diffusers' FirstBlockCache, threshold tuned the same way;
-  mag_cache         diffusers' MagCache, ratios from its calibrate=True mode, threshold tuned the same way.
+  mag_cache         diffusers' MagCache, ratios from its calibrate=True mode, threshold tuned the same way;
+  cache_dit         cache-dit's DBCache (its defaults: F8B0, 8 warm-up steps), threshold tuned the same way
+                    (a row saying so when cache-dit is not installed: pip install cache-dit).
 
 The block budget (the delta cache's block evaluations) and the thresholds come from --calib_pairs (2)
 calibration pairs `make_video(1000 + k, "eval")`, seed 1000 + k, which are not evaluation pairs. Thresholds
@@ -70,7 +73,8 @@ FAMILIES = ("wan", "hunyuan_video")
 CKPT_FLAGS = {"wan": "wan_ckpt", "hunyuan_video": "hunyuan_ckpt"}
 SCHEDULE_FLAGS = {"wan": "wan_schedule", "hunyuan_video": "hunyuan_schedule"}
 CALIBRATION_OFFSET = 1000  # calibration pairs: make_video(1000 + k, "eval"), far from the evaluation pairs
-METHOD_ORDER = ("uncached", "delta_cache", "step_skipping", "teacache", "first_block_cache", "mag_cache")
+METHOD_ORDER = ("uncached", "delta_cache", "step_skipping", "teacache", "first_block_cache", "mag_cache", "cache_dit")
+BASELINES = METHOD_ORDER[2:]  # --methods picks among these; the reference and the delta cache always run
 
 
 def build_parser() -> OneLineArgumentParser:
@@ -94,6 +98,8 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--teacache_coefficients", choices=["fitted", "published"], default="fitted",
                    help="TeaCache's rescaling polynomial: fitted on the model over the calibration pairs (default; "
                         "published coefficients belong to the real checkpoints) or the family's published ones")
+    p.add_argument("--methods", nargs="+", choices=BASELINES, default=list(BASELINES),
+                   help="the methods compared with the uncached reference and the delta cache (default: all)")
     p.add_argument("--size", default=None,
                    help="WIDTH*HEIGHT instead of the checkpoint's native size (another size needs --frame_num too)")
     p.add_argument("--frame_num", type=int, default=None, help="frames (4n+1) instead of the native count")
@@ -257,8 +263,9 @@ def prepare_methods(runner: Runner, bench: FamilyBench, args, schedule) -> list:
                f"({target / total:.1%})")
 
     num_computed = baselines.steps_for_block_budget(target, runner.counter.blocks_per_call, calls_per_step, steps)
-    methods = [baselines.NoCache(), baselines.DeltaCache(schedule, steps),
-               baselines.StepSkipping(baselines.evenly_spread_steps(steps, num_computed), steps)]
+    methods = [baselines.NoCache(), baselines.DeltaCache(schedule, steps)]
+    if "step_skipping" in args.methods:
+        methods.append(baselines.StepSkipping(baselines.evenly_spread_steps(steps, num_computed), steps))
 
     def tuned(name: str, make: Callable[[float], object], initial: float):
         def share(threshold: float) -> float:
@@ -289,7 +296,11 @@ def prepare_methods(runner: Runner, bench: FamilyBench, args, schedule) -> list:
     unavailable = {}
     for cls, build in ((baselines.TeaCache, teacache),
                        (baselines.FirstBlockCache, lambda: tuned("first_block_cache", baselines.FirstBlockCache, 0.05)),
-                       (baselines.MagCache, mag_cache)):
+                       (baselines.MagCache, mag_cache),
+                       (baselines.CacheDiT, lambda: tuned("cache_dit", lambda threshold: baselines.CacheDiT(
+                           runner.model.pipe, threshold, steps), initial=0.08))):
+        if cls.name not in args.methods:
+            continue
         try:
             methods.append(build())
         except Exception as err:  # a baseline that cannot run on this family gets a row saying why

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tiny_wan import run, tiny_wan_pipeline
@@ -13,6 +14,7 @@ from tiny_wan import run, tiny_wan_pipeline
 from delta_cache import apply_delta_cache, remove_delta_cache
 from delta_cache.baselines import (
     BlockCounter,
+    CacheDiT,
     StepSkipping,
     apply_step_skipping,
     calibrate_mag_ratios,
@@ -145,6 +147,25 @@ def test_mag_cache_calibration_reads_ratios():
     assert pipe.transformer._cache_config is None  # calibration leaves no cache behind
 
 
+def test_cache_dit_counts_real_blocks_and_leaves_no_trace():
+    pipe = tiny_wan_pipeline(num_layers=10)
+    pipe.set_progress_bar_config(disable=True)
+    counter = BlockCounter(pipe.transformer)
+    reference = run(pipe, steps=12)
+    for threshold, computed, same in ((1e6, 8 * 2 * 10 + 4 * 2 * 8, False), (0.0, 12 * 2 * 10, True)):
+        # A threshold no change reaches: cache-dit's 8 warm-up steps run all 10 blocks in both branches, the other
+        # 4 steps only its first 8 blocks. Threshold 0: every block of every step, the uncached video.
+        method, before = CacheDiT(pipe, threshold, 12), counter.count
+        method.attach(pipe.transformer)
+        try:
+            video = run(pipe, steps=12)
+        finally:
+            method.detach(pipe.transformer)
+        assert counter.count - before == computed
+        assert np.array_equal(video, reference) == same
+    assert np.array_equal(run(pipe, steps=12), reference)  # detached: the pipeline is as it was
+
+
 # --- the script ------------------------------------------------------------------------------------------
 
 def test_missing_checkpoint_is_one_line(tmp_path):
@@ -215,7 +236,8 @@ def test_bench_wan_end_to_end(wan_ckpt, tmp_path, capsys):
     pair = data["pairs"][0]
     assert pair["prompt"] == make_video(0, "eval").prompt and pair["seed"] == 0
     runs = pair["runs"]
-    assert set(runs) == {"uncached", "delta_cache", "step_skipping", "teacache", "first_block_cache", "mag_cache"}
+    assert set(runs) == {"uncached", "delta_cache", "step_skipping", "teacache", "first_block_cache", "mag_cache",
+                         "cache_dit"}
     assert runs["uncached"]["computed_block_evals"] == 960 == 40 * 12 * 2  # blocks x steps x branches
     assert runs["uncached"]["psnr"] == "inf" and runs["uncached"]["ssim"] == 1.0
     delta = runs["delta_cache"]
@@ -233,25 +255,34 @@ def test_bench_wan_end_to_end(wan_ckpt, tmp_path, capsys):
     assert tea["computed_block_evals"] == 40 * tea["computed_calls"] and tea["computed_calls"] + tea["skipped_calls"] == 24
     assert tea["computed_calls"] >= 4 and len(data["methods"]["teacache"]["teacache_coefficients"]) == 5
     assert len(data["methods"]["mag_cache"]["mag_ratios"]) == 12
+    assert 8 * 2 * 40 + 4 * 2 * 8 <= runs["cache_dit"]["computed_block_evals"] <= 960  # 8 warm-up steps, F8
     assert data["summary"]["uncached"]["compute_share"] == 1.0
     assert data["summary"]["delta_cache"]["compute_share"] == pytest.approx(792 / 960)
 
 
-def test_bench_hunyuan_video_smoke(tmp_path, monkeypatch):
-    from delta_cache import baselines
+@pytest.fixture(scope="module")
+def hunyuan_ckpt(tmp_path_factory):
+    """A 2 + 2 block HunyuanVideo checkpoint at 32x32x5, and a schedule for it at 6 steps."""
     from delta_cache.models.hunyuan_video.tiny import write_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("hunyuan")
+    ckpt = write_tiny_checkpoint(root / "tiny-hv", num_layers=2, num_single_layers=2)
+    write_native_size(ckpt, 32, 32, 5)
+    schedule = root / "schedule.json"
+    schedule.write_text(json.dumps({"format_version": 1, "num_steps": 6, "block_lists": {
+        "transformer_blocks": {"background_blocks": [1], "refresh_steps": [0, 1, 4]},
+        "single_transformer_blocks": {"background_blocks": [0, 1], "refresh_steps": [0, 1, 4]}}}))
+    return ckpt, schedule
+
+
+def test_bench_hunyuan_video_smoke(hunyuan_ckpt, tmp_path, monkeypatch):
+    from delta_cache import baselines
 
     def no_ratios(*args, **kwargs):
         raise RuntimeError("MagCache calibration printed no ratios\nsecond line")
 
     monkeypatch.setattr(baselines, "calibrate_mag_ratios", no_ratios)  # a baseline that fails gets a row
-
-    ckpt = write_tiny_checkpoint(tmp_path / "tiny-hv", num_layers=2, num_single_layers=2)
-    write_native_size(ckpt, 32, 32, 5)
-    schedule = tmp_path / "schedule.json"
-    schedule.write_text(json.dumps({"format_version": 1, "num_steps": 6, "block_lists": {
-        "transformer_blocks": {"background_blocks": [1], "refresh_steps": [0, 1, 4]},
-        "single_transformer_blocks": {"background_blocks": [0, 1], "refresh_steps": [0, 1, 4]}}}))
+    ckpt, schedule = hunyuan_ckpt
     out = tmp_path / "bench"
     bench_script().main(["--family", "hunyuan_video", "--hunyuan_ckpt", str(ckpt), "--hunyuan_schedule", str(schedule),
                         "--num_pairs", "1", "--sample_steps", "6", "--calib_pairs", "1", "--tune_runs", "1",
@@ -265,9 +296,26 @@ def test_bench_hunyuan_video_smoke(tmp_path, monkeypatch):
     assert runs["teacache"]["computed_block_evals"] == 4 * runs["teacache"]["computed_calls"]
     assert data["methods"]["mag_cache"] == {"label": "MagCache (diffusers)", "available": False,
                                             "reason": "RuntimeError: MagCache calibration printed no ratios"}
+    # cache-dit always computes its first 8 blocks: this model is too shallow, which is said before cache-dit
+    # touches the pipeline (the methods evaluated after it still run: see the runs above).
+    assert data["methods"]["cache_dit"]["reason"] == ("ValueError: cache-dit's F8B0 needs more than 8 blocks in each "
+                                                      "block list; this model has 2")
     table = (out / "bench_fidelity.md").read_text()
     assert "## hunyuan_video" in table
     row = next(line for line in table.splitlines() if line.startswith("| MagCache"))
     header = next(line for line in table.splitlines() if line.startswith("| method"))
     assert "n/a: RuntimeError: MagCache calibration printed no ratios" in row
     assert row.count("|") == header.count("|")
+
+
+def test_methods_flag_picks_the_compared_methods(hunyuan_ckpt, tmp_path):
+    ckpt, schedule = hunyuan_ckpt
+    out = tmp_path / "bench"
+    bench_script().main(["--family", "hunyuan_video", "--hunyuan_ckpt", str(ckpt), "--hunyuan_schedule", str(schedule),
+                        "--num_pairs", "1", "--sample_steps", "6", "--calib_pairs", "1", "--methods", "step_skipping",
+                        "--out", str(out)])
+    data = json.loads((out / "bench_fidelity.json").read_text())["families"]["hunyuan_video"]
+    assert set(data["pairs"][0]["runs"]) == set(data["methods"]) == {"uncached", "delta_cache", "step_skipping"}
+    methods_in_table = [line.split(" |")[0] for line in (out / "bench_fidelity.md").read_text().splitlines()
+                        if line.startswith("| ") and not line.startswith("| method")]
+    assert methods_in_table == ["| uncached", "| delta cache (ours)", "| naive step skipping"]
