@@ -275,6 +275,14 @@ def hunyuan_ckpt(tmp_path_factory):
     return ckpt, schedule
 
 
+def bench_hunyuan_video(hunyuan_ckpt, out: Path, *extra: str) -> dict:
+    """One pair at 6 steps, one calibration pair; the family's json."""
+    ckpt, schedule = hunyuan_ckpt
+    bench_script().main(["--family", "hunyuan_video", "--hunyuan_ckpt", str(ckpt), "--hunyuan_schedule", str(schedule),
+                        "--num_pairs", "1", "--sample_steps", "6", "--calib_pairs", "1", *extra, "--out", str(out)])
+    return json.loads((out / "bench_fidelity.json").read_text())["families"]["hunyuan_video"]
+
+
 def test_bench_hunyuan_video_smoke(hunyuan_ckpt, tmp_path, monkeypatch):
     from delta_cache import baselines
 
@@ -282,12 +290,8 @@ def test_bench_hunyuan_video_smoke(hunyuan_ckpt, tmp_path, monkeypatch):
         raise RuntimeError("MagCache calibration printed no ratios\nsecond line")
 
     monkeypatch.setattr(baselines, "calibrate_mag_ratios", no_ratios)  # a baseline that fails gets a row
-    ckpt, schedule = hunyuan_ckpt
     out = tmp_path / "bench"
-    bench_script().main(["--family", "hunyuan_video", "--hunyuan_ckpt", str(ckpt), "--hunyuan_schedule", str(schedule),
-                        "--num_pairs", "1", "--sample_steps", "6", "--calib_pairs", "1", "--tune_runs", "1",
-                        "--out", str(out)])
-    data = json.loads((out / "bench_fidelity.json").read_text())["families"]["hunyuan_video"]
+    data = bench_hunyuan_video(hunyuan_ckpt, out, "--tune_runs", "1")
     runs = data["pairs"][0]["runs"]
     assert runs["uncached"]["computed_block_evals"] == 4 * 6  # one call per step (embedded guidance)
     assert runs["delta_cache"]["computed_block_evals"] == 24 - 3 * 3  # 3 reuse steps x 3 background blocks
@@ -309,12 +313,8 @@ def test_bench_hunyuan_video_smoke(hunyuan_ckpt, tmp_path, monkeypatch):
 
 
 def test_methods_flag_picks_the_compared_methods(hunyuan_ckpt, tmp_path):
-    ckpt, schedule = hunyuan_ckpt
     out = tmp_path / "bench"
-    bench_script().main(["--family", "hunyuan_video", "--hunyuan_ckpt", str(ckpt), "--hunyuan_schedule", str(schedule),
-                        "--num_pairs", "1", "--sample_steps", "6", "--calib_pairs", "1", "--methods", "step_skipping",
-                        "--out", str(out)])
-    data = json.loads((out / "bench_fidelity.json").read_text())["families"]["hunyuan_video"]
+    data = bench_hunyuan_video(hunyuan_ckpt, out, "--methods", "step_skipping")
     assert set(data["pairs"][0]["runs"]) == set(data["methods"]) == {"uncached", "delta_cache", "step_skipping"}
     methods_in_table = [line.split(" |")[0] for line in (out / "bench_fidelity.md").read_text().splitlines()
                         if line.startswith("| ") and not line.startswith("| method")]
