@@ -108,8 +108,9 @@ def build_parser() -> OneLineArgumentParser:
 
     parallel_args = p.add_argument_group("Parallel args")
     parallel_args.add_argument("--ulysses-degree", type=int, default=1,
-                          help="Ulysses sequence-parallel degree (under torchrun; must equal the process count).")
-    parallel_args.add_argument("--ring-degree", type=int, default=1, help="Ring degree (1 only: see docs/hunyuanvideo.md).")
+                               help="Ulysses sequence-parallel degree (under torchrun; must equal the process count).")
+    parallel_args.add_argument("--ring-degree", type=int, default=1,
+                               help="Ring degree (1 only: see docs/hunyuanvideo.md).")
 
     add_cache_flags(p, config.DEFAULT_PRESET)
     return p
