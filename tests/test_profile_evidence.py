@@ -117,7 +117,7 @@ def run(tmp_path_factory):
     from delta_cache.models.wan.tiny import write_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("evidence")
-    ckpt = write_tiny_checkpoint(root / "ckpt", num_layers=40, vae_base_dim=4)
+    ckpt = write_tiny_checkpoint(root / "ckpt", num_layers=40, vae_base_dim=4)  # 2 decodes no palette colour
     (ckpt / "tiny_model.json").write_text(json.dumps({"native_size": NATIVE}))
     out = root / "out"
     # 2 profiled prompts: with 1, R (counts over a few mask tokens) ties at the 28th block and no tau separates

@@ -65,23 +65,38 @@ def test_tools_resolve_the_video_size_from_flags_native_size_or_default(tmp_path
             resolve_video_size(WAN_CKPT, size, frames)
 
 
+def test_front_ends_default_to_the_committed_models_native_size_and_frames(monkeypatch):
+    # Only the flags are resolved here (no loading): the generation tests below run 5 of the 17 frames.
+    generate = load_script(REPO / "Wan2.1" / "generate.py")
+    args = generate.build_parser().parse_args(["--ckpt_dir", str(WAN_CKPT), "--prompt", PROMPT])
+    generate.validate(args)
+    assert (args.size, args.frame_num) == ("128*128", 17)
+    monkeypatch.setenv("MODEL_BASE", str(HUNYUAN_CKPT))
+    sample_video = load_script(REPO / "HunyuanVideo" / "sample_video.py")
+    args = sample_video.build_parser().parse_args(["--model-base", str(HUNYUAN_CKPT), "--prompt", PROMPT])
+    sample_video.validate(args)
+    assert (args.video_size, args.video_length) == ([128, 128], 17)
+
+
 def test_wan_tiny_model_through_generate_py_is_deterministic(tmp_path, monkeypatch):
-    # The command line in a fresh process, then the same arguments in this one: the same video.
-    args = ["--ckpt_dir", WAN_CKPT, "--prompt", PROMPT, "--base_seed", "7", "--sample_steps", "8", "--save_file"]
+    # The command line in a fresh process, then the same arguments in this one: the same video. (5 of the 17
+    # native frames keep it short; the native width and height are still the default.)
+    args = ["--ckpt_dir", WAN_CKPT, "--prompt", PROMPT, "--base_seed", "7", "--sample_steps", "8", "--frame_num", "5",
+            "--save_file"]
     proc = run(REPO / "Wan2.1" / "generate.py", [*args, tmp_path / "a.mp4"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     monkeypatch.chdir(tmp_path)
     load_script(REPO / "Wan2.1" / "generate.py").main([*map(str, args), str(tmp_path / "b.mp4")])
     outputs = [read_video(tmp_path / name) for name in ("a.mp4", "b.mp4")]
-    assert outputs[0].shape == (17, 128, 128, 3)  # the native size is the default
+    assert outputs[0].shape == (5, 128, 128, 3)  # the native width and height are the default
     np.testing.assert_array_equal(outputs[0], outputs[1])
     assert outputs[0].std() > 5  # not a flat frame
 
 
 def test_hunyuan_video_tiny_model_through_sample_video_py_is_deterministic(tmp_path, monkeypatch):
-    # The command line in a fresh process, then the same arguments in this one: the same video.
+    # The command line in a fresh process, then the same arguments in this one: the same video (5 frames, as above).
     args = ["--model-base", HUNYUAN_CKPT, "--dit-weight", HUNYUAN_DIT, "--prompt", PROMPT, "--seed", "7",
-            "--infer-steps", "8", "--flow-reverse", "--save-path"]
+            "--infer-steps", "8", "--video-length", "5", "--flow-reverse", "--save-path"]
     proc = run(REPO / "HunyuanVideo" / "sample_video.py", [*args, tmp_path / "a"], tmp_path,
                MODEL_BASE=str(HUNYUAN_CKPT))  # upstream reads the VAE and text encoders from $MODEL_BASE
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -89,7 +104,7 @@ def test_hunyuan_video_tiny_model_through_sample_video_py_is_deterministic(tmp_p
     monkeypatch.setenv("MODEL_BASE", str(HUNYUAN_CKPT))
     load_script(REPO / "HunyuanVideo" / "sample_video.py").main([*map(str, args), str(tmp_path / "b")])
     outputs = [read_video(next((tmp_path / name).glob("*.mp4"))) for name in ("a", "b")]
-    assert outputs[0].shape == (17, 128, 128, 3)  # the native size is the default
+    assert outputs[0].shape == (5, 128, 128, 3)  # the native width and height are the default
     np.testing.assert_array_equal(outputs[0], outputs[1])
     assert outputs[0].std() > 5  # not a flat frame
 

@@ -198,7 +198,7 @@ def test_dimensions_come_from_the_files_not_the_task(ckpts, task):
         config = components.transformer.config
         assert (config.num_layers, config.num_attention_heads, config.attention_head_dim) == (NUM_LAYERS, 2, 12)
         assert (config.text_dim, config.ffn_dim, tuple(config.patch_size)) == (32, 32, (1, 2, 2))
-        assert components.vae.config.base_dim == 8
+        assert components.vae.config.base_dim == 2
         assert components.text_encoder.config.d_model == 32
 
 
