@@ -195,11 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.delta_cache:
         schedule = load_schedule(args.cache_schedule or config.DEFAULT_PRESET)
 
-    with parallel.process_group(args.ulysses_degree, args.ring_degree) as group:  # None for a single process
+    with parallel.process_group(args.ulysses_degree, args.ring_degree) as group:  # rank 0 of 1 for a plain run
         _sample(args, schedule, group)
 
 
-def _sample(args, schedule, group: parallel.ProcessGroup | None) -> None:
+def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
     import numpy as np
     import torch
     from loguru import logger
@@ -209,10 +209,10 @@ def _sample(args, schedule, group: parallel.ProcessGroup | None) -> None:
     from delta_cache.models.hunyuan_video.pipeline import TextEncoding, build_pipeline, generate, token_grid
     from delta_cache.video import save_video
 
-    if group is not None:
+    if group.is_parallel:
         args.seeds = parallel.from_rank0(args.seeds)  # random seeds are drawn per process
     parallel.log_from_main_only(group)
-    device = group.device if group is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = group.device
     precisions = dict(dtype=args.precision, vae_dtype=args.vae_precision, text_encoder_dtype=args.text_encoder_precision,
                       text_encoder_2_dtype=args.text_encoder_precision_2)
     if device.type == "cuda":
@@ -246,7 +246,7 @@ def _sample(args, schedule, group: parallel.ProcessGroup | None) -> None:
         logger.info(f"delta cache: schedule '{schedule.name}', forecast {handle.schedule.forecast}")
 
     pipe = build_pipeline(components, shift=args.flow_shift)
-    if group is not None and not group.is_main:
+    if not group.is_main:
         pipe.set_progress_bar_config(disable=True)  # one progress bar, rank 0's
     if device.type == "cuda":
         if args.use_cpu_offload:
@@ -257,7 +257,7 @@ def _sample(args, schedule, group: parallel.ProcessGroup | None) -> None:
     vae_autocast = autocast and dtypes["vae_dtype"] != torch.float32
 
     height, width = (config.align_to(size) for size in args.video_size)
-    if group is not None:  # after the cache hooks, which must come first
+    if group.is_parallel:  # after the cache hooks, which must come first
         from delta_cache.models.hunyuan_video.context_parallel import enable_context_parallel
 
         grid = token_grid(pipe, width=width, height=height, num_frames=args.video_length)
@@ -287,14 +287,14 @@ def _sample(args, schedule, group: parallel.ProcessGroup | None) -> None:
             autocast_dtype=dtypes["dtype"] if autocast else None,
             vae_autocast_dtype=dtypes["vae_dtype"] if vae_autocast else None,
         )
-        if group is not None and not group.is_main:  # every rank holds the same video; rank 0 writes it
+        if not group.is_main:  # every rank holds the same video; rank 0 writes it
             continue
         save_path = save_dir / config.output_file_name(seed, args.prompt)
         frames = (np.clip(result.frames, 0.0, 1.0) * 255).astype(np.uint8)  # upstream truncates, not rounds
         save_video(frames, save_path, fps=config.SAMPLE_FPS)
         print(f"Sample save to: {save_path}")
         print(summary_line(result.denoise_seconds, handle.stats() if handle is not None else None,
-                           processes=1 if group is None else group.world_size))
+                           processes=group.world_size))
 
 
 if __name__ == "__main__":

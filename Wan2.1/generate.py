@@ -130,11 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.delta_cache:
         schedule = load_schedule(args.cache_schedule or tasks.DEFAULT_PRESETS[args.task])
 
-    with parallel.process_group(args.ulysses_size, args.ring_size) as group:  # None for a single process
+    with parallel.process_group(args.ulysses_size, args.ring_size) as group:  # rank 0 of 1 for a plain run
         _generate(args, schedule, group)
 
 
-def _generate(args, schedule, group: parallel.ProcessGroup | None) -> None:
+def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     import torch
     from loguru import logger
 
@@ -144,13 +144,14 @@ def _generate(args, schedule, group: parallel.ProcessGroup | None) -> None:
     from delta_cache.video import save_image, save_video
 
     parallel.log_from_main_only(group)
-    if group is not None:
+    if group.is_parallel:
         args.base_seed = parallel.from_rank0(args.base_seed)  # a random seed is drawn per process
         if args.t5_fsdp or args.dit_fsdp:
             logger.info("--t5_fsdp / --dit_fsdp: the models are replicated on every GPU (FSDP is not used)")
-    device = group.device if group is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = group.device
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    offload = args.offload_model if args.offload_model is not None else (device.type == "cuda" and group is None)
+    offload = (args.offload_model if args.offload_model is not None
+               else device.type == "cuda" and not group.is_parallel)
     text_device = torch.device("cpu") if args.t5_cpu else device
     logger.info(f"loading {args.task} from {args.ckpt_dir} ({device}, {dtype})")
     components = load_wan_components(
@@ -173,7 +174,7 @@ def _generate(args, schedule, group: parallel.ProcessGroup | None) -> None:
 
     pipe = build_pipeline(components, image_to_video=image is not None, solver=args.sample_solver,
                           shift=args.sample_shift)
-    if group is not None and not group.is_main:
+    if not group.is_main:
         pipe.set_progress_bar_config(disable=True)  # one progress bar, rank 0's
     if device.type == "cuda":
         if offload:
@@ -185,7 +186,7 @@ def _generate(args, schedule, group: parallel.ProcessGroup | None) -> None:
                 module = getattr(pipe, name, None)
                 if module is not None:
                     module.to(device)
-    if group is not None:  # after the cache hooks, which must come first
+    if group.is_parallel:  # after the cache hooks, which must come first
         grid = token_grid(pipe, width=width, height=height, num_frames=args.frame_num)
         parallel.check_model_fits(group, num_heads=pipe.transformer.config.num_attention_heads,
                                   num_tokens=grid[0] * grid[1] * grid[2], heads_flag="--ulysses_size")
@@ -200,7 +201,7 @@ def _generate(args, schedule, group: parallel.ProcessGroup | None) -> None:
         num_frames=args.frame_num, num_inference_steps=args.sample_steps, guidance_scale=args.sample_guide_scale,
         seed=args.base_seed, image=image, text_encoder_device=text_device,
     )
-    if group is not None and not group.is_main:  # every rank holds the same video; rank 0 writes it
+    if not group.is_main:  # every rank holds the same video; rank 0 writes it
         return
 
     save_path = args.save_file or tasks.output_file_name(args.task, args.size, args.ulysses_size, args.ring_size,
@@ -211,7 +212,7 @@ def _generate(args, schedule, group: parallel.ProcessGroup | None) -> None:
         save_video(result.frames, save_path, fps=tasks.SAMPLE_FPS)
     print(f"Saving generated video to {save_path}")
     print(summary_line(result.denoise_seconds, handle.stats() if handle is not None else None,
-                       processes=1 if group is None else group.world_size))
+                       processes=group.world_size))
 
 
 if __name__ == "__main__":

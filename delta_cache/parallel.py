@@ -30,17 +30,22 @@ if TYPE_CHECKING:  # torch is imported where it is used: flag checks stay instan
 
 @dataclass(frozen=True)
 class ProcessGroup:
-    """This process's place in a torchrun launch."""
+    """This process's place in a torchrun launch; a plain run is rank 0 of 1."""
 
     rank: int
     world_size: int
     device: torch.device
-    ulysses_degree: int
-    ring_degree: int
+    ulysses_degree: int = 1
+    ring_degree: int = 1
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def is_parallel(self) -> bool:
+        """Several processes: torch.distributed is initialised and the transformer is split over them."""
+        return self.world_size > 1
 
 
 def launched_world_size() -> int:
@@ -61,12 +66,14 @@ def check_degrees(ulysses_degree: int, ring_degree: int, flags: tuple[str, str])
                              f"processes; {launch}")
 
 
-def init_process_group(ulysses_degree: int, ring_degree: int) -> ProcessGroup | None:
-    """Join torchrun's process group (NCCL on GPUs, gloo on CPUs); None for a single process."""
-    if ulysses_degree * ring_degree == 1:
-        return None
+def init_process_group(ulysses_degree: int, ring_degree: int) -> ProcessGroup:
+    """Join torchrun's process group (NCCL on GPUs, gloo on CPUs); a single process joins none and runs on
+    the GPU when there is one."""
     import torch
     import torch.distributed as dist
+
+    if ulysses_degree * ring_degree == 1:
+        return ProcessGroup(rank=0, world_size=1, device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
@@ -112,25 +119,25 @@ def from_rank0(value):
     return box[0]
 
 
-def log_from_main_only(group: ProcessGroup | None) -> None:
+def log_from_main_only(group: ProcessGroup) -> None:
     """One log, rank 0's: other ranks keep only warnings and errors."""
-    if group is not None and not group.is_main:
+    if not group.is_main:
         from loguru import logger
 
         logger.remove()
         logger.add(sys.stderr, level="WARNING")
 
 
-def close(group: ProcessGroup | None) -> None:
-    if group is not None:
+def close(group: ProcessGroup) -> None:
+    if group.is_parallel:
         import torch.distributed as dist
 
         dist.destroy_process_group()
 
 
 @contextmanager
-def process_group(ulysses_degree: int, ring_degree: int) -> Iterator[ProcessGroup | None]:
-    """`init_process_group` for the length of a `with` block (None for a single process)."""
+def process_group(ulysses_degree: int, ring_degree: int) -> Iterator[ProcessGroup]:
+    """`init_process_group` for the length of a `with` block."""
     group = init_process_group(ulysses_degree, ring_degree)
     try:
         yield group

@@ -60,6 +60,13 @@ def test_ulysses_over_two_processes_gives_the_single_process_video(tmp_path):
     assert bad.stderr.count(message) == 2 and not (out / "bad.mp4").exists()
 
 
+def test_a_plain_run_is_rank_0_of_1_without_torch_distributed():
+    with parallel.process_group(1, 1) as group:
+        assert (group.rank, group.world_size, group.is_main, group.is_parallel) == (0, 1, True, False)
+        assert group.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+        assert not torch.distributed.is_initialized()
+
+
 def test_parallel_degrees_must_fit_the_model():
     group = parallel.ProcessGroup(rank=0, world_size=4, device=torch.device("cpu"), ulysses_degree=4, ring_degree=1)
     parallel.check_model_fits(group, num_heads=40, num_tokens=32760, heads_flag="--ulysses_size")  # 14B, 832x480x81
