@@ -204,7 +204,7 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
     import torch
     from loguru import logger
 
-    from delta_cache.cli import summary_line
+    from delta_cache.cli import log_cache_plan, summary_line
     from delta_cache.models.hunyuan_video.checkpoint import find_diffusers_folder, load_hunyuan_video_components
     from delta_cache.models.hunyuan_video.pipeline import TextEncoding, build_pipeline, generate, token_grid
     from delta_cache.video import save_video
@@ -243,7 +243,6 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
     if schedule is not None:
         # diffusers' HunyuanVideoPipeline passes no step index: the cache counts calls against this many steps.
         handle = apply_cache_from_flags(transformer, schedule, args, num_inference_steps=args.infer_steps)
-        logger.info(f"delta cache: schedule '{schedule.name}', forecast {handle.schedule.forecast}")
 
     pipe = build_pipeline(components, shift=args.flow_shift)
     if not group.is_main:
@@ -274,6 +273,8 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
     negative_prompt = config.negative_prompt(args.neg_prompt, args.cfg_scale)
     if not args.flow_reverse:  # warned here, after the checks, so that an input error stays a single line
         logger.warning("--flow-reverse not given: upstream would sample from t=0 to t=1 (noise); sampling t=1 -> 0")
+    if handle is not None:
+        log_cache_plan(handle, args.infer_steps)
     save_dir = config.output_dir(args.save_path, args.save_path_suffix)
     for seed in args.seeds:
         if handle is not None:

@@ -138,7 +138,7 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     import torch
     from loguru import logger
 
-    from delta_cache.cli import summary_line
+    from delta_cache.cli import log_cache_plan, summary_line
     from delta_cache.models.wan.checkpoint import load_wan_components
     from delta_cache.models.wan.pipeline import build_pipeline, generate, token_grid
     from delta_cache.video import save_image, save_video
@@ -162,7 +162,6 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     handle = None
     if schedule is not None:
         handle = apply_cache_from_flags(components.transformer, schedule, args)
-        logger.info(f"delta cache: schedule '{schedule.name}', forecast {handle.schedule.forecast}")
 
     image = None
     width, height = tasks.parse_size(args.size)
@@ -194,6 +193,8 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
         logger.info(f"context parallel over {group.world_size} processes: Ulysses {group.ulysses_degree}, "
                     f"ring {group.ring_degree}")
 
+    if handle is not None:  # (logged here, after the last input check: an input error stays one line)
+        log_cache_plan(handle, args.sample_steps)
     logger.info(f"generating {width}x{height}, {args.frame_num} frames, {args.sample_steps} steps, "
                 f"seed {args.base_seed}: {args.prompt!r}")
     result = generate(

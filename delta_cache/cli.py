@@ -82,6 +82,22 @@ def apply_cache_from_flags(transformer, schedule, args, num_inference_steps: int
                              num_inference_steps=num_inference_steps)
 
 
+def log_cache_plan(handle, num_steps: int) -> None:
+    """What the schedule will skip in this run, logged before sampling starts; a warning when it skips nothing
+    (few steps: every step of the run falls on a refresh), rather than a silent 1.00x."""
+    from loguru import logger
+
+    schedule = handle.schedule
+    computed, total = handle.predicted_block_evals(num_steps)
+    logger.info(f"delta cache: schedule '{schedule.name}' (made for {schedule.num_steps} steps), forecast "
+                f"{schedule.forecast}: plans {computed}/{total} block evaluations per branch at {num_steps} steps, "
+                f"ideal speedup {total / computed:.2f}x")
+    if computed == total:
+        logger.warning(f"delta cache: schedule '{schedule.name}' reuses no block at {num_steps} steps, so it will not "
+                       f"speed this run up; profile a schedule for {num_steps} steps with scripts/profile_model.py "
+                       f"(docs/profiling.md)")
+
+
 def run_cli(main: Callable[[], None]) -> None:
     """Run a front end's `main`, turning `UserInputError` into one clear line and exit code 2."""
     try:

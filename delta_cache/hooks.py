@@ -291,6 +291,10 @@ class DeltaCacheHandle:
     def reset_stats(self) -> None:
         self._stats.reset()
 
+    def predicted_block_evals(self, num_steps: int) -> tuple[int, int]:
+        """(computed, total) block evaluations the schedule plans for one branch of a `num_steps`-step run."""
+        return self.schedule.predicted_block_evals(self._stats.block_list_depths, num_steps)
+
     def remove(self) -> None:
         remove_delta_cache(self.transformer)
 

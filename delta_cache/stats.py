@@ -23,6 +23,10 @@ class DeltaCacheStats:
         self._depths = dict(block_list_depths)
         self.reset()
 
+    @property
+    def block_list_depths(self) -> dict[str, int]:
+        return dict(self._depths)
+
     def reset(self) -> None:
         self._branches: dict[str, _BranchCounters] = {}
         self.delta_bytes_peak = 0

@@ -315,6 +315,7 @@ def test_readme_command_line_reports_1632_of_3000(ckpt, tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "delta_cache: computed 1632/3000 block evaluations | ideal speedup 1.84x" in proc.stdout
+    assert "plans 1632/3000 block evaluations per branch at 50 steps" in proc.stderr  # the plan logged before
     assert "--flow-reverse" not in proc.stderr
     files = list((workdir / "results").iterdir())
     assert len(files) == 1 and re.fullmatch(upstream_name(42, "cat walk on grass"), files[0].name)

@@ -49,6 +49,7 @@ def test_upstream_command_line_reports_992_of_2000_per_branch(ckpt40, tmp_path):
                           cwd=GENERATE.parent, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "cond 992/2000, uncond 992/2000" in proc.stdout
+    assert "plans 992/2000 block evaluations per branch at 50 steps" in proc.stderr  # the plan logged before
     assert "ideal speedup 2.02x" in proc.stdout
     assert (workdir / "out.mp4").stat().st_size > 0
 
@@ -122,21 +123,33 @@ def test_cache_forecast_flag_reaches_the_cache(ckpt4, tmp_path, capsys):
     schedule = tmp_path / "every_other.json"
     schedule.write_text(json.dumps({"format_version": 1, "num_steps": 6, "block_lists": {
         "blocks": {"num_blocks": 4, "background_blocks": ["0-3"], "refresh_steps": [0, 1, 3, 5]}}}))
-    base = ["--size", "832*480", "--frame_num", "1", "--ckpt_dir", ckpt4, "--sample_steps", "6",
-            "--cache_schedule", schedule]
+    base = ["--size", "832*480", "--frame_num", "1", "--ckpt_dir", ckpt4, "--cache_schedule", schedule]
     generate_py = load_script(GENERATE)  # in this process (the command line itself is tested above)
     videos = {}
     for extra, forecast in (([], "hold"), (["--cache_forecast", "linear"], "linear")):
         messages = []
         sink = logger.add(messages.append, format="{message}")
         try:
-            generate_py.main([*map(str, base + extra), "--save_file", str(tmp_path / f"{forecast}.mp4")])
+            generate_py.main([*map(str, base + extra), "--sample_steps", "6",
+                              "--save_file", str(tmp_path / f"{forecast}.mp4")])
         finally:
             logger.remove(sink)
-        assert f"delta cache: schedule 'every_other', forecast {forecast}\n" in messages
+        # the plan logged before sampling is what the cache then counts
+        assert (f"delta cache: schedule 'every_other' (made for 6 steps), forecast {forecast}: plans 16/24 block "
+                f"evaluations per branch at 6 steps, ideal speedup 1.50x\n") in messages
         assert "cond 16/24, uncond 16/24" in capsys.readouterr().out
         videos[forecast] = read_video(tmp_path / f"{forecast}.mp4")
     assert not np.array_equal(videos["hold"], videos["linear"])  # step 4 reuses the line through steps 1, 3
+    # At 2 steps each run step holds a refresh of the 6-step schedule: nothing is reused, and the run says so.
+    messages = []
+    sink = logger.add(messages.append, format="{level} {message}")
+    try:
+        generate_py.main([*map(str, base), "--sample_steps", "2", "--save_file", str(tmp_path / "two.mp4")])
+    finally:
+        logger.remove(sink)
+    assert "cond 8/8, uncond 8/8" in capsys.readouterr().out
+    warnings = [m for m in messages if m.startswith("WARNING")]
+    assert len(warnings) == 1 and "schedule 'every_other' reuses no block at 2 steps" in warnings[0], messages
 
 
 def test_missing_checkpoint_file_gives_one_line(ckpt4, tmp_path):
