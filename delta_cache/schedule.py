@@ -185,12 +185,10 @@ class Schedule:
 
     def predicted_block_evals(self, block_list_depths: dict[str, int], num_steps: int) -> tuple[int, int]:
         """(computed, total) block evaluations of one branch over `num_steps` steps, from the schedule alone."""
-        total = sum(block_list_depths.values()) * num_steps
-        skipped = 0
-        for list_name, bl in self.block_lists.items():
-            refresh = bl.refresh_steps_for(num_steps, self.num_steps)
-            skipped += len(bl.background_blocks) * (num_steps - len(refresh))
-        return total - skipped, total
+        from .plan import plan  # (plan.py builds on this module)
+
+        plans = plan(self, block_list_depths, num_steps)
+        return sum(p.computed for p in plans), sum(p.total for p in plans)
 
 
 def _parse_block_list(spec: Any, num_steps: int, where: str) -> BlockListSchedule:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..plan import plan
 from ..schedule import Schedule, compress_ranges
 from .profile import Profile
 
@@ -49,20 +50,20 @@ def plot_step_change(profile: Profile, warmup: int, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_schedule(schedule: Schedule, depths: dict[str, int], path: Path) -> None:
-    """Blocks x steps grid: computed (dark) or reused (light)."""
+def plot_schedule(schedule: Schedule, depths: dict[str, int], path: Path, num_steps: int | None = None) -> None:
+    """Blocks x steps grid of a run of `num_steps` (default: the schedule's own): computed (dark) or reused."""
     plt = _pyplot()
-    lists = list(depths)
+    num_steps = num_steps or schedule.num_steps
+    lists = plan(schedule, depths, num_steps)
     fig, axes = plt.subplots(1, len(lists), figsize=(6 * len(lists), 4.5), squeeze=False)
-    for ax, list_name in zip(axes[0], lists):
-        grid = np.ones((depths[list_name], schedule.num_steps))
-        block_list = schedule.block_lists.get(list_name)
-        if block_list is not None:
-            reuse_steps = [s for s in range(schedule.num_steps) if s not in block_list.refresh_steps]
-            for b in block_list.background_blocks:
-                grid[b, reuse_steps] = 0
+    for ax, block_list in zip(axes[0], lists):
+        grid = np.ones((block_list.depth, num_steps))
+        reuse_steps = [s for s in range(num_steps) if s not in block_list.refresh_steps]
+        for b in block_list.background_blocks:
+            grid[b, reuse_steps] = 0
         ax.imshow(grid, aspect="auto", origin="lower", cmap="Blues", vmin=-0.3, vmax=1)
-        ax.set(title=f"{schedule.name}: {list_name} (dark = computed)", xlabel="step", ylabel="block")
+        ax.set_title(f"{schedule.name}: {block_list.name}\nat {num_steps} steps (dark = computed)", fontsize=10)
+        ax.set(xlabel="step", ylabel="block")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
