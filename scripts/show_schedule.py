@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> str:
     num_steps = args.steps or schedule.num_steps
     text = describe(schedule, depths, num_steps)  # (checks that the schedule fits the depths)
     if args.png is not None:
-        if args.png.suffix.lower() != ".png" or not args.png.parent.is_dir():
+        if args.png.suffix.lower() != ".png" or args.png.is_dir() or not args.png.parent.is_dir():
             raise UserInputError(f"--png {args.png}: expected a .png file in an existing folder")
         from delta_cache.profiling.report import plot_schedule
 
