@@ -25,7 +25,10 @@ def test_positive_int_accepts_counts_and_refuses_the_rest(capsys):
 
 @pytest.mark.parametrize("script", ["bench_cache.py", "demo.py", "train_tiny.py", "check_quality.py"])
 def test_scripts_refuse_zero_threads_in_one_line(script):
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--threads", "0"],
+    result = subprocess.run([sys.executable, "-X", "importtime", str(REPO / "scripts" / script), "--threads", "0"],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: argument --threads: must be >= 1, got 0 (see --help)"]
+    imports = [line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert errors == ["error: argument --threads: must be >= 1, got 0 (see --help)"]
+    assert "diffusers" not in imports  # flag errors come before the seconds of importing diffusers

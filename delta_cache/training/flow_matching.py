@@ -21,7 +21,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..models.wan.pipeline import latent_statistics
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -147,6 +146,8 @@ def encode_latents(vae, videos: torch.Tensor) -> torch.Tensor:
 
 
 def normalise_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    from ..models.wan.pipeline import latent_statistics  # (diffusers: imported on use, so --pack_state stays quick)
+
     mean, std = latent_statistics(vae, latents)  # exactly as sampling makes them
     return (latents - mean) / std
 

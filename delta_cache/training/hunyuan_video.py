@@ -27,17 +27,26 @@ import re
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 # Training uses HunyuanVideo/sample_video.py's defaults: flow shift, embedded guidance, text flags (tests check).
 from ..models.hunyuan_video.config import EMBEDDED_GUIDANCE_SCALE, FLOW_SHIFT, NEGATIVE_PROMPT
-from ..models.hunyuan_video.pipeline import default_text_encoding as text_encoding
 from ..synthetic.prompts import vocabulary
 from .family import TrainingFamily
 from .flow_matching import NUM_TRAIN_TIMESTEPS, fold_latent_statistics, posterior_loss
+
+if TYPE_CHECKING:  # diffusers is imported on use: --pack_state and flag errors stay quick
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+
+def text_encoding(num_frames: int):
+    """sample_video.py's default prompt encoding (template, text lengths) for `num_frames` frames."""
+    from ..models.hunyuan_video.pipeline import default_text_encoding
+
+    return default_text_encoding(num_frames)
 
 
 def trim_text_padding(text):
@@ -68,6 +77,8 @@ def flow_matching_loss(transformer, latents: torch.Tensor, text, sigmas: torch.T
 def encode_clip(vae, videos: torch.Tensor) -> DiagonalGaussianDistribution:
     """The posterior of whole clips, without diffusers' temporal tiling (which AutoencoderKLHunyuanVideo uses
     above 16 frames; at 17 frames its result equals this one, computed once)."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
     return DiagonalGaussianDistribution(vae.quant_conv(vae.encoder(videos)))
 
 
