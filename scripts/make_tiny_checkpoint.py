@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fp8", action="store_true", help="hunyuan_video: also write the fp8 weights and scale map")
     parser.add_argument("--shards", type=int, help="transformer safetensors shards, upstream layout only (default 1)")
     parser.add_argument("--seed", type=int, help="weight seed (default 0)")
-    parser.add_argument("--i2v", action="store_true", help="image-to-video variant (wan: diffusers layout only)")
+    parser.add_argument("--i2v", action="store_true", help="image-to-video variant (wan: adds the CLIP image encoder)")
     return parser.parse_args(argv)
 
 

@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
 from safetensors.torch import load_file, save_file
 
@@ -40,6 +42,7 @@ def ckpts(tmp_path_factory):
         "sharded": write_tiny_checkpoint(root / "sharded", layout="upstream", num_layers=NUM_LAYERS, shards=3),
         "diffusers": write_tiny_checkpoint(root / "diffusers", layout="diffusers", num_layers=NUM_LAYERS),
         "diffusers_i2v": write_tiny_checkpoint(root / "diffusers_i2v", layout="diffusers", num_layers=2, i2v=True),
+        "upstream_i2v": write_tiny_checkpoint(root / "upstream_i2v", layout="upstream", num_layers=2, i2v=True),
     }
 
 
@@ -80,6 +83,86 @@ def test_transformer_keys_invert_diffusers_converter(i2v):
     back = convert_wan_transformer_to_diffusers(dict(upstream))
     assert back.keys() == state_dict.keys()
     assert all(back[k] is state_dict[k] for k in state_dict)
+
+
+def test_clip_keys_round_trip():
+    encoder = build_tiny_modules(num_layers=1, i2v=True)["image_encoder"]
+    state_dict = encoder.state_dict()
+    upstream = keys.clip_visual_to_upstream(state_dict)
+    # Names in the released open-clip file (Wan's clip.py); q/k/v are one fused projection there.
+    expected_names = {"visual.cls_embedding", "visual.pos_embedding", "visual.patch_embedding.weight",
+                      "visual.pre_norm.bias", "visual.post_norm.weight", "visual.transformer.1.attn.to_qkv.weight",
+                      "visual.transformer.0.attn.proj.bias", "visual.transformer.0.norm2.weight",
+                      "visual.transformer.1.mlp.2.bias"}
+    assert expected_names <= upstream.keys()
+    assert not any("q_proj" in k or "k_proj" in k for k in upstream)
+    width = encoder.config.hidden_size
+    assert upstream["visual.transformer.0.attn.to_qkv.weight"].shape == (3 * width, width)
+    assert upstream["visual.cls_embedding"].shape == (1, 1, width)
+
+    upstream["textual.token_embedding.weight"] = torch.zeros(2, 2)  # the text tower is dropped
+    back = keys.clip_visual_from_upstream(upstream)
+    assert back.keys() == state_dict.keys()
+    assert all(torch.equal(back[k], state_dict[k]) for k in state_dict)
+    with pytest.raises(KeyError, match="visual.transformer.0.attn.rope"):
+        keys.clip_visual_from_upstream({"visual.transformer.0.attn.rope": torch.zeros(1)})
+
+
+def _wan_image_features(weights: dict, pixels: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Wan's image features computed straight from the upstream file's tensors, written from the architecture
+    (pre-norm ViT, fused q/k/v, exact GELU, every block but the last), independent of transformers."""
+    def w(name):
+        return weights["visual." + name]
+
+    def norm(x, name):
+        return F.layer_norm(x, x.shape[-1:], w(name + ".weight"), w(name + ".bias"), eps=1e-5)
+
+    patch = w("patch_embedding.weight")
+    x = F.conv2d(pixels, patch, stride=patch.shape[-1]).flatten(2).transpose(1, 2)
+    x = torch.cat([w("cls_embedding").expand(len(x), -1, -1), x], dim=1) + w("pos_embedding")
+    x = norm(x, "pre_norm")
+    num_blocks = len({k.split(".")[2] for k in weights if k.startswith("visual.transformer.")})
+    for i in range(num_blocks - 1):
+        block = f"transformer.{i}."
+        qkv = F.linear(norm(x, block + "norm1"), w(block + "attn.to_qkv.weight"), w(block + "attn.to_qkv.bias"))
+        q, k, v = qkv.unflatten(-1, (3, num_heads, -1)).permute(2, 0, 3, 1, 4)  # 3 x (batch, heads, tokens, d)
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        x = x + F.linear(attended, w(block + "attn.proj.weight"), w(block + "attn.proj.bias"))
+        hidden = F.gelu(F.linear(norm(x, block + "norm2"), w(block + "mlp.0.weight"), w(block + "mlp.0.bias")))
+        x = x + F.linear(hidden, w(block + "mlp.2.weight"), w(block + "mlp.2.bias"))
+    return x
+
+
+def test_upstream_clip_file_gives_wans_image_features(ckpts):
+    components = load_wan_components(ckpts["upstream_i2v"], task="i2v-14B")
+    encoder = components.image_encoder
+    weights = torch.load(ckpts["upstream_i2v"] / keys.CLIP_FILE, weights_only=True)
+    size = encoder.config.image_size
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        got = encoder(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]  # what the pipeline reads
+        expected = _wan_image_features(weights, pixels, num_heads=encoder.config.hidden_size // 80)
+    assert got.shape == (2, (size // encoder.config.patch_size) ** 2 + 1, encoder.config.hidden_size)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_i2v_layouts_load_the_same_model(ckpts):
+    from PIL import Image
+
+    upstream = load_wan_components(ckpts["upstream_i2v"], task="i2v-14B")
+    diffusers = load_wan_components(ckpts["diffusers_i2v"], task="i2v-14B")
+    for part in ("transformer", "image_encoder"):
+        _assert_same_state_dict(getattr(upstream, part), getattr(diffusers, part))
+    # Upstream squashes the whole image to the encoder's square size (no crop): a 4:3 image keeps its edges.
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    pixels = upstream.image_processor(images=image, return_tensors="pt")["pixel_values"]
+    size = upstream.image_encoder.config.image_size
+    assert pixels.shape == (1, 3, size, size)
+    torch.testing.assert_close(pixels, diffusers.image_processor(images=image, return_tensors="pt")["pixel_values"])
+    mean = torch.tensor(upstream.image_processor.image_mean).view(3, 1, 1)
+    std = torch.tensor(upstream.image_processor.image_std).view(3, 1, 1)
+    squashed = torch.from_numpy(np.array(image.resize((size, size), Image.BICUBIC))).permute(2, 0, 1) / 255
+    torch.testing.assert_close(pixels[0], (squashed - mean) / std, atol=0.02, rtol=0)
 
 
 def test_vae_keys_invert_diffusers_converter(reference):
@@ -222,8 +305,10 @@ def test_i2v_diffusers_layout_and_task_checks(ckpts):
         load_wan_components(ckpts["diffusers_i2v"], task="t2v-14B")
     with pytest.raises(CheckpointError, match="image_encoder"):
         load_wan_components(ckpts["diffusers"], task="i2v-14B")
-    with pytest.raises(CheckpointError, match="upstream layout.*not supported"):
+    with pytest.raises(CheckpointError, match=r"checkpoint file missing: .*models_clip_open-clip-xlm-roberta-large"):
         load_wan_components(ckpts["upstream"], task="i2v-14B")
+    with pytest.raises(CheckpointError, match="image-to-video"):
+        load_wan_components(ckpts["upstream_i2v"], task="t2v-14B")
     with pytest.raises(UserInputError, match="unknown Wan task"):
         load_wan_components(ckpts["upstream"], task="vace-14B")
 
@@ -317,6 +402,37 @@ def test_wrong_keys_and_unreadable_files(ckpts, tmp_path):
         load_wan_components(ckpt, task="t2v-14B")
 
 
+def _tiny_clip_file(path: Path, width: int, heads: int) -> None:
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=width, intermediate_size=width, num_hidden_layers=2,
+                                               num_attention_heads=heads, image_size=32, patch_size=8))
+    torch.save(keys.clip_visual_to_upstream(encoder.state_dict()), path)
+
+
+def test_bad_clip_files(ckpts, tmp_path):
+    ckpt = _copy(ckpts["upstream_i2v"], tmp_path)
+    clip = ckpt / keys.CLIP_FILE
+    _tiny_clip_file(clip, width=80, heads=1)
+    with pytest.raises(CheckpointError, match=r"models_clip.*disagrees with the transformer: its image features are "
+                                              r"80 wide, the transformer's img_emb expects 160"):
+        load_wan_components(ckpt, task="i2v-14B")
+    _tiny_clip_file(clip, width=96, heads=2)
+    with pytest.raises(CheckpointError, match=r"models_clip.*96 wide, not a multiple of the 80-wide heads of ViT-H/14"):
+        load_wan_components(ckpt, task="i2v-14B")
+    shutil.copy(ckpt / keys.T5_FILE, clip)
+    with pytest.raises(CheckpointError, match=r"models_clip.* has no tensor 'visual.cls_embedding'; is it the right file"):
+        load_wan_components(ckpt, task="i2v-14B")
+    weights = torch.load(ckpts["upstream_i2v"] / keys.CLIP_FILE, weights_only=True)
+    weights["visual.transformer.0.attn.rope"] = torch.zeros(1)
+    torch.save(weights, clip)
+    with pytest.raises(CheckpointError, match=r"attn\.rope.*expected upstream Wan CLIP keys"):
+        load_wan_components(ckpt, task="i2v-14B")
+    clip.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"unreadable .*models_clip"):
+        load_wan_components(ckpt, task="i2v-14B")
+
+
 def test_missing_checkpoint_folder(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint folder not found"):
         load_wan_components(tmp_path / "nope", task="t2v-14B")
@@ -326,7 +442,7 @@ def test_missing_checkpoint_folder(tmp_path):
 
 def test_writer_rejects_bad_options(tmp_path):
     for options in ({"layout": "comfy"}, {"shards": 0}, {"shards": 2, "layout": "diffusers"},
-                    {"shards": 5, "num_layers": 3}, {"i2v": True}, {"head_dim": 9}):
+                    {"shards": 5, "num_layers": 3}, {"head_dim": 9}):
         with pytest.raises(UserInputError, match="tiny Wan checkpoint"):
             write_tiny_checkpoint(tmp_path / "out", **options)
     (tmp_path / "full").mkdir()

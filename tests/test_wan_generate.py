@@ -211,10 +211,12 @@ def test_upstream_and_diffusers_layouts_give_the_same_video(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_i2v_from_a_diffusers_folder(tmp_path):
+def test_i2v_from_an_upstream_folder(tmp_path):
+    # the upstream layout: Wan's CLIP .pth converts to transformers' CLIPVisionModel (the diffusers layout's
+    # image encoder is covered by test_wan_checkpoint's layout-equivalence test)
     from PIL import Image
 
-    ckpt = write_tiny_checkpoint(tmp_path / "i2v", num_layers=2, layout="diffusers", i2v=True)
+    ckpt = write_tiny_checkpoint(tmp_path / "i2v", num_layers=2, i2v=True)
     image = tmp_path / "input.png"
     Image.fromarray(np.full((96, 128, 3), (200, 30, 30), dtype=np.uint8)).save(image)
     schedule = tmp_path / "two_blocks.json"

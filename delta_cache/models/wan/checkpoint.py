@@ -7,6 +7,7 @@ name, so reduced-size checkpoints load under any task. Everything is loaded on C
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from accelerate import init_empty_weights
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, UMT5Config, UMT5EncoderModel
+from transformers import (AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, UMT5Config,
+                          UMT5EncoderModel)
 
 from ...cli import set_offline
 from ...errors import CheckpointError, UserInputError
@@ -26,7 +28,7 @@ from . import keys
 from .tasks import SUPPORTED_TASKS
 
 if TYPE_CHECKING:  # importing CLIPImageProcessor warns when torchvision is missing: only i2v needs it
-    from transformers import CLIPImageProcessor, CLIPVisionModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
 DIFFUSERS_INDEX_FILE = "model_index.json"
 
@@ -97,11 +99,9 @@ def _first_line(err: BaseException) -> str:
 # --- upstream layout -------------------------------------------------------------------------------
 
 def _load_upstream_layout(root, task, dtype, text_encoder_dtype, vae_dtype) -> WanComponents:
-    if task.startswith("i2v"):
-        raise CheckpointError(
-            f"{task} from the upstream layout ({keys.CLIP_FILE}) is not supported yet; "
-            f"use a diffusers-format folder (e.g. Wan-AI/Wan2.1-I2V-14B-480P-Diffusers) as --ckpt_dir")
     # Check every file before the slow loads so a missing one fails fast.
+    is_i2v = task.startswith("i2v")
+    clip_path = _require_file(root / keys.CLIP_FILE, "the CLIP image encoder weights, needed for i2v") if is_i2v else None
     config_path = _require_file(root / keys.CONFIG_FILE, "the transformer config")
     transformer_files = _transformer_files(root)
     vae_path = _require_file(root / keys.VAE_FILE, "the Wan VAE weights")
@@ -110,13 +110,21 @@ def _load_upstream_layout(root, task, dtype, text_encoder_dtype, vae_dtype) -> W
     if not tokenizer_dir.is_dir():
         raise CheckpointError(f"checkpoint folder missing: {tokenizer_dir} (the UMT5 tokenizer files, expected in --ckpt_dir)")
 
-    return WanComponents(
+    components = WanComponents(
         transformer=_load_upstream_transformer(config_path, transformer_files, dtype),
         vae=_load_upstream_vae(vae_path, vae_dtype),
         text_encoder=_load_upstream_t5(t5_path, text_encoder_dtype),
         tokenizer=_load_tokenizer(tokenizer_dir),
         layout="upstream",
     )
+    image_dim = components.transformer.config.image_dim
+    if clip_path is not None and image_dim is not None:  # a t2v transformer fails the task check instead
+        components.image_encoder = _load_upstream_clip(clip_path, dtype)
+        clip_width = components.image_encoder.config.hidden_size
+        _expect(clip_width == image_dim, f"{clip_path.name} disagrees with the transformer: its image features are "
+                                         f"{clip_width} wide, the transformer's img_emb expects {image_dim}")
+        components.image_processor = _upstream_image_processor(components.image_encoder.config.image_size)
+    return components
 
 
 def _transformer_files(root: Path) -> list[Path]:
@@ -315,14 +323,76 @@ def _upstream_t5_config(shapes: dict, source: Path) -> UMT5Config:
 def _load_upstream_t5(path: Path, dtype) -> UMT5EncoderModel:
     state_dict = _load_pth(path)
     model = _empty_model(UMT5EncoderModel, _upstream_t5_config(_shapes_of(state_dict), path))
-    try:
-        converted = keys.t5_from_upstream(state_dict)
-    except KeyError as err:
-        raise CheckpointError(f"{path}: {err.args[0]} (expected upstream Wan T5 encoder keys)") from None
+    converted = _convert_keys(keys.t5_from_upstream, state_dict, path, "upstream Wan T5 encoder keys")
     _check_keys(model, converted, path)
     _assign(model, converted, path, dtype)
     model.tie_weights()  # assign=True left shared and encoder.embed_tokens as two parameters
     return model.eval()
+
+
+def _upstream_clip_config(shapes: dict, source: Path) -> CLIPVisionConfig:
+    """CLIPVisionConfig of the visual tower from the upstream CLIP tensor shapes."""
+    from transformers import CLIPVisionConfig
+
+    dim = _shape(shapes, "visual.cls_embedding", source)[-1]
+    patch = _shape(shapes, "visual.patch_embedding.weight", source)  # (dim, 3, p, p)
+    positions = _shape(shapes, "visual.pos_embedding", source)[-2]  # class token + grid * grid patches
+    grid = math.isqrt(positions - 1)
+    _expect(grid * grid == positions - 1, f"{source}: visual.pos_embedding has {positions} positions, "
+                                          f"not a class token plus a square grid of patches")
+    _expect(dim % keys.CLIP_HEAD_DIM == 0, f"{source}: the visual tower is {dim} wide, not a multiple of the "
+                                           f"{keys.CLIP_HEAD_DIM}-wide heads of ViT-H/14")
+    _expect("visual.pre_norm.weight" in shapes and "visual.patch_embedding.bias" not in shapes,
+            f"{source}: the visual tower is not the pre-norm ViT of open-clip ViT-H/14 (Wan's image encoder)")
+    num_layers = len({k.split(".")[2] for k in shapes if k.startswith("visual.transformer.")})
+    _expect(num_layers >= 2, f"{source}: the visual tower has {num_layers} blocks; Wan reads the penultimate one")
+    return CLIPVisionConfig(
+        hidden_size=dim,
+        intermediate_size=_shape(shapes, "visual.transformer.0.mlp.0.weight", source)[0],
+        num_hidden_layers=num_layers,
+        num_attention_heads=dim // keys.CLIP_HEAD_DIM,
+        num_channels=patch[1],
+        image_size=grid * patch[-1],
+        patch_size=patch[-1],
+        hidden_act="gelu",  # open-clip ViT-H uses exact GELU (transformers' default is quick_gelu)
+        layer_norm_eps=1e-5,
+    )
+
+
+def _load_upstream_clip(path: Path, dtype) -> CLIPVisionModel:
+    from transformers import CLIPVisionModel
+
+    state_dict = _load_pth(path)
+    model = _empty_model(CLIPVisionModel, _upstream_clip_config(_shapes_of(state_dict), path))
+    converted = _convert_keys(keys.clip_visual_from_upstream, state_dict, path, "upstream Wan CLIP keys")
+    del state_dict  # the text tower (about half of the real file) is dropped here
+    # Some transformers versions nest the tower under a prefix (vision_model.): follow the model's own names.
+    prefix = next(k for k in model.state_dict() if k.endswith("embeddings.class_embedding"))
+    prefix = prefix[:-len("embeddings.class_embedding")]
+    converted = {prefix + k: v for k, v in converted.items()}
+    _check_keys(model, converted, path)
+    _assign(model, converted, path, dtype)
+    return model.eval()
+
+
+def _upstream_image_processor(image_size: int) -> CLIPImageProcessor:
+    """Upstream's preprocessing: the whole image squashed (bicubic) to the encoder's square size, no crop.
+
+    Then CLIP's mean/std normalisation (the processor's defaults). Upstream resizes a float tensor with
+    torch's bicubic; transformers resizes with PIL's, so the image features agree closely, not bit for bit.
+    """
+    from transformers import CLIPImageProcessor
+
+    square = {"height": image_size, "width": image_size}
+    return CLIPImageProcessor(size=square, do_center_crop=False, crop_size=square)
+
+
+def _convert_keys(converter, state_dict: dict, path: Path, expected: str) -> dict:
+    """`converter(state_dict)`, its KeyError on an unknown key turned into a one-line CheckpointError."""
+    try:
+        return converter(state_dict)
+    except KeyError as err:
+        raise CheckpointError(f"{path}: {err.args[0]} (expected {expected})") from None
 
 
 def _shapes_of(state_dict: dict) -> dict[str, tuple]:
@@ -335,7 +405,7 @@ def _empty_model(model_cls, config):
     """`model_cls` with parameters on the meta device, so checkpoint tensors are adopted, never copied."""
     # include_buffers=False: non-persistent buffers (rope tables) are computed, not loaded.
     with init_empty_weights(include_buffers=False):
-        return model_cls(config) if isinstance(config, UMT5Config) else model_cls(**config)
+        return model_cls(config) if isinstance(config, PretrainedConfig) else model_cls(**config)
 
 
 def _summarise_keys(names: set[str]) -> str:

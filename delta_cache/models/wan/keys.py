@@ -2,13 +2,14 @@
 
 Loading uses diffusers' own converters (upstream -> diffusers) for the transformer and the VAE; the
 inverse functions here exist so that tiny test checkpoints can be written in the upstream layout.
-The T5 encoder has no diffusers converter, so both directions live here.
+The T5 encoder and the CLIP image encoder have no diffusers converter, so both directions live here.
 """
 
 from __future__ import annotations
 
 import re
 
+import torch
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
 
 # Files of the upstream (Wan-AI) checkpoint folder.
@@ -173,3 +174,100 @@ def t5_from_upstream(state_dict: dict) -> dict:
 def t5_to_upstream(state_dict: dict) -> dict:
     """UMT5EncoderModel keys -> upstream Wan T5 encoder keys (the tied copy is dropped)."""
     return {_rename_t5(k, to_upstream=True): v for k, v in state_dict.items() if k != "encoder.embed_tokens.weight"}
+
+
+# --- CLIP image encoder (i2v) ----------------------------------------------------------------------
+# The upstream file holds the whole open-clip XLM-RoBERTa ViT-H/14 model. Wan reads only the visual tower's
+# hidden states after its penultimate block, i.e. transformers CLIPVisionModel's hidden_states[-2]. The text
+# tower (textual.*), the logit scale and the visual projection (visual.head) are not needed and are ignored.
+CLIP_VISUAL_PREFIX = "visual."
+CLIP_UNUSED_KEYS = ("textual.", "log_scale", "visual.head")
+# ViT-H/14, the architecture the file name names, has 80-wide attention heads: the head count is the one
+# dimension that tensor shapes do not show.
+CLIP_HEAD_DIM = 80
+
+_CLIP_TOP_LEVEL = {  # upstream (inside visual.) -> transformers CLIPVisionModel
+    "patch_embedding.weight": "embeddings.patch_embedding.weight",
+    "pre_norm.weight": "pre_layrnorm.weight",
+    "pre_norm.bias": "pre_layrnorm.bias",
+    "post_norm.weight": "post_layernorm.weight",
+    "post_norm.bias": "post_layernorm.bias",
+}
+_CLIP_BLOCK_PARTS = [  # (upstream, transformers) inside visual.transformer.N / encoder.layers.N
+    ("norm1.", "layer_norm1."),
+    ("attn.proj.", "self_attn.out_proj."),
+    ("norm2.", "layer_norm2."),
+    ("mlp.0.", "mlp.fc1."),
+    ("mlp.2.", "mlp.fc2."),
+]
+_QKV = ("q_proj", "k_proj", "v_proj")
+
+
+def is_unused_clip_key(key: str) -> bool:
+    return key.startswith(CLIP_UNUSED_KEYS)
+
+
+def clip_visual_from_upstream(state_dict: dict) -> dict:
+    """Upstream Wan CLIP keys -> CLIPVisionModel keys (unused keys dropped; fused q/k/v split)."""
+    converted = {}
+    for key, value in state_dict.items():
+        if is_unused_clip_key(key):
+            continue
+        if not key.startswith(CLIP_VISUAL_PREFIX):
+            raise KeyError(f"no transformers name known for CLIP key {key!r}")
+        name = key[len(CLIP_VISUAL_PREFIX):]
+        if name == "cls_embedding":  # (1, 1, dim) -> (dim,)
+            converted["embeddings.class_embedding"] = value.reshape(-1)
+        elif name == "pos_embedding":  # (1, positions, dim) -> (positions, dim)
+            converted["embeddings.position_embedding.weight"] = value.reshape(value.shape[-2:])
+        elif name in _CLIP_TOP_LEVEL:
+            converted[_CLIP_TOP_LEVEL[name]] = value
+        elif name.startswith("transformer."):
+            number, _, rest = name[len("transformer."):].partition(".")
+            prefix = f"encoder.layers.{number}."
+            if rest.startswith("attn.to_qkv."):  # rows are [q | k | v], each with the heads in order
+                kind = rest[len("attn.to_qkv."):]
+                for proj, part in zip(_QKV, value.chunk(3, dim=0)):
+                    converted[f"{prefix}self_attn.{proj}.{kind}"] = part
+                continue
+            for upstream, hf in _CLIP_BLOCK_PARTS:
+                if rest.startswith(upstream):
+                    converted[prefix + hf + rest[len(upstream):]] = value
+                    break
+            else:
+                raise KeyError(f"no transformers name known for CLIP key {key!r}")
+        else:
+            raise KeyError(f"no transformers name known for CLIP key {key!r}")
+    return converted
+
+
+def clip_visual_to_upstream(state_dict: dict) -> dict:
+    """CLIPVisionModel keys -> upstream Wan CLIP keys (inverse of `clip_visual_from_upstream`)."""
+    top_level = {hf: upstream for upstream, hf in _CLIP_TOP_LEVEL.items()}
+    converted, fused = {}, {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("vision_model.")  # the tower's prefix in some transformers versions
+        if key == "embeddings.class_embedding":
+            converted["visual.cls_embedding"] = value.reshape(1, 1, -1)
+        elif key == "embeddings.position_embedding.weight":
+            converted["visual.pos_embedding"] = value.unsqueeze(0)
+        elif key in top_level:
+            converted[CLIP_VISUAL_PREFIX + top_level[key]] = value
+        elif key.startswith("encoder.layers."):
+            number, _, rest = key[len("encoder.layers."):].partition(".")
+            prefix = f"visual.transformer.{number}."
+            proj, _, kind = rest.removeprefix("self_attn.").partition(".")
+            if rest.startswith("self_attn.") and proj in _QKV:
+                fused.setdefault(f"{prefix}attn.to_qkv.{kind}", {})[proj] = value
+                continue
+            for upstream, hf in _CLIP_BLOCK_PARTS:
+                if rest.startswith(hf):
+                    converted[prefix + upstream + rest[len(hf):]] = value
+                    break
+            else:
+                raise KeyError(f"no upstream name known for CLIP key {key!r}")
+        else:
+            raise KeyError(f"no upstream name known for CLIP key {key!r}")
+    for name, parts in fused.items():
+        converted[name] = torch.cat([parts[proj] for proj in _QKV])
+    return converted

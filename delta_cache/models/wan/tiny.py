@@ -53,7 +53,8 @@ def build_tiny_modules(
     tokenizer = build_tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        image_dim = 32 if i2v else None
+        # The image encoder's width is a multiple of 80: the upstream layout implies ViT-H/14's 80-wide heads.
+        image_dim = 2 * keys.CLIP_HEAD_DIM if i2v else None
         modules = dict(
             tokenizer=tokenizer,
             transformer=WanTransformer3DModel(
@@ -71,8 +72,8 @@ def build_tiny_modules(
         )
         if i2v:
             modules["image_encoder"] = CLIPVisionModel(CLIPVisionConfig(
-                hidden_size=image_dim, intermediate_size=2 * image_dim, num_hidden_layers=2, num_attention_heads=2,
-                image_size=32, patch_size=8))
+                hidden_size=image_dim, intermediate_size=2 * image_dim, num_hidden_layers=2,
+                num_attention_heads=image_dim // keys.CLIP_HEAD_DIM, image_size=32, patch_size=8, hidden_act="gelu"))
         # Default inits leave many parameters at exactly 0 or 1; perturb all of them so that a
         # misplaced tensor (e.g. two swapped norms) changes the outputs.
         for name in ("transformer", "vae", "text_encoder", "image_encoder"):
@@ -83,7 +84,8 @@ def build_tiny_modules(
     if i2v:
         from transformers import CLIPImageProcessor  # warns without torchvision: import only when needed
 
-        modules["image_processor"] = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        # Upstream's preprocessing (squash to the encoder's size, no crop), so both layouts see the same pixels.
+        modules["image_processor"] = CLIPImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False)
     return modules
 
 
@@ -104,16 +106,14 @@ def write_tiny_checkpoint(
     """Write a random-weight tiny Wan2.1 checkpoint into `out_dir` (created; must be empty) and return it.
 
     layout="upstream": the Wan-AI folder (config.json, transformer safetensors in upstream key names,
-    sharded with an index when shards > 1, Wan2.1_VAE.pth, the T5 .pth, google/umt5-xxl/).
+    sharded with an index when shards > 1, Wan2.1_VAE.pth, the T5 .pth, google/umt5-xxl/; i2v adds the
+    open-clip .pth, whose text tower is a stand-in: Wan never reads it).
     layout="diffusers": a WanPipeline.save_pretrained folder (WanImageToVideoPipeline when i2v).
     """
     if layout not in LAYOUTS:
         raise UserInputError(f"tiny Wan checkpoint: layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if shards < 1 or (shards > 1 and layout != "upstream"):
         raise UserInputError(f"tiny Wan checkpoint: shards must be >= 1 (and > 1 only for the upstream layout), got {shards}")
-    if i2v and layout == "upstream":
-        raise UserInputError("tiny Wan checkpoint: i2v is written only in the diffusers layout "
-                             "(the upstream open-clip image encoder file is not supported)")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserInputError(f"tiny Wan checkpoint: output folder {out} exists and is not empty")
@@ -164,6 +164,21 @@ def write_upstream(out: Path, modules: dict, shards: int) -> None:
     torch.save(keys.vae_to_upstream(_contiguous_copies(modules["vae"].state_dict())), out / keys.VAE_FILE)
     torch.save(keys.t5_to_upstream(_contiguous_copies(modules["text_encoder"].state_dict())), out / keys.T5_FILE)
     modules["tokenizer"].save_pretrained(out / keys.TOKENIZER_DIR)
+    if "image_encoder" in modules:
+        torch.save(_upstream_clip_state_dict(modules["image_encoder"]), out / keys.CLIP_FILE)
+
+
+def _upstream_clip_state_dict(image_encoder) -> dict:
+    """The visual tower in upstream names, plus the parts of the open-clip file that Wan never reads."""
+    state_dict = keys.clip_visual_to_upstream(image_encoder.state_dict())
+    width = image_encoder.config.hidden_size
+    generator = torch.Generator().manual_seed(0)
+    state_dict.update({  # the projection, the logit scale and a token of the text tower
+        "visual.head": torch.randn(width, 16, generator=generator),
+        "log_scale": torch.tensor(4.6052),
+        "textual.token_embedding.weight": torch.randn(8, 16, generator=generator),
+    })
+    return _contiguous_copies(state_dict)
 
 
 def _write_shards(out: Path, state_dict: dict, shards: int) -> None:
