@@ -36,8 +36,8 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--task", type=str, default=tasks.DEFAULT_TASK, choices=tasks.TASKS, help="The task to run.")
     p.add_argument("--size", type=str, default=None,
                    help=f"The area (WIDTH*HEIGHT) of the generated video, one of {', '.join(tasks.SIZES)} (default "
-                        f"{tasks.DEFAULT_SIZE}; a tiny trained checkpoint's native size); for i2v the aspect ratio "
-                        "follows the image.")
+                        f"{tasks.DEFAULT_SIZE}; a tiny trained checkpoint's native size); for i2v and flf2v the "
+                        "aspect ratio follows the (first) image.")
     p.add_argument("--frame_num", type=int, default=None,
                    help="Frames to sample, 4n+1 (default 81; 1 for t2i; a tiny trained checkpoint's native count).")
     p.add_argument("--ckpt_dir", type=str, default=None, help="The checkpoint folder (upstream or diffusers layout).")
@@ -94,8 +94,12 @@ def validate(args) -> None:
         raise UserInputError("--offload_model True does not work with multi-GPU sampling; leave it out (False)")
     if args.task.startswith("i2v") and args.image is None:
         raise UserInputError(f"--image is required for task {args.task}")
-    if args.image is not None and not Path(args.image).is_file():
-        raise UserInputError(f"--image {args.image}: no such file")
+    if args.task.startswith("flf2v") and (args.first_frame is None or args.last_frame is None):
+        raise UserInputError(f"--first_frame and --last_frame are both required for task {args.task}")
+    for flag in ("image", "first_frame", "last_frame"):
+        path = getattr(args, flag)
+        if path is not None and not Path(path).is_file():
+            raise UserInputError(f"--{flag} {path}: no such file")
 
     defaults = tasks.task_defaults(args.task, args.size)
     if args.frame_num is None:
@@ -153,6 +157,7 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     offload = (args.offload_model if args.offload_model is not None
                else device.type == "cuda" and not group.is_parallel)
     text_device = torch.device("cpu") if args.t5_cpu else device
+    image, last_image = _input_frames(args)  # an unreadable image fails before the minutes of loading
     logger.info(f"loading {args.task} from {args.ckpt_dir} ({device}, {dtype})")
     components = load_wan_components(
         args.ckpt_dir, task=args.task, dtype=dtype,
@@ -163,12 +168,8 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     if schedule is not None:
         handle = apply_cache_from_flags(components.transformer, schedule, args)
 
-    image = None
     width, height = tasks.parse_size(args.size)
-    if args.image is not None:
-        from PIL import Image
-
-        image = Image.open(args.image).convert("RGB")
+    if image is not None:
         width, height = tasks.i2v_output_size(args.size, image.width, image.height)
 
     pipe = build_pipeline(components, image_to_video=image is not None, solver=args.sample_solver,
@@ -200,7 +201,7 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     result = generate(
         pipe, prompt=args.prompt, negative_prompt=tasks.negative_prompt(args.task), width=width, height=height,
         num_frames=args.frame_num, num_inference_steps=args.sample_steps, guidance_scale=args.sample_guide_scale,
-        seed=args.base_seed, image=image, text_encoder_device=text_device,
+        seed=args.base_seed, image=image, last_image=last_image, text_encoder_device=text_device,
     )
     if not group.is_main:  # every rank holds the same video; rank 0 writes it
         return
@@ -214,6 +215,26 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     print(f"Saving generated video to {save_path}")
     print(summary_line(result.denoise_seconds, handle.stats() if handle is not None else None,
                        processes=group.world_size))
+
+
+def _input_frames(args):
+    """(image, last image) as RGB PIL images: i2v's --image, flf2v's --first_frame and --last_frame."""
+    if not tasks.is_image_to_video(args.task):
+        return None, None
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    def read(flag):
+        try:
+            return Image.open(getattr(args, flag)).convert("RGB")
+        except (OSError, UnidentifiedImageError) as err:
+            raise UserInputError(f"--{flag} {getattr(args, flag)}: not a readable image ({err})") from None
+
+    if args.task.startswith("i2v"):
+        return read("image"), None
+    first, last = read("first_frame"), read("last_frame")
+    if last.size != first.size:  # as upstream: scale the last frame to cover the first's size, crop the centre
+        last = ImageOps.fit(last, first.size, method=Image.BICUBIC)
+    return first, last
 
 
 if __name__ == "__main__":

@@ -35,16 +35,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--shards", type=int, help="transformer safetensors shards, upstream layout only (default 1)")
     parser.add_argument("--seed", type=int, help="weight seed (default 0)")
     parser.add_argument("--i2v", action="store_true", help="image-to-video variant (wan: adds the CLIP image encoder)")
+    parser.add_argument("--flf2v", action="store_true",
+                        help="first-last-frame-to-video variant (wan: i2v plus the two-frame image position embedding)")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     options = {name: getattr(args, name) for name in ("layout", "num_layers", "num_single_layers", "shards", "seed") if getattr(args, name) is not None}
-    if args.i2v:
-        options["i2v"] = True
-    if args.fp8:
-        options["fp8"] = True
+    for flag in ("i2v", "flf2v", "fp8"):
+        if getattr(args, flag):
+            options[flag] = True
     family = importlib.import_module(FAMILIES[args.family])
     accepted = inspect.signature(family.write_tiny_checkpoint).parameters
     unknown = [f"--{name}" for name in options if name not in accepted]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
+from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from safetensors.torch import load_file, save_file
 
 from delta_cache.errors import CheckpointError, UserInputError
@@ -43,6 +43,9 @@ def ckpts(tmp_path_factory):
         "diffusers": write_tiny_checkpoint(root / "diffusers", layout="diffusers", num_layers=NUM_LAYERS),
         "diffusers_i2v": write_tiny_checkpoint(root / "diffusers_i2v", layout="diffusers", num_layers=2, i2v=True),
         "upstream_i2v": write_tiny_checkpoint(root / "upstream_i2v", layout="upstream", num_layers=2, i2v=True),
+        "upstream_flf2v": write_tiny_checkpoint(root / "upstream_flf2v", layout="upstream", num_layers=2, flf2v=True),
+        "diffusers_flf2v": write_tiny_checkpoint(root / "diffusers_flf2v", layout="diffusers", num_layers=2,
+                                                 flf2v=True),
     }
 
 
@@ -67,9 +70,10 @@ def _assert_same_state_dict(module, expected_module):
 
 # --- key mappings ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("i2v", [False, True])
-def test_transformer_keys_invert_diffusers_converter(i2v):
-    state_dict = build_tiny_modules(num_layers=12, i2v=i2v)["transformer"].state_dict()
+@pytest.mark.parametrize("variant", ["t2v", "i2v", "flf2v"])
+def test_transformer_keys_invert_diffusers_converter(variant):
+    i2v = variant != "t2v"
+    state_dict = build_tiny_modules(num_layers=12, **({variant: True} if i2v else {}))["transformer"].state_dict()
     upstream = keys.transformer_to_upstream(state_dict)
     # Names of the released Wan2.1 files (upstream-compat.md); upstream norm2 has no weights.
     expected_names = {"head.modulation", "head.head.weight", "time_projection.1.weight", "text_embedding.2.bias",
@@ -77,10 +81,11 @@ def test_transformer_keys_invert_diffusers_converter(i2v):
                       "blocks.0.cross_attn.norm_k.weight", "blocks.0.ffn.2.bias"}
     if i2v:
         expected_names |= {"img_emb.proj.4.weight", "blocks.0.cross_attn.k_img.weight", "blocks.0.cross_attn.norm_k_img.weight"}
+    assert ("img_emb.emb_pos" in upstream) == (variant == "flf2v")  # flf2v's first/last-frame image positions
     assert expected_names <= upstream.keys()
     assert not any(".norm2." in k for k in upstream)
 
-    back = convert_wan_transformer_to_diffusers(dict(upstream))
+    back = keys.transformer_from_upstream(upstream)
     assert back.keys() == state_dict.keys()
     assert all(back[k] is state_dict[k] for k in state_dict)
 
@@ -313,6 +318,34 @@ def test_i2v_diffusers_layout_and_task_checks(ckpts):
         load_wan_components(ckpts["upstream"], task="vace-14B")
 
 
+def test_flf2v_layouts_and_task_checks(ckpts, tmp_path):
+    upstream = load_wan_components(ckpts["upstream_flf2v"], task="flf2v-14B")
+    diffusers = load_wan_components(ckpts["diffusers_flf2v"], task="flf2v-14B")
+    for part in ("transformer", "image_encoder"):
+        _assert_same_state_dict(getattr(upstream, part), getattr(diffusers, part))
+    # one position per CLIP token (class token + patches) of each of the two frames, loaded from img_emb.emb_pos
+    clip = upstream.image_encoder.config
+    positions = upstream.transformer.condition_embedder.image_embedder.pos_embed
+    assert positions.shape == (1, 2 * ((clip.image_size // clip.patch_size) ** 2 + 1), clip.hidden_size)
+    written = load_file(ckpts["upstream_flf2v"] / "diffusion_pytorch_model.safetensors")["img_emb.emb_pos"]
+    assert torch.equal(positions, written) and written.abs().sum() > 0
+    for ckpt in ("upstream_flf2v", "diffusers_flf2v"):
+        with pytest.raises(CheckpointError, match="holds a first-last-frame-to-video model.*does not fit --task i2v-14B"):
+            load_wan_components(ckpts[ckpt], task="i2v-14B")
+    for ckpt in ("upstream_i2v", "diffusers_i2v"):
+        with pytest.raises(CheckpointError, match="holds a one-image image-to-video model.*does not fit --task flf2v"):
+            load_wan_components(ckpts[ckpt], task="flf2v-14B")
+    ckpt = _copy(ckpts["upstream_flf2v"], tmp_path)
+    _tiny_clip_file(ckpt / keys.CLIP_FILE, width=160, heads=2, image_size=48)  # 37 tokens a frame, not 17
+    with pytest.raises(CheckpointError, match=r"models_clip.*two frames give 74 image tokens, the transformer's "
+                                              r"img_emb.emb_pos has 34 positions"):
+        load_wan_components(ckpt, task="flf2v-14B")
+    with pytest.raises(CheckpointError, match="missing: .*models_clip.*needed for flf2v-14B"):
+        load_wan_components(ckpts["upstream"], task="flf2v-14B")
+    with pytest.raises(CheckpointError, match="image-to-video model.*does not fit --task t2v-14B"):
+        load_wan_components(ckpts["upstream_flf2v"], task="t2v-14B")
+
+
 # --- errors ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("layout, relpath", [
@@ -402,11 +435,11 @@ def test_wrong_keys_and_unreadable_files(ckpts, tmp_path):
         load_wan_components(ckpt, task="t2v-14B")
 
 
-def _tiny_clip_file(path: Path, width: int, heads: int) -> None:
+def _tiny_clip_file(path: Path, width: int, heads: int, image_size: int = 32) -> None:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=width, intermediate_size=width, num_hidden_layers=2,
-                                               num_attention_heads=heads, image_size=32, patch_size=8))
+                                               num_attention_heads=heads, image_size=image_size, patch_size=8))
     torch.save(keys.clip_visual_to_upstream(encoder.state_dict()), path)
 
 
@@ -442,7 +475,7 @@ def test_missing_checkpoint_folder(tmp_path):
 
 def test_writer_rejects_bad_options(tmp_path):
     for options in ({"layout": "comfy"}, {"shards": 0}, {"shards": 2, "layout": "diffusers"},
-                    {"shards": 5, "num_layers": 3}, {"head_dim": 9}):
+                    {"shards": 5, "num_layers": 3}, {"head_dim": 9}, {"i2v": True, "flf2v": True}):
         with pytest.raises(UserInputError, match="tiny Wan checkpoint"):
             write_tiny_checkpoint(tmp_path / "out", **options)
     (tmp_path / "full").mkdir()

@@ -103,18 +103,29 @@ def _bad_schedule_cases(tmp_path):
             ("no-such-preset", "unknown schedule preset")]
 
 
-def test_bad_schedules_give_one_line(ckpt4, tmp_path):
+def test_bad_schedules_give_one_line(ckpt4, tmp_path, monkeypatch):
+    from delta_cache.errors import UserInputError
+
     schedules = tmp_path / "schedules"
     schedules.mkdir()
     workdir = tmp_path / "work"
     workdir.mkdir()
-    for schedule, message in _bad_schedule_cases(schedules):
-        proc = run_cli(["--size", "832*480", "--frame_num", "1", "--ckpt_dir", ckpt4, "--sample_steps", "2",
-                        "--cache_schedule", schedule], cwd=workdir)
-        assert proc.returncode == 2, proc.stderr
-        lines = [line for line in proc.stderr.splitlines() if line.strip() and "| INFO" not in line]
-        assert len(lines) == 1 and message in lines[0], proc.stderr
-        assert "Traceback" not in proc.stderr and list(workdir.iterdir()) == []
+    (first, first_message), *others = _bad_schedule_cases(schedules)
+    base = ["--size", "832*480", "--frame_num", "1", "--ckpt_dir", ckpt4, "--sample_steps", "2", "--cache_schedule"]
+    # the command line: one line, exit code 2, no traceback, no file
+    proc = run_cli([*base, first], cwd=workdir)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "| INFO" not in line]
+    assert len(lines) == 1 and first_message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and list(workdir.iterdir()) == []
+    # the other cases in this process: the same one-line error (run_cli prints it), no file written
+    generate_py = load_script(GENERATE)
+    monkeypatch.chdir(workdir)
+    for schedule, message in others:
+        with pytest.raises(UserInputError) as raised:
+            generate_py.main([*map(str, base), str(schedule)])
+        assert message in str(raised.value) and "\n" not in str(raised.value)
+        assert list(workdir.iterdir()) == []
 
 
 def test_cache_forecast_flag_reaches_the_cache(ckpt4, tmp_path, capsys):
@@ -211,25 +222,102 @@ def test_upstream_and_diffusers_layouts_give_the_same_video(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_i2v_from_an_upstream_folder(tmp_path):
-    # the upstream layout: Wan's CLIP .pth converts to transformers' CLIPVisionModel (the diffusers layout's
-    # image encoder is covered by test_wan_checkpoint's layout-equivalence test)
+def _save_image(path, height, width, box, colour):
     from PIL import Image
 
+    pixels = np.full((height, width, 3), 90, dtype=np.uint8)
+    top, left, bottom, right = box
+    pixels[top:bottom, left:right] = colour
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_i2v_from_an_upstream_folder(tmp_path, capsys):
+    # the upstream layout: Wan's CLIP .pth converts to transformers' CLIPVisionModel (the diffusers layout's
+    # image encoder is covered by test_wan_checkpoint's layout-equivalence test). In-process (the command line
+    # itself is tested above), at a tiny_model.json native size: the area of 64*48, the image's aspect ratio.
     ckpt = write_tiny_checkpoint(tmp_path / "i2v", num_layers=2, i2v=True)
-    image = tmp_path / "input.png"
-    Image.fromarray(np.full((96, 128, 3), (200, 30, 30), dtype=np.uint8)).save(image)
+    (ckpt / "tiny_model.json").write_text(json.dumps({"native_size": {"width": 64, "height": 48, "num_frames": 5}}))
+    image = _save_image(tmp_path / "input.png", 64, 128, (10, 20, 40, 60), (200, 30, 30))
     schedule = tmp_path / "two_blocks.json"
     schedule.write_text(json.dumps({"format_version": 1, "num_steps": 4, "block_lists": {
         "blocks": {"num_blocks": 2, "background_blocks": [1], "refresh_steps": [0, 1]}}}))
-    proc = run_cli(["--task", "i2v-14B", "--size", "832*480", "--frame_num", "5", "--ckpt_dir", ckpt, "--image", image,
-                    "--sample_steps", "4", "--save_file", tmp_path / "i2v.mp4", "--cache_schedule", schedule],
-                   cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    load_script(GENERATE).main([*map(str, ["--task", "i2v-14B", "--ckpt_dir", ckpt, "--image", image,
+                                           "--sample_steps", "4", "--save_file", tmp_path / "i2v.mp4",
+                                           "--cache_schedule", schedule])])
     # 4 steps x 2 branches x 2 blocks = 16; block 1 skipped on steps 2 and 3 of both branches
-    assert "computed 12/16 block evaluations" in proc.stdout and (tmp_path / "i2v.mp4").stat().st_size > 0
+    assert "computed 12/16 block evaluations" in capsys.readouterr().out
+    # a 2:1 image at the area of 64*48 (sqrt(3072 * 2) = 78.4 by 39.2): 64x32, sides rounded down to 16s
+    assert read_video(tmp_path / "i2v.mp4").shape == (5, 32, 64, 3)
     # i2v keeps the image's aspect ratio (4:3) at the area of 832*480
     assert tasks.i2v_output_size("832*480", 128, 96) == (720, 544)
+
+
+def test_image_conditioned_output_size_rounds_down_as_upstream():
+    # upstream: latent side = sqrt(area * aspect) // vae stride // patch * patch, pixels = latent side * stride
+    for size, image_width, image_height in [("1280*720", 1000, 321), ("832*480", 128, 96), ("1280*720", 333, 500),
+                                            ("480*832", 720, 1280), ("832*480", 641, 479)]:
+        width, height = (int(v) for v in size.split("*"))
+        aspect = image_height / image_width
+        latent_h = int(np.sqrt(width * height * aspect) // 8 // 2 * 2)
+        latent_w = int(np.sqrt(width * height / aspect) // 8 // 2 * 2)
+        assert tasks.i2v_output_size(size, image_width, image_height) == (latent_w * 8, latent_h * 8)
+    # a case where rounding the side first (sqrt = 543.9) would give 544 instead of upstream's 528
+    assert tasks.i2v_output_size("1280*720", 1000, 321)[1] == 528
+
+
+def test_flf2v_negative_prompt_and_defaults():
+    assert tasks.negative_prompt("flf2v-14B") == "镜头切换，镜头晃动，" + tasks.NEGATIVE_PROMPT
+    assert tasks.negative_prompt("i2v-14B") == "镜头晃动，" + tasks.NEGATIVE_PROMPT
+    assert tasks.task_defaults("flf2v-14B", "1280*720") == tasks.TaskDefaults(81, 50, 16.0)
+    assert tasks.DEFAULT_PRESETS["flf2v-14B"] == "wan2.1-t2v-14b"
+
+
+def test_flf2v_from_an_upstream_folder(tmp_path, capsys):
+    # In-process (the command line itself is tested above). A tiny_model.json native size keeps it small:
+    # the area of 64*48, the aspect ratio of the first frame.
+    ckpt = write_tiny_checkpoint(tmp_path / "flf2v", num_layers=2, flf2v=True)
+    (ckpt / "tiny_model.json").write_text(json.dumps({"native_size": {"width": 64, "height": 48, "num_frames": 5}}))
+    first = _save_image(tmp_path / "first.png", 96, 128, (20, 30, 60, 80), (220, 40, 40))
+    # another size: scaled to cover the first frame's 4:3 and centre-cropped, as upstream
+    last_a = _save_image(tmp_path / "last_a.png", 150, 150, (80, 80, 140, 140), (40, 220, 40))
+    last_b = _save_image(tmp_path / "last_b.png", 150, 150, (10, 10, 70, 70), (40, 40, 220))
+    schedule = tmp_path / "two_blocks.json"
+    schedule.write_text(json.dumps({"format_version": 1, "num_steps": 4, "block_lists": {
+        "blocks": {"num_blocks": 2, "background_blocks": [1], "refresh_steps": [0, 1]}}}))
+    generate_py = load_script(GENERATE)
+    videos = []
+    for name, last in (("a", last_a), ("b", last_b)):
+        out = tmp_path / f"{name}.mp4"
+        # The flf2v transformer's image embedding views its input as two frames' CLIP tokens: a run that
+        # passed one image would fail there.
+        generate_py.main([*map(str, ["--task", "flf2v-14B", "--ckpt_dir", ckpt, "--first_frame", first,
+                                     "--last_frame", last, "--sample_steps", "4", "--base_seed", "3",
+                                     "--cache_schedule", schedule, "--save_file", out])])
+        assert "computed 12/16 block evaluations" in capsys.readouterr().out
+        videos.append(read_video(out).astype(float))
+    assert videos[0].shape == (5, 48, 64, 3)
+    # the last frame conditions the video: the two runs differ, more at the end than at the shared first frame
+    differences = [np.abs(videos[0][i] - videos[1][i]).mean() for i in range(5)]
+    assert differences[-1] > 1 and differences[-1] > differences[0], differences
+
+
+def test_flf2v_input_errors(ckpt4, tmp_path):
+    from delta_cache.errors import UserInputError
+
+    generate_py = load_script(GENERATE)
+    frame = _save_image(tmp_path / "frame.png", 32, 32, (0, 0, 8, 8), (255, 0, 0))
+    base = ["--task", "flf2v-14B", "--size", "1280*720", "--frame_num", "5", "--ckpt_dir", str(ckpt4)]
+    with pytest.raises(UserInputError, match="--first_frame and --last_frame are both required for task flf2v-14B"):
+        generate_py.main(base + ["--first_frame", str(frame)])
+    with pytest.raises(UserInputError, match="--last_frame .*nope.png: no such file"):
+        generate_py.main(base + ["--first_frame", str(frame), "--last_frame", str(tmp_path / "nope.png")])
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"not an image")
+    # before the checkpoint is loaded (ckpt4 is a text-to-video checkpoint: loading it would fail differently)
+    with pytest.raises(UserInputError, match="--last_frame .*garbage.png: not a readable image"):
+        generate_py.main(base + ["--first_frame", str(frame), "--last_frame", str(garbage)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frame.png", "garbage.png"]
 
 
 def test_tiny_trained_checkpoint_runs_at_its_native_size_by_default(ckpt4, tmp_path):

@@ -25,9 +25,9 @@ from transformers import (AutoTokenizer, PretrainedConfig, PreTrainedModel, PreT
 from ...cli import set_offline
 from ...errors import CheckpointError, UserInputError
 from . import keys
-from .tasks import SUPPORTED_TASKS
+from .tasks import SUPPORTED_TASKS, is_image_to_video
 
-if TYPE_CHECKING:  # importing CLIPImageProcessor warns when torchvision is missing: only i2v needs it
+if TYPE_CHECKING:  # importing CLIPImageProcessor warns when torchvision is missing: only i2v/flf2v need it
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
 DIFFUSERS_INDEX_FILE = "model_index.json"
@@ -42,8 +42,8 @@ class WanComponents:
     vae: AutoencoderKLWan
     text_encoder: UMT5EncoderModel
     tokenizer: PreTrainedTokenizerBase
-    image_encoder: CLIPVisionModel | None = None  # i2v only
-    image_processor: CLIPImageProcessor | None = None  # i2v only
+    image_encoder: CLIPVisionModel | None = None  # i2v and flf2v only
+    image_processor: CLIPImageProcessor | None = None  # i2v and flf2v only
     layout: str = "upstream"  # or "diffusers"
 
 
@@ -77,12 +77,20 @@ def load_wan_components(
 
 
 def _check_task_matches_model(transformer: WanTransformer3DModel, task: str, root: Path) -> None:
-    # An i2v transformer takes 16 extra condition channels (mask + image latents) on top of the noise.
-    is_i2v_model = transformer.config.in_channels != transformer.config.out_channels
-    if is_i2v_model != task.startswith("i2v"):
-        kind = "an image-to-video" if is_i2v_model else "a text-to-video"
-        raise CheckpointError(f"{root} holds {kind} model (in_channels {transformer.config.in_channels}), "
+    # An image-conditioned transformer takes 16 extra condition channels (mask + image latents) on top of
+    # the noise; the flf2v one also has a position embedding telling the first frame's CLIP tokens from the
+    # last frame's (upstream img_emb.emb_pos, diffusers pos_embed_seq_len).
+    config = transformer.config
+    is_image_model = config.in_channels != config.out_channels
+    if is_image_model != is_image_to_video(task):
+        kind = "an image-to-video" if is_image_model else "a text-to-video"
+        raise CheckpointError(f"{root} holds {kind} model (in_channels {config.in_channels}), "
                               f"which does not fit --task {task}")
+    is_flf2v_model = config.pos_embed_seq_len is not None
+    if is_image_model and is_flf2v_model != task.startswith("flf2v"):
+        kind = ("a first-last-frame-to-video model (it has an image position embedding)" if is_flf2v_model
+                else "a one-image image-to-video model (no first/last-frame image position embedding)")
+        raise CheckpointError(f"{root} holds {kind}, which does not fit --task {task}")
 
 
 def _require_file(path: Path, what: str) -> Path:
@@ -100,8 +108,8 @@ def _first_line(err: BaseException) -> str:
 
 def _load_upstream_layout(root, task, dtype, text_encoder_dtype, vae_dtype) -> WanComponents:
     # Check every file before the slow loads so a missing one fails fast.
-    is_i2v = task.startswith("i2v")
-    clip_path = _require_file(root / keys.CLIP_FILE, "the CLIP image encoder weights, needed for i2v") if is_i2v else None
+    clip_path = (_require_file(root / keys.CLIP_FILE, f"the CLIP image encoder weights, needed for {task}")
+                 if is_image_to_video(task) else None)
     config_path = _require_file(root / keys.CONFIG_FILE, "the transformer config")
     transformer_files = _transformer_files(root)
     vae_path = _require_file(root / keys.VAE_FILE, "the Wan VAE weights")
@@ -123,7 +131,13 @@ def _load_upstream_layout(root, task, dtype, text_encoder_dtype, vae_dtype) -> W
         clip_width = components.image_encoder.config.hidden_size
         _expect(clip_width == image_dim, f"{clip_path.name} disagrees with the transformer: its image features are "
                                          f"{clip_width} wide, the transformer's img_emb expects {image_dim}")
-        components.image_processor = _upstream_image_processor(components.image_encoder.config.image_size)
+        clip = components.image_encoder.config
+        clip_tokens = (clip.image_size // clip.patch_size) ** 2 + 1  # the class token and the patches
+        image_positions = components.transformer.config.pos_embed_seq_len
+        _expect(image_positions in (None, 2 * clip_tokens),
+                f"{clip_path.name} disagrees with the transformer: two frames give {2 * clip_tokens} image tokens, "
+                f"the transformer's img_emb.emb_pos has {image_positions} positions")
+        components.image_processor = _upstream_image_processor(clip.image_size)
     return components
 
 
@@ -231,6 +245,8 @@ def _upstream_transformer_config(config: dict, shapes: dict, config_path: Path, 
     _expect(num_blocks == config["num_layers"], f"{disagree}: num_layers={config['num_layers']} but it has {num_blocks} blocks")
 
     image_dim = shapes["img_emb.proj.0.weight"][0] if "img_emb.proj.0.weight" in shapes else None
+    # flf2v: a learned position per CLIP token of the first and the last frame, (1, 2 * tokens, image_dim)
+    image_positions = shapes[keys.FLF2V_IMAGE_POSITIONS][1] if keys.FLF2V_IMAGE_POSITIONS in shapes else None
     return dict(
         patch_size=patch_size,
         num_attention_heads=heads,
@@ -246,6 +262,7 @@ def _upstream_transformer_config(config: dict, shapes: dict, config_path: Path, 
         eps=config.get("eps", 1e-6),
         image_dim=image_dim,
         added_kv_proj_dim=dim if image_dim is not None else None,
+        pos_embed_seq_len=image_positions,
         rope_max_seq_len=1024,
     )
 
@@ -460,13 +477,13 @@ _DIFFUSERS_PARTS = {
     "vae": "the AutoencoderKLWan",
     "text_encoder": "the UMT5 text encoder",
     "tokenizer": "the UMT5 tokenizer",
-    "image_encoder": "the CLIP image encoder (i2v)",
-    "image_processor": "the CLIP image processor (i2v)",
+    "image_encoder": "the CLIP image encoder (i2v, flf2v)",
+    "image_processor": "the CLIP image processor (i2v, flf2v)",
 }
 
 
 def _load_diffusers_layout(root, task, dtype, text_encoder_dtype, vae_dtype) -> WanComponents:
-    is_i2v = task.startswith("i2v")
+    is_i2v = is_image_to_video(task)
     parts = [p for p in _DIFFUSERS_PARTS if is_i2v or not p.startswith("image_")]
     for part in parts:
         if not (root / part).is_dir():

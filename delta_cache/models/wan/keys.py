@@ -30,9 +30,17 @@ def shard_file_name(index: int, count: int) -> str:
 
 # --- transformer -----------------------------------------------------------------------------------
 
+# flf2v's image position embedding; diffusers' converter leaves this key unrenamed, so it is renamed here.
+FLF2V_IMAGE_POSITIONS = "img_emb.emb_pos"
+_FLF2V_IMAGE_POSITIONS_DIFFUSERS = "condition_embedder.image_embedder.pos_embed"
+
+
 def transformer_from_upstream(state_dict: dict) -> dict:
     """Upstream WanModel keys -> WanTransformer3DModel keys (diffusers' converter; it empties its input)."""
-    return convert_wan_transformer_to_diffusers(dict(state_dict))
+    converted = convert_wan_transformer_to_diffusers(dict(state_dict))
+    if FLF2V_IMAGE_POSITIONS in converted:
+        converted[_FLF2V_IMAGE_POSITIONS_DIFFUSERS] = converted.pop(FLF2V_IMAGE_POSITIONS)
+    return converted
 
 
 # Applied in order to every diffusers key; earlier entries must not create text that later ones match.
@@ -46,6 +54,7 @@ _TRANSFORMER_TO_UPSTREAM = [
     ("condition_embedder.image_embedder.ff.net.0.proj.", "img_emb.proj.1."),
     ("condition_embedder.image_embedder.ff.net.2.", "img_emb.proj.3."),
     ("condition_embedder.image_embedder.norm2.", "img_emb.proj.4."),
+    (_FLF2V_IMAGE_POSITIONS_DIFFUSERS, FLF2V_IMAGE_POSITIONS),
     (".attn1.", ".self_attn."),
     (".attn2.", ".cross_attn."),
     (".to_out.0.", ".o."),

@@ -69,7 +69,7 @@ def build_pipeline(components, *, image_to_video: bool, solver: str, shift: floa
 
 @torch.no_grad()
 def denoise(pipe, *, prompt: str, negative_prompt: str, width: int, height: int, num_frames: int,
-            num_inference_steps: int, guidance_scale: float, seed: int, image=None,
+            num_inference_steps: int, guidance_scale: float, seed: int, image=None, last_image=None,
             text_encoder_device: torch.device | None = None, max_sequence_length: int = 512,
             start: tuple[torch.Tensor, float] | None = None) -> tuple[torch.Tensor, float]:
     """Encode the prompts, then run the denoising loop alone (timed). Returns (latents, seconds).
@@ -85,6 +85,8 @@ def denoise(pipe, *, prompt: str, negative_prompt: str, width: int, height: int,
         num_videos_per_prompt=1, max_sequence_length=max_sequence_length, device=text_encoder_device or device,
     )
     extra = {} if image is None else {"image": image}
+    if last_image is not None:  # flf2v: the pipeline conditions on both frames and both frames' CLIP tokens
+        extra["last_image"] = last_image
     with initial_latents(pipe.scheduler, start, seed, num_inference_steps=num_inference_steps, device=device) as initial:
         synchronize(device)
         began = time.perf_counter()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 TASKS = ("t2v-14B", "t2v-1.3B", "i2v-14B", "t2i-14B", "flf2v-14B", "vace-1.3B", "vace-14B")
-SUPPORTED_TASKS = ("t2v-14B", "t2v-1.3B", "i2v-14B", "t2i-14B")
+SUPPORTED_TASKS = ("t2v-14B", "t2v-1.3B", "i2v-14B", "t2i-14B", "flf2v-14B")
 DEFAULT_TASK = "t2v-14B"  # upstream generate.py's --task default
 
 SIZES = {  # WIDTH*HEIGHT -> (width, height)
@@ -38,7 +38,8 @@ NEGATIVE_PROMPT = (
     "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
     "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
-I2V_NEGATIVE_PREFIX = "镜头晃动，"
+I2V_NEGATIVE_PREFIX = "镜头晃动，"  # "camera shake"
+FLF2V_NEGATIVE_PREFIX = "镜头切换，"  # "camera cut", put before the i2v prefix (flf2v's config copies i2v's)
 
 EXAMPLE_PROMPTS = {
     "t2v": "Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely on a spotlighted stage.",
@@ -50,14 +51,19 @@ EXAMPLE_PROMPTS = {
         "assumes a naturally relaxed posture, as if savoring the sea breeze and warm sunlight. A close-up shot "
         "highlights the feline's intricate details and the refreshing atmosphere of the seaside."
     ),
+    "flf2v": (
+        "CG动画风格，一只蓝色的小鸟从地面起飞，煽动翅膀。小鸟羽毛细腻，胸前有独特的花纹，背景是蓝天白云，阳光明媚。"
+        "镜跟随小鸟向上移动，展现出小鸟飞翔的姿态和天空的广阔。近景，仰视视角。"
+    ),
 }
 
-# Our delta-cache preset per task (i2v/t2i reuse the 14B T2V preset: same 40-block DiT, paper has none).
+# Our delta-cache preset per task (i2v/flf2v/t2i reuse the 14B T2V preset: same 40-block DiT, paper has none).
 DEFAULT_PRESETS = {
     "t2v-14B": "wan2.1-t2v-14b",
     "t2v-1.3B": "wan2.1-t2v-1.3b",
     "i2v-14B": "wan2.1-t2v-14b",
     "t2i-14B": "wan2.1-t2v-14b",
+    "flf2v-14B": "wan2.1-t2v-14b",
 }
 
 SAMPLE_FPS = 16
@@ -85,7 +91,14 @@ def task_defaults(task: str, size: str) -> TaskDefaults:
     return TaskDefaults(frame_num=frame_num, sample_steps=steps, sample_shift=shift)
 
 
+def is_image_to_video(task: str) -> bool:
+    """Tasks conditioned on images through the CLIP encoder: i2v (one image), flf2v (first and last frame)."""
+    return task.startswith(("i2v", "flf2v"))
+
+
 def negative_prompt(task: str) -> str:
+    if task.startswith("flf2v"):
+        return FLF2V_NEGATIVE_PREFIX + I2V_NEGATIVE_PREFIX + NEGATIVE_PROMPT
     return I2V_NEGATIVE_PREFIX + NEGATIVE_PROMPT if task.startswith("i2v") else NEGATIVE_PROMPT
 
 
@@ -96,12 +109,13 @@ def parse_size(size: str) -> tuple[int, int]:
 
 
 def i2v_output_size(size: str, image_width: int, image_height: int, spatial_multiple: int = 16) -> tuple[int, int]:
-    """(width, height) for i2v: upstream keeps the image's aspect ratio at the area of `size`."""
+    """(width, height) for i2v and flf2v (from the first frame): upstream keeps the image's aspect ratio at
+    the area of `size`, each side rounded down to a multiple of the VAE stride times the patch size."""
     width, height = parse_size(size)
     max_area = width * height
     aspect = image_height / image_width
-    out_h = round(math.sqrt(max_area * aspect)) // spatial_multiple * spatial_multiple
-    out_w = round(math.sqrt(max_area / aspect)) // spatial_multiple * spatial_multiple
+    out_h = int(math.sqrt(max_area * aspect) // spatial_multiple) * spatial_multiple
+    out_w = int(math.sqrt(max_area / aspect) // spatial_multiple) * spatial_multiple
     return out_w, out_h
 
 

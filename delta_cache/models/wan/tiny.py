@@ -44,12 +44,20 @@ def build_tiny_modules(
     text_dim: int = 32,
     vae_base_dim: int = 2,
     i2v: bool = False,
+    flf2v: bool = False,
 ) -> dict:
-    """The tiny pipeline components (diffusers/transformers modules) for `seed`."""
+    """The tiny pipeline components (diffusers/transformers modules) for `seed`.
+
+    i2v: the image-to-video variant (36 input channels, CLIP image encoder); flf2v: the first-last-frame one
+    (the same, plus the position embedding over both frames' CLIP tokens)."""
     if num_layers < 1 or num_heads < 1 or ffn_dim < 1 or text_dim < 1 or vae_base_dim < 1:
         raise UserInputError("tiny Wan checkpoint: num_layers, num_heads, ffn_dim, text_dim, vae_base_dim must be >= 1")
     if head_dim % 2 or head_dim < 6:  # rope splits head_dim into non-empty t/h/w parts of even sizes
         raise UserInputError(f"tiny Wan checkpoint: head_dim must be even and >= 6, got {head_dim}")
+    if i2v and flf2v:
+        raise UserInputError("tiny Wan checkpoint: i2v and flf2v are two variants; choose one")
+    i2v = i2v or flf2v  # from here on: "image-conditioned"
+    clip_size, clip_patch = 32, 8
     tokenizer = build_tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -61,7 +69,9 @@ def build_tiny_modules(
                 patch_size=(1, 2, 2), num_attention_heads=num_heads, attention_head_dim=head_dim,
                 in_channels=36 if i2v else 16, out_channels=16, text_dim=text_dim, freq_dim=256, ffn_dim=ffn_dim,
                 num_layers=num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
-                image_dim=image_dim, added_kv_proj_dim=num_heads * head_dim if i2v else None, rope_max_seq_len=1024),
+                image_dim=image_dim, added_kv_proj_dim=num_heads * head_dim if i2v else None, rope_max_seq_len=1024,
+                # flf2v: one position per CLIP token (class token + patches) of the first and the last frame
+                pos_embed_seq_len=2 * ((clip_size // clip_patch) ** 2 + 1) if flf2v else None),
             # The diffusers VAE converter hard-codes 4 levels with 2 residual blocks: only the width shrinks.
             vae=AutoencoderKLWan(base_dim=vae_base_dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
                                  temperal_downsample=[False, True, True]),
@@ -73,7 +83,7 @@ def build_tiny_modules(
         if i2v:
             modules["image_encoder"] = CLIPVisionModel(CLIPVisionConfig(
                 hidden_size=image_dim, intermediate_size=2 * image_dim, num_hidden_layers=2,
-                num_attention_heads=image_dim // keys.CLIP_HEAD_DIM, image_size=32, patch_size=8, hidden_act="gelu"))
+                num_attention_heads=image_dim // keys.CLIP_HEAD_DIM, image_size=clip_size, patch_size=clip_patch, hidden_act="gelu"))
         # Default inits leave many parameters at exactly 0 or 1; perturb all of them so that a
         # misplaced tensor (e.g. two swapped norms) changes the outputs.
         for name in ("transformer", "vae", "text_encoder", "image_encoder"):
@@ -85,7 +95,8 @@ def build_tiny_modules(
         from transformers import CLIPImageProcessor  # warns without torchvision: import only when needed
 
         # Upstream's preprocessing (squash to the encoder's size, no crop), so both layouts see the same pixels.
-        modules["image_processor"] = CLIPImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False)
+        modules["image_processor"] = CLIPImageProcessor(size={"height": clip_size, "width": clip_size},
+                                                        do_center_crop=False)
     return modules
 
 
@@ -102,13 +113,14 @@ def write_tiny_checkpoint(
     text_dim: int = 32,
     vae_base_dim: int = 2,  # the random VAE's decoding dominates CPU runs at the upstream sizes (832x480)
     i2v: bool = False,
+    flf2v: bool = False,
 ) -> Path:
     """Write a random-weight tiny Wan2.1 checkpoint into `out_dir` (created; must be empty) and return it.
 
     layout="upstream": the Wan-AI folder (config.json, transformer safetensors in upstream key names,
     sharded with an index when shards > 1, Wan2.1_VAE.pth, the T5 .pth, google/umt5-xxl/; i2v adds the
-    open-clip .pth, whose text tower is a stand-in: Wan never reads it).
-    layout="diffusers": a WanPipeline.save_pretrained folder (WanImageToVideoPipeline when i2v).
+    open-clip .pth, whose text tower is a stand-in: Wan never reads it; flf2v too).
+    layout="diffusers": a WanPipeline.save_pretrained folder (WanImageToVideoPipeline when i2v or flf2v).
     """
     if layout not in LAYOUTS:
         raise UserInputError(f"tiny Wan checkpoint: layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -120,7 +132,8 @@ def write_tiny_checkpoint(
     if shards > num_layers:
         raise UserInputError(f"tiny Wan checkpoint: shards ({shards}) must not exceed num_layers ({num_layers})")
     modules = build_tiny_modules(num_layers=num_layers, seed=seed, num_heads=num_heads, head_dim=head_dim,
-                                 ffn_dim=ffn_dim, text_dim=text_dim, vae_base_dim=vae_base_dim, i2v=i2v)
+                                 ffn_dim=ffn_dim, text_dim=text_dim, vae_base_dim=vae_base_dim, i2v=i2v,
+                                 flf2v=flf2v)
     out.mkdir(parents=True, exist_ok=True)
     if layout == "upstream":
         write_upstream(out, modules, shards)
@@ -139,7 +152,7 @@ def _upstream_config(transformer: WanTransformer3DModel) -> dict:
     c = transformer.config
     return {
         "_class_name": "WanModel",
-        "model_type": "i2v" if c.image_dim is not None else "t2v",
+        "model_type": "flf2v" if c.pos_embed_seq_len else "i2v" if c.image_dim is not None else "t2v",
         "dim": c.num_attention_heads * c.attention_head_dim,
         "ffn_dim": c.ffn_dim,
         "freq_dim": c.freq_dim,
