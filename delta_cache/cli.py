@@ -87,6 +87,8 @@ def log_cache_plan(handle, num_steps: int) -> None:
     (few steps: every step of the run falls on a refresh), rather than a silent 1.00x."""
     from loguru import logger
 
+    from .plan import no_reuse_advice
+
     schedule = handle.schedule
     computed, total = handle.predicted_block_evals(num_steps)
     logger.info(f"delta cache: schedule '{schedule.name}' (made for {schedule.num_steps} steps), forecast "
@@ -94,8 +96,7 @@ def log_cache_plan(handle, num_steps: int) -> None:
                 f"ideal speedup {total / computed:.2f}x")
     if computed == total:
         logger.warning(f"delta cache: schedule '{schedule.name}' reuses no block at {num_steps} steps, so it will not "
-                       f"speed this run up; profile a schedule for {num_steps} steps with scripts/profile_model.py "
-                       f"(docs/profiling.md)")
+                       f"speed this run up; {no_reuse_advice(num_steps)}")
 
 
 def run_cli(main: Callable[[], None]) -> None:

@@ -62,6 +62,11 @@ def _ranges(values) -> str:
     return ", ".join(str(v) for v in compress_ranges(values)) or "none"
 
 
+def no_reuse_advice(num_steps: int) -> str:
+    """What to do when a schedule reuses nothing at `num_steps` (every step of the run falls on a refresh)."""
+    return f"profile a schedule for {num_steps} steps with scripts/profile_model.py (docs/profiling.md)"
+
+
 def describe(schedule: Schedule, depths: dict[str, int], num_steps: int) -> str:
     """A readable account of the plan: what is reused where, and the block evaluations per CFG branch."""
     schedule.check_fits(depths)
@@ -77,6 +82,5 @@ def describe(schedule: Schedule, depths: dict[str, int], num_steps: int) -> str:
     computed, total = sum(p.computed for p in plans), sum(p.total for p in plans)
     lines.append(f"  per CFG branch: {computed}/{total} block evaluations, ideal speedup {total / computed:.2f}x")
     if computed == total:
-        lines.append(f"  it reuses nothing at {num_steps} steps: profile a schedule for this step count "
-                     f"(docs/profiling.md)")
+        lines.append(f"  it reuses nothing at {num_steps} steps: {no_reuse_advice(num_steps)}")
     return "\n".join(lines)
