@@ -29,6 +29,7 @@ from delta_cache import parallel  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.models.tiny_info import native_size  # noqa: E402
 from delta_cache.models.wan import tasks  # noqa: E402
+from delta_cache.models.wan.inputs import check_image_flags, read_input_frames  # noqa: E402
 
 
 def build_parser() -> OneLineArgumentParser:
@@ -92,14 +93,7 @@ def validate(args) -> None:
     parallel.check_degrees(args.ulysses_size, args.ring_size, ("--ulysses_size", "--ring_size"))
     if args.ulysses_size * args.ring_size > 1 and args.offload_model:
         raise UserInputError("--offload_model True does not work with multi-GPU sampling; leave it out (False)")
-    if args.task.startswith("i2v") and args.image is None:
-        raise UserInputError(f"--image is required for task {args.task}")
-    if args.task.startswith("flf2v") and (args.first_frame is None or args.last_frame is None):
-        raise UserInputError(f"--first_frame and --last_frame are both required for task {args.task}")
-    for flag in ("image", "first_frame", "last_frame"):
-        path = getattr(args, flag)
-        if path is not None and not Path(path).is_file():
-            raise UserInputError(f"--{flag} {path}: no such file")
+    check_image_flags(args.task, args)
 
     defaults = tasks.task_defaults(args.task, args.size)
     if args.frame_num is None:
@@ -157,7 +151,7 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     offload = (args.offload_model if args.offload_model is not None
                else device.type == "cuda" and not group.is_parallel)
     text_device = torch.device("cpu") if args.t5_cpu else device
-    image, last_image = _input_frames(args)  # an unreadable image fails before the minutes of loading
+    image, last_image = read_input_frames(args.task, args)  # an unreadable image fails before loading
     logger.info(f"loading {args.task} from {args.ckpt_dir} ({device}, {dtype})")
     components = load_wan_components(
         args.ckpt_dir, task=args.task, dtype=dtype,
@@ -215,26 +209,6 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     print(f"Saving generated video to {save_path}")
     print(summary_line(result.denoise_seconds, handle.stats() if handle is not None else None,
                        processes=group.world_size))
-
-
-def _input_frames(args):
-    """(image, last image) as RGB PIL images: i2v's --image, flf2v's --first_frame and --last_frame."""
-    if not tasks.is_image_to_video(args.task):
-        return None, None
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    def read(flag):
-        try:
-            return Image.open(getattr(args, flag)).convert("RGB")
-        except (OSError, UnidentifiedImageError) as err:
-            raise UserInputError(f"--{flag} {getattr(args, flag)}: not a readable image ({err})") from None
-
-    if args.task.startswith("i2v"):
-        return read("image"), None
-    first, last = read("first_frame"), read("last_frame")
-    if last.size != first.size:  # as upstream: scale the last frame to cover the first's size, crop the centre
-        last = ImageOps.fit(last, first.size, method=Image.BICUBIC)
-    return first, last
 
 
 if __name__ == "__main__":

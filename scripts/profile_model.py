@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from delta_cache.cli import (  # noqa: E402
     OneLineArgumentParser, add_sampler_flags, positive_int, run_cli, sampler_options, set_offline)
 from delta_cache.errors import UserInputError  # noqa: E402
-from delta_cache.models.wan.tasks import DEFAULT_TASK  # noqa: E402
+from delta_cache.models.wan.inputs import IMAGE_FLAGS, check_image_flags, read_input_frames  # noqa: E402
+from delta_cache.models.wan.tasks import DEFAULT_TASK, SUPPORTED_TASKS, i2v_output_size  # noqa: E402
 
 DEFAULT_SIZE = "832*480"
 DEFAULT_FRAME_NUM = 81
@@ -32,7 +33,11 @@ def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", choices=["wan", "hunyuan_video"], default="wan", help="model family")
     model = p.add_argument_group("model and run")
-    model.add_argument("--task", default=DEFAULT_TASK, choices=["t2v-14B", "t2v-1.3B", "t2i-14B"], help="wan only")
+    model.add_argument("--task", default=DEFAULT_TASK, choices=list(SUPPORTED_TASKS),
+                       help="wan only; i2v-14B and flf2v-14B condition every prompt on the images below")
+    model.add_argument("--image", default=None, help="wan i2v-14B: the input image (as generate.py's --image)")
+    model.add_argument("--first_frame", default=None, help="wan flf2v-14B: the first frame")
+    model.add_argument("--last_frame", default=None, help="wan flf2v-14B: the last frame")
     model.add_argument("--ckpt_dir", required=True,
                        help="wan: the checkpoint folder; hunyuan_video: the model base (upstream ckpts/ or a "
                             "diffusers folder)")
@@ -40,7 +45,8 @@ def build_parser() -> OneLineArgumentParser:
                        help="hunyuan_video: the transformer file (default: the upstream path under --ckpt_dir)")
     model.add_argument("--size", default=None,
                        help="WIDTH*HEIGHT, multiples of 16 (any size may be profiled; default 832*480, or a tiny "
-                            "trained checkpoint's native size from its tiny_model.json)")
+                            "trained checkpoint's native size from its tiny_model.json); for i2v and flf2v the area, "
+                            "the aspect ratio following the (first) image, as in generate.py")
     model.add_argument("--frame_num", type=int, default=None,
                        help="frames, 4n+1 (default 81, or a tiny trained checkpoint's native count at its native size)")
     add_sampler_flags(model)
@@ -108,6 +114,10 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     width, height = resolve_size(args)
     prompts = read_prompts(args)
+    if args.family == "wan":
+        check_image_flags(args.task, args)
+    elif any(getattr(args, flag) is not None for flag in IMAGE_FLAGS):
+        raise UserInputError("--image, --first_frame and --last_frame are for the wan image tasks")
     if args.tau is not None and args.target_speedup is not None:
         raise UserInputError("give --tau or --target_speedup, not both")
     if args.refresh_threshold is not None and (args.tau is None or args.refresh_threshold <= 0):
@@ -139,9 +149,15 @@ def main(argv=None) -> None:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    images = {}
+    if args.family == "wan":
+        image, last_image = read_input_frames(args.task, args)
+        if image is not None:  # the front end's output size for this image
+            width, height = i2v_output_size(args.size, image.width, image.height)
+            images = dict(image=image, last_image=last_image)
     # The front end's loader and sampler; at real size diffusers' model CPU offload keeps one model on the GPU.
     model = load_runner(args.family, args.ckpt_dir, width=width, height=height, num_frames=args.frame_num,
-                        num_steps=args.sample_steps, offload=True, progress=True, **sampler_options(args))
+                        num_steps=args.sample_steps, offload=True, progress=True, **sampler_options(args), **images)
     request = ProfileRequest(prompts=prompts, block_lists=model.block_lists, mask_source=args.mask_source,
                              mask_files=mask_files, token_grid=model.token_grid, patch=model.patch,
                              max_queries=args.max_queries, high_fraction=args.high_fraction)
@@ -150,6 +166,9 @@ def main(argv=None) -> None:
                   "sample_shift": model.settings["sample_shift"],
                   "prompts": [p for p, _ in prompts], "seeds": args.seeds, "mask_source": args.mask_source,
                   "max_queries": args.max_queries, "high_fraction": args.high_fraction}
+    provenance.update({flag: str(getattr(args, flag)) for flag in IMAGE_FLAGS if getattr(args, flag) is not None})
+    if images:
+        provenance["output_size"] = f"{width}*{height}"
     profile = run_profile(model.transformer, lambda prompt, seed: model.generate(prompt, seed)[0], request,
                           out_dir=args.out, resume=args.resume, provenance=provenance)
     name = args.name or (f"profiled-{args.task.lower()}" if args.family == "wan" else "profiled-hunyuanvideo")

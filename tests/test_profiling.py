@@ -247,6 +247,49 @@ def test_profiling_a_real_pipeline_is_deterministic_and_bounded(tmp_path):
     assert np.array_equal(loaded.foreground_ratio["blocks"], ratio)
 
 
+def test_profile_an_i2v_model_on_the_front_ends_image(tmp_path, monkeypatch, capsys):
+    # In this process (the command line is tested below). An image-to-video transformer cannot run without
+    # its image (36 input channels), so a profile that completes ran on it.
+    from PIL import Image
+
+    from delta_cache.models.wan.tiny import write_tiny_checkpoint
+    from delta_cache.video import read_video
+    from script_loader import load_script
+
+    ckpt = write_tiny_checkpoint(tmp_path / "ckpt", num_layers=4, i2v=True)
+    (ckpt / "tiny_model.json").write_text(json.dumps({"native_size": {"width": 64, "height": 48, "num_frames": 5}}))
+    pixels = np.full((64, 128, 3), 90, dtype=np.uint8)
+    pixels[10:40, 20:60] = (220, 40, 40)
+    image = tmp_path / "input.png"
+    Image.fromarray(pixels).save(image)
+    profile_model = load_script(REPO / "scripts" / "profile_model.py")
+    out = tmp_path / "profile"
+    common = ["--task", "i2v-14B", "--ckpt_dir", str(ckpt), "--sample_steps", "8"]
+    profile_model.main([*common, "--image", str(image), "--prompt", "a red square", "--target_speedup", "1.3",
+                        "--max_queries", "16", "--out", str(out)])
+    schedule = dc.load_schedule(out / "schedule.json")
+    assert schedule.name == "profiled-i2v-14b" and schedule.provenance["image"] == str(image)
+    # the size generate.py gives this 2:1 image at the area of 64*48
+    assert schedule.provenance["output_size"] == "64*32"
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    load_script(REPO / "Wan2.1" / "generate.py").main([*common, "--image", str(image), "--cache_schedule",
+                                                       str(out / "schedule.json"), "--save_file", str(tmp_path / "v.mp4")])
+    computed, total = schedule.provenance["predicted_block_evals"]
+    assert f"cond {computed}/{total}" in capsys.readouterr().out and computed < total
+    assert read_video(tmp_path / "v.mp4").shape == (5, 32, 64, 3)
+    # the front end's image checks, before anything loads
+    with pytest.raises(dc.UserInputError, match="--image is required for task i2v-14B"):
+        profile_model.main([*common, "--prompt", "x", "--out", str(tmp_path / "bad")])
+    with pytest.raises(dc.UserInputError, match="--first_frame and --last_frame are both required"):
+        profile_model.main(["--task", "flf2v-14B", "--ckpt_dir", str(ckpt), "--first_frame", str(image),
+                            "--prompt", "x", "--out", str(tmp_path / "bad")])
+    with pytest.raises(dc.UserInputError, match="are for the wan image tasks"):
+        profile_model.main(["--family", "hunyuan_video", "--ckpt_dir", str(ckpt), "--image", str(image),
+                            "--prompt", "x", "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
+
+
 def test_profile_cli_writes_a_schedule_that_generate_uses(tmp_path, monkeypatch, capsys):
     from delta_cache.models.wan.tiny import write_tiny_checkpoint
     from script_loader import load_script

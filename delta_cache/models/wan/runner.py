@@ -12,9 +12,12 @@ from .pipeline import build_pipeline, decode, denoise, encode, token_grid
 
 def load_wan_runner(ckpt_dir, *, width: int, height: int, num_frames: int, num_steps: int, device: torch.device,
                     offload: bool = False, progress: bool = False, task: str = tasks.DEFAULT_TASK,
-                    shift: float | None = None, guide_scale: float | None = None, solver: str = "unipc") -> ModelRunner:
-    """Text-to-video with CFG and upstream's negative prompt; bf16 on a GPU, fp32 on the CPU (as generate.py).
-    None: generate.py's default (shift: the task's; guide scale 5)."""
+                    shift: float | None = None, guide_scale: float | None = None, solver: str = "unipc",
+                    image=None, last_image=None) -> ModelRunner:
+    """`task` with CFG and upstream's negative prompt; bf16 on a GPU, fp32 on the CPU (as generate.py).
+    None: generate.py's default (shift: the task's; guide scale 5). i2v and flf2v condition every prompt on
+    `image` (and `last_image`), PIL images as `inputs.read_input_frames` gives them; width and height are
+    then the output size (`tasks.i2v_output_size`)."""
     from ...video import to_uint8_frames
 
     if shift is None:
@@ -22,13 +25,15 @@ def load_wan_runner(ckpt_dir, *, width: int, height: int, num_frames: int, num_s
     guide_scale = 5.0 if guide_scale is None else guide_scale
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     components = load_wan_components(ckpt_dir, task=task, dtype=dtype)
-    pipe = build_pipeline(components, image_to_video=False, solver=solver, shift=shift)
+    if tasks.is_image_to_video(task) and image is None:
+        raise ValueError(f"{task} needs an image")
+    pipe = build_pipeline(components, image_to_video=image is not None, solver=solver, shift=shift)
     place(pipe, device, offload, progress)
 
     def generate(prompt: str, seed: int, start=None):
         return denoise(pipe, prompt=prompt, negative_prompt=tasks.negative_prompt(task), width=width, height=height,
                        num_frames=num_frames, num_inference_steps=num_steps, guidance_scale=guide_scale, seed=seed,
-                       start=start)
+                       image=image, last_image=last_image, start=start)
 
     return ModelRunner(
         pipe=pipe, transformer=components.transformer, block_lists=["blocks"],
