@@ -443,6 +443,70 @@ def _tiny_clip_file(path: Path, width: int, heads: int, image_size: int = 32) ->
     torch.save(keys.clip_visual_to_upstream(encoder.state_dict()), path)
 
 
+# --- real-size dims, from shapes alone (meta tensors: nothing is allocated) --------------------------------
+
+def _released_clip_shapes() -> dict:
+    """The visual tower of the released open-clip XLM-RoBERTa ViT-H/14 file, written from its architecture
+    (width 1280, 32 blocks, mlp 4x, 224 px in 14 px patches, pre-norm without a patch bias, a 1280x1024 head)."""
+    width, blocks = 1280, 32
+    shapes = {"visual.cls_embedding": (1, 1, width), "visual.pos_embedding": (1, 1 + 16 * 16, width),
+              "visual.patch_embedding.weight": (width, 3, 14, 14), "visual.head": (width, 1024),
+              "log_scale": (), "textual.token_embedding.weight": (250002, 1024)}
+    for norm in ("pre_norm", "post_norm"):
+        shapes.update({f"visual.{norm}.weight": (width,), f"visual.{norm}.bias": (width,)})
+    for i in range(blocks):
+        block = f"visual.transformer.{i}."
+        for name, shape in [("norm1.weight", (width,)), ("norm1.bias", (width,)), ("norm2.weight", (width,)),
+                            ("norm2.bias", (width,)), ("attn.to_qkv.weight", (3 * width, width)),
+                            ("attn.to_qkv.bias", (3 * width,)), ("attn.proj.weight", (width, width)),
+                            ("attn.proj.bias", (width,)), ("mlp.0.weight", (4 * width, width)),
+                            ("mlp.0.bias", (4 * width,)), ("mlp.2.weight", (width, 4 * width)), ("mlp.2.bias", (width,))]:
+            shapes[block + name] = shape
+    return shapes
+
+
+def test_released_clip_file_dims_and_keys_at_real_size():
+    from accelerate import init_empty_weights
+    from transformers import CLIPVisionModel
+
+    from delta_cache.models.wan import checkpoint
+
+    shapes = _released_clip_shapes()
+    config = checkpoint._upstream_clip_config(shapes, Path(keys.CLIP_FILE))
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size,
+            config.image_size, config.patch_size, config.hidden_act) == (1280, 32, 16, 5120, 224, 14, "gelu")
+    with init_empty_weights():
+        model = CLIPVisionModel(config)
+    converted = keys.clip_visual_from_upstream({k: torch.empty(v, device="meta") for k, v in shapes.items()})
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    prefix = next(k for k in expected if k.endswith("embeddings.class_embedding"))[:-len("embeddings.class_embedding")]
+    assert {prefix + k: tuple(v.shape) for k, v in converted.items()} == expected
+
+
+@pytest.mark.parametrize("model_type, image_positions", [("i2v", None), ("flf2v", 514)])
+def test_released_14b_image_transformer_dims_at_real_size(model_type, image_positions):
+    # The released 14B image transformers (upstream config.json facts); their upstream tensor names and shapes
+    # come from a meta WanTransformer3DModel through our inverse mapping (tested against diffusers' converter above).
+    from accelerate import init_empty_weights
+    from diffusers import WanTransformer3DModel
+
+    from delta_cache.models.wan import checkpoint
+
+    released = dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=36,
+                    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
+                    qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=1280, added_kv_proj_dim=5120,
+                    pos_embed_seq_len=image_positions, rope_max_seq_len=1024)
+    with init_empty_weights():
+        model = WanTransformer3DModel(**released)
+    shapes = {k: tuple(v.shape) for k, v in keys.transformer_to_upstream(model.state_dict()).items()}
+    upstream_config = {"model_type": model_type, "dim": 5120, "ffn_dim": 13824, "freq_dim": 256, "in_dim": 36,
+                       "num_heads": 40, "num_layers": 40, "out_dim": 16, "text_len": 512, "eps": 1e-6}
+    derived = checkpoint._upstream_transformer_config(upstream_config, shapes, Path("config.json"),
+                                                      Path("diffusion_pytorch_model.safetensors"))
+    assert derived == released
+    assert ("img_emb.emb_pos" in shapes) == (model_type == "flf2v")
+
+
 def test_bad_clip_files(ckpts, tmp_path):
     ckpt = _copy(ckpts["upstream_i2v"], tmp_path)
     clip = ckpt / keys.CLIP_FILE
