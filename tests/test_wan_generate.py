@@ -176,6 +176,26 @@ def test_missing_checkpoint_file_gives_one_line(ckpt4, tmp_path):
     assert proc.returncode == 2 and "no such folder" in proc.stderr
 
 
+def test_image_tasks_cache_off_are_bit_identical_to_plain_diffusers(tmp_path):
+    # flf2v (and with it i2v's path): our prompt encoding and CPU-drawn noise feed WanImageToVideoPipeline the
+    # same inputs as calling it directly with the first and last frames.
+    from PIL import Image
+
+    ckpt = write_tiny_checkpoint(tmp_path / "flf2v", num_layers=2, flf2v=True)
+    components = load_wan_components(ckpt, task="flf2v-14B")
+    pipe = build_pipeline(components, image_to_video=True, solver="unipc", shift=16.0)
+    pipe.set_progress_bar_config(disable=True)
+    rng = np.random.default_rng(0)
+    first, last = (Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)) for _ in range(2))
+    inputs = dict(negative_prompt=tasks.negative_prompt("flf2v-14B"), width=64, height=48, num_frames=5,
+                  num_inference_steps=4, guidance_scale=5.0)
+    ours = generate(pipe, prompt="a cat moves right", seed=3, image=first, last_image=last, **inputs)
+    plain = pipe(prompt="a cat moves right", image=first, last_image=last, output_type="np",
+                 generator=torch.Generator("cpu").manual_seed(3), **inputs).frames[0]
+    np.testing.assert_array_equal(ours.frames, plain)
+    assert ours.frames.shape == (5, 48, 64, 3)
+
+
 def test_cache_off_is_bit_identical_to_plain_diffusers(ckpt4):
     components = load_wan_components(ckpt4, task="t2v-14B")
     pipe = build_pipeline(components, image_to_video=False, solver="unipc", shift=5.0)
