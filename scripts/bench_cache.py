@@ -6,6 +6,8 @@ pipeline does:
 
 - `--family wan` (default): WanTransformer3DModel, 40 blocks; a CFG loop (cond + uncond call per step,
   each in its `cache_context` with the step index, as WanPipeline does); preset wan2.1-t2v-14b.
+  `--image_task i2v|flf2v`: the image-to-video transformer instead (36 input channels, cross-attention over
+  257 or 2 x 257 CLIP image tokens as well as the text, as WanImageToVideoPipeline calls it).
 - `--family hunyuan_video`: HunyuanVideoTransformer3DModel, 20 double + 40 single blocks; one call per step
   in `cache_context("cond")` with no step index (embedded guidance, as HunyuanVideoPipeline does), so the
   cache is told the step count; preset hunyuanvideo-720p.
@@ -39,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import delta_cache  # noqa: E402
-from delta_cache.cli import OneLineArgumentParser, positive_int  # noqa: E402
+from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli  # noqa: E402
 
 
 def latent_grid(tokens: int) -> tuple[int, int, int]:
@@ -58,25 +60,40 @@ class Bench:
     branches: tuple[str, ...]
     passes_step_index: bool  # WanPipeline passes step metadata to cache_context; HunyuanVideoPipeline does not
     description: str
+    in_channels: int = 16  # Wan's image models take the noise plus 20 condition channels (mask, image latents)
+
+
+CLIP_TOKENS = 257  # Wan's image encoder (ViT-H/14 at 224 px): a class token and 16 x 16 patches
 
 
 def wan_bench(args, dtype) -> Bench:
     from diffusers import WanTransformer3DModel
 
     layers = args.layers or 40
+    image_task = getattr(args, "image_task", "none")
+    image_frames = {"none": 0, "i2v": 1, "flf2v": 2}[image_task]
+    image_dim = getattr(args, "image_dim", 1280) if image_frames else None
     transformer = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=args.heads, attention_head_dim=args.dim // args.heads,
-        in_channels=16, out_channels=16, text_dim=64, freq_dim=256, ffn_dim=args.ffn, num_layers=layers,
-        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
-    ).to(args.device, dtype).eval()
+        in_channels=36 if image_frames else 16, out_channels=16, text_dim=64, freq_dim=256, ffn_dim=args.ffn,
+        num_layers=layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
+        image_dim=image_dim, added_kv_proj_dim=args.dim if image_frames else None,
+        pos_embed_seq_len=2 * CLIP_TOKENS if image_frames == 2 else None,
+    ).eval()
+    torch.nn.Module.to(transformer, args.device, dtype)  # ModelMixin.to warns on every dtype cast
     text = torch.randn(1, 32, 64, device=args.device, dtype=dtype)
+    # one image's CLIP tokens per frame; the flf2v transformer views the two frames as one sequence of 514
+    image = torch.randn(image_frames, CLIP_TOKENS, image_dim, device=args.device, dtype=dtype) if image_frames else None
 
     def forward(latents, timestep, branch):
-        transformer(hidden_states=latents, timestep=timestep, encoder_hidden_states=text, return_dict=False)
+        transformer(hidden_states=latents, timestep=timestep, encoder_hidden_states=text,
+                    encoder_hidden_states_image=image, return_dict=False)
 
     cfg = not args.no_cfg
+    kind = f" ({image_task}: {image_frames * CLIP_TOKENS} image tokens)" if image_frames else ""
     return Bench(transformer, forward, ("cond", "uncond") if cfg else ("cond",), True,
-                 f"Wan transformer: {layers} blocks, dim {args.dim}, {args.steps} steps, {'CFG' if cfg else 'no CFG'}")
+                 f"Wan transformer{kind}: {layers} blocks, dim {args.dim}, {args.steps} steps, "
+                 f"{'CFG' if cfg else 'no CFG'}", in_channels=36 if image_frames else 16)
 
 
 def hunyuan_video_bench(args, dtype) -> Bench:
@@ -186,20 +203,25 @@ def main() -> None:
     p.add_argument("--ffn", type=int, default=256, help="feed-forward width (hunyuan_video: mlp ratio = ffn / dim)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--no_cfg", action="store_true", help="wan: one branch per step instead of cond + uncond")
+    p.add_argument("--image_task", default="none", choices=["none", "i2v", "flf2v"],
+                   help="wan: the image-to-video transformer (i2v: 257 CLIP image tokens, flf2v: 2 x 257)")
+    p.add_argument("--image_dim", type=positive_int, default=1280, help="wan --image_task: CLIP feature width")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--threads", type=positive_int, default=1, help="CPU threads (1 keeps CPU timings stable)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the blocks (compile_repeated_blocks) in both runs; compilation is untimed")
     args = p.parse_args()
+    if args.image_task != "none" and args.family != "wan":
+        p.error("--image_task is for --family wan")
     torch.set_num_threads(args.threads)
 
     dtype = getattr(torch, args.dtype)
     make_bench, default_schedule = FAMILIES[args.family]
+    schedule = delta_cache.load_schedule(args.schedule or default_schedule)  # a bad file fails before the build
     bench = make_bench(args, dtype)
     if args.compile:
         bench.transformer.compile_repeated_blocks()
-    schedule = delta_cache.load_schedule(args.schedule or default_schedule)
 
     compiled = ", blocks compiled" if args.compile else ""
     print(f"{bench.description}, schedule '{schedule.name}', {args.device} {args.dtype}{compiled}")
@@ -209,7 +231,7 @@ def main() -> None:
     for tokens in args.tokens:
         frames, height, width = latent_grid(tokens)
         real_tokens = frames * (height // 2) * (width // 2)
-        latents = torch.randn(1, 16, frames, height, width, device=args.device, dtype=dtype)
+        latents = torch.randn(1, bench.in_channels, frames, height, width, device=args.device, dtype=dtype)
         denoise_loop(bench, latents, 2)  # warm-up (allocator, kernels; with --compile, the plain blocks compile here)
         plain = denoise_loop(bench, latents, args.steps)
         # num_inference_steps: for pipelines that pass no step index (HunyuanVideo) the cache counts calls
@@ -236,4 +258,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -52,3 +52,19 @@ def test_all_reuse_schedule_skips_every_block_after_the_first_step():
     cost = bench_cache.hook_cost(bench, latents, steps, forecast="hold")
     assert cost >= 0.0
     assert not hasattr(bench.transformer, "_delta_cache_handle")  # the measurement leaves the model bare
+
+
+def test_wan_image_task_benches_feed_the_image_transformer_its_clip_tokens():
+    for task, image_tokens in (("i2v", 257), ("flf2v", 514)):
+        torch.manual_seed(0)
+        args = SimpleNamespace(layers=2, dim=16, heads=2, ffn=32, device="cpu", steps=3, no_cfg=False,
+                               image_task=task, image_dim=32)
+        bench = bench_cache.wan_bench(args, torch.float32)
+        assert bench.in_channels == 36 and task in bench.description
+        shapes = []
+        bench.transformer.condition_embedder.image_embedder.register_forward_hook(
+            lambda module, inputs, output: shapes.append(tuple(output.shape)))
+        latents = torch.randn(1, bench.in_channels, 1, 8, 8)
+        bench_cache.denoise_loop(bench, latents, args.steps)
+        # one projection of the image tokens per call: 3 steps x 2 CFG branches
+        assert shapes == [(1, image_tokens, 16)] * 6, (task, shapes[:2])
