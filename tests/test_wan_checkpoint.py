@@ -151,11 +151,18 @@ def test_upstream_clip_file_gives_wans_image_features(ckpts):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_i2v_layouts_load_the_same_model(ckpts):
+def test_i2v_layouts_load_the_same_model(ckpts, tmp_path):
     from PIL import Image
 
     upstream = load_wan_components(ckpts["upstream_i2v"], task="i2v-14B")
-    diffusers = load_wan_components(ckpts["diffusers_i2v"], task="i2v-14B")
+    # A diffusers folder's processor in CLIP's usual style (short side resized, centre crop) is read as
+    # upstream's preprocessing all the same: the front end is upstream's.
+    folder = _copy(ckpts["diffusers_i2v"], tmp_path)
+    config_path = folder / "image_processor" / "preprocessor_config.json"
+    config = json.loads(config_path.read_text())
+    config.update(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_center_crop=True)
+    config_path.write_text(json.dumps(config))
+    diffusers = load_wan_components(folder, task="i2v-14B")
     for part in ("transformer", "image_encoder"):
         _assert_same_state_dict(getattr(upstream, part), getattr(diffusers, part))
     # Upstream squashes the whole image to the encoder's square size (no crop): a 4:3 image keeps its edges.

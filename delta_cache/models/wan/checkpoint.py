@@ -499,12 +499,20 @@ def _load_diffusers_layout(root, task, dtype, text_encoder_dtype, vae_dtype) -> 
         except _FILE_ERRORS as err:
             raise CheckpointError(f"cannot load {root / part} ({_DIFFUSERS_PARTS[part]}): {_first_line(err)}") from None
 
-    return WanComponents(
+    components = WanComponents(
         transformer=load(WanTransformer3DModel, "transformer", torch_dtype=dtype),
         vae=load(AutoencoderKLWan, "vae", torch_dtype=vae_dtype),
         text_encoder=load(UMT5EncoderModel, "text_encoder", dtype=text_encoder_dtype),
         tokenizer=load(AutoTokenizer, "tokenizer"),
-        image_encoder=load(CLIPVisionModel, "image_encoder", dtype=dtype) if is_i2v else None,
-        image_processor=load(CLIPImageProcessor, "image_processor") if is_i2v else None,
         layout="diffusers",
     )
+    if is_i2v:
+        components.image_encoder = load(CLIPVisionModel, "image_encoder", dtype=dtype)
+        # The folder's processor may resize the short side and centre-crop (CLIP's usual preprocessing); the
+        # front end is upstream's, which squashes the whole image: both layouts give the encoder the same pixels.
+        processor = load(CLIPImageProcessor, "image_processor")
+        square = {"height": components.image_encoder.config.image_size,
+                  "width": components.image_encoder.config.image_size}
+        processor.size, processor.crop_size, processor.do_center_crop = square, square, False
+        components.image_processor = processor
+    return components
