@@ -341,6 +341,14 @@ def test_profile_cli_writes_a_schedule_that_generate_uses(tmp_path, monkeypatch,
     assert curve.forecast == "linear" and curve.provenance["refresh_rule"] == "curve"
     assert curve.block_lists["blocks"].background_blocks == tuple(range(6))  # every R < 1
     json.loads((out / "schedule.json").read_text())
+    # --resume with another step count would mix profiles of two runs: one line, the saved files untouched
+    saved = {p.name: p.read_bytes() for p in (out / "profiles").iterdir()}
+    with pytest.raises(dc.UserInputError, match=r"--resume: the profiles in .* were made with other settings "
+                                                r"\(sample_steps 10 -> 8\)"):
+        load_script(REPO / "scripts" / "profile_model.py").main([
+            "--ckpt_dir", str(ckpt), "--size", "32*32", "--frame_num", "9", "--sample_steps", "8", "--prompt",
+            "a red square", "--max_queries", "16", "--threads", "1", "--out", str(out), "--resume"])
+    assert {p.name: p.read_bytes() for p in (out / "profiles").iterdir()} == saved
 
 
 def test_profile_cli_hunyuan_video_covers_both_block_lists(tmp_path):

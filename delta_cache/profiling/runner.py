@@ -7,6 +7,7 @@ profile is written as soon as it is done, so a long real-size run can be resumed
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -50,6 +51,33 @@ def foreground_mask(request: ProfileRequest, index: int, latents: torch.Tensor) 
     raise UserInputError(f"unknown mask source {request.mask_source!r}; choose from {', '.join(MASK_SOURCES)}")
 
 
+RUN_FILE = "run.json"  # the settings the saved prompt profiles were made with
+# Not compared on --resume: prompts and seeds (a resume may add some; each saved profile names its own) and
+# the checkpoint's path (a run carried to another machine finds it elsewhere).
+_NOT_COMPARED = ("prompts", "seeds", "ckpt_dir")
+
+
+def _run_settings(provenance: dict) -> dict:
+    return {k: v for k, v in provenance.items() if k not in _NOT_COMPARED}
+
+
+def _check_resumable(folder: Path, provenance: dict) -> None:
+    """--resume reuses saved prompt profiles only when they were made with the same model and settings."""
+    path = folder / RUN_FILE
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError:
+        raise UserInputError(f"--resume: {path} is not valid JSON; use another --out or drop --resume") from None
+    current = json.loads(json.dumps(_run_settings(provenance)))  # as saved: tuples become lists
+    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    if changed:
+        details = ", ".join(f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:3])
+        raise UserInputError(f"--resume: the profiles in {folder} were made with other settings ({details}); "
+                             f"use another --out, or drop --resume to profile again")
+
+
 def run_profile(transformer: torch.nn.Module, denoise: Callable[[str, int], torch.Tensor], request: ProfileRequest,
                 out_dir: Path | None = None, resume: bool = False, provenance: dict | None = None) -> Profile:
     """Profile every prompt (skipping those already saved in `out_dir` when `resume`)."""
@@ -58,7 +86,10 @@ def run_profile(transformer: torch.nn.Module, denoise: Callable[[str, int], torc
     profiles = []
     folder = None if out_dir is None else Path(out_dir) / "profiles"
     if folder is not None:
+        if resume:
+            _check_resumable(folder, provenance or {})
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / RUN_FILE).write_text(json.dumps(_run_settings(provenance or {}), indent=2) + "\n")
     for index, (prompt, seed) in enumerate(tqdm(request.prompts, desc="profiling prompts")):
         path = None if folder is None else folder / f"{index:03d}.npz"
         if resume and path is not None and path.exists():
