@@ -70,9 +70,8 @@ def wan_bench(args, dtype) -> Bench:
     from diffusers import WanTransformer3DModel
 
     layers = args.layers or 40
-    image_task = getattr(args, "image_task", "none")
-    image_frames = {"none": 0, "i2v": 1, "flf2v": 2}[image_task]
-    image_dim = getattr(args, "image_dim", 1280) if image_frames else None
+    image_frames = {"none": 0, "i2v": 1, "flf2v": 2}[args.image_task]
+    image_dim = args.image_dim if image_frames else None
     transformer = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=args.heads, attention_head_dim=args.dim // args.heads,
         in_channels=36 if image_frames else 16, out_channels=16, text_dim=64, freq_dim=256, ffn_dim=args.ffn,
@@ -90,10 +89,10 @@ def wan_bench(args, dtype) -> Bench:
                     encoder_hidden_states_image=image, return_dict=False)
 
     cfg = not args.no_cfg
-    kind = f" ({image_task}: {image_frames * CLIP_TOKENS} image tokens)" if image_frames else ""
+    kind = f" ({args.image_task}: {image_frames * CLIP_TOKENS} image tokens)" if image_frames else ""
     return Bench(transformer, forward, ("cond", "uncond") if cfg else ("cond",), True,
                  f"Wan transformer{kind}: {layers} blocks, dim {args.dim}, {args.steps} steps, "
-                 f"{'CFG' if cfg else 'no CFG'}", in_channels=36 if image_frames else 16)
+                 f"{'CFG' if cfg else 'no CFG'}", in_channels=transformer.config.in_channels)
 
 
 def hunyuan_video_bench(args, dtype) -> Bench:

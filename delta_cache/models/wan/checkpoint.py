@@ -128,16 +128,18 @@ def _load_upstream_layout(root, task, dtype, text_encoder_dtype, vae_dtype) -> W
     image_dim = components.transformer.config.image_dim
     if clip_path is not None and image_dim is not None:  # a t2v transformer fails the task check instead
         components.image_encoder = _load_upstream_clip(clip_path, dtype)
-        clip_width = components.image_encoder.config.hidden_size
-        _expect(clip_width == image_dim, f"{clip_path.name} disagrees with the transformer: its image features are "
-                                         f"{clip_width} wide, the transformer's img_emb expects {image_dim}")
         clip = components.image_encoder.config
+        _expect(clip.hidden_size == image_dim, f"{clip_path.name} disagrees with the transformer: its image "
+                                               f"features are {clip.hidden_size} wide, the transformer's img_emb "
+                                               f"expects {image_dim}")
         clip_tokens = (clip.image_size // clip.patch_size) ** 2 + 1  # the class token and the patches
         image_positions = components.transformer.config.pos_embed_seq_len
         _expect(image_positions in (None, 2 * clip_tokens),
                 f"{clip_path.name} disagrees with the transformer: two frames give {2 * clip_tokens} image tokens, "
                 f"the transformer's img_emb.emb_pos has {image_positions} positions")
-        components.image_processor = _upstream_image_processor(clip.image_size)
+        from transformers import CLIPImageProcessor
+
+        components.image_processor = _upstream_preprocessing(CLIPImageProcessor(), clip.image_size)
     return components
 
 
@@ -392,16 +394,17 @@ def _load_upstream_clip(path: Path, dtype) -> CLIPVisionModel:
     return model.eval()
 
 
-def _upstream_image_processor(image_size: int) -> CLIPImageProcessor:
-    """Upstream's preprocessing: the whole image squashed (bicubic) to the encoder's square size, no crop.
+def _upstream_preprocessing(processor: CLIPImageProcessor, image_size: int) -> CLIPImageProcessor:
+    """`processor` set to upstream's preprocessing, which both layouts use (the front end is upstream's): the
+    whole image squashed (bicubic) to the encoder's square size, no crop, then the processor's mean/std
+    normalisation. A diffusers folder's processor may say resize-the-short-side-and-crop, CLIP's usual way.
 
-    Then CLIP's mean/std normalisation (the processor's defaults). Upstream resizes a float tensor with
-    torch's bicubic; transformers resizes with PIL's, so the image features agree closely, not bit for bit.
+    Upstream resizes a float tensor with torch's bicubic; transformers resizes with PIL's, so the image
+    features agree closely, not bit for bit.
     """
-    from transformers import CLIPImageProcessor
-
     square = {"height": image_size, "width": image_size}
-    return CLIPImageProcessor(size=square, do_center_crop=False, crop_size=square)
+    processor.size, processor.crop_size, processor.do_center_crop = square, dict(square), False
+    return processor
 
 
 def _convert_keys(converter, state_dict: dict, path: Path, expected: str) -> dict:
@@ -508,11 +511,6 @@ def _load_diffusers_layout(root, task, dtype, text_encoder_dtype, vae_dtype) -> 
     )
     if is_i2v:
         components.image_encoder = load(CLIPVisionModel, "image_encoder", dtype=dtype)
-        # The folder's processor may resize the short side and centre-crop (CLIP's usual preprocessing); the
-        # front end is upstream's, which squashes the whole image: both layouts give the encoder the same pixels.
-        processor = load(CLIPImageProcessor, "image_processor")
-        square = {"height": components.image_encoder.config.image_size,
-                  "width": components.image_encoder.config.image_size}
-        processor.size, processor.crop_size, processor.do_center_crop = square, square, False
-        components.image_processor = processor
+        components.image_processor = _upstream_preprocessing(load(CLIPImageProcessor, "image_processor"),
+                                                             components.image_encoder.config.image_size)
     return components
