@@ -1,8 +1,9 @@
 """Drop-in replacement for Wan2.1's `generate.py`, plus `--delta_cache`.
 
 Same flags, defaults, checkpoint folders and output files as upstream; the models are diffusers'
-WanTransformer3DModel / AutoencoderKLWan and transformers' UMT5EncoderModel, sampled by diffusers'
-Wan pipelines. Example (upstream's README command plus one flag):
+WanTransformer3DModel (WanVACETransformer3DModel for VACE) / AutoencoderKLWan and transformers'
+UMT5EncoderModel (and CLIPVisionModel for i2v/flf2v), sampled by diffusers' Wan pipelines. Example
+(upstream's README command plus one flag):
 
     python generate.py --task t2v-14B --size 832*480 --ckpt_dir ./Wan2.1-T2V-14B \
         --prompt "Two anthropomorphic cats ..." --delta_cache
@@ -29,7 +30,8 @@ from delta_cache import parallel  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.models.tiny_info import native_size  # noqa: E402
 from delta_cache.models.wan import tasks  # noqa: E402
-from delta_cache.models.wan.inputs import check_image_flags, read_input_frames  # noqa: E402
+from delta_cache.models.wan.inputs import (check_image_flags, check_vace_flags, read_input_frames,  # noqa: E402
+                                           read_vace_inputs)
 
 
 def build_parser() -> OneLineArgumentParser:
@@ -53,9 +55,12 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--dit_fsdp", action="store_true", default=False,
                    help="Accepted for upstream command lines; the DiT is replicated on every GPU (no FSDP).")
     p.add_argument("--save_file", type=str, default=None, help="Output file (default: upstream's generated name).")
-    p.add_argument("--src_video", type=str, default=None, help="VACE source video.")
-    p.add_argument("--src_mask", type=str, default=None, help="VACE source mask.")
-    p.add_argument("--src_ref_images", type=str, default=None, help="VACE reference images.")
+    p.add_argument("--src_video", type=str, default=None,
+                   help="VACE source video; it sets the output's length (up to --frame_num) and aspect ratio.")
+    p.add_argument("--src_mask", type=str, default=None,
+                   help="VACE mask video for --src_video: white = generate, black = keep the source.")
+    p.add_argument("--src_ref_images", type=str, default=None,
+                   help="VACE reference images, comma-separated (subjects or scenes to put in the video).")
     p.add_argument("--prompt", type=str, default=None, help="The prompt (default: the task's example prompt).")
     p.add_argument("--use_prompt_extend", action="store_true", default=False, help="Extend the prompt with an LLM.")
     p.add_argument("--prompt_extend_method", type=str, default="local_qwen", choices=["dashscope", "local_qwen"])
@@ -79,8 +84,6 @@ def validate(args) -> None:
         raise UserInputError("--ckpt_dir is required (the folder holding the Wan2.1 checkpoint)")
     if not Path(args.ckpt_dir).is_dir():
         raise UserInputError(f"--ckpt_dir {args.ckpt_dir}: no such folder")
-    if args.task not in tasks.SUPPORTED_TASKS:
-        raise UserInputError(f"task {args.task} is not supported yet (supported: {', '.join(tasks.SUPPORTED_TASKS)})")
     # A tiny trained checkpoint (scripts/train_tiny.py) also runs at its native size, which is its default.
     native = native_size(args.ckpt_dir)
     supported = tasks.SUPPORTED_SIZES[args.task] + ((native.size,) if native else ())
@@ -90,10 +93,14 @@ def validate(args) -> None:
                              f"{', '.join(supported)}")
     if args.use_prompt_extend:
         raise UserInputError("--use_prompt_extend is not supported yet")
+    if args.ulysses_size * args.ring_size > 1 and tasks.is_vace(args.task):
+        raise UserInputError(f"multi-GPU sampling is not supported for {args.task} (diffusers' "
+                             "WanVACETransformer3DModel has no context-parallel plan); run it on one GPU")
     parallel.check_degrees(args.ulysses_size, args.ring_size, ("--ulysses_size", "--ring_size"))
     if args.ulysses_size * args.ring_size > 1 and args.offload_model:
         raise UserInputError("--offload_model True does not work with multi-GPU sampling; leave it out (False)")
     check_image_flags(args.task, args)
+    check_vace_flags(args.task, args)
 
     defaults = tasks.task_defaults(args.task, args.size)
     if args.frame_num is None:
@@ -151,7 +158,8 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     offload = (args.offload_model if args.offload_model is not None
                else device.type == "cuda" and not group.is_parallel)
     text_device = torch.device("cpu") if args.t5_cpu else device
-    image, last_image = read_input_frames(args.task, args)  # an unreadable image fails before loading
+    image, last_image = read_input_frames(args.task, args)  # unreadable inputs fail before loading
+    vace = read_vace_inputs(args, args.size, args.frame_num) if tasks.is_vace(args.task) else None
     logger.info(f"loading {args.task} from {args.ckpt_dir} ({device}, {dtype})")
     components = load_wan_components(
         args.ckpt_dir, task=args.task, dtype=dtype,
@@ -160,11 +168,14 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
 
     handle = None
     if schedule is not None:
-        handle = apply_cache_from_flags(components.transformer, schedule, args)
+        # The step count is passed: WanVACEPipeline's cache contexts carry only the branch name, not the step.
+        handle = apply_cache_from_flags(components.transformer, schedule, args, num_inference_steps=args.sample_steps)
 
-    width, height = tasks.parse_size(args.size)
+    width, height, num_frames = *tasks.parse_size(args.size), args.frame_num
     if image is not None:
         width, height = tasks.i2v_output_size(args.size, image.width, image.height)
+    if vace is not None:  # a source video sets the size and length
+        width, height, num_frames = vace.width, vace.height, vace.num_frames
 
     pipe = build_pipeline(components, image_to_video=image is not None, solver=args.sample_solver,
                           shift=args.sample_shift)
@@ -181,7 +192,7 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
                 if module is not None:
                     module.to(device)
     if group.is_parallel:  # after the cache hooks, which must come first
-        grid = token_grid(pipe, width=width, height=height, num_frames=args.frame_num)
+        grid = token_grid(pipe, width=width, height=height, num_frames=num_frames)
         parallel.check_model_fits(group, num_heads=pipe.transformer.config.num_attention_heads,
                                   num_tokens=grid[0] * grid[1] * grid[2], heads_flag="--ulysses_size")
         parallel.enable_context_parallel(pipe.transformer, group)
@@ -190,12 +201,18 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
 
     if handle is not None:  # (logged here, after the last input check: an input error stays one line)
         log_cache_plan(handle, args.sample_steps)
-    logger.info(f"generating {width}x{height}, {args.frame_num} frames, {args.sample_steps} steps, "
+        if vace is not None:
+            logger.info(f"delta cache: the {len(pipe.transformer.vace_blocks)} VACE control blocks run every step "
+                        "(counted apart from the main blocks)")
+    if vace is not None:
+        logger.info(f"VACE conditions: {'source video' if vace.video else 'no source video'}"
+                    f"{' with mask' if vace.mask else ''}, {len(vace.reference_images)} reference image(s)")
+    logger.info(f"generating {width}x{height}, {num_frames} frames, {args.sample_steps} steps, "
                 f"seed {args.base_seed}: {args.prompt!r}")
     result = generate(
         pipe, prompt=args.prompt, negative_prompt=tasks.negative_prompt(args.task), width=width, height=height,
-        num_frames=args.frame_num, num_inference_steps=args.sample_steps, guidance_scale=args.sample_guide_scale,
-        seed=args.base_seed, image=image, last_image=last_image, text_encoder_device=text_device,
+        num_frames=num_frames, num_inference_steps=args.sample_steps, guidance_scale=args.sample_guide_scale,
+        seed=args.base_seed, image=image, last_image=last_image, vace=vace, text_encoder_device=text_device,
     )
     if not group.is_main:  # every rank holds the same video; rank 0 writes it
         return

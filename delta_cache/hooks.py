@@ -11,7 +11,9 @@ gets its own `BranchState` (its own deltas), exactly like diffusers' built-in ca
   accumulating); on reuse steps the run is skipped and the first block returns `input + delta` for every
   stream the block carries (image and text tokens for HunyuanVideo), the others pass their input through.
   With the schedule's linear forecast the added delta is extrapolated through the last two refreshes
-  (`DeltaCacheBlockHook._forecast_deltas`; docs/schedule-format.md).
+  (`DeltaCacheBlockHook._forecast_deltas`; docs/schedule-format.md). Where the model itself adds something
+  between two blocks of a run (`additions_between_blocks`: VACE's control hints), the refresh step measures
+  the addition and leaves it out of the delta, since the model adds it afresh on reuse steps too.
 Foreground blocks get no hook at all.
 """
 
@@ -90,6 +92,8 @@ class BranchState(BaseState):
         self.num_calls = 0
         self.refresh_now: dict[str, bool] = {}  # block list -> is the current call a refresh step
         self.run_inputs: dict[tuple[str, int], tuple] = {}  # inputs of a run's first block, until its last
+        self.kept_outputs: dict[tuple[str, int], tuple] = {}  # output of a block the model adds to, until the next
+        self.added_between: dict[tuple[str, int], tuple] = {}  # run -> what the model added inside it (refresh)
         self.deltas: dict[tuple[str, int], tuple] = {}  # (block list, first block of run) -> per-stream deltas
         self.step = 0  # the current call's step
         self.warmup_steps: dict[str, int] = {}  # block list -> its warm-up length in this run
@@ -162,7 +166,7 @@ class DeltaCacheBlockHook(ModelHook):
 
     def __init__(self, state_manager: StateManager, list_name: str, block_index: int, run: tuple[int, int],
                  metadata: TransformerBlockMetadata, config: DeltaCacheConfig, stats: DeltaCacheStats,
-                 forecast: str = "hold"):
+                 forecast: str = "hold", added_after: frozenset[int] = frozenset()):
         super().__init__()
         self.forecast = forecast
         self.state_manager = state_manager
@@ -170,6 +174,10 @@ class DeltaCacheBlockHook(ModelHook):
         self.run_key = (list_name, run[0])
         self.is_run_first = block_index == run[0]
         self.is_run_last = block_index == run[1]
+        # The model adds something to this block's output before the run's next block (keep the output), or
+        # to the previous block's output before this one (measure the addition).
+        self.model_adds_after = block_index in added_after and not self.is_run_last
+        self.model_adds_before = block_index - 1 in added_after and not self.is_run_first
         self.metadata = metadata
         self.config = config
         self.stats = stats
@@ -190,12 +198,27 @@ class DeltaCacheBlockHook(ModelHook):
 
     @torch.compiler.disable
     def _record(self, args, kwargs, output) -> None:
-        """On a refresh step: keep the run's input at its first block, store the run's delta at its last."""
+        """On a refresh step: keep the run's input at its first block, store the run's delta at its last.
+
+        What the model adds between two blocks of the run (measured as the next block's input less the kept
+        output) is left out of the delta: on reuse steps the model adds it afresh after the passed-through block.
+        """
         state: BranchState = self.state_manager.get_state()
         if self.is_run_first:
             state.run_inputs[self.run_key] = self._input_streams(args, kwargs)
+        if self.model_adds_before:
+            added = tuple(None if x is None else self._difference(x, y) for x, y in
+                          zip(self._input_streams(args, kwargs), state.kept_outputs.pop(self.run_key)))
+            earlier = state.added_between.get(self.run_key)
+            state.added_between[self.run_key] = added if earlier is None else tuple(
+                None if a is None else a + b for a, b in zip(earlier, added))
+        if self.model_adds_after:
+            state.kept_outputs[self.run_key] = self._output_streams(output)
         if self.is_run_last:
             run_inputs = state.run_inputs.pop(self.run_key)
+            added = state.added_between.pop(self.run_key, None)
+            if added is not None:  # (the additions are in the delta's dtype, on the activations' device)
+                run_inputs = tuple(None if x is None else x.to(a.dtype) + a for x, a in zip(run_inputs, added))
             deltas = tuple(
                 None if x is None else self._make_delta(y, x) for x, y in zip(run_inputs, self._output_streams(output))
             )
@@ -262,6 +285,11 @@ class DeltaCacheBlockHook(ModelHook):
             delta = delta.to(self.config.delta_device)
         return delta
 
+    def _difference(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x - y in the delta dtype, where the activations are."""
+        dtype = self.config.delta_dtype or x.dtype
+        return x - y if dtype == x.dtype else x.to(dtype) - y.to(dtype)
+
     @staticmethod
     def _add_delta(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         delta = delta.to(x.device, non_blocking=True)
@@ -309,6 +337,15 @@ def model_block_lists(transformer: torch.nn.Module) -> dict[str, int]:
     return found
 
 
+def additions_between_blocks(transformer: torch.nn.Module) -> dict[str, frozenset[int]]:
+    """Block list -> indices of blocks after which the model adds something to the hidden states outside the
+    blocks. diffusers' VACE transformers add a control hint after each block in `config.vace_layers`, computed
+    afresh every call, also on reuse steps: a run's delta must leave it out, or the hint of the refresh step
+    would be added on top of the current one."""
+    vace_layers = getattr(getattr(transformer, "config", None), "vace_layers", None)
+    return {"blocks": frozenset(vace_layers)} if vace_layers else {}
+
+
 def apply_delta_cache(
     transformer: torch.nn.Module,
     schedule: "Schedule | str | DeltaCacheConfig",
@@ -341,6 +378,7 @@ def apply_delta_cache(
     state_manager = StateManager(BranchState)
     stats = DeltaCacheStats(depths)
     runs_per_list = {name: len(block_list.runs()) for name, block_list in resolved.block_lists.items()}
+    added_after = additions_between_blocks(transformer)
     cached_blocks = [  # all checks first, so a failure leaves the model untouched
         (list_name, index, run, getattr(transformer, list_name)[index])
         for list_name, block_list in resolved.block_lists.items()
@@ -350,7 +388,7 @@ def apply_delta_cache(
     metadata = [block_streams.block_metadata(block) for *_, block in cached_blocks]
     for (list_name, index, run, block), block_metadata in zip(cached_blocks, metadata):
         hook = DeltaCacheBlockHook(state_manager, list_name, index, run, block_metadata, config, stats,
-                                   forecast=resolved.forecast)
+                                   forecast=resolved.forecast, added_after=added_after.get(list_name, frozenset()))
         HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _BLOCK_HOOK)
 
     registry = HookRegistry.check_if_exists_or_initialize(transformer)

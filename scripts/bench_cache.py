@@ -7,7 +7,9 @@ pipeline does:
 - `--family wan` (default): WanTransformer3DModel, 40 blocks; a CFG loop (cond + uncond call per step,
   each in its `cache_context` with the step index, as WanPipeline does); preset wan2.1-t2v-14b.
   `--image_task i2v|flf2v`: the image-to-video transformer instead (36 input channels, cross-attention over
-  257 or 2 x 257 CLIP image tokens as well as the text, as WanImageToVideoPipeline calls it).
+  257 or 2 x 257 CLIP image tokens as well as the text, as WanImageToVideoPipeline calls it). `--vace`: the
+  VACE transformer (control blocks after every fifth block at 40 blocks, every second otherwise, as the 14B
+  and 1.3B models; they run on every step), called as WanVACEPipeline calls it (no step index).
 - `--family hunyuan_video`: HunyuanVideoTransformer3DModel, 20 double + 40 single blocks; one call per step
   in `cache_context("cond")` with no step index (embedded guidance, as HunyuanVideoPipeline does), so the
   cache is told the step count; preset hunyuanvideo-720p.
@@ -67,30 +69,43 @@ CLIP_TOKENS = 257  # Wan's image encoder (ViT-H/14 at 224 px): a class token and
 
 
 def wan_bench(args, dtype) -> Bench:
-    from diffusers import WanTransformer3DModel
+    from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
 
     layers = args.layers or 40
     image_frames = {"none": 0, "i2v": 1, "flf2v": 2}[args.image_task]
     image_dim = args.image_dim if image_frames else None
-    transformer = WanTransformer3DModel(
+    config = dict(
         patch_size=(1, 2, 2), num_attention_heads=args.heads, attention_head_dim=args.dim // args.heads,
         in_channels=36 if image_frames else 16, out_channels=16, text_dim=64, freq_dim=256, ffn_dim=args.ffn,
         num_layers=layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
         image_dim=image_dim, added_kv_proj_dim=args.dim if image_frames else None,
         pos_embed_seq_len=2 * CLIP_TOKENS if image_frames == 2 else None,
-    ).eval()
+    )
+    if args.vace:  # the released models: 14B (40 blocks) every fifth block, 1.3B (30 blocks) every second
+        config.update(vace_layers=list(range(0, layers, 5 if layers == 40 else 2)), vace_in_channels=96)
+    transformer = (WanVACETransformer3DModel if args.vace else WanTransformer3DModel)(**config).eval()
     torch.nn.Module.to(transformer, args.device, dtype)  # ModelMixin.to warns on every dtype cast
     text = torch.randn(1, 32, 64, device=args.device, dtype=dtype)
     # one image's CLIP tokens per frame; the flf2v transformer views the two frames as one sequence of 514
     image = torch.randn(image_frames, CLIP_TOKENS, image_dim, device=args.device, dtype=dtype) if image_frames else None
+    controls = {}  # VACE control latents (96 channels) per latent shape, drawn once
 
     def forward(latents, timestep, branch):
+        extra = {}
+        if args.vace:
+            shape = (latents.shape[0], 96, *latents.shape[2:])
+            if shape not in controls:
+                controls[shape] = torch.randn(shape, device=latents.device, dtype=latents.dtype)
+            extra["control_hidden_states"] = controls[shape]
         transformer(hidden_states=latents, timestep=timestep, encoder_hidden_states=text,
-                    encoder_hidden_states_image=image, return_dict=False)
+                    encoder_hidden_states_image=image, return_dict=False, **extra)
 
     cfg = not args.no_cfg
     kind = f" ({args.image_task}: {image_frames * CLIP_TOKENS} image tokens)" if image_frames else ""
-    return Bench(transformer, forward, ("cond", "uncond") if cfg else ("cond",), True,
+    if args.vace:
+        kind = f" (VACE: {len(config['vace_layers'])} control blocks, run every step)"
+    # WanPipeline passes the step index to its cache contexts, WanVACEPipeline does not
+    return Bench(transformer, forward, ("cond", "uncond") if cfg else ("cond",), not args.vace,
                  f"Wan transformer{kind}: {layers} blocks, dim {args.dim}, {args.steps} steps, "
                  f"{'CFG' if cfg else 'no CFG'}", in_channels=transformer.config.in_channels)
 
@@ -205,14 +220,17 @@ def main() -> None:
     p.add_argument("--image_task", default="none", choices=["none", "i2v", "flf2v"],
                    help="wan: the image-to-video transformer (i2v: 257 CLIP image tokens, flf2v: 2 x 257)")
     p.add_argument("--image_dim", type=positive_int, default=1280, help="wan --image_task: CLIP feature width")
+    p.add_argument("--vace", action="store_true", help="wan: the VACE transformer (control blocks, 96-channel control input)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--threads", type=positive_int, default=1, help="CPU threads (1 keeps CPU timings stable)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the blocks (compile_repeated_blocks) in both runs; compilation is untimed")
     args = p.parse_args()
-    if args.image_task != "none" and args.family != "wan":
-        p.error("--image_task is for --family wan")
+    if (args.image_task != "none" or args.vace) and args.family != "wan":
+        p.error("--image_task and --vace are for --family wan")
+    if args.image_task != "none" and args.vace:
+        p.error("--vace and --image_task are two transformers; choose one")
     torch.set_num_threads(args.threads)
 
     dtype = getattr(torch, args.dtype)

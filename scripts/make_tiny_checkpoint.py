@@ -37,13 +37,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--i2v", action="store_true", help="image-to-video variant (wan: adds the CLIP image encoder)")
     parser.add_argument("--flf2v", action="store_true",
                         help="first-last-frame-to-video variant (wan: i2v plus the two-frame image position embedding)")
+    parser.add_argument("--vace", action="store_true",
+                        help="VACE variant (wan: WanVACETransformer3DModel, for --task vace-*)")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     options = {name: getattr(args, name) for name in ("layout", "num_layers", "num_single_layers", "shards", "seed") if getattr(args, name) is not None}
-    for flag in ("i2v", "flf2v", "fp8"):
+    for flag in ("i2v", "flf2v", "vace", "fp8"):
         if getattr(args, flag):
             options[flag] = True
     family = importlib.import_module(FAMILIES[args.family])

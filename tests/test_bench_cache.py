@@ -58,7 +58,7 @@ def test_wan_image_task_benches_feed_the_image_transformer_its_clip_tokens():
     for task, image_tokens in (("i2v", 257), ("flf2v", 514)):
         torch.manual_seed(0)
         args = SimpleNamespace(layers=2, dim=16, heads=2, ffn=32, device="cpu", steps=3, no_cfg=False,
-                               image_task=task, image_dim=32)
+                               image_task=task, image_dim=32, vace=False)
         bench = bench_cache.wan_bench(args, torch.float32)
         assert bench.in_channels == 36 and task in bench.description
         shapes = []
@@ -68,3 +68,20 @@ def test_wan_image_task_benches_feed_the_image_transformer_its_clip_tokens():
         bench_cache.denoise_loop(bench, latents, args.steps)
         # one projection of the image tokens per call: 3 steps x 2 CFG branches
         assert shapes == [(1, image_tokens, 16)] * 6, (task, shapes[:2])
+
+
+def test_wan_vace_bench_runs_the_control_blocks_on_every_step():
+    # As WanVACEPipeline calls it: no step index in the cache contexts, control latents on every call.
+    args = SimpleNamespace(layers=10, dim=16, heads=2, ffn=32, device="cpu", steps=3, no_cfg=False,
+                           image_task="none", image_dim=32, vace=True)
+    bench = bench_cache.wan_bench(args, torch.float32)
+    assert not bench.passes_step_index and bench.transformer.config.vace_layers == [0, 2, 4, 6, 8]
+    control_calls = []
+    for block in bench.transformer.vace_blocks:
+        block.register_forward_hook(lambda module, inputs, output: control_calls.append(output[0].shape))
+    handle = dc.apply_delta_cache(bench.transformer, bench_cache.all_reuse_schedule(bench.transformer, 3, "hold"),
+                                  num_inference_steps=3)
+    bench_cache.denoise_loop(bench, torch.randn(1, 16, 1, 8, 8), args.steps)
+    # 3 steps x 2 branches x 5 control blocks; the main blocks computed on step 0 only (the cache was told 3 steps)
+    assert len(control_calls) == 3 * 2 * 5 and control_calls[0] == (1, 16, 16)
+    assert handle.stats()["computed_block_evals"] == 2 * 10 and handle.stats()["total_block_evals"] == 3 * 2 * 10

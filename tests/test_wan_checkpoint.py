@@ -321,8 +321,10 @@ def test_i2v_diffusers_layout_and_task_checks(ckpts):
         load_wan_components(ckpts["upstream"], task="i2v-14B")
     with pytest.raises(CheckpointError, match="image-to-video"):
         load_wan_components(ckpts["upstream_i2v"], task="t2v-14B")
-    with pytest.raises(UserInputError, match="unknown Wan task"):
+    with pytest.raises(CheckpointError, match="holds a model without VACE control blocks, which does not fit --task vace-14B"):
         load_wan_components(ckpts["upstream"], task="vace-14B")
+    with pytest.raises(UserInputError, match="unknown Wan task"):
+        load_wan_components(ckpts["upstream"], task="vace-2B")
 
 
 def test_flf2v_layouts_and_task_checks(ckpts, tmp_path):

@@ -69,7 +69,7 @@ def test_default_output_name_and_t2i_png_from_repo_root(ckpt4, tmp_path):
         (["--task", "t2v-1.3B", "--size", "1280*720"], "size 1280\\*720 is not supported for task t2v-1.3B"),
         (["--frame_num", "6"], "--frame_num must be 4n\\+1"),
         (["--task", "t2v-99B"], "invalid choice: 't2v-99B'"),
-        (["--task", "vace-14B", "--size", "832*480"], "not supported yet"),
+        (["--task", "vace-14B", "--src_mask", "mask.mp4"], "--src_mask needs --src_video"),
         (["--offload_model", "maybe"], "expected a boolean"),
         (["--sample_steps", "0"], "--sample_steps must be positive"),
         (["--task", "i2v-14B", "--size", "832*480"], "--image is required"),

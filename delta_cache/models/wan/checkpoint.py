@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from accelerate import init_empty_weights
-from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from diffusers import AutoencoderKLWan, WanTransformer3DModel, WanVACETransformer3DModel
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from transformers import (AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, UMT5Config,
@@ -25,7 +25,7 @@ from transformers import (AutoTokenizer, PretrainedConfig, PreTrainedModel, PreT
 from ...cli import set_offline
 from ...errors import CheckpointError, UserInputError
 from . import keys
-from .tasks import SUPPORTED_TASKS, is_image_to_video
+from .tasks import TASKS, is_image_to_video, is_vace
 
 if TYPE_CHECKING:  # importing CLIPImageProcessor warns when torchvision is missing: only i2v/flf2v need it
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
@@ -38,7 +38,7 @@ _FILE_ERRORS = (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.Un
 
 @dataclass
 class WanComponents:
-    transformer: WanTransformer3DModel
+    transformer: WanTransformer3DModel | WanVACETransformer3DModel  # the VACE one for vace tasks
     vae: AutoencoderKLWan
     text_encoder: UMT5EncoderModel
     tokenizer: PreTrainedTokenizerBase
@@ -61,8 +61,8 @@ def load_wan_components(
     upstream layout. `text_encoder_dtype=None` means `dtype`. Raises `CheckpointError` (one line,
     naming the file) for missing or malformed files.
     """
-    if task not in SUPPORTED_TASKS:
-        raise UserInputError(f"unknown Wan task {task!r}; expected one of {', '.join(SUPPORTED_TASKS)}")
+    if task not in TASKS:
+        raise UserInputError(f"unknown Wan task {task!r}; expected one of {', '.join(TASKS)}")
     set_offline()
     root = Path(ckpt_dir)
     if not root.is_dir():
@@ -76,11 +76,16 @@ def load_wan_components(
     return components
 
 
-def _check_task_matches_model(transformer: WanTransformer3DModel, task: str, root: Path) -> None:
+def _check_task_matches_model(transformer, task: str, root: Path) -> None:
     # An image-conditioned transformer takes 16 extra condition channels (mask + image latents) on top of
     # the noise; the flf2v one also has a position embedding telling the first frame's CLIP tokens from the
-    # last frame's (upstream img_emb.emb_pos, diffusers pos_embed_seq_len).
+    # last frame's (upstream img_emb.emb_pos, diffusers pos_embed_seq_len); a VACE one has control blocks.
     config = transformer.config
+    is_vace_model = isinstance(transformer, WanVACETransformer3DModel)
+    if is_vace_model != is_vace(task):
+        kind = ("a VACE model (it has control blocks)" if is_vace_model
+                else "a model without VACE control blocks")
+        raise CheckpointError(f"{root} holds {kind}, which does not fit --task {task}")
     is_image_model = config.in_channels != config.out_channels
     if is_image_model != is_image_to_video(task):
         kind = "an image-to-video" if is_image_model else "a text-to-video"
@@ -249,6 +254,7 @@ def _upstream_transformer_config(config: dict, shapes: dict, config_path: Path, 
     image_dim = shapes["img_emb.proj.0.weight"][0] if "img_emb.proj.0.weight" in shapes else None
     # flf2v: a learned position per CLIP token of the first and the last frame, (1, 2 * tokens, image_dim)
     image_positions = shapes[keys.FLF2V_IMAGE_POSITIONS][1] if keys.FLF2V_IMAGE_POSITIONS in shapes else None
+    vace = _upstream_vace_config(config, shapes, config_path, source) if keys.VACE_PATCH_EMBEDDING in shapes else {}
     return dict(
         patch_size=patch_size,
         num_attention_heads=heads,
@@ -266,16 +272,38 @@ def _upstream_transformer_config(config: dict, shapes: dict, config_path: Path, 
         added_kv_proj_dim=dim if image_dim is not None else None,
         pos_embed_seq_len=image_positions,
         rope_max_seq_len=1024,
+        **vace,
     )
 
 
-def _load_upstream_transformer(config_path: Path, files: list[Path], dtype) -> WanTransformer3DModel:
+def _upstream_vace_config(config: dict, shapes: dict, config_path: Path, source: Path) -> dict:
+    """WanVACETransformer3DModel's extra config: which main blocks receive a control hint (`vace_layers`, one
+    control block each) and the control input's channels. The shapes cannot tell which blocks get the hints:
+    config.json says (upstream's default when it does not: every second block from 0)."""
+    num_layers = config["num_layers"]
+    num_control = len({k.split(".")[1] for k in shapes if k.startswith("vace_blocks.")})
+    layers = config.get("vace_layers", list(range(0, num_layers, 2)))
+    _expect(isinstance(layers, list) and all(isinstance(i, int) for i in layers)
+            and layers == sorted(set(layers)) and layers[:1] == [0] and layers[-1] < num_layers,
+            f"malformed {config_path}: vace_layers must be increasing block indices from 0 below num_layers "
+            f"({num_layers}), got {layers}")
+    _expect(len(layers) == num_control, f"{config_path.name} disagrees with {source}: vace_layers names "
+                                        f"{len(layers)} blocks but it has {num_control} VACE blocks")
+    in_channels = _shape(shapes, keys.VACE_PATCH_EMBEDDING, source)[1]
+    _expect(config.get("vace_in_dim", in_channels) == in_channels,
+            f"{config_path.name} disagrees with {source}: vace_in_dim={config.get('vace_in_dim')} but "
+            f"{keys.VACE_PATCH_EMBEDDING} takes {in_channels} channels")
+    return dict(vace_layers=layers, vace_in_channels=in_channels)
+
+
+def _load_upstream_transformer(config_path: Path, files: list[Path], dtype):
     config = _read_upstream_config(config_path)
     shapes = {}
     for path in files:
         shapes.update(_safetensors_shapes(path))
     source = files[0] if len(files) == 1 else config_path.parent / keys.TRANSFORMER_INDEX_FILE
-    model = _empty_model(WanTransformer3DModel, _upstream_transformer_config(config, shapes, config_path, source))
+    model_cls = WanVACETransformer3DModel if keys.VACE_PATCH_EMBEDDING in shapes else WanTransformer3DModel
+    model = _empty_model(model_cls, _upstream_transformer_config(config, shapes, config_path, source))
     _check_keys(model, keys.transformer_from_upstream(shapes), source)  # the converter only renames keys
     for path in files:  # one shard in memory at a time, cast before the next is read
         _assign(model, keys.transformer_from_upstream(_load_safetensors(path)), path, dtype)
@@ -476,7 +504,7 @@ def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
 # --- diffusers layout ------------------------------------------------------------------------------
 
 _DIFFUSERS_PARTS = {
-    "transformer": "the WanTransformer3DModel",
+    "transformer": "the Wan transformer",
     "vae": "the AutoencoderKLWan",
     "text_encoder": "the UMT5 text encoder",
     "tokenizer": "the UMT5 tokenizer",
@@ -503,7 +531,7 @@ def _load_diffusers_layout(root, task, dtype, text_encoder_dtype, vae_dtype) -> 
             raise CheckpointError(f"cannot load {root / part} ({_DIFFUSERS_PARTS[part]}): {_first_line(err)}") from None
 
     components = WanComponents(
-        transformer=load(WanTransformer3DModel, "transformer", torch_dtype=dtype),
+        transformer=load(_diffusers_transformer_class(root), "transformer", torch_dtype=dtype),
         vae=load(AutoencoderKLWan, "vae", torch_dtype=vae_dtype),
         text_encoder=load(UMT5EncoderModel, "text_encoder", dtype=text_encoder_dtype),
         tokenizer=load(AutoTokenizer, "tokenizer"),
@@ -514,3 +542,15 @@ def _load_diffusers_layout(root, task, dtype, text_encoder_dtype, vae_dtype) -> 
         components.image_processor = _upstream_preprocessing(load(CLIPImageProcessor, "image_processor"),
                                                              components.image_encoder.config.image_size)
     return components
+
+
+def _diffusers_transformer_class(root: Path):
+    """The transformer class its config names: loading a VACE folder as WanTransformer3DModel would drop the
+    control blocks with only a warning."""
+    path = root / "transformer" / "config.json"
+    try:
+        name = json.loads(path.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return WanTransformer3DModel  # from_pretrained reports the unreadable config in its own words
+    return WanVACETransformer3DModel if name == WanVACETransformer3DModel.__name__ else WanTransformer3DModel
+

@@ -30,6 +30,9 @@ def shard_file_name(index: int, count: int) -> str:
 
 # --- transformer -----------------------------------------------------------------------------------
 
+# VACE: the control branch's patch embedding (same name in both layouts) marks a VACE transformer.
+VACE_PATCH_EMBEDDING = "vace_patch_embedding.weight"
+
 # flf2v's image position embedding; diffusers' converter leaves this key unrenamed, so it is renamed here.
 FLF2V_IMAGE_POSITIONS = "img_emb.emb_pos"
 _FLF2V_IMAGE_POSITIONS_DIFFUSERS = "condition_embedder.image_embedder.pos_embed"
@@ -69,6 +72,9 @@ _TRANSFORMER_TO_UPSTREAM = [
     # diffusers' affine cross-attention pre-norm is norm2; upstream calls it norm3.
     (".norm2.", ".norm3."),
     (".scale_shift_table", ".modulation"),
+    # VACE control blocks: their input and output projections (the model's own proj_out is head.head).
+    (".proj_in.", ".before_proj."),
+    (".proj_out.", ".after_proj."),
 ]
 
 

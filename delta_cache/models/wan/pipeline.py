@@ -11,7 +11,8 @@ import time
 
 import numpy as np
 import torch
-from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler, WanPipeline
+from diffusers import (DPMSolverMultistepScheduler, UniPCMultistepScheduler, WanPipeline, WanVACEPipeline,
+                       WanVACETransformer3DModel)
 from diffusers.utils.torch_utils import get_module_execution_device
 
 from ...video import to_vae_input
@@ -53,8 +54,12 @@ def make_scheduler(solver: str, shift: float):
 
 
 def build_pipeline(components, *, image_to_video: bool, solver: str, shift: float):
-    """A diffusers Wan pipeline over already loaded components (`WanComponents`)."""
+    """A diffusers Wan pipeline over already loaded components (`WanComponents`): WanVACEPipeline for a VACE
+    transformer, WanImageToVideoPipeline when `image_to_video`, else WanPipeline."""
     scheduler = make_scheduler(solver, shift)
+    if isinstance(components.transformer, WanVACETransformer3DModel):
+        return WanVACEPipeline(tokenizer=components.tokenizer, text_encoder=components.text_encoder,
+                               vae=components.vae, transformer=components.transformer, scheduler=scheduler)
     if image_to_video:
         from diffusers import WanImageToVideoPipeline  # lazy: importing it warns about torchvision on CPU installs
 
@@ -70,7 +75,7 @@ def build_pipeline(components, *, image_to_video: bool, solver: str, shift: floa
 @torch.no_grad()
 def denoise(pipe, *, prompt: str, negative_prompt: str, width: int, height: int, num_frames: int,
             num_inference_steps: int, guidance_scale: float, seed: int, image=None, last_image=None,
-            text_encoder_device: torch.device | None = None, max_sequence_length: int = 512,
+            vace=None, text_encoder_device: torch.device | None = None, max_sequence_length: int = 512,
             start: tuple[torch.Tensor, float] | None = None) -> tuple[torch.Tensor, float]:
     """Encode the prompts, then run the denoising loop alone (timed). Returns (latents, seconds).
 
@@ -78,6 +83,8 @@ def denoise(pipe, *, prompt: str, negative_prompt: str, width: int, height: int,
     to the pipeline as embeddings; the initial noise comes from a CPU generator so a seed gives the same
     video on any device. `start` = (clean latents as `encode` gives them, sigma): begin from those latents
     noised to the grid's first level <= sigma instead of pure noise (see partial_denoising.py).
+    `vace`: the VACE conditions (`inputs.VaceInputs`); the latents returned are the video's alone (the
+    reference images' leading latent frames, which the pipeline denoises with it, are dropped).
     """
     device = pipe._execution_device
     prompt_embeds, negative_embeds = pipe.encode_prompt(
@@ -87,6 +94,8 @@ def denoise(pipe, *, prompt: str, negative_prompt: str, width: int, height: int,
     extra = {} if image is None else {"image": image}
     if last_image is not None:  # flf2v: the pipeline conditions on both frames and both frames' CLIP tokens
         extra["last_image"] = last_image
+    if vace is not None:
+        extra.update(video=vace.video, mask=vace.mask, reference_images=vace.reference_images or None)
     with initial_latents(pipe.scheduler, start, seed, num_inference_steps=num_inference_steps, device=device) as initial:
         synchronize(device)
         began = time.perf_counter()
@@ -98,7 +107,10 @@ def denoise(pipe, *, prompt: str, negative_prompt: str, width: int, height: int,
             output_type="latent", max_sequence_length=max_sequence_length, **extra, **initial,
         ).frames
         synchronize(device)
-    return latents, time.perf_counter() - began
+    seconds = time.perf_counter() - began
+    if vace is not None and vace.reference_images:
+        latents = latents[:, :, len(vace.reference_images):]
+    return latents, seconds
 
 
 def generate(pipe, **kwargs) -> Generation:

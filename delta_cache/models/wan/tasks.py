@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 TASKS = ("t2v-14B", "t2v-1.3B", "i2v-14B", "t2i-14B", "flf2v-14B", "vace-1.3B", "vace-14B")
-SUPPORTED_TASKS = ("t2v-14B", "t2v-1.3B", "i2v-14B", "t2i-14B", "flf2v-14B")
 DEFAULT_TASK = "t2v-14B"  # upstream generate.py's --task default
 
 SIZES = {  # WIDTH*HEIGHT -> (width, height)
@@ -55,15 +54,26 @@ EXAMPLE_PROMPTS = {
         "CG动画风格，一只蓝色的小鸟从地面起飞，煽动翅膀。小鸟羽毛细腻，胸前有独特的花纹，背景是蓝天白云，阳光明媚。"
         "镜跟随小鸟向上移动，展现出小鸟飞翔的姿态和天空的广阔。近景，仰视视角。"
     ),
+    # Upstream pairs it with two reference images from its repository (a girl, a snake), which we do not ship:
+    # without --src_ref_images the model draws the scene from the text alone.
+    "vace": (
+        "在一个欢乐而充满节日气氛的场景中，穿着鲜艳红色春服的小女孩正与她的可爱卡通蛇嬉戏。她的春服上绣着金色吉祥图案，"
+        "散发着喜庆的气息，脸上洋溢着灿烂的笑容。蛇身呈现出亮眼的绿色，形状圆润，宽大的眼睛让它显得既友善又幽默。"
+        "小女孩欢快地用手轻轻抚摸着蛇的头部，共同享受着这温馨的时刻。周围五彩斑斓的灯笼和彩带装饰着环境，"
+        "阳光透过洒在她们身上，营造出一个充满友爱与幸福的新年氛围。"
+    ),
 }
 
-# Our delta-cache preset per task (i2v/flf2v/t2i reuse the 14B T2V preset: same 40-block DiT, paper has none).
+# Our delta-cache preset per task: i2v/flf2v/t2i/vace reuse the T2V preset of their size (the same 40- or
+# 30-block DiT; the paper has none for them). VACE's control blocks are not cached (docs/schedule-format.md).
 DEFAULT_PRESETS = {
     "t2v-14B": "wan2.1-t2v-14b",
     "t2v-1.3B": "wan2.1-t2v-1.3b",
     "i2v-14B": "wan2.1-t2v-14b",
     "t2i-14B": "wan2.1-t2v-14b",
     "flf2v-14B": "wan2.1-t2v-14b",
+    "vace-1.3B": "wan2.1-t2v-1.3b",
+    "vace-14B": "wan2.1-t2v-14b",
 }
 
 SAMPLE_FPS = 16
@@ -96,6 +106,11 @@ def is_image_to_video(task: str) -> bool:
     return task.startswith(("i2v", "flf2v"))
 
 
+def is_vace(task: str) -> bool:
+    """VACE tasks: text-to-video steered by an optional source video, mask and reference images."""
+    return task.startswith("vace")
+
+
 def negative_prompt(task: str) -> str:
     if task.startswith("flf2v"):
         return FLF2V_NEGATIVE_PREFIX + I2V_NEGATIVE_PREFIX + NEGATIVE_PROMPT
@@ -117,6 +132,29 @@ def i2v_output_size(size: str, image_width: int, image_height: int, spatial_mult
     out_h = int(math.sqrt(max_area * aspect) // spatial_multiple) * spatial_multiple
     out_w = int(math.sqrt(max_area / aspect) // spatial_multiple) * spatial_multiple
     return out_w, out_h
+
+
+def vace_source_shape(source_frames: int, source_width: int, source_height: int, size: str, frame_num: int,
+                      spatial_multiple: int = 16, temporal_stride: int = VAE_STRIDE[0]) -> tuple[int, int, int]:
+    """(frames, width, height) that a VACE source video is resampled to, as upstream's video processor sizes it.
+
+    Upstream takes the whole clip: as many 4n+1 frames as it has (picked evenly over its length), at its
+    aspect ratio and at most the area of `size`, within a budget of video tokens (16x16-pixel patches of a
+    latent frame) of 81 frames at `size`; the budget traded between length and area. Here the budget is that
+    of `frame_num` frames (81 by default, upstream's), so --frame_num caps the length.
+    """
+    width, height = parse_size(size)
+    area_cap = (width // spatial_multiple) * (height // spatial_multiple)
+    budget = area_cap * ((frame_num - 1) // temporal_stride + 1)
+    area = min(area_cap, (source_height // spatial_multiple) * (source_width // spatial_multiple))
+    if area < 1:
+        raise ValueError(f"a source video of {source_width}x{source_height} is smaller than one "
+                         f"{spatial_multiple}-pixel patch")
+    latent_frames = min((source_frames - 1) // temporal_stride + 1, budget // area)
+    area = min(area, budget // latent_frames)
+    out_h = max(1, round(math.sqrt(area * source_height / source_width)))
+    out_w = max(1, area // out_h)
+    return (latent_frames - 1) * temporal_stride + 1, out_w * spatial_multiple, out_h * spatial_multiple
 
 
 def output_file_name(task: str, size: str, ulysses_size: int, ring_size: int, prompt: str,

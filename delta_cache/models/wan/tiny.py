@@ -11,7 +11,8 @@ import string
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+from diffusers import (AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel,
+                       WanVACETransformer3DModel)
 from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel, T5Tokenizer, UMT5Config, UMT5EncoderModel
 
@@ -45,17 +46,19 @@ def build_tiny_modules(
     vae_base_dim: int = 2,
     i2v: bool = False,
     flf2v: bool = False,
+    vace: bool = False,
 ) -> dict:
     """The tiny pipeline components (diffusers/transformers modules) for `seed`.
 
     i2v: the image-to-video variant (36 input channels, CLIP image encoder); flf2v: the first-last-frame one
-    (the same, plus the position embedding over both frames' CLIP tokens)."""
+    (the same, plus the position embedding over both frames' CLIP tokens); vace: WanVACETransformer3DModel,
+    a control block for every fifth main block (as the 14B model; upstream's default is every second)."""
     if num_layers < 1 or num_heads < 1 or ffn_dim < 1 or text_dim < 1 or vae_base_dim < 1:
         raise UserInputError("tiny Wan checkpoint: num_layers, num_heads, ffn_dim, text_dim, vae_base_dim must be >= 1")
     if head_dim % 2 or head_dim < 6:  # rope splits head_dim into non-empty t/h/w parts of even sizes
         raise UserInputError(f"tiny Wan checkpoint: head_dim must be even and >= 6, got {head_dim}")
-    if i2v and flf2v:
-        raise UserInputError("tiny Wan checkpoint: i2v and flf2v are two variants; choose one")
+    if i2v + flf2v + vace > 1:
+        raise UserInputError("tiny Wan checkpoint: i2v, flf2v and vace are three variants; choose one")
     i2v = i2v or flf2v  # from here on: "image-conditioned"
     clip_size, clip_patch = 32, 8
     tokenizer = build_tiny_tokenizer()
@@ -63,15 +66,18 @@ def build_tiny_modules(
         torch.manual_seed(seed)
         # The image encoder's width is a multiple of 80: the upstream layout implies ViT-H/14's 80-wide heads.
         image_dim = 2 * keys.CLIP_HEAD_DIM if i2v else None
+        transformer_config = dict(
+            patch_size=(1, 2, 2), num_attention_heads=num_heads, attention_head_dim=head_dim,
+            in_channels=36 if i2v else 16, out_channels=16, text_dim=text_dim, freq_dim=256, ffn_dim=ffn_dim,
+            num_layers=num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+            image_dim=image_dim, added_kv_proj_dim=num_heads * head_dim if i2v else None, rope_max_seq_len=1024,
+            # flf2v: one position per CLIP token (class token + patches) of the first and the last frame
+            pos_embed_seq_len=2 * ((clip_size // clip_patch) ** 2 + 1) if flf2v else None)
+        if vace:  # control input: inactive + reactive latents (2 x 16) and the 8 x 8 mask pixels of a latent pixel
+            transformer_config.update(vace_layers=list(range(0, num_layers, 5)), vace_in_channels=96)
         modules = dict(
             tokenizer=tokenizer,
-            transformer=WanTransformer3DModel(
-                patch_size=(1, 2, 2), num_attention_heads=num_heads, attention_head_dim=head_dim,
-                in_channels=36 if i2v else 16, out_channels=16, text_dim=text_dim, freq_dim=256, ffn_dim=ffn_dim,
-                num_layers=num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
-                image_dim=image_dim, added_kv_proj_dim=num_heads * head_dim if i2v else None, rope_max_seq_len=1024,
-                # flf2v: one position per CLIP token (class token + patches) of the first and the last frame
-                pos_embed_seq_len=2 * ((clip_size // clip_patch) ** 2 + 1) if flf2v else None),
+            transformer=(WanVACETransformer3DModel if vace else WanTransformer3DModel)(**transformer_config),
             # The diffusers VAE converter hard-codes 4 levels with 2 residual blocks: only the width shrinks.
             vae=AutoencoderKLWan(base_dim=vae_base_dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
                                  temperal_downsample=[False, True, True]),
@@ -114,13 +120,15 @@ def write_tiny_checkpoint(
     vae_base_dim: int = 2,  # the random VAE's decoding dominates CPU runs at the upstream sizes (832x480)
     i2v: bool = False,
     flf2v: bool = False,
+    vace: bool = False,
 ) -> Path:
     """Write a random-weight tiny Wan2.1 checkpoint into `out_dir` (created; must be empty) and return it.
 
     layout="upstream": the Wan-AI folder (config.json, transformer safetensors in upstream key names,
     sharded with an index when shards > 1, Wan2.1_VAE.pth, the T5 .pth, google/umt5-xxl/; i2v adds the
     open-clip .pth, whose text tower is a stand-in: Wan never reads it; flf2v too).
-    layout="diffusers": a WanPipeline.save_pretrained folder (WanImageToVideoPipeline when i2v or flf2v).
+    layout="diffusers": a WanPipeline.save_pretrained folder (WanImageToVideoPipeline when i2v or flf2v,
+    WanVACEPipeline when vace).
     """
     if layout not in LAYOUTS:
         raise UserInputError(f"tiny Wan checkpoint: layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -133,7 +141,7 @@ def write_tiny_checkpoint(
         raise UserInputError(f"tiny Wan checkpoint: shards ({shards}) must not exceed num_layers ({num_layers})")
     modules = build_tiny_modules(num_layers=num_layers, seed=seed, num_heads=num_heads, head_dim=head_dim,
                                  ffn_dim=ffn_dim, text_dim=text_dim, vae_base_dim=vae_base_dim, i2v=i2v,
-                                 flf2v=flf2v)
+                                 flf2v=flf2v, vace=vace)
     out.mkdir(parents=True, exist_ok=True)
     if layout == "upstream":
         write_upstream(out, modules, shards)
@@ -150,9 +158,11 @@ def _contiguous_copies(state_dict: dict) -> dict:
 def _upstream_config(transformer: WanTransformer3DModel) -> dict:
     """The upstream WanModel config.json (text_dim and patch_size are not in it upstream either)."""
     c = transformer.config
-    return {
-        "_class_name": "WanModel",
-        "model_type": "flf2v" if c.pos_embed_seq_len else "i2v" if c.image_dim is not None else "t2v",
+    vace = isinstance(transformer, WanVACETransformer3DModel)
+    config = {
+        "_class_name": "VaceWanModel" if vace else "WanModel",
+        "model_type": ("vace" if vace else "flf2v" if c.pos_embed_seq_len else "i2v" if c.image_dim is not None
+                       else "t2v"),
         "dim": c.num_attention_heads * c.attention_head_dim,
         "ffn_dim": c.ffn_dim,
         "freq_dim": c.freq_dim,
@@ -163,6 +173,9 @@ def _upstream_config(transformer: WanTransformer3DModel) -> dict:
         "text_len": 512,
         "eps": c.eps,
     }
+    if vace:
+        config.update(vace_layers=list(c.vace_layers), vace_in_dim=c.vace_in_channels)
+    return config
 
 
 def write_upstream(out: Path, modules: dict, shards: int) -> None:
@@ -223,6 +236,10 @@ def _write_diffusers(out: Path, modules: dict) -> None:
         from diffusers import WanImageToVideoPipeline  # imports CLIPImageProcessor, which warns without torchvision
 
         pipeline_cls = WanImageToVideoPipeline
+    elif isinstance(modules["transformer"], WanVACETransformer3DModel):
+        from diffusers import WanVACEPipeline
+
+        pipeline_cls = WanVACEPipeline
     else:
         pipeline_cls = WanPipeline
     pipeline_cls(scheduler=scheduler, **modules).save_pretrained(out)
