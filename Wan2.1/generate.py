@@ -93,9 +93,6 @@ def validate(args) -> None:
                              f"{', '.join(supported)}")
     if args.use_prompt_extend:
         raise UserInputError("--use_prompt_extend is not supported yet")
-    if args.ulysses_size * args.ring_size > 1 and tasks.is_vace(args.task):
-        raise UserInputError(f"multi-GPU sampling is not supported for {args.task} (diffusers' "
-                             "WanVACETransformer3DModel has no context-parallel plan); run it on one GPU")
     parallel.check_degrees(args.ulysses_size, args.ring_size, ("--ulysses_size", "--ring_size"))
     if args.ulysses_size * args.ring_size > 1 and args.offload_model:
         raise UserInputError("--offload_model True does not work with multi-GPU sampling; leave it out (False)")
@@ -144,6 +141,7 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     from loguru import logger
 
     from delta_cache.cli import log_cache_plan, summary_line
+    from delta_cache.models.wan import context_parallel
     from delta_cache.models.wan.checkpoint import load_wan_components
     from delta_cache.models.wan.pipeline import build_pipeline, generate, token_grid
     from delta_cache.video import save_image, save_video
@@ -195,7 +193,7 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
         grid = token_grid(pipe, width=width, height=height, num_frames=num_frames)
         parallel.check_model_fits(group, num_heads=pipe.transformer.config.num_attention_heads,
                                   num_tokens=grid[0] * grid[1] * grid[2], heads_flag="--ulysses_size")
-        parallel.enable_context_parallel(pipe.transformer, group)
+        parallel.enable_context_parallel(pipe.transformer, group, cp_plan=context_parallel.cp_plan(pipe.transformer))
         logger.info(f"context parallel over {group.world_size} processes: Ulysses {group.ulysses_degree}, "
                     f"ring {group.ring_degree}")
 

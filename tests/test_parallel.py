@@ -76,6 +76,40 @@ def test_parallel_degrees_must_fit_the_model():
         parallel.check_model_fits(group, num_heads=40, num_tokens=1562, heads_flag="--ulysses_size")
 
 
+def test_vace_ulysses_over_two_processes_gives_the_single_process_video(tmp_path):
+    # Wan VACE (models/wan/context_parallel.py: the control tokens split with the video tokens at the first
+    # control block) with a source video, a mask and a reference image, the delta cache on over a run that
+    # contains a control hint: the same video as one process.
+    from delta_cache.video import save_video
+    from PIL import Image
+
+    ckpt = write_tiny_checkpoint(tmp_path / "ckpt", num_layers=10, vace=True, seed=2)
+    (ckpt / "tiny_model.json").write_text(json.dumps({"native_size": {"width": 64, "height": 48, "num_frames": 5}}))
+    frames = np.zeros((9, 48, 64, 3), np.float32)
+    for i in range(9):
+        frames[i, 10:30, 4 + 4 * i:24 + 4 * i] = (0.9, 0.2, 0.1)
+    mask = np.zeros_like(frames)
+    mask[:, 24:] = 1.0
+    save_video(frames, tmp_path / "src.mp4", fps=16)
+    save_video(mask, tmp_path / "mask.mp4", fps=16)
+    Image.new("RGB", (30, 50), (20, 180, 60)).save(tmp_path / "ref.png")
+    schedule = tmp_path / "schedule.json"
+    schedule.write_text(json.dumps({"format_version": 1, "num_steps": 4, "block_lists": {
+        "blocks": {"num_blocks": 10, "background_blocks": ["3-7"], "refresh_steps": [0, 1]}}}))
+    args = ["--task", "vace-1.3B", "--ckpt_dir", ckpt, "--src_video", tmp_path / "src.mp4", "--src_mask",
+            tmp_path / "mask.mp4", "--src_ref_images", tmp_path / "ref.png", "--sample_steps", "4", "--base_seed", "5",
+            "--cache_schedule", schedule]
+    load_script(GENERATE).main([*map(str, args), "--save_file", str(tmp_path / "single.mp4")])  # one process
+    multi = torchrun(GENERATE, [*args, "--ulysses_size", "2", "--save_file", tmp_path / "multi.mp4"], cwd=tmp_path)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    assert "context parallel over 2 processes: Ulysses 2, ring 1" in multi.stderr
+    summaries = [line for line in multi.stdout.splitlines() if line.startswith("denoising time:")]
+    assert len(summaries) == 1 and "cond 30/40, uncond 30/40" in summaries[0]
+    single, parallel_video = read_video(tmp_path / "single.mp4"), read_video(tmp_path / "multi.mp4")
+    assert single.shape == (5, 48, 64, 3)
+    np.testing.assert_array_equal(parallel_video, single)
+
+
 def test_hunyuan_video_ulysses_over_two_processes_gives_the_single_process_video(tmp_path, monkeypatch):
     # HunyuanVideo's joint [video; text] attention with its text-padding key mask, split over two processes
     # (models/hunyuan_video/context_parallel.py), true CFG and the delta cache on both block lists: the same
