@@ -32,6 +32,7 @@ from delta_cache.models.tiny_info import native_size  # noqa: E402
 from delta_cache.models.wan import tasks  # noqa: E402
 from delta_cache.models.wan.inputs import (check_image_flags, check_vace_flags, read_input_frames,  # noqa: E402
                                            read_vace_inputs)
+from delta_cache.models.wan.prompt_extend import check_prompt_extend_flags  # noqa: E402
 
 
 def build_parser() -> OneLineArgumentParser:
@@ -62,10 +63,14 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--src_ref_images", type=str, default=None,
                    help="VACE reference images, comma-separated (subjects or scenes to put in the video).")
     p.add_argument("--prompt", type=str, default=None, help="The prompt (default: the task's example prompt).")
-    p.add_argument("--use_prompt_extend", action="store_true", default=False, help="Extend the prompt with an LLM.")
-    p.add_argument("--prompt_extend_method", type=str, default="local_qwen", choices=["dashscope", "local_qwen"])
-    p.add_argument("--prompt_extend_model", type=str, default=None)
-    p.add_argument("--prompt_extend_target_lang", type=str, default="zh", choices=["zh", "en"])
+    p.add_argument("--use_prompt_extend", action="store_true", default=False,
+                   help="Rewrite the prompt with a local instruction-tuned LLM first (text tasks).")
+    p.add_argument("--prompt_extend_method", type=str, default="local_qwen", choices=["dashscope", "local_qwen"],
+                   help="local_qwen only (dashscope is an online API, never contacted).")
+    p.add_argument("--prompt_extend_model", type=str, default=None,
+                   help="Local folder of the LLM (e.g. Qwen2.5-7B-Instruct); required with --use_prompt_extend.")
+    p.add_argument("--prompt_extend_target_lang", type=str, default="zh", choices=["zh", "en"],
+                   help="Language of the rewritten prompt.")
     p.add_argument("--base_seed", type=int, default=-1, help="Seed; negative means random.")
     p.add_argument("--image", type=str, default=None, help="Input image for i2v.")
     p.add_argument("--first_frame", type=str, default=None, help="First frame for flf2v.")
@@ -91,8 +96,7 @@ def validate(args) -> None:
     if args.size not in supported:
         raise UserInputError(f"size {args.size} is not supported for task {args.task}; supported sizes: "
                              f"{', '.join(supported)}")
-    if args.use_prompt_extend:
-        raise UserInputError("--use_prompt_extend is not supported yet")
+    args.prompt_extension = check_prompt_extend_flags(args.task, args)
     parallel.check_degrees(args.ulysses_size, args.ring_size, ("--ulysses_size", "--ring_size"))
     if args.ulysses_size * args.ring_size > 1 and args.offload_model:
         raise UserInputError("--offload_model True does not work with multi-GPU sampling; leave it out (False)")
@@ -158,6 +162,16 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     text_device = torch.device("cpu") if args.t5_cpu else device
     image, last_image = read_input_frames(args.task, args)  # unreadable inputs fail before loading
     vace = read_vace_inputs(args, args.size, args.frame_num) if tasks.is_vace(args.task) else None
+    prompt = args.prompt  # the file is named after the user's prompt, as upstream, also when it is extended
+    if args.prompt_extension is not None:
+        from delta_cache.models.wan.prompt_extend import extend_prompt
+
+        if group.is_main:  # one LLM run; every rank generates from rank 0's text
+            logger.info(f"extending the prompt with {args.prompt_extension.model_dir}")
+            prompt = extend_prompt(args.prompt, args.prompt_extension, seed=args.base_seed, device=device)
+        if group.is_parallel:
+            prompt = parallel.from_rank0(prompt)
+        logger.info(f"extended prompt: {prompt!r}")
     logger.info(f"loading {args.task} from {args.ckpt_dir} ({device}, {dtype})")
     components = load_wan_components(
         args.ckpt_dir, task=args.task, dtype=dtype,
@@ -206,9 +220,9 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
         logger.info(f"VACE conditions: {'source video' if vace.video else 'no source video'}"
                     f"{' with mask' if vace.mask else ''}, {len(vace.reference_images)} reference image(s)")
     logger.info(f"generating {width}x{height}, {num_frames} frames, {args.sample_steps} steps, "
-                f"seed {args.base_seed}: {args.prompt!r}")
+                f"seed {args.base_seed}: {prompt!r}")
     result = generate(
-        pipe, prompt=args.prompt, negative_prompt=tasks.negative_prompt(args.task), width=width, height=height,
+        pipe, prompt=prompt, negative_prompt=tasks.negative_prompt(args.task), width=width, height=height,
         num_frames=num_frames, num_inference_steps=args.sample_steps, guidance_scale=args.sample_guide_scale,
         seed=args.base_seed, image=image, last_image=last_image, vace=vace, text_encoder_device=text_device,
     )
