@@ -1,4 +1,5 @@
-"""Fidelity of a cached video to the uncached one: per-frame PSNR and SSIM (torchmetrics).
+"""Fidelity of a cached video to the uncached one (torchmetrics): per-frame PSNR and SSIM, the paper's SSIM
+variant, and the optional LPIPS and per-video FID, whose backbone weights are used only when already on disk.
 
 Frames are float arrays in [0, 1], shaped (F, H, W, C) as the pipelines return them, or uint8 arrays as
 read back from an mp4. Each metric is computed per frame and averaged over frames; identical videos give
@@ -8,6 +9,8 @@ PSNR = inf.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -50,3 +53,88 @@ def fidelity(video: np.ndarray, reference: np.ndarray) -> Fidelity:
                                                sigma=1.5 * kernel / 11, reduction="none")
     return Fidelity(psnr=float(psnr.mean()), ssim=float(ssim.mean()))
 
+
+
+def paper_ssim(video: np.ndarray, reference: np.ndarray) -> float:
+    """SSIM as the ProfilingDiT paper reports it: an 11x11 uniform window (`fidelity` uses the usual Gaussian
+    one), scikit-image's definition (sample covariances, the mean over the pixels the window fits in), per
+    frame over the RGB channels, averaged over frames."""
+    from skimage.metrics import structural_similarity
+
+    preds, target = _as_frames(video), _as_frames(reference)
+    if preds.shape != target.shape:
+        raise ValueError(f"videos differ in shape: {tuple(video.shape)} vs {tuple(reference.shape)}")
+    window = min(11, min(preds.shape[-2:]) // 2 * 2 - 1)
+    scores = [structural_similarity(p.numpy(), t.numpy(), win_size=window, channel_axis=0, data_range=1.0)
+              for p, t in zip(preds, target)]
+    return float(np.mean(scores))
+
+
+VideoMetric = Callable[[np.ndarray, np.ndarray], float]  # (video, reference) -> value
+
+
+def _hub_file(url: str) -> Path:
+    """Where torch.hub keeps the download of `url`."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
+def make_lpips(device) -> tuple[VideoMetric | None, str | None]:
+    """Per-frame LPIPS (AlexNet, as the paper) averaged over frames, if its backbone weights are already on disk
+    (never downloads); else (None, reason)."""
+    try:
+        from torchvision import models  # torchmetrics builds the backbone with torchvision
+    except ImportError:
+        return None, "torchvision not installed"
+    local = _hub_file(models.AlexNet_Weights.DEFAULT.url)
+    if not local.is_file():
+        return None, f"backbone weights not on disk ({local})"
+    try:
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+        metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True).to(device).eval()
+    except Exception as err:  # an optional metric must never stop a benchmark
+        return None, f"cannot build LPIPS ({type(err).__name__}: {err})"
+
+    def lpips(video, reference) -> float:
+        a, b = _as_frames(video).float().to(device), _as_frames(reference).float().to(device)
+        with torch.no_grad():
+            return float(torch.stack([metric(a[i:i + 1], b[i:i + 1]) for i in range(len(a))]).mean())
+
+    return lpips, None
+
+
+def make_video_fid(device, weights_path: str | Path | None = None,
+                   feature: torch.nn.Module | None = None) -> tuple[VideoMetric | None, str | None]:
+    """The paper's per-video FID: the Frechet distance between the Inception pool3 features of a video's frames
+    and those of its reference's frames (one video against one video: not comparable with a standard FID).
+
+    Needs torch-fidelity and its Inception weights on disk (`weights_path`, or torch.hub's download folder;
+    never downloads); else (None, reason). `feature`: another feature extractor (an nn.Module mapping
+    [0, 1] images to feature vectors) instead of Inception."""
+    if feature is None:
+        try:
+            from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+        except ImportError:
+            return None, "torch-fidelity not installed"
+        weights_path = Path(weights_path) if weights_path is not None else _hub_file(URL_INCEPTION_V3)
+        if not weights_path.is_file():
+            return None, f"Inception weights not on disk ({weights_path})"
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        metric = FrechetInceptionDistance(
+            feature=feature if feature is not None else 2048, normalize=True,
+            **({} if feature is not None else {"feature_extractor_weights_path": str(weights_path)})).to(device)
+    except Exception as err:  # an optional metric must never stop a benchmark
+        return None, f"cannot build FID ({type(err).__name__}: {err})"
+
+    def video_fid(video, reference) -> float:
+        metric.reset()
+        with torch.no_grad():
+            metric.update(_as_frames(reference).float().to(device), real=True)
+            metric.update(_as_frames(video).float().to(device), real=False)
+            return float(metric.compute())
+
+    return video_fid, None

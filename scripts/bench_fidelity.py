@@ -67,6 +67,7 @@ sys.path.insert(0, str(REPO))  # works without `pip install -e .` too
 
 from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
+from delta_cache.metrics import make_lpips  # noqa: E402
 from delta_cache.models.tiny_info import COMMITTED_CHECKPOINTS, committed_checkpoint  # noqa: E402
 
 FAMILIES = ("wan", "hunyuan_video")
@@ -143,35 +144,6 @@ def validate(args) -> dict[str, VideoSize]:
 
 
 # --- metrics -------------------------------------------------------------------------------------------
-
-def make_lpips(device):
-    """torchmetrics' LPIPS if its backbone weights are already on disk (never downloads); else (None, reason)."""
-    try:
-        import torchvision  # noqa: F401  (torchmetrics builds the backbone with torchvision)
-    except ImportError:
-        return None, "torchvision not installed"
-    import torch
-    from torchvision import models
-
-    weights = models.AlexNet_Weights.DEFAULT
-    local = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    if not local.is_file():
-        return None, f"backbone weights not on disk ({local})"
-    try:
-        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
-
-        metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True).to(device).eval()
-    except Exception as err:  # an optional metric must never stop the benchmark
-        return None, f"cannot build LPIPS ({type(err).__name__}: {err})"
-
-    def lpips(video, reference) -> float:
-        a = torch.from_numpy(video).permute(0, 3, 1, 2).float().to(device)
-        b = torch.from_numpy(reference).permute(0, 3, 1, 2).float().to(device)
-        with torch.no_grad():
-            return float(torch.stack([metric(a[i:i + 1], b[i:i + 1]) for i in range(len(a))]).mean())
-
-    return lpips, None
-
 
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None]
