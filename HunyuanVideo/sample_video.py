@@ -20,8 +20,10 @@ from delta_cache import parallel  # noqa: E402
 from delta_cache.cli import (  # noqa: E402
     OneLineArgumentParser,
     add_cache_flags,
+    add_teacache_flags,
     apply_cache_from_flags,
     cache_requested,
+    check_teacache_flags,
     run_cli,
     set_offline,
 )
@@ -113,6 +115,7 @@ def build_parser() -> OneLineArgumentParser:
                                help="Ring degree (1 only: see docs/hunyuanvideo.md).")
 
     add_cache_flags(p, config.DEFAULT_PRESET)
+    add_teacache_flags(p)
     return p
 
 
@@ -168,6 +171,7 @@ def validate(args) -> None:
     if not Path(args.model_base).exists():
         raise UserInputError(f"--model-base {args.model_base}: no such folder")
     args.delta_cache = cache_requested(args)
+    check_teacache_flags(args, args.ulysses_degree * args.ring_degree)
     args.seeds = config.video_seeds(args.seed, args.num_videos)
 
 
@@ -243,6 +247,13 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
     if schedule is not None:
         # diffusers' HunyuanVideoPipeline passes no step index: the cache counts calls against this many steps.
         handle = apply_cache_from_flags(transformer, schedule, args, num_inference_steps=args.infer_steps)
+    teacache = None
+    if args.teacache_thresh is not None:
+        from delta_cache.cli import apply_teacache_from_flags
+        from delta_cache.models.hunyuan_video.teacache import teacache_settings
+
+        teacache = apply_teacache_from_flags(transformer, teacache_settings(), args.teacache_thresh, args.infer_steps)
+        logger.info(f"TeaCache: threshold {args.teacache_thresh}, modulated-input indicator, published coefficients")
 
     pipe = build_pipeline(components, shift=args.flow_shift)
     if not group.is_main:
@@ -279,6 +290,8 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
     for seed in args.seeds:
         if handle is not None:
             handle.reset_stats()  # one summary per video
+        if teacache is not None:
+            teacache.stats.computed_calls = teacache.stats.skipped_calls = 0
         logger.info(f"sampling {height}x{width}, {args.video_length} frames, {args.infer_steps} steps, "
                     f"seed {seed}: {args.prompt!r}")
         result = generate(
@@ -294,8 +307,12 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
         frames = (np.clip(result.frames, 0.0, 1.0) * 255).astype(np.uint8)  # upstream truncates, not rounds
         save_video(frames, save_path, fps=config.SAMPLE_FPS)
         print(f"Sample save to: {save_path}")
+        teacache_calls = None
+        if teacache is not None:
+            stats = teacache.stats
+            teacache_calls = (stats.computed_calls, stats.computed_calls + stats.skipped_calls)
         print(summary_line(result.denoise_seconds, handle.stats() if handle is not None else None,
-                           processes=group.world_size))
+                           processes=group.world_size, teacache_calls=teacache_calls))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # works without
 from delta_cache.cli import (  # noqa: E402
     OneLineArgumentParser,
     add_cache_flags,
+    add_teacache_flags,
     apply_cache_from_flags,
     cache_requested,
+    check_teacache_flags,
     run_cli,
     set_offline,
     str2bool,
@@ -80,7 +82,15 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--sample_shift", type=float, default=None, help="Flow-matching shift (default per task).")
     p.add_argument("--sample_guide_scale", type=float, default=5.0, help="Classifier-free guidance scale.")
     add_cache_flags(p, "the task's preset")
+    teacache = add_teacache_flags(p)
+    teacache.add_argument("--use_ret_steps", action="store_true", default=False,
+                          help="TeaCache's ret_steps mode: the timestep projection as indicator, the first 5 steps "
+                               "computed (its published coefficients for that mode).")
     return p
+
+
+def teacache_indicator(args) -> str:
+    return "timestep_projection" if args.use_ret_steps else "timestep_embedding"
 
 
 def validate(args) -> None:
@@ -119,6 +129,13 @@ def validate(args) -> None:
     if args.sample_guide_scale < 0:
         raise UserInputError(f"--sample_guide_scale must be >= 0, got {args.sample_guide_scale}")
     args.delta_cache = cache_requested(args)
+    check_teacache_flags(args, args.ulysses_size * args.ring_size)
+    if args.use_ret_steps and args.teacache_thresh is None:
+        raise UserInputError("--use_ret_steps is a TeaCache mode; give --teacache_thresh too")
+    if args.teacache_thresh is not None:  # a task without published coefficients fails here, before loading
+        from delta_cache.models.wan.teacache import teacache_settings
+
+        teacache_settings(args.task, *tasks.parse_size(args.size), teacache_indicator(args))
     if args.prompt is None:
         args.prompt = tasks.EXAMPLE_PROMPTS[args.task.split("-")[0]]
     if args.base_seed < 0:
@@ -188,6 +205,16 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
         width, height = tasks.i2v_output_size(args.size, image.width, image.height)
     if vace is not None:  # a source video sets the size and length
         width, height, num_frames = vace.width, vace.height, vace.num_frames
+    teacache = None
+    if args.teacache_thresh is not None:
+        from delta_cache.cli import apply_teacache_from_flags
+        from delta_cache.models.wan.teacache import teacache_settings
+
+        settings = teacache_settings(args.task, width, height, teacache_indicator(args))  # (i2v: 480P or 720P)
+        teacache = apply_teacache_from_flags(components.transformer, settings, args.teacache_thresh,
+                                             args.sample_steps)
+        logger.info(f"TeaCache: threshold {args.teacache_thresh}, {settings.indicator} indicator, published "
+                    f"coefficients for {args.task}")
 
     pipe = build_pipeline(components, image_to_video=image is not None, solver=args.sample_solver,
                           shift=args.sample_shift)
@@ -236,8 +263,11 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     else:
         save_video(result.frames, save_path, fps=tasks.SAMPLE_FPS)
     print(f"Saving generated video to {save_path}")
+    teacache_calls = None
+    if teacache is not None:
+        teacache_calls = (teacache.stats.computed_calls, teacache.stats.computed_calls + teacache.stats.skipped_calls)
     print(summary_line(result.denoise_seconds, handle.stats() if handle is not None else None,
-                       processes=group.world_size))
+                       processes=group.world_size, teacache_calls=teacache_calls))
 
 
 if __name__ == "__main__":

@@ -69,6 +69,38 @@ def cache_requested(args) -> bool:
     return bool(args.delta_cache or args.cache_schedule or args.cache_forecast or args.cache_fp32 or args.cache_cpu)
 
 
+def add_teacache_flags(parser: argparse.ArgumentParser):
+    """TeaCache in the front ends, to compare with on the same command line (TeaCache's own flag name)."""
+    group = parser.add_argument_group("TeaCache, for comparison (delta_cache.teacache, written from its description, "
+                                      "with its published coefficients)")
+    group.add_argument("--teacache_thresh", type=float, default=None, metavar="T",
+                       help="Run TeaCache instead of the delta cache with this threshold (the paper's table: Wan2.1 "
+                            "0.2; HunyuanVideo 0.1 slow, 0.15 fast).")
+    return group
+
+
+def check_teacache_flags(args, processes: int) -> None:
+    """--teacache_thresh: positive, alone (not with the delta cache), on one process."""
+    if args.teacache_thresh is None:
+        return
+    if not args.teacache_thresh > 0:
+        raise UserInputError(f"--teacache_thresh must be > 0, got {args.teacache_thresh}")
+    if cache_requested(args):
+        raise UserInputError("--teacache_thresh runs TeaCache instead of the delta cache; leave out the delta-cache flags")
+    if processes > 1:
+        raise UserInputError("TeaCache runs on one GPU here (its skip decisions are taken from data, not made alike "
+                             "on every rank); run one process or use the delta cache")
+
+
+def apply_teacache_from_flags(transformer, settings, threshold: float, num_inference_steps: int):
+    """`apply_teacache` with a family's published `settings` (`TeaCacheSettings`) and the flag's threshold."""
+    from .teacache import TeaCacheConfig, apply_teacache
+
+    return apply_teacache(transformer, TeaCacheConfig(
+        threshold=threshold, coefficients=settings.coefficients, indicator=settings.indicator,
+        num_inference_steps=num_inference_steps, first_computed_steps=settings.first_computed_steps))
+
+
 def apply_cache_from_flags(transformer, schedule, args, num_inference_steps: int | None = None):
     """`apply_delta_cache` with the buffer options the flags ask for; returns the handle."""
     import torch
@@ -111,10 +143,15 @@ def run_cli(main: Callable[[], None]) -> None:
         sys.exit(130)
 
 
-def summary_line(denoise_seconds: float, cache_stats: dict | None, processes: int = 1) -> str:
+def summary_line(denoise_seconds: float, cache_stats: dict | None, processes: int = 1,
+                 teacache_calls: tuple[int, int] | None = None) -> str:
     """The one line printed at the end of a generation (by rank 0 of `processes`, each holding its own tokens'
-    deltas)."""
+    deltas); `teacache_calls`: (computed, total) transformer calls of a TeaCache run."""
     line = f"denoising time: {denoise_seconds:.2f} s"
+    if teacache_calls is not None:
+        computed, total = teacache_calls
+        line += (f" | teacache: computed {computed}/{total} transformer calls"
+                 f" | ideal speedup {total / max(computed, 1):.2f}x")
     if cache_stats is not None:
         line += (
             f" | delta_cache: computed {cache_stats['computed_block_evals']}/{cache_stats['total_block_evals']}"

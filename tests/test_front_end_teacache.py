@@ -1,0 +1,88 @@
+"""--teacache_thresh in both front ends: TeaCache with its published coefficients on the same command line
+as the delta cache (for the paper's comparison rows). Block calls are counted where the blocks run."""
+
+import functools
+import json
+from pathlib import Path
+
+import pytest
+from diffusers.models.transformers.transformer_hunyuan_video import (HunyuanVideoSingleTransformerBlock,
+                                                                     HunyuanVideoTransformerBlock)
+from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+
+from delta_cache.errors import UserInputError
+from delta_cache.models.hunyuan_video.checkpoint import DIT_WEIGHT
+from delta_cache.models.hunyuan_video.tiny import write_tiny_checkpoint as write_tiny_hunyuan_checkpoint
+from delta_cache.models.wan.tiny import write_tiny_checkpoint
+from script_loader import load_script
+
+REPO = Path(__file__).resolve().parent.parent
+GENERATE = REPO / "Wan2.1" / "generate.py"
+SAMPLE_VIDEO = REPO / "HunyuanVideo" / "sample_video.py"
+
+
+def _count_calls(monkeypatch, *classes):
+    calls = {"blocks": 0}
+    for cls in classes:
+        original = cls.forward
+
+        @functools.wraps(original)  # keeps the signature that diffusers' block metadata reads
+        def counting(self, *args, _original=original, **kwargs):
+            calls["blocks"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "forward", counting)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def wan_ckpt(tmp_path_factory):
+    ckpt = write_tiny_checkpoint(tmp_path_factory.mktemp("wan") / "ckpt", num_layers=3)
+    (ckpt / "tiny_model.json").write_text(json.dumps({"native_size": {"width": 64, "height": 48, "num_frames": 5}}))
+    return ckpt
+
+
+@pytest.mark.parametrize("threshold, ret_steps, computed_steps", [
+    (1e6, False, [0, 5]),  # everything reusable is reused: the first and the last step run
+    (1e6, True, [0, 1, 2, 3, 4, 5]),  # ret_steps mode: the first 5 steps always run
+    (1e-9, False, list(range(6))),  # a threshold no change stays under: every step runs
+])
+def test_wan_teacache_skips_whole_calls(wan_ckpt, tmp_path, capsys, monkeypatch, threshold, ret_steps, computed_steps):
+    calls = _count_calls(monkeypatch, WanTransformerBlock)
+    load_script(GENERATE).main([
+        "--task", "t2v-1.3B", "--ckpt_dir", str(wan_ckpt), "--sample_steps", "6", "--base_seed", "1",
+        "--teacache_thresh", str(threshold), *(["--use_ret_steps"] if ret_steps else []),
+        "--save_file", str(tmp_path / "tea.mp4")])
+    computed = 2 * len(computed_steps)  # both CFG branches
+    assert calls["blocks"] == computed * 3
+    assert f"teacache: computed {computed}/12 transformer calls | ideal speedup {12 / computed:.2f}x" in capsys.readouterr().out
+    assert (tmp_path / "tea.mp4").is_file()
+
+
+def test_hunyuan_video_teacache_skips_whole_calls(tmp_path, capsys, monkeypatch):
+    ckpt = write_tiny_hunyuan_checkpoint(tmp_path / "ckpts", num_layers=2, num_single_layers=3, seed=1)
+    calls = _count_calls(monkeypatch, HunyuanVideoTransformerBlock, HunyuanVideoSingleTransformerBlock)
+    monkeypatch.setenv("MODEL_BASE", str(ckpt))
+    load_script(SAMPLE_VIDEO).main(list(map(str, [
+        "--model-base", ckpt, "--dit-weight", ckpt / DIT_WEIGHT, "--video-size", "32", "32", "--video-length", "5",
+        "--infer-steps", "5", "--prompt", "a red square", "--flow-reverse", "--seed", "3", "--teacache_thresh", "1e6",
+        "--save-path", tmp_path / "out"])))
+    # one call per step (embedded guidance): steps 0 and 4 run all 5 blocks
+    assert calls["blocks"] == 2 * 5
+    assert "teacache: computed 2/5 transformer calls | ideal speedup 2.50x" in capsys.readouterr().out
+
+
+def test_teacache_flag_errors(wan_ckpt):
+    generate_py = load_script(GENERATE)
+    base = ["--ckpt_dir", str(wan_ckpt), "--sample_steps", "2"]
+    cases = [
+        (["--teacache_thresh", "0.2", "--delta_cache"], "runs TeaCache instead of the delta cache"),
+        (["--teacache_thresh", "-1"], "--teacache_thresh must be > 0"),
+        (["--use_ret_steps"], "--use_ret_steps is a TeaCache mode; give --teacache_thresh too"),
+        (["--task", "flf2v-14B", "--size", "1280*720", "--first_frame", str(wan_ckpt / "config.json"),
+          "--last_frame", str(wan_ckpt / "config.json"), "--teacache_thresh", "0.2"],
+         "TeaCache published no Wan2.1 coefficients for flf2v-14B"),
+    ]
+    for args, message in cases:
+        with pytest.raises(UserInputError, match=message):
+            generate_py.main(base + args)
