@@ -59,7 +59,8 @@ def build_parser() -> OneLineArgumentParser:
                    help="Accepted for upstream command lines; the DiT is replicated on every GPU (no FSDP).")
     p.add_argument("--save_file", type=str, default=None, help="Output file (default: upstream's generated name).")
     p.add_argument("--src_video", type=str, default=None,
-                   help="VACE source video; it sets the output's length (up to --frame_num) and aspect ratio.")
+                   help="VACE source video; it sets the output's length and size within a budget of --frame_num "
+                        "frames at the area of --size (a smaller source gets more frames, as upstream).")
     p.add_argument("--src_mask", type=str, default=None,
                    help="VACE mask video for --src_video: white = generate, black = keep the source.")
     p.add_argument("--src_ref_images", type=str, default=None,
@@ -231,7 +232,9 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
                 if module is not None:
                     module.to(device)
     if group.is_parallel:  # after the cache hooks, which must come first
-        grid = token_grid(pipe, width=width, height=height, num_frames=num_frames)
+        # VACE denoises one more latent frame per reference image, in front of the video's
+        reference_frames = len(vace.reference_images) * pipe.vae_scale_factor_temporal if vace is not None else 0
+        grid = token_grid(pipe, width=width, height=height, num_frames=num_frames + reference_frames)
         parallel.check_model_fits(group, num_heads=pipe.transformer.config.num_attention_heads,
                                   num_tokens=grid[0] * grid[1] * grid[2], heads_flag="--ulysses_size")
         parallel.enable_context_parallel(pipe.transformer, group, cp_plan=context_parallel.cp_plan(pipe.transformer))
@@ -242,7 +245,7 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
         log_cache_plan(handle, args.sample_steps)
         if vace is not None:
             logger.info(f"delta cache: the {len(pipe.transformer.vace_blocks)} VACE control blocks run every step "
-                        "(counted apart from the main blocks)")
+                        "(the plan counts the main blocks; the summary adds them)")
     if vace is not None:
         logger.info(f"VACE conditions: {'source video' if vace.video else 'no source video'}"
                     f"{' with mask' if vace.mask else ''}, {len(vace.reference_images)} reference image(s)")
@@ -266,8 +269,12 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     teacache_calls = None
     if teacache is not None:
         teacache_calls = (teacache.stats.computed_calls, teacache.stats.computed_calls + teacache.stats.skipped_calls)
+    always_computed = None
+    if handle is not None and vace is not None:  # the control blocks are not cached: count them in
+        calls = sum(b["total_block_evals"] for b in handle.stats()["branches"].values()) // len(pipe.transformer.blocks)
+        always_computed = ("VACE control", calls * len(pipe.transformer.vace_blocks))
     print(summary_line(result.denoise_seconds, handle.stats() if handle is not None else None,
-                       processes=group.world_size, teacache_calls=teacache_calls))
+                       processes=group.world_size, teacache_calls=teacache_calls, always_computed=always_computed))
 
 
 if __name__ == "__main__":

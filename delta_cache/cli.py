@@ -144,9 +144,12 @@ def run_cli(main: Callable[[], None]) -> None:
 
 
 def summary_line(denoise_seconds: float, cache_stats: dict | None, processes: int = 1,
-                 teacache_calls: tuple[int, int] | None = None) -> str:
+                 teacache_calls: tuple[int, int] | None = None,
+                 always_computed: tuple[str, int] | None = None) -> str:
     """The one line printed at the end of a generation (by rank 0 of `processes`, each holding its own tokens'
-    deltas); `teacache_calls`: (computed, total) transformer calls of a TeaCache run."""
+    deltas); `teacache_calls`: (computed, total) transformer calls of a TeaCache run; `always_computed`:
+    (what, count) block evaluations of blocks outside the cache's lists (VACE's control blocks), for the
+    speedup they leave."""
     line = f"denoising time: {denoise_seconds:.2f} s"
     if teacache_calls is not None:
         computed, total = teacache_calls
@@ -162,6 +165,10 @@ def summary_line(denoise_seconds: float, cache_stats: dict | None, processes: in
             parts = [f"{name} {b['computed_block_evals']}/{b['total_block_evals']}" for name, b in per_branch.items()]
             line += " (" + ", ".join(parts) + ")"
         line += f" | ideal speedup {cache_stats['ideal_speedup']:.2f}x"
+        if always_computed is not None:
+            what, count = always_computed
+            total, computed = cache_stats["total_block_evals"] + count, cache_stats["computed_block_evals"] + count
+            line += f" ({total / max(computed, 1):.2f}x with the {count} {what} block evaluations)"
         line += f" | delta buffers {cache_stats['delta_memory_bytes'] / 2**20:.1f} MiB"
         line += " per process" if processes > 1 else ""
     return line

@@ -206,6 +206,9 @@ class DeltaCacheBlockHook(ModelHook):
         state: BranchState = self.state_manager.get_state()
         if self.is_run_first:
             state.run_inputs[self.run_key] = self._input_streams(args, kwargs)
+            # (leftovers of a refresh step cut short, e.g. by an exception, must not reach this one)
+            state.added_between.pop(self.run_key, None)
+            state.kept_outputs.pop(self.run_key, None)
         if self.model_adds_before:
             added = tuple(None if x is None else self._difference(x, y) for x, y in
                           zip(self._input_streams(args, kwargs), state.kept_outputs.pop(self.run_key)))

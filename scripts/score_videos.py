@@ -171,8 +171,10 @@ def main(argv: list[str] | None = None) -> None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "scores.md").write_text(table + "\n")
+        finite = {method: [{k: "inf" if isinstance(v, float) and math.isinf(v) else v for k, v in row.items()}
+                           for row in rows] for method, rows in scores.items()}  # (JSON has no infinity)
         (out / "scores.json").write_text(json.dumps({"reference": args.reference, "vbench_star": vbench,
-                                                     "videos": scores}, indent=2) + "\n")
+                                                     "videos": finite}, indent=2, allow_nan=False) + "\n")
         print(f"wrote {out / 'scores.md'} and {out / 'scores.json'}")
 
 

@@ -92,7 +92,9 @@ def test_vace_source_shape_follows_upstream():
         assert out_w % 16 == 0 and out_h % 16 == 0 and out_w * out_h <= size_w * size_h
         assert (out_frames - 1) % 4 == 0 and out_frames <= frames
         assert abs(out_h / out_w - height / width) < 0.15 * height / width
-    # --frame_num caps the length (upstream's cap is 81)
+    # the budget is --frame_num frames at the area of --size (upstream: 81): a smaller source gets more frames,
+    # 300 tokens a frame of the 1560-token area's 21 x 1560 budget -> 75 latent frames (upstream gives 297 too)
+    assert tasks.vace_source_shape(300, 320, 240, "832*480", 81) == (297, 320, 240)
     assert tasks.vace_source_shape(500, 1280, 720, "1280*720", 41)[0] == 41
 
 
@@ -144,7 +146,10 @@ def test_vace_front_end_with_source_video_mask_and_reference(vace_ckpts, tmp_pat
                                            "--base_seed", "1", "--cache_schedule", schedule, "--save_file", out])])
     # 4 steps x 2 branches x 10 blocks = 80 main block calls less 5 blocks x 2 steps x 2 branches reused
     assert calls == {"main": 60, "control": 4 * 2 * 2}
-    assert "computed 60/80 block evaluations" in capsys.readouterr().out
+    # the summary adds the control blocks, which always run: (80 + 16) / (60 + 16)
+    summary = capsys.readouterr().out
+    assert "computed 60/80 block evaluations" in summary
+    assert "ideal speedup 1.33x (1.26x with the 16 VACE control block evaluations)" in summary
     # the 12-frame 160x96 source at the area of 64*48 with at most 5 frames: 5 frames of 64x48 (the reference
     # image's latent frame is dropped before decoding)
     assert read_video(out).shape == (5, 48, 64, 3)
@@ -169,12 +174,23 @@ def test_vace_cache_off_is_bit_identical_to_plain_diffusers(vace_ckpts, tmp_path
     assert ours.frames.shape == (5, 48, 64, 3)
 
 
-@pytest.mark.parametrize("delta_options", [{}, {"delta_dtype": torch.float64, "delta_device": "cpu"}])
-def test_reused_runs_leave_the_control_hints_out_of_their_deltas(monkeypatch, delta_options):
+@pytest.mark.parametrize("delta_options, vace_layers", [
+    ({}, None),  # the tiny model's: hints after blocks 0 and 5
+    ({"delta_dtype": torch.float64, "delta_device": "cpu"}, None),
+    ({}, [0, 3, 4, 5, 7, 8]),  # several hint points inside the run, two after its first block, one after its last
+])
+def test_reused_runs_leave_the_control_hints_out_of_their_deltas(monkeypatch, delta_options, vace_layers):
     # Two calls with identical inputs: the second reuses blocks 3-7, so it must give exactly the uncached
     # output. The model adds block 5's control hint after block 5 on every call, also when blocks 3-7 are
     # skipped: a delta that kept the first call's hint would add it twice.
     transformer = build_tiny_modules(num_layers=10, vace=True, seed=1)["transformer"]
+    if vace_layers is not None:
+        from diffusers import WanVACETransformer3DModel
+
+        torch.manual_seed(1)
+        transformer = WanVACETransformer3DModel.from_config({**transformer.config, "vace_layers": vace_layers}).eval()
+        for param in transformer.parameters():  # away from the default init's zeros, as the tiny models
+            param.data.add_(0.05 * torch.randn_like(param))
     generator = torch.Generator().manual_seed(0)
     inputs = dict(hidden_states=torch.randn(1, 16, 2, 4, 4, generator=generator),
                   timestep=torch.tensor([500.0]),

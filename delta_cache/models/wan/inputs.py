@@ -109,6 +109,11 @@ def read_vace_inputs(args, size: str, frame_num: int) -> VaceInputs:
     lengths = [_count_frames("src_video", args.src_video)]
     if args.src_mask is not None:
         lengths.append(_count_frames("src_mask", args.src_mask))
+        if lengths[1] != lengths[0]:
+            from loguru import logger
+
+            logger.warning(f"--src_mask has {lengths[1]} frames, --src_video {lengths[0]}: the shorter sets the "
+                           "length (as upstream)")
     first = _read_frames("src_video", args.src_video, {0})[0]
     try:
         num_frames, width, height = vace_source_shape(min(lengths), first.width, first.height, size, frame_num)

@@ -140,8 +140,8 @@ def vace_source_shape(source_frames: int, source_width: int, source_height: int,
 
     Upstream takes the whole clip: as many 4n+1 frames as it has (picked evenly over its length), at its
     aspect ratio and at most the area of `size`, within a budget of video tokens (16x16-pixel patches of a
-    latent frame) of 81 frames at `size`; the budget traded between length and area. Here the budget is that
-    of `frame_num` frames (81 by default, upstream's), so --frame_num caps the length.
+    latent frame) of 81 frames at `size`; the budget traded between length and area, so a source smaller than
+    `size` gets more than 81 frames. Here the budget is that of `frame_num` frames (81 by default, upstream's).
     """
     width, height = parse_size(size)
     area_cap = (width // spatial_multiple) * (height // spatial_multiple)
