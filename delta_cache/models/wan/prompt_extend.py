@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import UserInputError
+from .tasks import is_image_to_video
 
 # What the LLM is asked to do, per target language (upstream's --prompt_extend_target_lang).
 INSTRUCTIONS = {
@@ -46,7 +47,7 @@ def check_prompt_extend_flags(task: str, args) -> PromptExtension | None:
     if args.prompt_extend_method != "local_qwen":
         raise UserInputError(f"--prompt_extend_method {args.prompt_extend_method} calls an online API, which this "
                              "tool never contacts; use local_qwen with --prompt_extend_model <local folder>")
-    if task.startswith(("i2v", "flf2v")):
+    if is_image_to_video(task):
         raise UserInputError(f"--use_prompt_extend is not supported for {task} (upstream extends image-task prompts "
                              "with a vision-language model that sees the image); extend the prompt beforehand")
     if args.prompt_extend_model is None:
@@ -67,17 +68,23 @@ def extend_prompt(prompt: str, extension: PromptExtension, *, seed: int, device)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    def cannot_load(err: BaseException) -> UserInputError:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return UserInputError(f"--prompt_extend_model {extension.model_dir}: cannot load it ({first_line})")
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(extension.model_dir), local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise cannot_load(err) from None
+    if not tokenizer.chat_template:  # (checked before the minutes of loading the weights)
+        raise UserInputError(f"--prompt_extend_model {extension.model_dir}: its tokenizer has no chat template "
+                             "(an instruction-tuned model is needed)")
+    try:
         model = AutoModelForCausalLM.from_pretrained(
             str(extension.model_dir), local_files_only=True,
             dtype=torch.bfloat16 if device.type == "cuda" else torch.float32).to(device).eval()
     except (OSError, ValueError, KeyError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserInputError(f"--prompt_extend_model {extension.model_dir}: cannot load it ({first_line})") from None
-    if not tokenizer.chat_template:
-        raise UserInputError(f"--prompt_extend_model {extension.model_dir}: its tokenizer has no chat template "
-                             "(an instruction-tuned model is needed)")
+        raise cannot_load(err) from None
     messages = [{"role": "system", "content": INSTRUCTIONS[extension.target_lang]},
                 {"role": "user", "content": prompt}]
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
