@@ -161,8 +161,8 @@ def _upstream_config(transformer: WanTransformer3DModel) -> dict:
     vace = isinstance(transformer, WanVACETransformer3DModel)
     config = {
         "_class_name": "VaceWanModel" if vace else "WanModel",
-        "model_type": ("vace" if vace else "flf2v" if c.pos_embed_seq_len else "i2v" if c.image_dim is not None
-                       else "t2v"),
+        # (the released VACE configs say t2v: VACE is a t2v model with control blocks)
+        "model_type": "flf2v" if c.pos_embed_seq_len else "i2v" if c.image_dim is not None else "t2v",
         "dim": c.num_attention_heads * c.attention_head_dim,
         "ffn_dim": c.ffn_dim,
         "freq_dim": c.freq_dim,
