@@ -20,6 +20,7 @@ from delta_cache import parallel  # noqa: E402
 from delta_cache.cli import (  # noqa: E402
     OneLineArgumentParser,
     add_cache_flags,
+    add_compile_flag,
     add_teacache_flags,
     apply_cache_from_flags,
     cache_requested,
@@ -115,6 +116,7 @@ def build_parser() -> OneLineArgumentParser:
                                help="Ring degree (1 only: see docs/hunyuanvideo.md).")
 
     add_cache_flags(p, config.DEFAULT_PRESET)
+    add_compile_flag(p)
     add_teacache_flags(p)
     return p
 
@@ -276,6 +278,11 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
                                   ring_supported=False)
         enable_context_parallel(transformer, group)
         logger.info(f"context parallel over {group.world_size} processes: Ulysses {group.ulysses_degree}")
+    if args.compile:  # last: after the cache's and the context parallelism's hooks
+        from delta_cache.cli import compile_transformer
+
+        compile_transformer(transformer)
+        logger.info("compiling the transformer's blocks (torch.compile): the first steps include the compilation")
     text = TextEncoding(
         template=config.prompt_template(args.video_length, args.prompt_template, args.prompt_template_video),
         text_len=args.text_len, text_len_2=args.text_len_2, hidden_state_skip_layer=args.hidden_state_skip_layer,

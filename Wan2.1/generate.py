@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # works without
 from delta_cache.cli import (  # noqa: E402
     OneLineArgumentParser,
     add_cache_flags,
+    add_compile_flag,
     add_teacache_flags,
     apply_cache_from_flags,
     cache_requested,
@@ -83,6 +84,7 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--sample_shift", type=float, default=None, help="Flow-matching shift (default per task).")
     p.add_argument("--sample_guide_scale", type=float, default=5.0, help="Classifier-free guidance scale.")
     add_cache_flags(p, "the task's preset")
+    add_compile_flag(p)
     teacache = add_teacache_flags(p)
     teacache.add_argument("--use_ret_steps", action="store_true", default=False,
                           help="TeaCache's ret_steps mode: the timestep projection as indicator, the first 5 steps "
@@ -241,6 +243,11 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
         logger.info(f"context parallel over {group.world_size} processes: Ulysses {group.ulysses_degree}, "
                     f"ring {group.ring_degree}")
 
+    if args.compile:  # last: after the cache's and the context parallelism's hooks
+        from delta_cache.cli import compile_transformer
+
+        compile_transformer(pipe.transformer)
+        logger.info("compiling the transformer's blocks (torch.compile): the first steps include the compilation")
     if handle is not None:  # (logged here, after the last input check: an input error stays one line)
         log_cache_plan(handle, args.sample_steps)
         if vace is not None:

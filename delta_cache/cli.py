@@ -101,6 +101,19 @@ def apply_teacache_from_flags(transformer, settings, threshold: float, num_infer
         num_inference_steps=num_inference_steps, first_computed_steps=settings.first_computed_steps))
 
 
+def add_compile_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compile", action="store_true", default=False,
+                        help="torch.compile the transformer's blocks (diffusers' regional compilation) after the cache "
+                             "is attached; the first steps then include the compilation (not an upstream flag).")
+
+
+def compile_transformer(transformer) -> None:
+    """diffusers' regional compilation, after every hook is attached (cache, context parallelism): the caches'
+    bookkeeping runs outside the compiled code, so a block compiles once for refresh steps and once for reuse
+    steps, not once per block and step (tests/test_delta_cache.py)."""
+    transformer.compile_repeated_blocks(fullgraph=False)
+
+
 def apply_cache_from_flags(transformer, schedule, args, num_inference_steps: int | None = None):
     """`apply_delta_cache` with the buffer options the flags ask for; returns the handle."""
     import torch
