@@ -213,11 +213,13 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
         from delta_cache.cli import apply_teacache_from_flags
         from delta_cache.models.wan.teacache import teacache_settings
 
-        settings = teacache_settings(args.task, width, height, teacache_indicator(args))  # (i2v: 480P or 720P)
+        # i2v's 480P or 720P set by the requested --size (the output keeps the image's aspect ratio, so a wide
+        # image at 1280*720 gives a side below 720 without making it a 480P run)
+        settings = teacache_settings(args.task, *tasks.parse_size(args.size), teacache_indicator(args))
         teacache = apply_teacache_from_flags(components.transformer, settings, args.teacache_thresh,
                                              args.sample_steps)
-        logger.info(f"TeaCache: threshold {args.teacache_thresh}, {settings.indicator} indicator, published "
-                    f"coefficients for {args.task}")
+        logger.info(f"TeaCache: threshold {args.teacache_thresh} (published for this set: {settings.thresholds}), "
+                    f"{settings.indicator} indicator, published coefficients {settings.coefficients}")
 
     pipe = build_pipeline(components, image_to_video=image is not None, solver=args.sample_solver,
                           shift=args.sample_shift)

@@ -43,19 +43,19 @@ def wan_ckpt(tmp_path_factory):
 
 
 @pytest.mark.parametrize("threshold, ret_steps, computed_steps", [
-    (1e6, False, [0, 5]),  # everything reusable is reused: the first and the last step run
-    (1e6, True, [0, 1, 2, 3, 4, 5]),  # ret_steps mode: the first 5 steps always run
-    (1e-9, False, list(range(6))),  # a threshold no change stays under: every step runs
+    (1e6, False, [0, 7]),  # everything reusable is reused: the first and the last step run
+    (1e6, True, [0, 1, 2, 3, 4, 7]),  # ret_steps mode: the first 5 steps always run
+    (1e-9, False, list(range(8))),  # a threshold no change stays under: every step runs
 ])
 def test_wan_teacache_skips_whole_calls(wan_ckpt, tmp_path, capsys, monkeypatch, threshold, ret_steps, computed_steps):
     calls = _count_calls(monkeypatch, WanTransformerBlock)
     load_script(GENERATE).main([
-        "--task", "t2v-1.3B", "--ckpt_dir", str(wan_ckpt), "--sample_steps", "6", "--base_seed", "1",
+        "--task", "t2v-1.3B", "--ckpt_dir", str(wan_ckpt), "--sample_steps", "8", "--base_seed", "1",
         "--teacache_thresh", str(threshold), *(["--use_ret_steps"] if ret_steps else []),
         "--save_file", str(tmp_path / "tea.mp4")])
     computed = 2 * len(computed_steps)  # both CFG branches
     assert calls["blocks"] == computed * 3
-    assert f"teacache: computed {computed}/12 transformer calls | ideal speedup {12 / computed:.2f}x" in capsys.readouterr().out
+    assert f"teacache: computed {computed}/16 transformer calls | ideal speedup {16 / computed:.2f}x" in capsys.readouterr().out
     assert (tmp_path / "tea.mp4").is_file()
 
 
@@ -86,3 +86,29 @@ def test_teacache_flag_errors(wan_ckpt):
     for args, message in cases:
         with pytest.raises(UserInputError, match=message):
             generate_py.main(base + args)
+
+
+def test_wan_i2v_picks_the_coefficient_set_by_the_requested_size(tmp_path, monkeypatch):
+    # At --size 1280*720 a wide image gives a 1280x704 video: still a 720P run, so the 720P coefficients.
+    from PIL import Image
+
+    from delta_cache.models.wan import teacache as wan_teacache
+
+    ckpt = write_tiny_checkpoint(tmp_path / "i2v", num_layers=1, i2v=True)
+    image = tmp_path / "wide.png"
+    Image.new("RGB", (2048, 1080), (90, 30, 30)).save(image)
+    asked = []
+    original = wan_teacache.teacache_settings
+
+    def recording(task, width, height, indicator="timestep_embedding"):
+        asked.append((width, height))
+        if len(asked) == 2:  # the second call is the run's (the first, validate's, only checks the task)
+            raise RuntimeError("stop")
+        return original(task, width, height, indicator)
+
+    monkeypatch.setattr(wan_teacache, "teacache_settings", recording)
+    with pytest.raises(RuntimeError, match="stop"):
+        load_script(GENERATE).main(["--task", "i2v-14B", "--size", "1280*720", "--ckpt_dir", str(ckpt), "--image",
+                                    str(image), "--frame_num", "5", "--teacache_thresh", "0.2"])
+    assert asked == [(1280, 720), (1280, 720)]
+    assert original("i2v-14B", 1280, 720).coefficients != original("i2v-14B", 1280, 704).coefficients

@@ -96,3 +96,21 @@ def test_prompt_extend_flag_errors(llm, tmp_path):
     with pytest.raises(UserInputError, match="--prompt_extend_model .*broken: cannot load it"):
         generate_py.main(base + ["--prompt_extend_model", str(broken)])
     assert not list(tmp_path.glob("*.mp4"))
+
+
+def test_a_model_without_chat_template_is_refused_before_its_weights_load(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    folder = write_tiny_llm(tmp_path / "base-llm")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    for extra in folder.glob("chat_template.*"):  # (newer tokenizers save the template in its own file)
+        extra.unlink()
+
+    def never(*args, **kwargs):
+        raise AssertionError("the weights were loaded")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", never)
+    with pytest.raises(UserInputError, match="its tokenizer has no chat template"):
+        extend_prompt("a dog runs", PromptExtension(folder, "en"), seed=1, device=torch.device("cpu"))
