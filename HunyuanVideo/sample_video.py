@@ -298,7 +298,7 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
         if handle is not None:
             handle.reset_stats()  # one summary per video
         if teacache is not None:
-            teacache.stats.computed_calls = teacache.stats.skipped_calls = 0
+            teacache.reset_stats()
         logger.info(f"sampling {height}x{width}, {args.video_length} frames, {args.infer_steps} steps, "
                     f"seed {seed}: {args.prompt!r}")
         result = generate(
@@ -314,12 +314,8 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
         frames = (np.clip(result.frames, 0.0, 1.0) * 255).astype(np.uint8)  # upstream truncates, not rounds
         save_video(frames, save_path, fps=config.SAMPLE_FPS)
         print(f"Sample save to: {save_path}")
-        teacache_calls = None
-        if teacache is not None:
-            stats = teacache.stats
-            teacache_calls = (stats.computed_calls, stats.computed_calls + stats.skipped_calls)
         print(summary_line(result.denoise_seconds, handle.stats() if handle is not None else None,
-                           processes=group.world_size, teacache_calls=teacache_calls))
+                           processes=group.world_size, teacache_stats=teacache.stats if teacache is not None else None))
 
 
 if __name__ == "__main__":

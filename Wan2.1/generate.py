@@ -275,15 +275,13 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     else:
         save_video(result.frames, save_path, fps=tasks.SAMPLE_FPS)
     print(f"Saving generated video to {save_path}")
-    teacache_calls = None
-    if teacache is not None:
-        teacache_calls = (teacache.stats.computed_calls, teacache.stats.computed_calls + teacache.stats.skipped_calls)
     always_computed = None
     if handle is not None and vace is not None:  # the control blocks are not cached: count them in
         calls = sum(b["total_block_evals"] for b in handle.stats()["branches"].values()) // len(pipe.transformer.blocks)
         always_computed = ("VACE control", calls * len(pipe.transformer.vace_blocks))
     print(summary_line(result.denoise_seconds, handle.stats() if handle is not None else None,
-                       processes=group.world_size, teacache_calls=teacache_calls, always_computed=always_computed))
+                       processes=group.world_size, teacache_stats=teacache.stats if teacache is not None else None,
+                       always_computed=always_computed))
 
 
 if __name__ == "__main__":

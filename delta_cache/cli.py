@@ -159,15 +159,14 @@ def run_cli(main: Callable[[], None]) -> None:
 
 
 def summary_line(denoise_seconds: float, cache_stats: dict | None, processes: int = 1,
-                 teacache_calls: tuple[int, int] | None = None,
-                 always_computed: tuple[str, int] | None = None) -> str:
+                 teacache_stats=None, always_computed: tuple[str, int] | None = None) -> str:
     """The one line printed at the end of a generation (by rank 0 of `processes`, each holding its own tokens'
-    deltas); `teacache_calls`: (computed, total) transformer calls of a TeaCache run; `always_computed`:
-    (what, count) block evaluations of blocks outside the cache's lists (VACE's control blocks), for the
-    speedup they leave."""
+    deltas); `teacache_stats`: a TeaCache run's `TeaCacheStats`; `always_computed`: (what, count) block
+    evaluations of blocks outside the cache's lists (VACE's control blocks), for the speedup they leave."""
     line = f"denoising time: {denoise_seconds:.2f} s"
-    if teacache_calls is not None:
-        computed, total = teacache_calls
+    if teacache_stats is not None:
+        computed = teacache_stats.computed_calls
+        total = computed + teacache_stats.skipped_calls
         line += (f" | teacache: computed {computed}/{total} transformer calls"
                  f" | ideal speedup {total / max(computed, 1):.2f}x")
     if cache_stats is not None:

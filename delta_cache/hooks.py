@@ -282,8 +282,7 @@ class DeltaCacheBlockHook(ModelHook):
 
     # ---- delta arithmetic --------------------------------------------------------------------------
     def _make_delta(self, output: torch.Tensor, run_input: torch.Tensor) -> torch.Tensor:
-        dtype = self.config.delta_dtype or output.dtype
-        delta = output - run_input if dtype == output.dtype else output.to(dtype) - run_input.to(dtype)
+        delta = self._difference(output, run_input)
         if self.config.delta_device is not None:
             delta = delta.to(self.config.delta_device)
         return delta

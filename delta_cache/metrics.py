@@ -8,6 +8,7 @@ PSNR = inf.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -36,13 +37,19 @@ def _as_frames(video: np.ndarray) -> torch.Tensor:
     return tensor.permute(0, 3, 1, 2).contiguous()
 
 
+def _frame_pair(video: np.ndarray, reference: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both videos as `_as_frames` gives them; they must have the same shape."""
+    preds, target = _as_frames(video), _as_frames(reference)
+    if preds.shape != target.shape:
+        raise ValueError(f"videos differ in shape: {tuple(video.shape)} vs {tuple(reference.shape)}")
+    return preds, target
+
+
 def fidelity(video: np.ndarray, reference: np.ndarray) -> Fidelity:
     """Per-frame PSNR and SSIM of `video` against `reference`, averaged over frames."""
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-    preds, target = _as_frames(video), _as_frames(reference)
-    if preds.shape != target.shape:
-        raise ValueError(f"videos differ in shape: {tuple(video.shape)} vs {tuple(reference.shape)}")
+    preds, target = _frame_pair(video, reference)
     psnr = peak_signal_noise_ratio(preds, target, data_range=1.0, dim=(1, 2, 3), reduction="none")
     # SSIM's 11x11 Gaussian window needs frames of at least 11 pixels; smaller frames use a smaller window.
     kernel = min(11, min(preds.shape[-2:]) // 2 * 2 - 1)
@@ -61,9 +68,7 @@ def paper_ssim(video: np.ndarray, reference: np.ndarray) -> float:
     frame over the RGB channels, averaged over frames."""
     from skimage.metrics import structural_similarity
 
-    preds, target = _as_frames(video), _as_frames(reference)
-    if preds.shape != target.shape:
-        raise ValueError(f"videos differ in shape: {tuple(video.shape)} vs {tuple(reference.shape)}")
+    preds, target = _frame_pair(video, reference)
     window = min(11, min(preds.shape[-2:]) // 2 * 2 - 1)
     scores = [structural_similarity(p.numpy(), t.numpy(), win_size=window, channel_axis=0, data_range=1.0)
               for p, t in zip(preds, target)]
@@ -71,6 +76,21 @@ def paper_ssim(video: np.ndarray, reference: np.ndarray) -> float:
 
 
 VideoMetric = Callable[[np.ndarray, np.ndarray], float]  # (video, reference) -> value
+
+
+def mean_of_present(values) -> float | None:
+    """The mean of the values that are not None (an optional metric's missing ones); None if there are none."""
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def format_metric(value, spec: str) -> str:
+    """A table cell: "n/a" for a missing value, "inf" for an infinite one (identical videos' PSNR)."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return format(value, spec)
 
 
 def _hub_file(url: str) -> Path:

@@ -266,6 +266,10 @@ class TeaCacheHandle:
         self.config = config
         self.stats = stats
 
+    def reset_stats(self) -> None:
+        """Zero the call counts (e.g. one summary per video); calibration pairs are kept."""
+        self.stats.computed_calls = self.stats.skipped_calls = 0
+
     def remove(self) -> None:
         remove_teacache(self.transformer)
 

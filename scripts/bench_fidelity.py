@@ -67,7 +67,7 @@ sys.path.insert(0, str(REPO))  # works without `pip install -e .` too
 
 from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
-from delta_cache.metrics import make_lpips  # noqa: E402
+from delta_cache.metrics import format_metric, make_lpips, mean_of_present  # noqa: E402
 from delta_cache.models.tiny_info import COMMITTED_CHECKPOINTS, committed_checkpoint  # noqa: E402
 
 FAMILIES = ("wan", "hunyuan_video")
@@ -145,11 +145,6 @@ def validate(args) -> dict[str, VideoSize]:
 
 # --- metrics -------------------------------------------------------------------------------------------
 
-def _mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
 # --- one family ----------------------------------------------------------------------------------------
 
 @dataclass
@@ -213,7 +208,7 @@ class Runner:
 
     def mean_block_evals(self, method, videos) -> float:
         """Mean block evaluations over `videos` (denoising only, no decoding), seed = video index."""
-        return _mean([self.run(method, video.prompt, video.index, False)[2] for video in videos])
+        return mean_of_present([self.run(method, video.prompt, video.index, False)[2] for video in videos])
 
 
 def prepare_methods(runner: Runner, bench: FamilyBench, args, schedule) -> list:
@@ -368,23 +363,23 @@ def _reason(err: BaseException) -> str:
 
 def summarise(bench: FamilyBench, names: list[str]) -> dict:
     summary = {}
-    reference_seconds = _mean([p["runs"]["uncached"]["denoise_s"] for p in bench.pairs])
+    reference_seconds = mean_of_present([p["runs"]["uncached"]["denoise_s"] for p in bench.pairs])
     for name in names:
         runs = [p["runs"][name] for p in bench.pairs if name in p["runs"]]
         if not runs or not bench.methods[name]["available"]:
             continue
-        computed = _mean([r["computed_block_evals"] for r in runs])
-        total = _mean([r["total_block_evals"] for r in runs])
-        seconds = _mean([r["denoise_s"] for r in runs])
+        computed = mean_of_present([r["computed_block_evals"] for r in runs])
+        total = mean_of_present([r["total_block_evals"] for r in runs])
+        seconds = mean_of_present([r["denoise_s"] for r in runs])
         summary[name] = {
             "pairs": len(runs), "computed_block_evals": computed, "total_block_evals": total,
             "compute_share": computed / total, "denoise_s": seconds, "speedup": reference_seconds / seconds,
-            **{key: _mean([r[key] for r in runs]) for key in ("ssim", "ssim_mp4", "lpips")},
+            **{key: mean_of_present([r[key] for r in runs]) for key in ("ssim", "ssim_mp4", "lpips")},
             "prompt_accuracy": sum(r["agrees"] for r in runs) / len(runs),
         }
         for key in ("psnr", "psnr_mp4"):  # identical videos give inf, which would swallow the mean
             finite = [r[key] for r in runs if math.isfinite(r[key])]
-            summary[name][key] = _mean(finite) if finite else math.inf
+            summary[name][key] = mean_of_present(finite) if finite else math.inf
             summary[name][f"{key}_identical_pairs"] = len(runs) - len(finite)
     return summary
 
@@ -392,19 +387,11 @@ def summarise(bench: FamilyBench, names: list[str]) -> dict:
 def _psnr_cell(row: dict, key: str) -> str:
     """Mean PSNR over the pairs that differ from the reference, and how many did not (their PSNR is inf)."""
     identical = row[f"{key}_identical_pairs"]
-    text = _fmt(row[key], ".2f")
+    text = format_metric(row[key], ".2f")
     return text if identical in (0, row["pairs"]) else f"{text} ({identical} identical)"
 
 
 # --- output --------------------------------------------------------------------------------------------
-
-def _fmt(value, spec: str) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"
-    return format(value, spec)
-
 
 def markdown(benches: list[FamilyBench]) -> str:
     lines = ["# Fidelity benchmark: the delta cache vs other caches at the same compute", "",
@@ -433,8 +420,8 @@ def markdown(benches: list[FamilyBench]) -> str:
             lines.append(
                 f"| {info['label']} | {info['description']} | {row['computed_block_evals']:.0f}/"
                 f"{row['total_block_evals']:.0f} | {row['compute_share']:.1%} | {row['speedup']:.2f}x | "
-                f"{_psnr_cell(row, 'psnr')} | {_fmt(row['ssim'], '.4f')} | {_psnr_cell(row, 'psnr_mp4')} | "
-                f"{_fmt(row['ssim_mp4'], '.4f')} | {_fmt(row['lpips'], '.4f')} | {row['prompt_accuracy']:.0%} |")
+                f"{_psnr_cell(row, 'psnr')} | {format_metric(row['ssim'], '.4f')} | {_psnr_cell(row, 'psnr_mp4')} | "
+                f"{format_metric(row['ssim_mp4'], '.4f')} | {format_metric(row['lpips'], '.4f')} | {row['prompt_accuracy']:.0%} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -114,15 +114,6 @@ def _read(path: Path):
         raise UserInputError(f"{path}: not a readable video ({str(err).strip().splitlines()[0]})") from None
 
 
-def _mean(values):
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
-def _fmt(value, spec: str) -> str:
-    return "n/a" if value is None else ("inf" if math.isinf(value) else format(value, spec))
-
-
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     methods = {name: Path(folder) for name, folder in _named(args.method, "method").items()}
@@ -139,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     from tqdm import tqdm
 
     from delta_cache.metrics import fidelity, make_lpips, make_video_fid, paper_ssim
+    from delta_cache.metrics import format_metric, mean_of_present
 
     torch.set_num_threads(args.threads)
     lpips, lpips_note = make_lpips(args.device)
@@ -160,11 +152,12 @@ def main(argv: list[str] | None = None) -> None:
              f"{'per video, Inception pool3' if fid else f'n/a ({fid_note})'}; VBench* the mean of "
              f"{len(VBENCH_DIMENSIONS)} dimensions.", "",
              "| method | VBench* | LPIPS | PSNR | SSIM | FID* |", "|---|---:|---:|---:|---:|---:|",
-             f"| {REFERENCE} | {_fmt(vbench.get(REFERENCE), '.4f')} | - | - | - | - |"]
+             f"| {REFERENCE} | {format_metric(vbench.get(REFERENCE), '.4f')} | - | - | - | - |"]
     for method, rows in scores.items():
-        lines.append(f"| {method} | {_fmt(vbench.get(method), '.4f')} | {_fmt(_mean([r['lpips'] for r in rows]), '.4f')} "
-                     f"| {_fmt(_mean([r['psnr'] for r in rows]), '.2f')} | {_fmt(_mean([r['ssim'] for r in rows]), '.4f')} "
-                     f"| {_fmt(_mean([r['fid'] for r in rows]), '.2f')} |")
+        cells = [format_metric(vbench.get(method), ".4f")] + [
+            format_metric(mean_of_present([row[key] for row in rows]), spec)
+            for key, spec in (("lpips", ".4f"), ("psnr", ".2f"), ("ssim", ".4f"), ("fid", ".2f"))]
+        lines.append(f"| {method} | {' | '.join(cells)} |")
     table = "\n".join(lines)
     print(table)
     if args.out:

@@ -1,7 +1,6 @@
 """--teacache_thresh in both front ends: TeaCache with its published coefficients on the same command line
 as the delta cache (for the paper's comparison rows). Block calls are counted where the blocks run."""
 
-import functools
 import json
 from pathlib import Path
 
@@ -14,25 +13,12 @@ from delta_cache.errors import UserInputError
 from delta_cache.models.hunyuan_video.checkpoint import DIT_WEIGHT
 from delta_cache.models.hunyuan_video.tiny import write_tiny_checkpoint as write_tiny_hunyuan_checkpoint
 from delta_cache.models.wan.tiny import write_tiny_checkpoint
+from block_calls import count_block_calls
 from script_loader import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 GENERATE = REPO / "Wan2.1" / "generate.py"
 SAMPLE_VIDEO = REPO / "HunyuanVideo" / "sample_video.py"
-
-
-def _count_calls(monkeypatch, *classes):
-    calls = {"blocks": 0}
-    for cls in classes:
-        original = cls.forward
-
-        @functools.wraps(original)  # keeps the signature that diffusers' block metadata reads
-        def counting(self, *args, _original=original, **kwargs):
-            calls["blocks"] += 1
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(cls, "forward", counting)
-    return calls
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +34,7 @@ def wan_ckpt(tmp_path_factory):
     (1e-9, False, list(range(8))),  # a threshold no change stays under: every step runs
 ])
 def test_wan_teacache_skips_whole_calls(wan_ckpt, tmp_path, capsys, monkeypatch, threshold, ret_steps, computed_steps):
-    calls = _count_calls(monkeypatch, WanTransformerBlock)
+    calls = count_block_calls(monkeypatch, blocks=WanTransformerBlock)
     load_script(GENERATE).main([
         "--task", "t2v-1.3B", "--ckpt_dir", str(wan_ckpt), "--sample_steps", "8", "--base_seed", "1",
         "--teacache_thresh", str(threshold), *(["--use_ret_steps"] if ret_steps else []),
@@ -61,7 +47,7 @@ def test_wan_teacache_skips_whole_calls(wan_ckpt, tmp_path, capsys, monkeypatch,
 
 def test_hunyuan_video_teacache_skips_whole_calls(tmp_path, capsys, monkeypatch):
     ckpt = write_tiny_hunyuan_checkpoint(tmp_path / "ckpts", num_layers=2, num_single_layers=3, seed=1)
-    calls = _count_calls(monkeypatch, HunyuanVideoTransformerBlock, HunyuanVideoSingleTransformerBlock)
+    calls = count_block_calls(monkeypatch, blocks=(HunyuanVideoTransformerBlock, HunyuanVideoSingleTransformerBlock))
     monkeypatch.setenv("MODEL_BASE", str(ckpt))
     load_script(SAMPLE_VIDEO).main(list(map(str, [
         "--model-base", ckpt, "--dit-weight", ckpt / DIT_WEIGHT, "--video-size", "32", "32", "--video-length", "5",

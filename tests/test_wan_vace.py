@@ -1,7 +1,6 @@
 """Wan2.1 VACE (vace-1.3B, vace-14B): loading both layouts, the source-video inputs, the front end, and the
 delta cache on a transformer that adds control hints between its blocks."""
 
-import functools
 import json
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from delta_cache.models.wan.pipeline import build_pipeline, generate
 from delta_cache.models.wan.tiny import build_tiny_modules, write_tiny_checkpoint
 from delta_cache.schedule import Schedule
 from delta_cache.video import read_video, save_video
+from block_calls import count_block_calls
 from script_loader import load_script
 
 GENERATE = Path(__file__).resolve().parent.parent / "Wan2.1" / "generate.py"
@@ -98,22 +98,6 @@ def test_vace_source_shape_follows_upstream():
     assert tasks.vace_source_shape(500, 1280, 720, "1280*720", 41)[0] == 41
 
 
-def _count_block_calls(monkeypatch):
-    """Real forward calls of the main blocks and of the VACE control blocks (patched on the classes before the
-    models are built, so the cache's hooks wrap the counting forward)."""
-    calls = {"main": 0, "control": 0}
-    for cls, name in ((WanTransformerBlock, "main"), (WanVACETransformerBlock, "control")):
-        original = cls.forward
-
-        @functools.wraps(original)  # keeps the signature that diffusers' block metadata reads
-        def counting(self, *args, _original=original, _name=name, **kwargs):
-            calls[_name] += 1
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(cls, "forward", counting)
-    return calls
-
-
 def _source_files(folder: Path):
     """A 12-frame 160x96 source video (a red box moving right), its mask (right half to generate) and a
     green reference image."""
@@ -129,7 +113,7 @@ def _source_files(folder: Path):
 
 
 def test_vace_front_end_with_source_video_mask_and_reference(vace_ckpts, tmp_path, capsys, monkeypatch):
-    calls = _count_block_calls(monkeypatch)
+    calls = count_block_calls(monkeypatch, main=WanTransformerBlock, control=WanVACETransformerBlock)
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     for item in vace_ckpts["upstream"].iterdir():
