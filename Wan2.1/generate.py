@@ -33,8 +33,8 @@ from delta_cache import parallel  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.models.tiny_info import native_size  # noqa: E402
 from delta_cache.models.wan import tasks  # noqa: E402
-from delta_cache.models.wan.inputs import (check_image_flags, check_vace_flags, read_input_frames,  # noqa: E402
-                                           read_vace_inputs)
+from delta_cache.models.wan.inputs import (add_vace_flags, check_image_flags, check_vace_flags,  # noqa: E402
+                                           read_input_frames, read_vace_inputs)
 from delta_cache.models.wan.prompt_extend import check_prompt_extend_flags  # noqa: E402
 
 
@@ -59,13 +59,7 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--dit_fsdp", action="store_true", default=False,
                    help="Accepted for upstream command lines; the DiT is replicated on every GPU (no FSDP).")
     p.add_argument("--save_file", type=str, default=None, help="Output file (default: upstream's generated name).")
-    p.add_argument("--src_video", type=str, default=None,
-                   help="VACE source video; it sets the output's length and size within a budget of --frame_num "
-                        "frames at the area of --size (a smaller source gets more frames, as upstream).")
-    p.add_argument("--src_mask", type=str, default=None,
-                   help="VACE mask video for --src_video: white = generate, black = keep the source.")
-    p.add_argument("--src_ref_images", type=str, default=None,
-                   help="VACE reference images, comma-separated (subjects or scenes to put in the video).")
+    add_vace_flags(p)
     p.add_argument("--prompt", type=str, default=None, help="The prompt (default: the task's example prompt).")
     p.add_argument("--use_prompt_extend", action="store_true", default=False,
                    help="Rewrite the prompt with a local instruction-tuned LLM first (text tasks).")

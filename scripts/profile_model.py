@@ -22,12 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from delta_cache.cli import (  # noqa: E402
     OneLineArgumentParser, add_sampler_flags, positive_int, run_cli, sampler_options, set_offline)
 from delta_cache.errors import UserInputError  # noqa: E402
-from delta_cache.models.wan.inputs import IMAGE_FLAGS, check_image_flags, read_input_frames  # noqa: E402
+from delta_cache.models.wan.inputs import (  # noqa: E402
+    IMAGE_FLAGS, VACE_FLAGS, add_vace_flags, check_image_flags, check_vace_flags, read_input_frames, read_vace_inputs)
 from delta_cache.models.wan.tasks import DEFAULT_TASK, TASKS, i2v_output_size, is_vace  # noqa: E402
-
-# VACE runs on a source video and reference images that a profile does not model yet: profile the T2V model
-# of its size instead (the same main blocks; docs/profiling.md).
-PROFILED_TASKS = [task for task in TASKS if not is_vace(task)]
 
 DEFAULT_SIZE = "832*480"
 DEFAULT_FRAME_NUM = 81
@@ -37,11 +34,13 @@ def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", choices=["wan", "hunyuan_video"], default="wan", help="model family")
     model = p.add_argument_group("model and run")
-    model.add_argument("--task", default=DEFAULT_TASK, choices=PROFILED_TASKS,
-                       help="wan only; i2v-14B and flf2v-14B condition every prompt on the images below")
+    model.add_argument("--task", default=DEFAULT_TASK, choices=TASKS,
+                       help="wan only; i2v-14B and flf2v-14B condition every prompt on the images below, vace-* on "
+                            "the --src_* inputs")
     model.add_argument("--image", default=None, help="wan i2v-14B: the input image (as generate.py's --image)")
     model.add_argument("--first_frame", default=None, help="wan flf2v-14B: the first frame")
     model.add_argument("--last_frame", default=None, help="wan flf2v-14B: the last frame")
+    add_vace_flags(model)
     model.add_argument("--ckpt_dir", required=True,
                        help="wan: the checkpoint folder; hunyuan_video: the model base (upstream ckpts/ or a "
                             "diffusers folder)")
@@ -120,8 +119,11 @@ def main(argv=None) -> None:
     prompts = read_prompts(args)
     if args.family == "wan":
         check_image_flags(args.task, args)
+        check_vace_flags(args.task, args)
     elif any(getattr(args, flag) is not None for flag in IMAGE_FLAGS):
         raise UserInputError("--image, --first_frame and --last_frame are for the wan image tasks")
+    elif any(getattr(args, flag) is not None for flag in VACE_FLAGS):
+        raise UserInputError("--src_video, --src_mask and --src_ref_images are for the wan vace tasks")
     if args.tau is not None and args.target_speedup is not None:
         raise UserInputError("give --tau or --target_speedup, not both")
     if args.refresh_threshold is not None and (args.tau is None or args.refresh_threshold <= 0):
@@ -147,32 +149,44 @@ def main(argv=None) -> None:
 
     from delta_cache.models.runner import load_runner
     from delta_cache.profiling.derive import REFRESH_RULES, DerivationParams, derive_for_target, derive_schedule
-    from delta_cache.profiling.report import write_report
+    from delta_cache.profiling.report import always_computed_note, write_report
     from delta_cache.schedule import FORECASTS
     from delta_cache.profiling.runner import ProfileRequest, run_profile
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    images = {}
+    conditions = {}  # what the front end conditions every prompt on besides the text
+    num_frames = args.frame_num
     if args.family == "wan":
         image, last_image = read_input_frames(args.task, args)
         if image is not None:  # the front end's output size for this image
             width, height = i2v_output_size(args.size, image.width, image.height)
-            images = dict(image=image, last_image=last_image)
+            conditions = dict(image=image, last_image=last_image)
+        if is_vace(args.task):  # a source video sets the size and length, as in generate.py
+            vace = read_vace_inputs(args, args.size, args.frame_num)
+            width, height, num_frames = vace.width, vace.height, vace.num_frames
+            conditions = dict(vace=vace)
     # The front end's loader and sampler; at real size diffusers' model CPU offload keeps one model on the GPU.
-    model = load_runner(args.family, args.ckpt_dir, width=width, height=height, num_frames=args.frame_num,
-                        num_steps=args.sample_steps, offload=True, progress=True, **sampler_options(args), **images)
+    model = load_runner(args.family, args.ckpt_dir, width=width, height=height, num_frames=num_frames,
+                        num_steps=args.sample_steps, offload=True, progress=True, **sampler_options(args),
+                        **conditions)
     request = ProfileRequest(prompts=prompts, block_lists=model.block_lists, mask_source=args.mask_source,
-                             mask_files=mask_files, token_grid=model.token_grid, patch=model.patch,
-                             max_queries=args.max_queries, high_fraction=args.high_fraction)
+                             mask_files=mask_files, token_grid=model.token_grid, leading_tokens=model.leading_tokens,
+                             patch=model.patch, max_queries=args.max_queries, high_fraction=args.high_fraction)
     provenance = {"model": model.model_name, "ckpt_dir": str(args.ckpt_dir), "size": args.size,
                   "frame_num": args.frame_num, "sample_steps": args.sample_steps,
                   "sample_shift": model.settings["sample_shift"],
                   "prompts": [p for p, _ in prompts], "seeds": args.seeds, "mask_source": args.mask_source,
                   "max_queries": args.max_queries, "high_fraction": args.high_fraction}
-    provenance.update({flag: str(getattr(args, flag)) for flag in IMAGE_FLAGS if getattr(args, flag) is not None})
-    if images:
+    provenance.update({flag: str(getattr(args, flag)) for flag in IMAGE_FLAGS + VACE_FLAGS
+                       if getattr(args, flag, None) is not None})
+    if conditions:
         provenance["output_size"] = f"{width}*{height}"
+    if num_frames != args.frame_num:
+        provenance["output_frames"] = num_frames
+    control_blocks = len(getattr(model.transformer, "vace_blocks", None) or ())
+    if control_blocks:  # VACE's control blocks run on every step: the ideal speedup counts them in
+        provenance["always_computed_block_evals"] = {"vace_blocks": control_blocks * args.sample_steps}
     profile = run_profile(model.transformer, lambda prompt, seed: model.generate(prompt, seed)[0], request,
                           out_dir=args.out, resume=args.resume, provenance=provenance)
     name = args.name or (f"profiled-{args.task.lower()}" if args.family == "wan" else "profiled-hunyuanvideo")
@@ -190,9 +204,9 @@ def main(argv=None) -> None:
     schedule.save(schedule_path)
     write_report(profile, schedule, args.out)
     computed, total = schedule.provenance["predicted_block_evals"]
-    print(f"wrote {schedule_path}: {computed}/{total} block evaluations per branch "
-          f"(ideal {total / computed:.2f}x), predicted residual error {schedule.provenance['predicted_error']:.4f}; "
-          f"figures and summary.md in {args.out}")
+    ideal = f"ideal {total / computed:.2f}x{always_computed_note(schedule.provenance, computed, total)}"
+    print(f"wrote {schedule_path}: {computed}/{total} block evaluations per branch ({ideal}), predicted residual "
+          f"error {schedule.provenance['predicted_error']:.4f}; figures and summary.md in {args.out}")
 
 
 if __name__ == "__main__":

@@ -24,26 +24,30 @@ from delta_cache.profiling.derive import (
     refresh_steps_from_curve,
     warmup_from_curve,
 )
-from delta_cache.profiling.probe import ProbeRecord, ProfileProbe
+from delta_cache.profiling.probe import ProbeRecord, ProbeSettings, ProfileProbe
 from delta_cache.profiling.profile import Profile, PromptProfile
 from delta_cache.profiling.runner import ProfileRequest, run_profile
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("max_logits", [2**27, 24 * 30])  # all heads at once, or one head at a time
-def test_received_attention_equals_sdpa_probabilities(monkeypatch, max_logits):
+@pytest.mark.parametrize("max_logits, leading", [(2**27, 0), (24 * 30, 0), (2**27, 5)])
+def test_received_attention_equals_sdpa_probabilities(monkeypatch, max_logits, leading):
+    # all heads at once or one head at a time; `leading` tokens before the video's (VACE's reference frames)
     monkeypatch.setattr("delta_cache.profiling.probe.MAX_LOGITS", max_logits)
     # SDPA with V = identity returns the attention probabilities: an independent oracle.
     torch.manual_seed(0)
-    q, k = torch.randn(1, 3, 24, 8), torch.randn(1, 3, 30, 8)  # 24 video tokens, 6 text tokens last
-    mask = torch.ones(1, 1, 1, 30, dtype=torch.bool)
+    length = leading + 30  # 24 video tokens, 6 text tokens last
+    q, k = torch.randn(1, 3, length - 6, 8), torch.randn(1, 3, length, 8)
+    mask = torch.ones(1, 1, 1, length, dtype=torch.bool)
     mask[..., -2:] = False  # padded text tokens
-    probe = ProfileProbe.__new__(ProfileProbe)
-    probe.num_video_tokens, probe._queries = 24, torch.arange(24)
+    settings = ProbeSettings(token_grid=(2, 3, 4), max_queries=24, leading_tokens=leading)
+    probe = ProfileProbe(torch.nn.Module(), [], settings)  # every video token is a query
     saliency = probe._received_attention(q, k, mask, None)
-    probabilities = F.scaled_dot_product_attention(q, k, torch.eye(30).expand(1, 3, 30, 30), attn_mask=mask)
-    torch.testing.assert_close(saliency, probabilities.mean(dim=(0, 1, 2))[:24])
+    probabilities = F.scaled_dot_product_attention(q, k, torch.eye(length).expand(1, 3, length, length),
+                                                   attn_mask=mask)
+    video = slice(leading, leading + 24)  # rows: video queries only; columns: attention the video receives
+    torch.testing.assert_close(saliency, probabilities[:, :, video].mean(dim=(0, 1, 2))[video])
 
 
 def test_otsu_and_masks():

@@ -19,7 +19,7 @@ from delta_cache.models.wan.checkpoint import load_wan_components
 from delta_cache.models.wan.inputs import VaceInputs
 from delta_cache.models.wan.pipeline import build_pipeline, generate
 from delta_cache.models.wan.tiny import build_tiny_modules, write_tiny_checkpoint
-from delta_cache.schedule import Schedule
+from delta_cache.schedule import Schedule, load_schedule
 from delta_cache.video import read_video, save_video
 from block_calls import count_block_calls
 from script_loader import load_script
@@ -112,13 +112,18 @@ def _source_files(folder: Path):
     return folder / "src.mp4", folder / "mask.mp4", folder / "ref.png"
 
 
+def _with_native_size(ckpt: Path, folder: Path) -> Path:
+    """`ckpt` linked into `folder` with a tiny_model.json, so that the front ends run it at 64x48, 5 frames."""
+    folder.mkdir()
+    for item in ckpt.iterdir():
+        (folder / item.name).symlink_to(item)
+    (folder / "tiny_model.json").write_text(json.dumps({"native_size": {"width": 64, "height": 48, "num_frames": 5}}))
+    return folder
+
+
 def test_vace_front_end_with_source_video_mask_and_reference(vace_ckpts, tmp_path, capsys, monkeypatch):
     calls = count_block_calls(monkeypatch, main=WanTransformerBlock, control=WanVACETransformerBlock)
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    for item in vace_ckpts["upstream"].iterdir():
-        (ckpt / item.name).symlink_to(item)
-    (ckpt / "tiny_model.json").write_text(json.dumps({"native_size": {"width": 64, "height": 48, "num_frames": 5}}))
+    ckpt = _with_native_size(vace_ckpts["upstream"], tmp_path / "ckpt")
     src, mask, ref = _source_files(tmp_path)
     # blocks 3-7 reused on steps 2 and 3; the run is cut after block 5, where a control hint is added
     schedule = tmp_path / "ten_blocks.json"
@@ -198,6 +203,50 @@ def test_reused_runs_leave_the_control_hints_out_of_their_deltas(monkeypatch, de
     torch.testing.assert_close(second_call_output(), expected, rtol=1e-5, atol=1e-6)
     monkeypatch.setattr(hooks, "additions_between_blocks", lambda transformer: {})  # the hint left in the delta
     assert (second_call_output() - expected).abs().max() > 1e-3
+
+
+def test_profile_a_vace_model_on_its_source_video_and_reference_image(vace_ckpts, tmp_path, capsys, monkeypatch):
+    # scripts/profile_model.py on the front end's VACE inputs; the schedule it writes drives generate.py.
+    from delta_cache.profiling.probe import ProfileProbe
+    from delta_cache.profiling.profile import PromptProfile
+
+    seen = []  # (first video token, video tokens, the self-attention's sequence length) per captured block
+    received = ProfileProbe._received_attention
+    monkeypatch.setattr(ProfileProbe, "_received_attention", lambda self, query, *rest: (
+        seen.append((self._first_video_token, self.num_video_tokens, query.shape[-2])),
+        received(self, query, *rest))[1])
+    src, mask, ref = _source_files(tmp_path)
+    ckpt = _with_native_size(vace_ckpts["upstream"], tmp_path / "ckpt")
+    out = tmp_path / "profile"
+    common = ["--task", "vace-14B", "--ckpt_dir", str(ckpt), "--sample_steps", "6"]
+    profile_model = load_script(Path(__file__).resolve().parent.parent / "scripts" / "profile_model.py")
+    profile_model.main([*common, "--src_video", str(src), "--src_mask", str(mask), "--src_ref_images", str(ref),
+                        "--prompt", "a red box moves right", "--tau", "1.0", "--t_max", "2", "--t_min", "2",
+                        "--warmup", "2", "--max_queries", "8", "--out", str(out)])
+    # the reference image's latent frame comes first in the blocks' sequence: the probe reads the 2 x 3 x 4
+    # video tokens after its 12 tokens
+    assert seen and set(seen) == {(12, 24, 36)}
+    profile = PromptProfile.load(out / "profiles" / "000.npz")
+    assert profile.token_grid == (2, 3, 4) and profile.foreground_ratio["blocks"].shape == (6, 10)
+    schedule = load_schedule(out / "schedule.json")
+    assert schedule.name == "profiled-vace-14b" and schedule.provenance["src_ref_images"] == str(ref)
+    assert schedule.provenance["output_size"] == "64*48"
+    assert schedule.provenance["always_computed_block_evals"] == {"vace_blocks": 2 * 6}
+    computed, total = schedule.provenance["predicted_block_evals"]
+    assert total == 60 and computed < total  # every block background (tau 1), steps 2 and 4 reused
+    whole = f"{(total + 12) / (computed + 12):.2f}x with the 12 evaluations of vace_blocks"
+    assert whole in capsys.readouterr().out and whole in (out / "summary.md").read_text()
+    calls = count_block_calls(monkeypatch, main=WanTransformerBlock, control=WanVACETransformerBlock)
+    load_script(GENERATE).main([*common, "--src_video", str(src), "--src_mask", str(mask), "--src_ref_images",
+                                str(ref), "--base_seed", "1", "--cache_schedule", str(out / "schedule.json"),
+                                "--save_file", str(tmp_path / "v.mp4")])
+    assert calls == {"main": 2 * computed, "control": 2 * 12}
+    with pytest.raises(UserInputError, match="--src_video is for the vace tasks"):
+        profile_model.main(["--task", "t2v-14B", "--ckpt_dir", str(ckpt), "--src_video", str(src), "--prompt", "x",
+                            "--out", str(tmp_path / "bad")])
+    with pytest.raises(UserInputError, match="--src_mask needs --src_video"):
+        profile_model.main([*common, "--src_mask", str(mask), "--prompt", "x", "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
 
 
 def test_vace_input_errors(vace_ckpts, tmp_path):

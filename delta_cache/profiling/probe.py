@@ -35,6 +35,8 @@ MAX_LOGITS = 2**27  # 0.5 GB of fp32 sampled attention logits at a time
 @dataclass
 class ProbeSettings:
     token_grid: tuple[int, int, int]  # (frames, height, width) of the patched video tokens
+    # tokens in front of the video's in the blocks' sequence (VACE: one latent frame per reference image)
+    leading_tokens: int = 0
     max_queries: int = 256
     high_fraction: float = 0.25
     sketch_tokens: int = 256
@@ -131,9 +133,13 @@ class ProfileProbe:
         self.block_lists = block_lists
         self.settings = settings
         self.num_video_tokens = int(np.prod(settings.token_grid))
+        self._first_video_token = settings.leading_tokens
         generator = torch.Generator().manual_seed(settings.seed)
-        self._queries = torch.randperm(self.num_video_tokens, generator=generator)[: settings.max_queries]
-        self._sketch_tokens = torch.randperm(self.num_video_tokens, generator=generator)[: settings.sketch_tokens]
+        # positions in the sequence: the video's tokens come after the leading ones
+        self._queries = (torch.randperm(self.num_video_tokens, generator=generator)[: settings.max_queries]
+                         + self._first_video_token)
+        self._sketch_tokens = (torch.randperm(self.num_video_tokens, generator=generator)[: settings.sketch_tokens]
+                               + self._first_video_token)
         self._projection = None  # (dim, sketch_dim), built on first use with the model's width
         self._generator = generator
         self._active = False
@@ -178,7 +184,8 @@ class ProfileProbe:
                 m = mask[:, heads_slice] if mask.shape[1] == heads else mask
                 logits = logits.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else logits + m
             received += logits.softmax(dim=-1).sum(dim=(0, 1, 2))
-        return (received / (batch * heads * num_queries))[: self.num_video_tokens].cpu()
+        video = slice(self._first_video_token, self._first_video_token + self.num_video_tokens)
+        return (received / (batch * heads * num_queries))[video].cpu()
 
     @torch.no_grad()
     def _record_block(self, list_name: str, index: int, saliency, residual: torch.Tensor) -> None:

@@ -69,6 +69,17 @@ def plot_schedule(schedule: Schedule, depths: dict[str, int], path: Path, num_st
     plt.close(fig)
 
 
+def always_computed_note(provenance: dict, computed: int, total: int) -> str:
+    """For a model with blocks outside the schedule (VACE's control blocks, provenance
+    "always_computed_block_evals"): the ideal speedup with their evaluations counted in, else ""."""
+    extra = provenance.get("always_computed_block_evals") or {}
+    count = sum(extra.values())
+    if not count:
+        return ""
+    return (f"; {(total + count) / (computed + count):.2f}x with the {count} evaluations of "
+            f"{', '.join(extra)}, which run on every step")
+
+
 def write_report(profile: Profile, schedule: Schedule, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     warmup = int(schedule.provenance.get("warmup_steps", 1))
@@ -82,7 +93,8 @@ def write_report(profile: Profile, schedule: Schedule, out_dir: Path) -> list[Pa
         f"# Profile and schedule `{schedule.name}`", "",
         f"- prompts: {len(profile.prompts)}; steps: {profile.num_steps}; token grid (frames, h, w): "
         f"{profile.prompts[0].token_grid}",
-        f"- block evaluations per branch: {computed}/{total} (ideal speedup {total / computed:.2f}x); "
+        f"- block evaluations per branch: {computed}/{total} (ideal speedup {total / computed:.2f}x"
+        f"{always_computed_note(schedule.provenance, computed, total)}); "
         f"predicted residual error {profile.predicted_error(schedule):.4f}",
         f"- warm-up: {warmup} steps; provenance: `{schedule.provenance}`", "",
         "| block list | background blocks | refresh steps | mean R of background | mean R of the others |",

@@ -29,6 +29,7 @@ class ProfileRequest:
     prompts: list[tuple[str, int]]  # (prompt, seed)
     block_lists: list[str]
     token_grid: tuple[int, int, int]
+    leading_tokens: int = 0  # tokens before the video's in the blocks' sequence (VACE reference images)
     patch: tuple[int, int] = (2, 2)
     mask_source: str = "motion"
     mask_files: list[Path] | None = None  # one per prompt, for mask_source "files"
@@ -97,9 +98,9 @@ def run_profile(transformer: torch.nn.Module, denoise: Callable[[str, int], torc
             if saved.prompt == prompt and saved.seed == seed:
                 profiles.append(saved)
                 continue
-        settings = ProbeSettings(token_grid=request.token_grid, max_queries=request.max_queries,
-                                 high_fraction=request.high_fraction, sketch_tokens=request.sketch_tokens,
-                                 sketch_dim=request.sketch_dim, seed=index)
+        settings = ProbeSettings(token_grid=request.token_grid, leading_tokens=request.leading_tokens,
+                                 max_queries=request.max_queries, high_fraction=request.high_fraction,
+                                 sketch_tokens=request.sketch_tokens, sketch_dim=request.sketch_dim, seed=index)
         probe = ProfileProbe(transformer, request.block_lists, settings)
         try:
             latents = denoise(prompt, seed)

@@ -68,6 +68,17 @@ class VaceInputs:
     reference_images: list = field(default_factory=list)  # RGB PIL images; the pipeline fits each on a white canvas
 
 
+def add_vace_flags(parser) -> None:
+    """--src_video, --src_mask, --src_ref_images, as upstream's generate.py names them."""
+    parser.add_argument("--src_video", type=str, default=None,
+                        help="VACE source video; it sets the output's length and size within a budget of --frame_num "
+                             "frames at the area of --size (a smaller source gets more frames, as upstream).")
+    parser.add_argument("--src_mask", type=str, default=None,
+                        help="VACE mask video for --src_video: white = generate, black = keep the source.")
+    parser.add_argument("--src_ref_images", type=str, default=None,
+                        help="VACE reference images, comma-separated (subjects or scenes to put in the video).")
+
+
 def reference_image_paths(value: str | None) -> list[str]:
     """--src_ref_images: comma-separated paths, as upstream."""
     return [part.strip() for part in (value or "").split(",") if part.strip()]
