@@ -147,9 +147,6 @@ def validate(args) -> None:
     if args.ulysses_degree > 1:
         if args.use_cpu_offload:
             raise UserInputError("--use-cpu-offload does not work with multi-GPU sampling; leave it out")
-        if args.text_len % args.ulysses_degree:  # the text tokens are split over the ranks, like the video's
-            raise UserInputError(f"--text-len {args.text_len} must be a multiple of --ulysses-degree "
-                                 f"{args.ulysses_degree}")
     if args.flow_shift <= 0:
         raise UserInputError(f"--flow-shift must be positive, got {args.flow_shift}")
     if args.denoise_type != "flow":
@@ -286,7 +283,7 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
     text = TextEncoding(
         template=config.prompt_template(args.video_length, args.prompt_template, args.prompt_template_video),
         text_len=args.text_len, text_len_2=args.text_len_2, hidden_state_skip_layer=args.hidden_state_skip_layer,
-        apply_final_norm=args.apply_final_norm,
+        apply_final_norm=args.apply_final_norm, pad_to_multiple=args.ulysses_degree,
     )
     negative_prompt = config.negative_prompt(args.neg_prompt, args.cfg_scale)
     if not args.flow_reverse:  # warned here, after the checks, so that an input error stays a single line

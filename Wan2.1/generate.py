@@ -46,7 +46,8 @@ def build_parser() -> OneLineArgumentParser:
                         f"{tasks.DEFAULT_SIZE}; a tiny trained checkpoint's native size); for i2v and flf2v the "
                         "aspect ratio follows the (first) image.")
     p.add_argument("--frame_num", type=int, default=None,
-                   help="Frames to sample, 4n+1 (default 81; 1 for t2i; a tiny trained checkpoint's native count).")
+                   help="Frames to sample, 4n+1 (others round down, as upstream; default 81; 1 for t2i; a tiny trained "
+                        "checkpoint's native count).")
     p.add_argument("--ckpt_dir", type=str, default=None, help="The checkpoint folder (upstream or diffusers layout).")
     p.add_argument("--offload_model", type=str2bool, default=None,
                    help="Offload models to the CPU between uses (default True on one GPU, False on several).")
@@ -117,8 +118,12 @@ def validate(args) -> None:
     args.sample_shift = defaults.sample_shift if args.sample_shift is None else args.sample_shift
     if args.task.startswith("t2i") and args.frame_num != 1:
         raise UserInputError(f"--frame_num must be 1 for task {args.task}, got {args.frame_num}")
-    if args.frame_num < 1 or (args.frame_num - 1) % 4 != 0:
-        raise UserInputError(f"--frame_num must be 4n+1 (1, 5, 9, ..., 81), got {args.frame_num}")
+    if args.frame_num < 1:
+        raise UserInputError(f"--frame_num must be at least 1 (4n+1: 1, 5, 9, ..., 81), got {args.frame_num}")
+    args.requested_frame_num = args.frame_num
+    # Upstream accepts any count and makes (frame_num - 1) // 4 + 1 latent frames, i.e. the 4n+1 frames at or below
+    # it; diffusers' pipelines would round up instead, so the count is rounded down here.
+    args.frame_num = (args.frame_num - 1) // 4 * 4 + 1
     if args.sample_steps < 1:
         raise UserInputError(f"--sample_steps must be positive, got {args.sample_steps}")
     if args.sample_shift <= 0:
@@ -165,6 +170,12 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     from delta_cache.video import save_image, save_video
 
     parallel.log_from_main_only(group)
+    if args.sample_guide_scale < 1:  # (at 1 both give the conditional prediction)
+        logger.warning(f"--sample_guide_scale {args.sample_guide_scale} < 1: diffusers' Wan pipelines then run the "
+                       "conditional branch alone, where upstream mixes in the unconditional one")
+    if args.frame_num != args.requested_frame_num:
+        logger.warning(f"--frame_num {args.requested_frame_num} is not 4n+1: generating {args.frame_num} frames, "
+                       "as upstream does")
     if group.is_parallel:
         args.base_seed = parallel.from_rank0(args.base_seed)  # a random seed is drawn per process
         if args.t5_fsdp or args.dit_fsdp:
@@ -176,7 +187,7 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     text_device = torch.device("cpu") if args.t5_cpu else device
     image, last_image = read_input_frames(args.task, args)  # unreadable inputs fail before loading
     vace = read_vace_inputs(args, args.size, args.frame_num) if tasks.is_vace(args.task) else None
-    prompt = args.prompt  # the file is named after the user's prompt, as upstream, also when it is extended
+    prompt = args.prompt  # upstream names the file after the prompt it generated from: the extended one
     if args.prompt_extension is not None:
         from delta_cache.models.wan.prompt_extend import extend_prompt
 
@@ -263,7 +274,7 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
         return
 
     save_path = args.save_file or tasks.output_file_name(args.task, args.size, args.ulysses_size, args.ring_size,
-                                                         args.prompt)
+                                                         prompt)
     if args.task.startswith("t2i"):
         save_image(result.frames[0], save_path)
     else:

@@ -70,7 +70,7 @@ def test_default_output_name_and_t2i_png_from_repo_root(ckpt4, tmp_path):
     "args, message",
     [
         (["--task", "t2v-1.3B", "--size", "1280*720"], "size 1280\\*720 is not supported for task t2v-1.3B"),
-        (["--frame_num", "6"], "--frame_num must be 4n\\+1"),
+        (["--frame_num", "0"], "--frame_num must be at least 1"),
         (["--task", "t2v-99B"], "invalid choice: 't2v-99B'"),
         (["--task", "vace-14B", "--src_mask", "mask.mp4"], "--src_mask needs --src_video"),
         (["--offload_model", "maybe"], "expected a boolean"),
@@ -287,6 +287,20 @@ def test_image_conditioned_output_size_rounds_down_as_upstream():
         assert tasks.i2v_output_size(size, image_width, image_height) == (latent_w * 8, latent_h * 8)
     # a case where rounding the side first (sqrt = 543.9) would give 544 instead of upstream's 528
     assert tasks.i2v_output_size("1280*720", 1000, 321)[1] == 528
+
+
+def test_sizes_and_frame_counts_upstream_accepts(ckpt4):
+    # upstream's SUPPORTED_SIZES (wan/configs/__init__.py)
+    video = {"720*1280", "1280*720", "480*832", "832*480"}
+    upstream = {"t2v-14B": video, "t2v-1.3B": {"480*832", "832*480"}, "i2v-14B": video, "flf2v-14B": video,
+                "t2i-14B": video | {"1024*1024"}, "vace-1.3B": {"480*832", "832*480"}, "vace-14B": video}
+    assert {task: set(sizes) for task, sizes in tasks.SUPPORTED_SIZES.items()} == upstream
+    generate_py = load_script(GENERATE)
+    for frame_num, frames in [("81", 81), ("80", 77), ("6", 5), ("2", 1)]:
+        # upstream makes (frame_num - 1) // 4 + 1 latent frames of any count: the 4n+1 frames at or below it
+        args = generate_py.build_parser().parse_args(["--ckpt_dir", str(ckpt4), "--frame_num", frame_num])
+        generate_py.validate(args)
+        assert args.frame_num == frames
 
 
 def test_flf2v_negative_prompt_and_defaults():

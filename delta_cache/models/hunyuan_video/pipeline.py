@@ -54,6 +54,9 @@ class TextEncoding:
     text_len_2: int = 77  # --text-len-2: CLIP tokens
     hidden_state_skip_layer: int = 2  # --hidden-state-skip-layer: 2 -> hidden_states[-3]
     apply_final_norm: bool = False  # --apply-final-norm: Llama's final RMSNorm on that hidden state
+    # Context parallelism splits the text tokens over the processes: their count is padded (masked, so the
+    # attention is unchanged) to a multiple of this, e.g. upstream's --text-len 256 over 3 or 6 GPUs.
+    pad_to_multiple: int = 1
 
 
 def default_text_encoding(num_frames: int) -> TextEncoding:
@@ -79,6 +82,10 @@ def encode_prompt(pipe: HunyuanVideoPipeline, prompt: str, text: TextEncoding, d
     if text.apply_final_norm and text.hidden_state_skip_layer > 0:  # the last hidden state is already normed
         embeds = pipe.text_encoder.norm(embeds)
     pooled = pipe._get_clip_prompt_embeds(prompt, device=device, max_sequence_length=text.text_len_2)
+    padding = -embeds.shape[1] % text.pad_to_multiple
+    if padding:  # after truncation to --text-len, so that the same tokens reach the model
+        embeds = torch.nn.functional.pad(embeds, (0, 0, 0, padding))
+        mask = torch.nn.functional.pad(mask, (0, padding))
     return PromptEmbeds(embeds=embeds, attention_mask=mask, pooled=pooled)
 
 

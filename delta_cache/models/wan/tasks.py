@@ -26,7 +26,7 @@ SUPPORTED_SIZES = {
     "t2v-1.3B": ("480*832", "832*480"),
     "i2v-14B": _VIDEO_SIZES,
     "t2i-14B": tuple(SIZES),
-    "flf2v-14B": ("720*1280", "1280*720"),
+    "flf2v-14B": _VIDEO_SIZES,
     "vace-1.3B": ("480*832", "832*480"),
     "vace-14B": _VIDEO_SIZES,
 }
