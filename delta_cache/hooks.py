@@ -73,7 +73,8 @@ class DeltaCacheConfig:
         delta_device: where the delta buffers live; None keeps them beside the activations, "cpu" moves
             them to host memory (for 24 GB cards; costs one copy per run and step).
         num_inference_steps: the run's step count, for pipelines that do not pass it in their
-            `cache_context` (HunyuanVideo); None uses the context's value, else the schedule's grid.
+            `cache_context` (HunyuanVideo, WanVACE); a count the context gives wins, and without either the
+            schedule's grid is used.
     """
 
     schedule: Schedule | str
@@ -100,6 +101,7 @@ class BranchState(BaseState):
         self.delta_steps: dict[tuple[str, int], int] = {}  # run -> the step its delta was recorded at
         self.previous: dict[tuple[str, int], tuple[int, tuple]] = {}  # run -> (step, deltas) one refresh earlier
         self.line_trusted: dict[tuple[str, int], bool] = {}  # run -> the line's last forecast beat holding
+        self.latent_shape: tuple | None = None  # the transformer input's shape in this generation
 
     def delta_bytes(self) -> int:
         held = [*self.deltas.values(), *(deltas for _, deltas in self.previous.values())]
@@ -122,19 +124,23 @@ class DeltaCacheRootHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         with default_branch(self.state_manager):
-            self._start_call()
+            self._start_call(_latent_shape(args, kwargs))
             return self.fn_ref.original_forward(*args, **kwargs)
 
     @torch.compiler.disable  # per-step Python decisions; compiling the whole transformer must not guard on them
-    def _start_call(self) -> None:
+    def _start_call(self, latent_shape: tuple | None) -> None:
         context = self.state_manager.context
         state: BranchState = self.state_manager.get_state()
+        num_steps = context.num_inference_steps or self.config.num_inference_steps or self.schedule.num_steps
+        if state.num_calls and _new_generation(state, context.step_index, num_steps, latent_shape):
+            state.reset()  # e.g. after an interrupted run, which skipped the pipeline's end-of-call reset
+        state.latent_shape = latent_shape
         step = context.step_index if context.step_index is not None else state.num_calls
         state.num_calls += 1
         state.step = step
-        num_steps = self.config.num_inference_steps or context.num_inference_steps or self.schedule.num_steps
         for list_name in self.runs_per_list:
-            refresh = step >= num_steps or step in self._refresh_steps(list_name, num_steps)
+            refresh_steps = self._refresh_steps(list_name, num_steps)  # (also fills in the warm-up length)
+            refresh = step >= num_steps or step in refresh_steps
             state.warmup_steps[list_name] = self._warmups[(list_name, num_steps)]
             # Without a delta for every run (e.g. a pipeline that skipped steps) reuse is impossible: compute.
             has_all_deltas = sum(1 for key in state.deltas if key[0] == list_name) == self.runs_per_list[list_name]
@@ -152,6 +158,23 @@ class DeltaCacheRootHook(ModelHook):
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state_manager.reset()
         return module
+
+
+def _latent_shape(args, kwargs) -> tuple | None:
+    """Shape of the transformer's `hidden_states` input (its first argument in diffusers' video transformers)."""
+    hidden_states = kwargs.get("hidden_states", args[0] if args else None)
+    return tuple(hidden_states.shape) if isinstance(hidden_states, torch.Tensor) else None
+
+
+def _new_generation(state: BranchState, step_index: int | None, num_steps: int, latent_shape: tuple | None) -> bool:
+    """Whether this call starts another generation in a branch that still holds one's state: the step index
+    starts again or goes back, a branch counting its own calls has counted a whole run, or the latents'
+    shape changed. (Pipelines reset the state after a complete run; an interrupted one leaves it.)"""
+    if latent_shape != state.latent_shape:
+        return True
+    if step_index is not None:
+        return step_index == 0 or step_index < state.step
+    return state.num_calls >= num_steps
 
 
 def _closer(forecast: tuple, actual: tuple, than: tuple) -> bool:
@@ -221,11 +244,14 @@ class DeltaCacheBlockHook(ModelHook):
             run_inputs = state.run_inputs.pop(self.run_key)
             added = state.added_between.pop(self.run_key, None)
             if added is not None:  # (the additions are in the delta's dtype, on the activations' device)
-                run_inputs = tuple(None if x is None else x.to(a.dtype) + a for x, a in zip(run_inputs, added))
+                run_inputs = tuple(None if x is None else x.to(torch.promote_types(x.dtype, a.dtype)) + a
+                                   for x, a in zip(run_inputs, added))
             deltas = tuple(
                 None if x is None else self._make_delta(y, x) for x, y in zip(run_inputs, self._output_streams(output))
             )
-            if self.forecast == "linear" and self.run_key in state.deltas:
+            # (a step refreshed twice, e.g. by a sampler that calls the model twice a step, overwrites its delta)
+            shift = self.run_key in state.deltas and state.delta_steps[self.run_key] != state.step
+            if self.forecast == "linear" and shift:
                 line = self._extrapolate(state, state.step)
                 if line is not None:  # the line's forecast for this step, checked against the computed deltas
                     state.line_trusted[self.run_key] = _closer(line, deltas, than=state.deltas[self.run_key])
@@ -267,6 +293,8 @@ class DeltaCacheBlockHook(ModelHook):
         if earlier_step < state.warmup_steps[self.list_name] - 1:
             return None
         last_step, deltas = state.delta_steps[self.run_key], state.deltas[self.run_key]
+        if last_step == earlier_step:
+            return None
         slope = (step - last_step) / (last_step - earlier_step)
         return tuple(None if d is None else d + (d - e) * slope for d, e in zip(deltas, earlier))
 
@@ -288,27 +316,33 @@ class DeltaCacheBlockHook(ModelHook):
         return delta
 
     def _difference(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x - y in the delta dtype, where the activations are."""
+        """x - y in the delta dtype, where the activations are; subtracted in the wider of the two dtypes, so a
+        narrower delta dtype rounds the difference, never the activations."""
         dtype = self.config.delta_dtype or x.dtype
-        return x - y if dtype == x.dtype else x.to(dtype) - y.to(dtype)
+        if dtype == x.dtype == y.dtype:
+            return x - y
+        wide = torch.promote_types(torch.promote_types(x.dtype, y.dtype), dtype)
+        return (x.to(wide) - y.to(wide)).to(dtype)
 
     @staticmethod
     def _add_delta(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         delta = delta.to(x.device, non_blocking=True)
         if delta.dtype == x.dtype:
             return x + delta
-        return (x.to(delta.dtype) + delta).to(x.dtype)
+        wide = torch.promote_types(x.dtype, delta.dtype)
+        return (x.to(wide) + delta.to(wide)).to(x.dtype)
 
 
 class DeltaCacheHandle:
     """What `apply_delta_cache` returns: statistics and removal."""
 
     def __init__(self, transformer: torch.nn.Module, schedule: Schedule, config: DeltaCacheConfig,
-                 stats: DeltaCacheStats):
+                 stats: DeltaCacheStats, state_manager: StateManager):
         self.transformer = transformer
         self.schedule = schedule
         self.config = config
         self._stats = stats
+        self._state_manager = state_manager
 
     def stats(self) -> dict:
         """Counts since `apply_delta_cache` or `reset_stats()`, summed over branches, plus per-branch detail.
@@ -320,6 +354,12 @@ class DeltaCacheHandle:
 
     def reset_stats(self) -> None:
         self._stats.reset()
+
+    def reset(self) -> None:
+        """Forget every branch's deltas and step count: the next call starts a generation. Pipelines do this
+        after each complete run, and the cache notices a new run by its step index or latent shape; call it
+        after an interrupted run whose successor has the same shape and no step index (HunyuanVideo, VACE)."""
+        self._state_manager.reset()
 
     def predicted_block_evals(self, num_steps: int) -> tuple[int, int]:
         """(computed, total) block evaluations the schedule plans for one branch of a `num_steps`-step run."""
@@ -396,7 +436,7 @@ def apply_delta_cache(
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     registry.register_hook(DeltaCacheRootHook(state_manager, resolved, config, stats, runs_per_list), _ROOT_HOOK)
     registry.invalidate_child_registries_cache()
-    handle = DeltaCacheHandle(transformer, resolved, config, stats)
+    handle = DeltaCacheHandle(transformer, resolved, config, stats, state_manager)
     setattr(transformer, _HANDLE_ATTR, handle)
     return handle
 

@@ -113,7 +113,7 @@ class Schedule:
         if unknown:
             raise ScheduleError(f"{source}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_TOP_LEVEL_KEYS)}")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if type(version) is not int or version != FORMAT_VERSION:  # (true and 1.0 equal 1 in Python)
             raise ScheduleError(f"{source}: format_version must be {FORMAT_VERSION}, got {version!r}")
         num_steps = data.get("num_steps")
         if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
@@ -218,6 +218,9 @@ def _parse_block_list(spec: Any, num_steps: int, where: str) -> BlockListSchedul
     return BlockListSchedule(background_blocks=tuple(blocks), refresh_steps=tuple(steps), num_blocks=num_blocks)
 
 
+_RANGE = re.compile(r"\s*[0-9]+\s*-\s*[0-9]+\s*")  # "first-last", ASCII digits only (str.isdigit takes "²")
+
+
 def expand_ranges(items: Any, where: str) -> list[int]:
     """[0, "2-7", 9] -> [0, 2, 3, 4, 5, 6, 7, 9]; rejects duplicates, negatives and non-integers."""
     if not isinstance(items, list):
@@ -226,7 +229,7 @@ def expand_ranges(items: Any, where: str) -> list[int]:
     for item in items:
         if isinstance(item, int) and not isinstance(item, bool):
             values.append(item)
-        elif isinstance(item, str) and item.count("-") == 1 and all(p.strip().isdigit() for p in item.split("-")):
+        elif isinstance(item, str) and _RANGE.fullmatch(item):
             first, last = (int(p) for p in item.split("-"))
             if last < first:
                 raise ScheduleError(f"{where}: range {item!r} is empty (last < first)")
@@ -267,7 +270,7 @@ def load_schedule(name_or_path: "str | Path | Schedule") -> Schedule:
         return name_or_path
     text = str(name_or_path)
     path = Path(text)
-    if path.suffix.lower() == ".json" or path.exists() or "/" in text or "\\" in text:
+    if path.suffix.lower() == ".json" or path.is_file() or "/" in text or "\\" in text:  # (a folder: a preset)
         if not path.is_file():
             raise ScheduleError(f"schedule file not found: {path}")
         source = str(path)

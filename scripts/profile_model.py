@@ -64,15 +64,16 @@ def build_parser() -> OneLineArgumentParser:
     probe.add_argument("--mask_source", default="motion", choices=["motion", "pca", "files"],
                        help="foreground masks: the moving subjects of the predicted latent, PCA clustering, or .npy files")
     probe.add_argument("--mask_dir", type=Path, help="for --mask_source files: 000.npy, 001.npy, ... per prompt run")
-    probe.add_argument("--max_queries", type=int, default=256, help="sampled queries per attention map")
+    probe.add_argument("--max_queries", type=positive_int, default=256, help="sampled queries per attention map")
     probe.add_argument("--high_fraction", type=float, default=0.25,
                        help="per frame, this top fraction of tokens by received attention is high-attention")
     derive = p.add_argument_group("schedule derivation")
     derive.add_argument("--tau", type=float, default=None, help="cache blocks with R < tau (default: --target_speedup)")
     derive.add_argument("--target_speedup", type=float, default=None,
                         help="pick tau and refresh intervals for this block-evaluation speedup (default 2.0)")
-    derive.add_argument("--t_max", type=int, default=6, help="first refresh interval after the warm-up (with --tau)")
-    derive.add_argument("--t_min", type=int, default=2, help="last refresh interval (with --tau)")
+    derive.add_argument("--t_max", type=positive_int, default=6,
+                        help="first refresh interval after the warm-up (with --tau)")
+    derive.add_argument("--t_min", type=positive_int, default=2, help="last refresh interval (with --tau)")
     derive.add_argument("--refresh_threshold", type=float, default=None,
                         help="with --tau: refresh where the step-change curve accumulates to this value since the "
                              "last refresh (TeaCache's rule, decided once from the profile) instead of --t_max/--t_min")
@@ -83,7 +84,8 @@ def build_parser() -> OneLineArgumentParser:
                         help="what reuse steps add: the last refresh's deltas (hold, the paper's reuse), the deltas "
                              "extrapolated through the last two refreshes (linear), or (with --target_speedup) "
                              "whichever the search predicts better (any); default hold")
-    derive.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: from the step-change curve)")
+    derive.add_argument("--warmup", type=positive_int, default=None,
+                        help="warm-up steps (default: from the step-change curve)")
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path, required=True, help="folder for schedule.json, figures, summary, profiles/")
     out.add_argument("--name", default=None, help="schedule name (default: profiled-<task>)")
@@ -133,6 +135,10 @@ def main(argv=None) -> None:
     if args.refresh_rule != "any" and args.tau is not None:
         raise UserInputError("--refresh_rule is for --target_speedup; with --tau give --refresh_threshold or "
                              "--t_max/--t_min")
+    if args.target_speedup is not None and not args.target_speedup >= 1:
+        raise UserInputError(f"--target_speedup must be at least 1 (no reuse), got {args.target_speedup}")
+    if args.t_min > args.t_max:
+        raise UserInputError(f"refresh intervals need --t_min <= --t_max, got {args.t_min} and {args.t_max}")
     if not 0 < args.high_fraction < 1:
         raise UserInputError(f"--high_fraction must be between 0 and 1, got {args.high_fraction}")
     mask_files = None
@@ -175,7 +181,8 @@ def main(argv=None) -> None:
                              patch=model.patch, max_queries=args.max_queries, high_fraction=args.high_fraction)
     provenance = {"model": model.model_name, "ckpt_dir": str(args.ckpt_dir), "size": args.size,
                   "frame_num": args.frame_num, "sample_steps": args.sample_steps,
-                  "sample_shift": model.settings["sample_shift"],
+                  "sample_shift": model.settings["sample_shift"], "sample_solver": model.settings["sample_solver"],
+                  "sample_guide_scale": model.settings["sample_guide_scale"],
                   "prompts": [p for p, _ in prompts], "seeds": args.seeds, "mask_source": args.mask_source,
                   "max_queries": args.max_queries, "high_fraction": args.high_fraction}
     provenance.update({flag: str(getattr(args, flag)) for flag in IMAGE_FLAGS + VACE_FLAGS
@@ -198,7 +205,8 @@ def main(argv=None) -> None:
     else:
         rules = REFRESH_RULES if args.refresh_rule == "any" else (args.refresh_rule,)
         forecasts = FORECASTS if args.forecast == "any" else (args.forecast,)
-        schedule = derive_for_target(profile, args.target_speedup or 2.0, warmup=args.warmup, name=name,
+        target = 2.0 if args.target_speedup is None else args.target_speedup
+        schedule = derive_for_target(profile, target, warmup=args.warmup, name=name,
                                      refresh_rules=rules, forecasts=forecasts)
     schedule_path = args.out / "schedule.json"
     schedule.save(schedule_path)

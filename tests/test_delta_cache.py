@@ -228,6 +228,80 @@ def test_delta_buffer_dtype_and_device_options():
     torch.testing.assert_close(results[("delta_device",)][0], results[()][0], rtol=0, atol=0)
 
 
+def test_a_narrower_delta_dtype_rounds_the_delta_not_the_activations():
+    # fp32 activations of 1e5 (beyond fp16's range) and 1000.3 (not a bf16 number): only the deltas (2 and
+    # 2t) are stored narrow, so reuse steps give what the uncached model gives.
+    for hidden, dtype in ((1e5, torch.float16), (1000.3, torch.bfloat16)):
+        model = DummyTransformer([AffineBlock(1.0, 2.0)])
+        dc.apply_delta_cache(model, _schedule([0], [0], num_steps=3), delta_dtype=dtype)
+        outputs = [h for h, _ in _denoise(model, [1.0, 1.0, 1.0], hidden=hidden)]
+        expected = torch.tensor(hidden, dtype=torch.float32).item() + 2.0
+        assert outputs == [expected] * 3, (dtype, outputs)
+
+
+def test_a_new_generation_starts_afresh_without_the_pipelines_reset():
+    # The pipelines reset the cache after a complete run; an interrupted run (an exception, Ctrl-C) or a loop
+    # of direct calls does not. The next generation must not reuse the previous one's deltas.
+    temb = [1.0, 2.0, 3.0, 4.0]
+    model = DummyTransformer([AffineBlock(1.0, 1.0)])
+    handle = dc.apply_delta_cache(model, _schedule([0], [0, 2], num_steps=4, forecast="linear"))
+    first = _denoise(model, temb)
+    assert _denoise(model, temb) == first  # step 0 again: a new run (the stale line changed step 1)
+    _denoise(model, temb[:3])  # interrupted after 3 of 4 steps
+    assert _denoise(model, temb, hidden=1.0) == first
+    # another latent size after an interrupted run: a new run, not a shape error
+    for step, value in enumerate(temb[:3]):
+        with model.cache_context("cond", step_index=step, num_inference_steps=4):
+            model(torch.ones(3), torch.zeros(3), torch.tensor([value]))
+    with model.cache_context("cond", step_index=0, num_inference_steps=4):
+        assert model(torch.ones(5), torch.zeros(5), torch.tensor([1.0]))[0].shape == (5,)
+
+    # Counting its own calls (no step index, e.g. HunyuanVideoPipeline, or direct calls): a branch that has
+    # counted a whole run starts the next one; after an interrupted run of the same shape, handle.reset().
+    model = DummyTransformer([AffineBlock(1.5, 1.0), AffineBlock(1.0, 2.0)])
+    handle = dc.apply_delta_cache(model, _schedule([0], [0, 2], num_steps=4), num_inference_steps=4)
+
+    def counted(values):
+        outs = []
+        for value in values:
+            with model.cache_context("cond"):
+                outs.append(model(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([value]))[0].item())
+        return outs
+
+    AffineBlock.calls = 0
+    fresh = counted(temb)
+    assert counted(temb) == fresh and AffineBlock.calls == 2 * (8 - 2)  # both runs reused block 0 twice
+    counted(temb[:3])  # interrupted
+    handle.reset()
+    assert counted(temb) == fresh
+
+
+def test_the_pipelines_step_count_wins_over_the_configured_one():
+    # num_inference_steps= is for pipelines whose cache context has no step count; WanPipeline's has one.
+    model = DummyTransformer([AffineBlock(1.0, 1.0), AffineBlock(1.0, 1.0)])
+    handle = dc.apply_delta_cache(model, _schedule([0], ["0-3", 10, 20, 30, 40], num_steps=50), num_inference_steps=50)
+    AffineBlock.calls = 0
+    _denoise(model, [float(t) for t in range(20)])  # a 20-step run whose context says 20
+    computed, total = handle.predicted_block_evals(20)
+    assert AffineBlock.calls == computed and handle.stats()["computed_block_evals"] == computed < total
+
+
+def test_calls_past_the_last_step_and_repeated_steps():
+    model = DummyTransformer([AffineBlock(1.0, 1.0)])
+    handle = dc.apply_delta_cache(model, _schedule([0], [0, 2], num_steps=4, forecast="linear"))
+    # the first call of a run is already past its last step: computed (no warm-up bookkeeping missing)
+    with model.cache_context("cond", step_index=4, num_inference_steps=4):
+        assert model(torch.ones(1), torch.zeros(1), torch.tensor([1.0]))[0].item() == 2.0
+    handle.reset()
+    # a sampler that calls the model twice on one refresh step: the second call overwrites the delta
+    outputs = []
+    for step in (0, 1, 2, 2, 3):
+        with model.cache_context("cond", step_index=step, num_inference_steps=4):
+            outputs.append(model(torch.ones(1), torch.zeros(1), torch.tensor([float(step)]))[0].item())
+    # step 3 reuses the line through the refreshes of steps 0 and 2 (deltas 0 and 2): 1 + 3
+    assert outputs == [1.0, 1.0, 3.0, 3.0, 4.0]
+
+
 def test_apply_errors_are_clear():
     model = DummyTransformer([AffineBlock(1.0, 1.0), AffineBlock(1.0, 1.0)])
     with pytest.raises(dc.ScheduleError, match="block 5 .* beyond the model's depth"):

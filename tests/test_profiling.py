@@ -57,6 +57,14 @@ def test_otsu_and_masks():
     pixels[:, :16, :16] = True  # top-left quarter, all frames
     tokens = masks.pixel_mask_to_tokens(pixels, (3, 2, 2))
     assert tokens.tolist() == [[[True, False], [False, False]]] * 3
+    # sizes that are not multiples of the grid (a mask at the source video's resolution): no shift, no lost edge
+    right_half = np.zeros((1, 100, 100), dtype=bool)
+    right_half[:, :, 50:] = True
+    tokens = masks.pixel_mask_to_tokens(right_half, (1, 30, 30))
+    assert tokens[..., 15:].all() and not tokens[..., :15].any()
+    at_the_edge = np.zeros((1, 720, 1280), dtype=bool)
+    at_the_edge[:, 300:400, -40:] = True  # the last 40 pixel columns: one and a half of 52 token columns
+    assert masks.pixel_mask_to_tokens(at_the_edge, (1, 30, 52))[0, 13:16, -1].all()
 
 
 def _flat_square_moving_slowly(frames=5, size=32, side=8, first_frame_offset=0.8):
@@ -177,6 +185,9 @@ def test_derivation_by_tau_and_by_target():
     assert everything.provenance["predicted_error"] == 0.0
     sparse = derive_schedule(profile, DerivationParams(tau=0.25, t_max=6, t_min=6, warmup=1))
     assert sparse.provenance["predicted_error"] > schedule.provenance["predicted_error"] > 0
+    # a warm-up longer than the run is the whole run, and the provenance says what was used
+    assert derive_schedule(profile, DerivationParams(tau=0.25, warmup=100)).provenance["warmup_steps"] == \
+        profile.num_steps
     target = derive_for_target(profile, 1.5, warmup=2)
     computed, total = target.provenance["predicted_block_evals"]
     assert abs(computed - total / 1.5) <= 0.05 * total / 1.5
@@ -194,6 +205,18 @@ def _drift_profile(step_drift, num_steps=12, depth=6):
         prompt="p", seed=0, token_grid=(1, 1, 1), mask=np.ones((1, 1, 1), bool),
         foreground_ratio={"blocks": np.full((num_steps, depth), 0.1, np.float32)}, sketches={"blocks": sketches},
         output_change=flat, output_change_abs=flat)])
+
+
+def test_residual_sketches_beyond_float16_range_stay_finite():
+    # Real models' residuals reach values that float16 (max 65504) cannot hold; the predicted error must not
+    # become NaN (the target search would then find no schedule).
+    bits = np.packbits(np.ones(4, dtype=bool))
+    sketches = [[np.full((2, 3), 1e5 * (1 + s), np.float32)] for s in range(4)]
+    record = ProbeRecord(high_attention={"blocks": [[bits]] * 4}, sketches={"blocks": sketches},
+                         output_change=[0.1] * 3, output_change_abs=[0.1] * 3)
+    prompt = PromptProfile.from_record(record, np.ones((1, 2, 2), bool), "p", 0, (1, 2, 2))
+    schedule = derive_schedule(Profile(prompts=[prompt]), DerivationParams(tau=2.0, t_max=3, t_min=3, warmup=1))
+    assert np.isfinite(prompt.sketches["blocks"]).all() and 0 < schedule.provenance["predicted_error"] < np.inf
 
 
 def test_predicted_error_adds_up_over_reuse_steps():
@@ -238,7 +261,11 @@ def test_profiling_a_real_pipeline_is_deterministic_and_bounded(tmp_path):
 
     request = ProfileRequest(prompts=[("a red square moves left", 1)], block_lists=["blocks"], token_grid=grid,
                              max_queries=8)
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "001.npz").write_bytes(b"an earlier run's profile")
     first = run_profile(pipe.transformer, denoise, request, out_dir=tmp_path)
+    # a fresh run (no --resume) removed the earlier run's profiles, which a later --resume would have mixed in
+    assert sorted(p.name for p in (tmp_path / "profiles").iterdir()) == ["000.npz", "run.json"]
     second = run_profile(pipe.transformer, denoise, request)
     ratio = first.foreground_ratio("blocks")
     assert ratio.shape == (6, 4) and np.array_equal(ratio, second.foreground_ratio("blocks"))
@@ -353,6 +380,27 @@ def test_profile_cli_writes_a_schedule_that_generate_uses(tmp_path, monkeypatch,
             "--ckpt_dir", str(ckpt), "--size", "32*32", "--frame_num", "9", "--sample_steps", "8", "--prompt",
             "a red square", "--max_queries", "16", "--threads", "1", "--out", str(out), "--resume"])
     assert {p.name: p.read_bytes() for p in (out / "profiles").iterdir()} == saved
+    with pytest.raises(dc.UserInputError, match=r"other settings \(sample_guide_scale 5.0 -> 1.0\)"):
+        load_script(REPO / "scripts" / "profile_model.py").main([
+            "--ckpt_dir", str(ckpt), "--size", "32*32", "--frame_num", "9", "--sample_steps", "10", "--prompt",
+            "a red square", "--max_queries", "16", "--sample_guide_scale", "1.0", "--out", str(out), "--resume"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sample_steps", "0"], "--sample_steps: must be >= 1"),
+    (["--max_queries", "0"], "--max_queries: must be >= 1"),
+    (["--warmup", "0"], "--warmup: must be >= 1"),
+    (["--target_speedup", "0.5"], "--target_speedup must be at least 1"),
+    (["--tau", "0.3", "--t_min", "4", "--t_max", "2"], "refresh intervals need --t_min <= --t_max"),
+])
+def test_profile_cli_refuses_bad_values_before_loading(tmp_path, capsys, flags, message):
+    from script_loader import load_script
+
+    argv = ["--ckpt_dir", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "out"), *flags]
+    with pytest.raises((SystemExit, dc.UserInputError)) as raised:
+        load_script(REPO / "scripts" / "profile_model.py").main(argv)
+    text = str(raised.value) if isinstance(raised.value, dc.UserInputError) else capsys.readouterr().err
+    assert message in text and not (tmp_path / "out").exists()
 
 
 def test_profile_cli_hunyuan_video_covers_both_block_lists(tmp_path):

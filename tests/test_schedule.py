@@ -25,8 +25,11 @@ def test_presets_match_the_paper_counts():
     assert max(small.block_lists["blocks"].background_blocks) < 30
 
 
-def test_preset_names_are_case_insensitive_and_unknown_names_list_presets():
+def test_preset_names_are_case_insensitive_and_unknown_names_list_presets(tmp_path, monkeypatch):
     assert dc.load_schedule("WAN2.1-T2V-14B").name == "wan2.1-t2v-14b"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "wan2.1-t2v-14b").mkdir()  # a folder of that name is not a schedule file
+    assert dc.load_schedule("wan2.1-t2v-14b").name == "wan2.1-t2v-14b"
     with pytest.raises(dc.ScheduleError, match="unknown schedule preset 'nope'.*wan2.1-t2v-14b"):
         dc.load_schedule("nope")
 
@@ -46,6 +49,8 @@ def test_ranges_expand_and_compress():
         ({"background_blocks": [-1]}, "neither an integer|negative"),
         ({"background_blocks": ["3-1"]}, "is empty"),
         ({"background_blocks": [1.5]}, "neither an integer"),
+        ({"background_blocks": ["0-\u00b2"]}, "neither an integer"),  # "0-²": str.isdigit() takes "²", int() not
+        ({"background_blocks": ["\u0660-\u0663"]}, "neither an integer"),  # Arabic-Indic digits
         ({"background_blocks": [5], "num_blocks": 4}, "beyond num_blocks=4"),
         ({"cached": [1]}, "unknown key"),
     ],
@@ -68,9 +73,10 @@ def test_bad_files_are_rejected(tmp_path):
     path.write_text(json.dumps({**_schedule(), "forecast": "quadratic"}))
     with pytest.raises(dc.ScheduleError, match="forecast must be one of hold, linear, got 'quadratic'"):
         dc.load_schedule(path)
-    path.write_text(json.dumps({**_schedule(), "format_version": 7}))
-    with pytest.raises(dc.ScheduleError, match="format_version"):
-        dc.load_schedule(path)
+    for version in (7, True, 1.0, "1"):  # (True and 1.0 equal 1 in Python)
+        path.write_text(json.dumps({**_schedule(), "format_version": version}))
+        with pytest.raises(dc.ScheduleError, match="format_version"):
+            dc.load_schedule(path)
     with pytest.raises(dc.ScheduleError, match="not found"):
         dc.load_schedule(tmp_path / "missing.json")
 

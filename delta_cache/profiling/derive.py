@@ -196,6 +196,7 @@ def _build(profile: Profile, params: DerivationParams, block_ratios: dict[str, n
     block_ratios = block_ratios or {name: profile.block_foreground_ratio(name) for name in profile.depths}
     warmup = params.warmup if params.warmup is not None else warmup_from_curve(profile.output_change(),
                                                                                 params.settle_factor)
+    warmup = max(1, min(warmup, profile.num_steps))  # (as the refresh rules use it)
     refresh = tuple(_refresh_steps(profile, params, warmup))
     block_lists = {
         name: BlockListSchedule(tuple(int(b) for b in np.flatnonzero(block_ratios[name] < params.tau)), refresh, depth)

@@ -147,10 +147,17 @@ def pixel_mask_to_tokens(mask: np.ndarray, token_grid: tuple[int, int, int], tem
     if any(g.shape[0] == 0 for g in groups):
         raise UserInputError(f"mask has {mask.shape[0]} frames, too few for {frames} latent frames")
     per_frame = np.stack([g.mean(axis=0) for g in groups])  # (frames, H, W)
-    ph, pw = mask.shape[1] // height, mask.shape[2] // width
-    if ph < 1 or pw < 1:
-        raise UserInputError(f"mask of {mask.shape[1]}x{mask.shape[2]} pixels is smaller than the token grid")
-    return _pool_patches(per_frame, (ph, pw))[:, :height, :width] >= min_coverage
+    pixels_h, pixels_w = mask.shape[1:]
+    if pixels_h < height or pixels_w < width:
+        raise UserInputError(f"mask of {pixels_h}x{pixels_w} pixels is smaller than the token grid")
+    # Each pixel belongs to the token it lies in, also when the sizes are not multiples (a mask at the
+    # source video's resolution): coverage = mean over the token's pixels.
+    rows = np.arange(pixels_h) * height // pixels_h
+    cols = np.arange(pixels_w) * width // pixels_w
+    cell = (rows[:, None] * width + cols[None, :]).ravel()
+    counts = np.bincount(cell, minlength=height * width)
+    coverage = np.stack([np.bincount(cell, weights=f.ravel(), minlength=height * width) / counts for f in per_frame])
+    return coverage.reshape(frames, height, width) >= min_coverage
 
 
 def load_mask_file(path: str | Path, token_grid: tuple[int, int, int]) -> np.ndarray:

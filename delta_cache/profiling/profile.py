@@ -29,7 +29,8 @@ class PromptProfile:
     token_grid: tuple[int, int, int]
     mask: np.ndarray  # bool (frames, h, w)
     foreground_ratio: dict[str, np.ndarray]  # block list -> (steps, blocks)
-    sketches: dict[str, np.ndarray]  # block list -> (steps, blocks, tokens, dims) float16
+    # block list -> (steps, blocks, tokens, dims); float32: real models' residuals can pass float16's 65504
+    sketches: dict[str, np.ndarray]
     output_change: np.ndarray  # (steps - 1,)
     output_change_abs: np.ndarray  # (steps - 1,)
 
@@ -50,7 +51,7 @@ class PromptProfile:
                     per_frame = [(high[f] & mask[f]).sum() / mask[f].sum() for f in frames_with_mask]
                     ratio[s, b] = float(np.mean(per_frame))
             ratios[list_name] = ratio
-        sketches = {name: np.asarray(steps, dtype=np.float16) for name, steps in record.sketches.items()}
+        sketches = {name: np.asarray(steps, dtype=np.float32) for name, steps in record.sketches.items()}
         return cls(prompt=prompt, seed=seed, token_grid=tuple(token_grid), mask=mask, foreground_ratio=ratios,
                    sketches=sketches, output_change=np.asarray(record.output_change, dtype=np.float32),
                    output_change_abs=np.asarray(record.output_change_abs, dtype=np.float32))

@@ -89,6 +89,9 @@ def run_profile(transformer: torch.nn.Module, denoise: Callable[[str, int], torc
     if folder is not None:
         if resume:
             _check_resumable(folder, provenance or {})
+        elif folder.is_dir():  # a fresh run: an earlier run's profiles must not be mixed in by a later --resume
+            for stale in folder.glob("[0-9][0-9][0-9].npz"):
+                stale.unlink()
         folder.mkdir(parents=True, exist_ok=True)
         (folder / RUN_FILE).write_text(json.dumps(_run_settings(provenance or {}), indent=2) + "\n")
     for index, (prompt, seed) in enumerate(tqdm(request.prompts, desc="profiling prompts")):
