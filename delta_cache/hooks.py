@@ -29,6 +29,7 @@ from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
 from . import block_streams
 from .errors import UserInputError
+from .generations import CallInfo, starts_new_generation
 from .schedule import Schedule, load_schedule, warmup_length
 from .stats import DeltaCacheStats
 
@@ -101,7 +102,7 @@ class BranchState(BaseState):
         self.delta_steps: dict[tuple[str, int], int] = {}  # run -> the step its delta was recorded at
         self.previous: dict[tuple[str, int], tuple[int, tuple]] = {}  # run -> (step, deltas) one refresh earlier
         self.line_trusted: dict[tuple[str, int], bool] = {}  # run -> the line's last forecast beat holding
-        self.latent_shape: tuple | None = None  # the transformer input's shape in this generation
+        self.last_call: CallInfo | None = None  # shape and timestep of this branch's last call
 
     def delta_bytes(self) -> int:
         held = [*self.deltas.values(), *(deltas for _, deltas in self.previous.values())]
@@ -124,17 +125,17 @@ class DeltaCacheRootHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         with default_branch(self.state_manager):
-            self._start_call(_latent_shape(args, kwargs))
+            self._start_call(CallInfo.of(args, kwargs))
             return self.fn_ref.original_forward(*args, **kwargs)
 
     @torch.compiler.disable  # per-step Python decisions; compiling the whole transformer must not guard on them
-    def _start_call(self, latent_shape: tuple | None) -> None:
+    def _start_call(self, call: CallInfo) -> None:
         context = self.state_manager.context
         state: BranchState = self.state_manager.get_state()
         num_steps = context.num_inference_steps or self.config.num_inference_steps or self.schedule.num_steps
-        if state.num_calls and _new_generation(state, context.step_index, num_steps, latent_shape):
+        if starts_new_generation(state.last_call, state.num_calls, state.step, call, context.step_index, num_steps):
             state.reset()  # e.g. after an interrupted run, which skipped the pipeline's end-of-call reset
-        state.latent_shape = latent_shape
+        state.last_call = call
         step = context.step_index if context.step_index is not None else state.num_calls
         state.num_calls += 1
         state.step = step
@@ -158,23 +159,6 @@ class DeltaCacheRootHook(ModelHook):
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state_manager.reset()
         return module
-
-
-def _latent_shape(args, kwargs) -> tuple | None:
-    """Shape of the transformer's `hidden_states` input (its first argument in diffusers' video transformers)."""
-    hidden_states = kwargs.get("hidden_states", args[0] if args else None)
-    return tuple(hidden_states.shape) if isinstance(hidden_states, torch.Tensor) else None
-
-
-def _new_generation(state: BranchState, step_index: int | None, num_steps: int, latent_shape: tuple | None) -> bool:
-    """Whether this call starts another generation in a branch that still holds one's state: the step index
-    starts again or goes back, a branch counting its own calls has counted a whole run, or the latents'
-    shape changed. (Pipelines reset the state after a complete run; an interrupted one leaves it.)"""
-    if latent_shape != state.latent_shape:
-        return True
-    if step_index is not None:
-        return step_index == 0 or step_index < state.step
-    return state.num_calls >= num_steps
 
 
 def _closer(forecast: tuple, actual: tuple, than: tuple) -> bool:

@@ -3,7 +3,8 @@ variant, and the optional LPIPS and per-video FID, whose backbone weights are us
 
 Frames are float arrays in [0, 1], shaped (F, H, W, C) as the pipelines return them, or uint8 arrays as
 read back from an mp4. Each metric is computed per frame and averaged over frames; identical videos give
-PSNR = inf.
+PSNR = inf, and a single frame identical to its reference counts as PSNR_CAP_DB (else one such frame would
+make a whole video "identical").
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+
+PSNR_CAP_DB = 100.0  # a frame identical to its reference, in a video that is not
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,8 @@ def fidelity(video: np.ndarray, reference: np.ndarray) -> Fidelity:
     # and SSIM read up to 2e-3 low there (identical rendered videos: 0.998).
     ssim = structural_similarity_index_measure(preds, target, data_range=1.0, kernel_size=kernel,
                                                sigma=1.5 * kernel / 11, reduction="none")
-    return Fidelity(psnr=float(psnr.mean()), ssim=float(ssim.mean()))
+    mean_psnr = math.inf if torch.isinf(psnr).all() else float(psnr.clamp(max=PSNR_CAP_DB).mean())
+    return Fidelity(psnr=mean_psnr, ssim=float(ssim.mean()))
 
 
 

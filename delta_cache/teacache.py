@@ -35,6 +35,7 @@ from diffusers.hooks.hooks import BaseState, StateManager
 
 from . import block_streams
 from .errors import UserInputError
+from .generations import CallInfo, starts_new_generation
 from .hooks import _HANDLE_ATTR as DELTA_CACHE_HANDLE_ATTR, default_branch, detach_hooks, model_block_lists
 
 _ROOT_HOOK = "teacache_root"
@@ -92,7 +93,8 @@ class _BranchState(BaseState):
     def reset(self) -> None:
         self.num_calls = 0
         self.step = 0
-        self.num_steps: int | None = None  # this call's step count (config, else the pipeline's)
+        self.last_call: CallInfo | None = None  # shape and timestep of this branch's last call
+        self.num_steps: int | None = None  # this call's step count (the pipeline's, else the config's)
         self.indicator: torch.Tensor | None = None  # this call's
         self.previous_indicator: torch.Tensor | None = None
         self.accumulated = 0.0
@@ -127,19 +129,20 @@ class _TeaCacheRootHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         with default_branch(self.state_manager):
-            self._start_call()
+            self._start_call(CallInfo.of(args, kwargs))
             output = self.fn_ref.original_forward(*args, **kwargs)
             if self.config.calibrate:
                 self._record_output(output)
             return output
 
     @torch.compiler.disable
-    def _start_call(self) -> None:
+    def _start_call(self, call: CallInfo) -> None:
         context = self.state_manager.context
         state: _BranchState = self.state_manager.get_state()
-        num_steps = self.config.num_inference_steps or context.num_inference_steps
-        if context.step_index is None and num_steps and state.num_calls >= num_steps:
+        num_steps = context.num_inference_steps or self.config.num_inference_steps
+        if starts_new_generation(state.last_call, state.num_calls, state.step, call, context.step_index, num_steps):
             state.reset()  # a new generation without the pipeline's end-of-call reset (an interrupted run)
+        state.last_call = call
         state.num_steps = num_steps
         # WanPipeline passes the step index; HunyuanVideoPipeline does not: count this branch's calls.
         state.step = context.step_index if context.step_index is not None else state.num_calls

@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import delta_cache  # noqa: E402
 from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli  # noqa: E402
+from delta_cache.hooks import model_block_lists  # noqa: E402
 
 
 def latent_grid(tokens: int) -> tuple[int, int, int]:
@@ -206,16 +207,17 @@ def hook_cost(bench: Bench, latents, steps: int, forecast: str) -> float:
 def main() -> None:
     p = OneLineArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", default="wan", choices=sorted(FAMILIES), help="model family (default wan)")
-    p.add_argument("--tokens", type=int, nargs="+", default=[256, 1024, 4096])
+    p.add_argument("--tokens", type=positive_int, nargs="+", default=[256, 1024, 4096])
     p.add_argument("--schedule", default=None,
                    help="preset name or schedule JSON (default: wan2.1-t2v-14b / hunyuanvideo-720p)")
-    p.add_argument("--layers", type=int, default=None,
+    p.add_argument("--layers", type=positive_int, default=None,
                    help="blocks (wan, default 40) / double-stream blocks (hunyuan_video, default 20)")
-    p.add_argument("--single_layers", type=int, default=40, help="hunyuan_video single-stream blocks")
-    p.add_argument("--dim", type=int, default=64, help="hidden size (heads * head_dim)")
-    p.add_argument("--heads", type=int, default=2)
-    p.add_argument("--ffn", type=int, default=256, help="feed-forward width (hunyuan_video: mlp ratio = ffn / dim)")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--single_layers", type=positive_int, default=40, help="hunyuan_video single-stream blocks")
+    p.add_argument("--dim", type=positive_int, default=64, help="hidden size (heads * head_dim)")
+    p.add_argument("--heads", type=positive_int, default=2)
+    p.add_argument("--ffn", type=positive_int, default=256,
+                   help="feed-forward width (hunyuan_video: mlp ratio = ffn / dim)")
+    p.add_argument("--steps", type=positive_int, default=50, help="denoising steps, at least 2")
     p.add_argument("--no_cfg", action="store_true", help="wan: one branch per step instead of cond + uncond")
     p.add_argument("--image_task", default="none", choices=["none", "i2v", "flf2v"],
                    help="wan: the image-to-video transformer (i2v: 257 CLIP image tokens, flf2v: 2 x 257)")
@@ -231,12 +233,17 @@ def main() -> None:
         p.error("--image_task and --vace are for --family wan")
     if args.image_task != "none" and args.vace:
         p.error("--vace and --image_task are two transformers; choose one")
+    if args.steps < 2:
+        p.error("--steps must be at least 2 (the first step is untimed)")
+    if args.dim % args.heads or (args.dim // args.heads) % 2:
+        p.error(f"--dim {args.dim} must split into --heads {args.heads} heads of an even width (rotary embedding)")
     torch.set_num_threads(args.threads)
 
     dtype = getattr(torch, args.dtype)
     make_bench, default_schedule = FAMILIES[args.family]
     schedule = delta_cache.load_schedule(args.schedule or default_schedule)  # a bad file fails before the build
     bench = make_bench(args, dtype)
+    schedule.check_fits(model_block_lists(bench.transformer))  # (before the table starts)
     if args.compile:
         bench.transformer.compile_repeated_blocks()
 

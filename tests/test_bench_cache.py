@@ -85,3 +85,19 @@ def test_wan_vace_bench_runs_the_control_blocks_on_every_step():
     # 3 steps x 2 branches x 5 control blocks; the main blocks computed on step 0 only (the cache was told 3 steps)
     assert len(control_calls) == 3 * 2 * 5 and control_calls[0] == (1, 16, 16)
     assert handle.stats()["computed_block_evals"] == 2 * 10 and handle.stats()["total_block_evals"] == 3 * 2 * 10
+
+
+def test_bad_flags_are_one_line_before_anything_runs():
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_cache.py"
+    cases = [(["--steps", "1"], "--steps must be at least 2"),
+             (["--heads", "3"], "--dim 64 must split into --heads 3 heads of an even width"),
+             (["--layers", "0"], "--layers: must be >= 1"),
+             (["--tokens", "16", "--layers", "2"], "made for 40 blocks in 'blocks', but this model has 2")]
+    for flags, message in cases:
+        proc = subprocess.run([sys.executable, str(script), *flags], capture_output=True, text=True, timeout=300,
+                              env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert "| tokens |" not in proc.stdout  # no half-written table

@@ -16,6 +16,10 @@ def test_psnr_of_a_known_error_and_identical_videos():
     assert same.psnr == math.inf and same.ssim == 1.0
     frames = (np.random.default_rng(0).random((2, 16, 16, 3)) * 255).astype(np.uint8)
     assert fidelity(frames, frames).ssim == 1.0
+    # one identical frame does not make the video identical: it counts as PSNR_CAP_DB (100), the others 20
+    one_same = reference + 0.1
+    one_same[0] = reference[0]
+    assert math.isclose(fidelity(one_same, reference).psnr, (100.0 + 20.0 + 20.0) / 3, abs_tol=1e-4)
 
 
 def test_ssim_is_exact_on_flat_light_backgrounds():

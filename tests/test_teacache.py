@@ -224,3 +224,57 @@ def test_hunyuan_video_indicator_is_the_modulated_image_input_and_text_passes_th
     assert torch.equal(text_out, text_in)  # skipped: the text stream passes through unchanged
     assert torch.equal(cached[0], plain[0]) and torch.equal(cached[2], plain[2])  # computed calls: exact
     assert not torch.allclose(cached[1], plain[1])  # the skipped call's output is an approximation
+
+
+@pytest.mark.parametrize("cache", ["teacache", "delta_cache"])
+def test_an_interrupted_generation_does_not_leak_into_the_next(cache):
+    # HunyuanVideoPipeline passes no step index, so both caches count their calls; a run interrupted at its
+    # second step skips the pipeline's end-of-call reset. The next generation must run as a fresh one: the same
+    # blocks computed on every step (TeaCache: its first and last steps), the same latents.
+    from delta_cache.models.hunyuan_video.teacache import teacache_settings
+    from delta_cache.models.runner import load_runner
+    from delta_cache.models.tiny_info import committed_checkpoint
+
+    model = load_runner("hunyuan_video", committed_checkpoint("hunyuan_video"), width=32, height=32, num_frames=5,
+                        num_steps=STEPS, device=torch.device("cpu"))
+    transformer = model.transformer
+    counter = BlockCounter(transformer)
+    if cache == "teacache":
+        settings = teacache_settings()
+        tc.apply_teacache(transformer, tc.TeaCacheConfig(threshold=1e9, coefficients=settings.coefficients,
+                                                         indicator=settings.indicator, num_inference_steps=STEPS))
+    else:
+        depths = {"transformer_blocks": 20, "single_transformer_blocks": 40}
+        lists = {name: {"background_blocks": [f"0-{depth - 1}"], "refresh_steps": [0, 3]}
+                 for name, depth in depths.items()}
+        schedule = dc.Schedule.from_dict({"format_version": 1, "num_steps": STEPS, "block_lists": lists})
+        dc.apply_delta_cache(transformer, schedule, num_inference_steps=STEPS)
+    per_call, seen = [], [0]
+
+    def record_call(*_):  # block evaluations of each transformer call
+        per_call.append(counter.count - seen[0])
+        seen[0] = counter.count
+
+    transformer.register_forward_hook(record_call)
+
+    def generation():
+        per_call.clear()
+        return model.generate("a red square moves left", 1)[0]
+
+    fresh = generation()
+    fresh_counts = list(per_call)
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt_the_second_step(*_):
+        if len(per_call) == 1:
+            raise Interrupted
+
+    hook = transformer.proj_out.register_forward_hook(interrupt_the_second_step)
+    with pytest.raises(Interrupted):
+        generation()
+    hook.remove()
+    seen[0] = counter.count
+    again = generation()
+    assert per_call == fresh_counts and torch.equal(again, fresh)

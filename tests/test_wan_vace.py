@@ -192,9 +192,11 @@ def test_reused_runs_leave_the_control_hints_out_of_their_deltas(monkeypatch, de
 
     def second_call_output():
         handle = apply_delta_cache(transformer, schedule, **delta_options)
-        with torch.no_grad():
-            transformer(**inputs)
-            output = transformer(**inputs)[0]
+        with torch.no_grad():  # (two steps of one run at the same timestep: the step index says so)
+            with transformer.cache_context("cond", step_index=0, num_inference_steps=2):
+                transformer(**inputs)
+            with transformer.cache_context("cond", step_index=1, num_inference_steps=2):
+                output = transformer(**inputs)[0]
         stats = handle.stats()
         assert stats["computed_block_evals"] == 20 - 5 and stats["total_block_evals"] == 20  # the second call reused
         handle.remove()

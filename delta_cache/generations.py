@@ -1,0 +1,51 @@
+"""When does a transformer call start another generation? Shared by the caches' root hooks.
+
+A cache's per-branch state belongs to one generation. Pipelines reset it after a complete run; an interrupted
+run (an exception, Ctrl-C) leaves it behind, and the next run must not inherit its deltas or step count. A
+call starts a new generation when the latents change shape, when the pipeline's step index starts again or
+goes back, or, for pipelines that pass no step index (HunyuanVideo, Wan i2v and VACE), when the timestep does
+not fall (a denoising run's timesteps fall from call to call) or the branch has counted a whole run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """What a transformer call says about where it is: its latents' shape and its (largest) timestep."""
+
+    latent_shape: tuple | None
+    timestep: float | None
+
+    @classmethod
+    def of(cls, args, kwargs) -> "CallInfo":
+        """From a diffusers video transformer's arguments: `hidden_states` (first) and the `timestep` keyword
+        (as diffusers' pipelines pass it; a positional second argument is not guessed at)."""
+        hidden_states = kwargs.get("hidden_states", args[0] if args else None)
+        timestep = kwargs.get("timestep")
+        shape = tuple(hidden_states.shape) if isinstance(hidden_states, torch.Tensor) else None
+        if isinstance(timestep, torch.Tensor):
+            # one host sync per transformer call, only where the pipeline passes no step index
+            timestep = float(timestep.detach().float().max()) if timestep.numel() else None
+        elif not isinstance(timestep, (int, float)):
+            timestep = None
+        return cls(shape, timestep)
+
+
+def starts_new_generation(previous: CallInfo | None, num_calls: int, last_step: int, call: CallInfo,
+                          step_index: int | None, num_steps: int | None) -> bool:
+    """Whether `call` starts another generation in a branch that has made `num_calls` calls, the last at
+    `last_step` described by `previous`."""
+    if not num_calls or previous is None:
+        return False
+    if call.latent_shape != previous.latent_shape:
+        return True
+    if step_index is not None:
+        return step_index == 0 or step_index < last_step
+    if call.timestep is not None and previous.timestep is not None and call.timestep >= previous.timestep:
+        return True
+    return bool(num_steps) and num_calls >= num_steps
