@@ -20,6 +20,7 @@ from delta_cache import parallel  # noqa: E402
 from delta_cache.cli import (  # noqa: E402
     OneLineArgumentParser,
     add_cache_flags,
+    check_output_path,
     add_compile_flag,
     add_teacache_flags,
     apply_cache_from_flags,
@@ -137,6 +138,7 @@ def validate(args) -> None:
         raise UserInputError(f"--video-length must be 4n+1 (1, 5, ..., 125, 129), got {args.video_length}")
     if args.batch_size != 1:
         raise UserInputError(f"--batch-size must be 1, got {args.batch_size} (use --num-videos for more videos)")
+    check_output_path("--save-path", config.output_dir(args.save_path, args.save_path_suffix), folder=True)
     for flag, value in (("--infer-steps", args.infer_steps), ("--num-videos", args.num_videos),
                         ("--text-len", args.text_len)):
         if value < 1:

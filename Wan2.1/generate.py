@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # works without
 from delta_cache.cli import (  # noqa: E402
     OneLineArgumentParser,
     add_cache_flags,
+    check_output_path,
     add_compile_flag,
     add_teacache_flags,
     apply_cache_from_flags,
@@ -110,6 +111,8 @@ def validate(args) -> None:
         raise UserInputError("--offload_model True does not work with multi-GPU sampling; leave it out (False)")
     check_image_flags(args.task, args)
     check_vace_flags(args.task, args)
+    if args.save_file is not None:
+        check_output_path("--save_file", args.save_file)
 
     defaults = tasks.task_defaults(args.task, args.size)
     if args.frame_num is None:

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import os
 import sys
+from pathlib import Path
 from typing import Callable, NoReturn
 
 from .errors import UserInputError
@@ -156,6 +157,20 @@ def run_cli(main: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def check_output_path(flag: str, path, folder: bool = False) -> None:
+    """Before a long run: `path` (a file, or with `folder` a folder) can be written: it is not a folder (a
+    file), and the nearest of its parents that exists is a folder. UserInputError (one line) otherwise."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise UserInputError(f"{flag} {path} is {'a file' if folder else 'a folder'}; give a "
+                             f"{'folder' if folder else 'file name'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserInputError(f"{flag} {path}: {parent} is a file, so nothing can be written under it")
 
 
 def summary_line(denoise_seconds: float, cache_stats: dict | None, processes: int = 1,

@@ -274,7 +274,10 @@ def load_schedule(name_or_path: "str | Path | Schedule") -> Schedule:
         if not path.is_file():
             raise ScheduleError(f"schedule file not found: {path}")
         source = str(path)
-        raw = path.read_text()
+        try:
+            raw = path.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ScheduleError(f"{source}: cannot read it as a text file ({err})") from None
     else:
         presets = list_presets()
         if text.lower() not in presets:

@@ -44,7 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import delta_cache  # noqa: E402
 from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli  # noqa: E402
-from delta_cache.hooks import model_block_lists  # noqa: E402
 
 
 def latent_grid(tokens: int) -> tuple[int, int, int]:
@@ -243,7 +242,7 @@ def main() -> None:
     make_bench, default_schedule = FAMILIES[args.family]
     schedule = delta_cache.load_schedule(args.schedule or default_schedule)  # a bad file fails before the build
     bench = make_bench(args, dtype)
-    schedule.check_fits(model_block_lists(bench.transformer))  # (before the table starts)
+    schedule.check_fits(delta_cache.model_block_lists(bench.transformer))  # (before the table starts)
     if args.compile:
         bench.transformer.compile_repeated_blocks()
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from delta_cache.cli import OneLineArgumentParser, positive_int
+from delta_cache.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,3 +33,16 @@ def test_scripts_refuse_zero_threads_in_one_line(script):
     errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
     assert errors == ["error: argument --threads: must be >= 1, got 0 (see --help)"]
     assert "diffusers" not in imports  # flag errors come before the seconds of importing diffusers
+
+
+def test_output_paths_are_checked_before_a_long_run(tmp_path):
+    from delta_cache.cli import check_output_path
+
+    (tmp_path / "a_file").write_text("x")
+    check_output_path("--save_file", tmp_path / "new" / "deeper" / "v.mp4")  # folders are made when writing
+    check_output_path("--save-path", tmp_path / "results", folder=True)
+    for args, message in [(("--save_file", tmp_path), "is a folder; give a file name"),
+                          (("--save_file", tmp_path / "a_file" / "v.mp4"), "a_file is a file, so nothing can be written"),
+                          (("--save-path", tmp_path / "a_file", True), "is a file; give a folder")]:
+        with pytest.raises(UserInputError, match=message):
+            check_output_path(*args)

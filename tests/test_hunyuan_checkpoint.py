@@ -1,5 +1,6 @@
 """HunyuanVideo checkpoint loading: key conversion (any width), both layouts, fp8, VAE config, errors."""
 
+import json
 import shutil
 
 import pytest
@@ -274,6 +275,9 @@ def _remove(path):
     ("missing fp8 map", DIT_WEIGHT.replace(".pt", "_fp8_map.pt"), "_fp8_map.pt"),
     ("load key", None, "mp_rank_00_model_states.pt has no 'ema' entry"),
     ("not a weights file", "garbage", "mp_rank_00_model_states.pt as a PyTorch weights file"),
+    ("a pickle reader's IndexError", "garbage pickle", "mp_rank_00_model_states.pt as a PyTorch weights file"),
+    ("vae config of the wrong type", "vae config list", "vae/config.json: expected a JSON object"),
+    ("vae config that does not fit", "vae norm groups", "vae/config.json does not describe a valid VAE"),
 ])
 def test_each_broken_file_has_its_own_error(ckpts, tmp_path, case, broken, expected):
     upstream = shutil.copytree(ckpts[0], tmp_path / "ckpts")
@@ -284,6 +288,12 @@ def test_each_broken_file_has_its_own_error(ckpts, tmp_path, case, broken, expec
         options = {"load_key": "ema"}
     elif case == "not a weights file":
         dit_weight.write_bytes(b"not a checkpoint")
+    elif broken == "garbage pickle":
+        dit_weight.write_bytes(b"this is not a checkpoint\x00\xff\xfe garbage" * 10)
+    elif broken.startswith("vae "):
+        config_path = upstream / "hunyuan-video-t2v-720p/vae/config.json"
+        config = json.loads(config_path.read_text())
+        config_path.write_text(json.dumps([config] if broken == "vae config list" else {**config, "norm_num_groups": 3}))
     else:
         _remove(upstream / broken)
     with pytest.raises(CheckpointError) as err:

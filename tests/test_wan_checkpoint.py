@@ -444,6 +444,25 @@ def test_wrong_keys_and_unreadable_files(ckpts, tmp_path):
         load_wan_components(ckpt, task="t2v-14B")
 
 
+GARBAGE = b"this is not a checkpoint\x00\xff\xfe garbage" * 10  # a pickle reader fails on it with IndexError
+
+
+def test_garbage_and_incomplete_files_are_one_line(ckpts, tmp_path):
+    ckpt = _copy(ckpts["upstream"], tmp_path)
+    (ckpt / keys.VAE_FILE).write_bytes(GARBAGE)
+    with pytest.raises(CheckpointError, match=r"unreadable .*Wan2\.1_VAE\.pth: expected a torch state dict"):
+        load_wan_components(ckpt, task="t2v-14B")
+    # a diffusers folder whose weights lack a tensor: from_pretrained would leave it at random initial values
+    folder = Path(shutil.copytree(ckpts["diffusers"], tmp_path / "diffusers"))
+    weights_file = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(weights_file)
+    del weights["blocks.0.attn1.norm_q.weight"]
+    save_file(weights, weights_file)
+    with pytest.raises(CheckpointError, match=r"transformer \(the Wan transformer\): the weights lack 1 of the "
+                                              r"model's tensors, e.g. blocks\.0\.attn1\.norm_q\.weight"):
+        load_wan_components(folder, task="t2v-14B")
+
+
 def _tiny_clip_file(path: Path, width: int, heads: int, image_size: int = 32) -> None:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 

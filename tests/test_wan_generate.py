@@ -71,6 +71,7 @@ def test_default_output_name_and_t2i_png_from_repo_root(ckpt4, tmp_path):
     [
         (["--task", "t2v-1.3B", "--size", "1280*720"], "size 1280\\*720 is not supported for task t2v-1.3B"),
         (["--frame_num", "0"], "--frame_num must be at least 1"),
+        (["--save_file", "."], "--save_file . is a folder; give a file name"),
         (["--task", "t2v-99B"], "invalid choice: 't2v-99B'"),
         (["--task", "vace-14B", "--src_mask", "mask.mp4"], "--src_mask needs --src_video"),
         (["--offload_model", "maybe"], "expected a boolean"),

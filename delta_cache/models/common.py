@@ -1,11 +1,49 @@
-"""What every family's sampling module shares: the result of a timed generation."""
+"""What every family's modules share: the result of a timed generation, and how checkpoint files that cannot
+be read become one clear line (`CheckpointError`)."""
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+
+from ..errors import CheckpointError
+
+# What loaders raise on unreadable, truncated, garbage or inconsistent files (a pickle of garbage raises
+# IndexError, a config of the wrong type TypeError or AttributeError, a zero head count ZeroDivisionError).
+FILE_ERRORS = (OSError, ValueError, RuntimeError, KeyError, EOFError, IndexError, TypeError, AttributeError,
+               ArithmeticError, pickle.UnpicklingError, SafetensorError)
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message in one line (its first, at most 300 characters), or its type's name."""
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0][:300]
+
+
+def from_pretrained_checked(cls, folder, what: str, *, weights: bool = True, **kwargs):
+    """`cls.from_pretrained(folder, **kwargs)` (diffusers or transformers), with every failure one
+    CheckpointError naming `what` and the folder. For models (`weights`), weights that the folder lacks would be
+    left at random initial values and mismatched shapes dropped, silently: both are refused."""
+    where = Path(folder) / kwargs["subfolder"] if "subfolder" in kwargs else Path(folder)
+    try:
+        if not weights:
+            return cls.from_pretrained(folder, **kwargs)
+        model, info = cls.from_pretrained(folder, output_loading_info=True, **kwargs)
+    except FILE_ERRORS as err:
+        raise CheckpointError(f"cannot load {where} ({what}): {first_line(err)}") from None
+    missing, mismatched = sorted(info.get("missing_keys") or ()), list(info.get("mismatched_keys") or ())
+    if missing:
+        raise CheckpointError(f"{where} ({what}): the weights lack {len(missing)} of the model's tensors, e.g. "
+                              f"{missing[0]}")
+    if mismatched:
+        raise CheckpointError(f"{where} ({what}): {len(mismatched)} weights do not fit the config's shapes, e.g. "
+                              f"{mismatched[0][0] if isinstance(mismatched[0], tuple) else mismatched[0]}")
+    return model
 
 
 @dataclass

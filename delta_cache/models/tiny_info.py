@@ -54,12 +54,12 @@ class NativeSize:
 def native_size(ckpt_dir) -> NativeSize | None:
     """The native size from `<ckpt_dir>/tiny_model.json`, or None when the folder has no such file."""
     path = Path(ckpt_dir) / TINY_MODEL_FILE
-    if not path.is_file():
-        return None
     try:
+        if not path.is_file():
+            return None
         entry = json.loads(path.read_text())["native_size"]
         size = NativeSize(int(entry["width"]), int(entry["height"]), int(entry["num_frames"]))
-    except (ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError) as err:  # (unreadable, not JSON, wrong entries)
         raise CheckpointError(f"{path}: malformed ({type(err).__name__}: {err}); expected "
                               '{"native_size": {"width": W, "height": H, "num_frames": F}, ...}') from None
     if min(size.width, size.height, size.num_frames) < 1:

@@ -19,7 +19,6 @@ Every required file is checked before anything is loaded, so a wrong path fails 
 from __future__ import annotations
 
 import json
-import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from transformers import AutoTokenizer, CLIPTextModel, LlamaModel, PreTrainedTok
 
 from ...cli import set_offline
 from ...errors import CheckpointError, UserInputError
+from ..common import FILE_ERRORS, first_line, from_pretrained_checked
 from .keys import convert_hunyuan_video_transformer, dequantize_fp8, transformer_config_from_state_dict
 
 # Upstream layout, relative to the model base (MODEL_BASE, default ./ckpts).
@@ -132,8 +132,9 @@ def _torch_load(path: Path):
     # mmap keeps a 25 GB checkpoint out of RAM until the weights are used (zip format only).
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:  # what a non-weights file raises
-        raise CheckpointError(f"cannot read {path} as a PyTorch weights file ({type(err).__name__})") from err
+    except FILE_ERRORS as err:  # what an unreadable or non-weights file raises
+        raise CheckpointError(f"cannot read {path} as a PyTorch weights file ({type(err).__name__}: "
+                              f"{first_line(err)})") from None
 
 
 def _unwrap_transformer_state(checkpoint, path: Path, load_key: str) -> dict:
@@ -160,15 +161,20 @@ def load_upstream_transformer(path: Path, *, load_key: str = "module", use_fp8: 
             state = dequantize_fp8(state, _torch_load(map_path), dtype=dtype)
         except CheckpointError as err:
             raise CheckpointError(f"{map_path}: {err}") from None
+        except FILE_ERRORS as err:  # (a map that is not a dict of per-tensor scales)
+            raise CheckpointError(f"{map_path}: not an fp8 scale map ({first_line(err)})") from None
     elif any(t.dtype == torch.float8_e4m3fn for t in state.values()):
         raise CheckpointError(f"{path} holds fp8 weights: pass --use-fp8 (with its *_fp8_map.pt beside it)")
     try:
         config = transformer_config_from_state_dict(state)
         state = convert_hunyuan_video_transformer(state)
+        with init_empty_weights(include_buffers=False):
+            model = HunyuanVideoTransformer3DModel(**config)
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
-    with init_empty_weights(include_buffers=False):
-        model = HunyuanVideoTransformer3DModel(**config)
+    except FILE_ERRORS as err:  # tensors of shapes no HunyuanVideo transformer has
+        raise CheckpointError(f"{path}: not a HunyuanVideo transformer ({type(err).__name__}: "
+                              f"{first_line(err)})") from None
     _assign(model, {k: v.to(dtype) for k, v in state.items()}, path)
     return model.eval()
 
@@ -204,15 +210,22 @@ def load_upstream_vae(vae_dir: Path, *, dtype: torch.dtype = torch.float16) -> A
     config_path, weights_path = vae_dir / VAE_CONFIG, vae_dir / VAE_WEIGHTS
     try:
         config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{config_path} is not valid JSON ({err})") from None
+    except (OSError, ValueError) as err:  # (unreadable, not UTF-8, not JSON)
+        raise CheckpointError(f"{config_path} is not a readable JSON file ({first_line(err)})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object")
     kwargs = vae_kwargs_from_upstream_config(config, config_path)
+    try:
+        with init_empty_weights(include_buffers=False):
+            vae = AutoencoderKLHunyuanVideo(**kwargs)
+    except FILE_ERRORS as err:  # values of the wrong type or that do not fit together
+        raise CheckpointError(f"{config_path} does not describe a valid VAE: {first_line(err)}") from None
     state = _torch_load(weights_path)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    state = {k.removeprefix("vae."): v for k, v in state.items()}
-    with init_empty_weights(include_buffers=False):
-        vae = AutoencoderKLHunyuanVideo(**kwargs)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{weights_path}: expected a state dict of tensors")
+    state = {str(k).removeprefix("vae."): v for k, v in state.items()}
     _assign(vae, {k: v.to(dtype) for k, v in state.items()}, weights_path)
     return vae.eval()
 
@@ -234,18 +247,15 @@ def _assign(model: torch.nn.Module, state: dict, path: Path) -> None:
 
 
 def _load_hf(model_class, folder: Path, dtype: torch.dtype):
-    try:
-        return model_class.from_pretrained(folder, dtype=dtype).eval()
-    except OSError as err:
-        raise CheckpointError(f"cannot load {model_class.__name__} from {folder}: {str(err).splitlines()[0]}") from None
+    return from_pretrained_checked(model_class, folder, model_class.__name__, dtype=dtype).eval()
 
 
 def _load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     # Upstream pads on the right; the text-encoder outputs are then cropped and masked accordingly.
     try:
         return AutoTokenizer.from_pretrained(folder, padding_side="right")
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot load a tokenizer from {folder}: {str(err).splitlines()[0]}") from None
+    except FILE_ERRORS as err:
+        raise CheckpointError(f"cannot load a tokenizer from {folder}: {first_line(err)}") from None
 
 
 # --- diffusers layout ------------------------------------------------------------------------------
@@ -256,12 +266,9 @@ def _load_diffusers(folder: Path, *, dtype, vae_dtype, text_encoder_dtype,
         _require(folder / sub / "config.json", f"diffusers '{sub}' config")
     for sub in ("tokenizer", "tokenizer_2"):
         _require(folder / sub, f"diffusers '{sub}' folder", folder=True)
-    try:
-        transformer = HunyuanVideoTransformer3DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype)
-        vae = AutoencoderKLHunyuanVideo.from_pretrained(folder, subfolder="vae", torch_dtype=vae_dtype)
-    except OSError as err:
-        reason = str(err).splitlines()[0]
-        raise CheckpointError(f"cannot load the diffusers transformer/vae from {folder}: {reason}") from None
+    transformer = from_pretrained_checked(HunyuanVideoTransformer3DModel, folder, "the transformer",
+                                          subfolder="transformer", torch_dtype=dtype)
+    vae = from_pretrained_checked(AutoencoderKLHunyuanVideo, folder, "the VAE", subfolder="vae", torch_dtype=vae_dtype)
     return HunyuanVideoComponents(
         transformer=transformer.eval(),
         vae=vae.eval(),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +16,14 @@ from typing import TYPE_CHECKING
 import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKLWan, WanTransformer3DModel, WanVACETransformer3DModel
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import (AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, UMT5Config,
                           UMT5EncoderModel)
 
 from ...cli import set_offline
 from ...errors import CheckpointError, UserInputError
+from ..common import FILE_ERRORS, first_line, from_pretrained_checked
 from . import keys
 from .tasks import TASKS, is_image_to_video, is_vace
 
@@ -32,8 +32,6 @@ if TYPE_CHECKING:  # importing CLIPImageProcessor warns when torchvision is miss
 
 DIFFUSERS_INDEX_FILE = "model_index.json"
 
-# Errors that loaders raise for unreadable or inconsistent files (anything else is a bug and propagates).
-_FILE_ERRORS = (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError)
 
 
 @dataclass
@@ -104,11 +102,6 @@ def _require_file(path: Path, what: str) -> Path:
     return path
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0][:300]
-
-
 # --- upstream layout -------------------------------------------------------------------------------
 
 def _load_upstream_layout(root, task, dtype, text_encoder_dtype, vae_dtype) -> WanComponents:
@@ -164,7 +157,7 @@ def _transformer_files(root: Path) -> list[Path]:
         shard_names = sorted(set(weight_map.values()))
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise CheckpointError(f"malformed {index_path}: expected JSON with a 'weight_map' of tensor -> shard file "
-                              f"({_first_line(err)})") from None
+                              f"({first_line(err)})") from None
     if not shard_names:
         raise CheckpointError(f"malformed {index_path}: its weight_map lists no shard files")
     shards = [root / name for name in shard_names]
@@ -178,7 +171,7 @@ def _read_upstream_config(path: Path) -> dict:
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"malformed {path}: not valid JSON ({_first_line(err)})") from None
+        raise CheckpointError(f"malformed {path}: not valid JSON ({first_line(err)})") from None
     required = ("dim", "ffn_dim", "freq_dim", "in_dim", "num_heads", "num_layers", "out_dim")
     if not isinstance(config, dict):
         raise CheckpointError(f"malformed {path}: expected a JSON object with keys {', '.join(required)}")
@@ -194,23 +187,23 @@ def _safetensors_shapes(path: Path) -> dict[str, tuple]:
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except _FILE_ERRORS as err:
-        raise CheckpointError(f"unreadable {path}: not a safetensors file ({_first_line(err)})") from None
+    except FILE_ERRORS as err:
+        raise CheckpointError(f"unreadable {path}: not a safetensors file ({first_line(err)})") from None
 
 
 def _load_safetensors(path: Path) -> dict:
     try:
         return load_file(path, device="cpu")
-    except _FILE_ERRORS as err:
-        raise CheckpointError(f"unreadable {path}: not a safetensors file ({_first_line(err)})") from None
+    except FILE_ERRORS as err:
+        raise CheckpointError(f"unreadable {path}: not a safetensors file ({first_line(err)})") from None
 
 
 def _load_pth(path: Path) -> dict:
     try:
         # mmap (zip-format files only): the 11 GB T5 file is not read into memory before being cast
         state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except _FILE_ERRORS as err:
-        raise CheckpointError(f"unreadable {path}: expected a torch state dict ({_first_line(err)})") from None
+    except FILE_ERRORS as err:
+        raise CheckpointError(f"unreadable {path}: expected a torch state dict ({first_line(err)})") from None
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"unreadable {path}: expected a flat dict of tensors (a state dict)")
     return state_dict
@@ -490,15 +483,15 @@ def _assign(model, state_dict: dict, source: Path, dtype) -> None:
         # strict=False: a shard holds part of the keys; _check_keys already checked the whole set
         model.load_state_dict(state_dict, strict=False, assign=True)
     except RuntimeError as err:
-        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), _first_line(err))
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), first_line(err))
         raise CheckpointError(f"{source}: weights do not match the {type(model).__name__} derived from the files: {detail}") from None
 
 
 def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except _FILE_ERRORS as err:
-        raise CheckpointError(f"cannot load the tokenizer from {path}: {_first_line(err)}") from None
+    except FILE_ERRORS as err:
+        raise CheckpointError(f"cannot load the tokenizer from {path}: {first_line(err)}") from None
 
 
 # --- diffusers layout ------------------------------------------------------------------------------
@@ -524,23 +517,21 @@ def _load_diffusers_layout(root, task, dtype, text_encoder_dtype, vae_dtype) -> 
     if is_i2v:
         from transformers import CLIPImageProcessor, CLIPVisionModel
 
-    def load(cls, part, **kwargs):
-        try:
-            return cls.from_pretrained(str(root), subfolder=part, local_files_only=True, **kwargs)
-        except _FILE_ERRORS as err:
-            raise CheckpointError(f"cannot load {root / part} ({_DIFFUSERS_PARTS[part]}): {_first_line(err)}") from None
+    def load(cls, part, weights=True, **kwargs):
+        return from_pretrained_checked(cls, str(root), _DIFFUSERS_PARTS[part], weights=weights, subfolder=part,
+                                       local_files_only=True, **kwargs)
 
     components = WanComponents(
         transformer=load(_diffusers_transformer_class(root), "transformer", torch_dtype=dtype),
         vae=load(AutoencoderKLWan, "vae", torch_dtype=vae_dtype),
         text_encoder=load(UMT5EncoderModel, "text_encoder", dtype=text_encoder_dtype),
-        tokenizer=load(AutoTokenizer, "tokenizer"),
+        tokenizer=load(AutoTokenizer, "tokenizer", weights=False),
         layout="diffusers",
     )
     if is_i2v:
         components.image_encoder = load(CLIPVisionModel, "image_encoder", dtype=dtype)
-        components.image_processor = _upstream_preprocessing(load(CLIPImageProcessor, "image_processor"),
-                                                             components.image_encoder.config.image_size)
+        processor = load(CLIPImageProcessor, "image_processor", weights=False)
+        components.image_processor = _upstream_preprocessing(processor, components.image_encoder.config.image_size)
     return components
 
 
