@@ -396,8 +396,12 @@ def test_malformed_config_json(ckpts, tmp_path):
     (ckpt / keys.CONFIG_FILE).write_text(json.dumps({"dim": 24, "ffn_dim": 32, "freq_dim": 256, "in_dim": 16,
                                                      "num_heads": 2, "num_layers": NUM_LAYERS, "out_dim": 16}))
     load_wan_components(ckpt, task="t2v-14B")  # the optional keys (eps, text_len, model_type) may be absent
-    _edit_config(ckpt, num_heads=None)
-    with pytest.raises(CheckpointError, match=r"config\.json: missing or non-integer num_heads"):
+    for heads in (None, 0):
+        _edit_config(ckpt, num_heads=heads)
+        with pytest.raises(CheckpointError, match=r"config\.json: missing or not a positive integer: num_heads"):
+            load_wan_components(ckpt, task="t2v-14B")
+    _edit_config(ckpt, num_heads=2, eps="tiny")
+    with pytest.raises(CheckpointError, match=r"config\.json: eps must be a positive number, got 'tiny'"):
         load_wan_components(ckpt, task="t2v-14B")
 
 

@@ -155,7 +155,9 @@ def _transformer_files(root: Path) -> list[Path]:
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
         shard_names = sorted(set(weight_map.values()))
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        if not all(isinstance(name, str) for name in shard_names):
+            raise TypeError("its shard file names are not strings")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise CheckpointError(f"malformed {index_path}: expected JSON with a 'weight_map' of tensor -> shard file "
                               f"({first_line(err)})") from None
     if not shard_names:
@@ -175,10 +177,14 @@ def _read_upstream_config(path: Path) -> dict:
     required = ("dim", "ffn_dim", "freq_dim", "in_dim", "num_heads", "num_layers", "out_dim")
     if not isinstance(config, dict):
         raise CheckpointError(f"malformed {path}: expected a JSON object with keys {', '.join(required)}")
-    missing = [k for k in required if not isinstance(config.get(k), int)]
+    missing = [k for k in required if not isinstance(config.get(k), int) or isinstance(config.get(k), bool)
+               or config.get(k) < 1]
     if missing:
-        raise CheckpointError(f"malformed {path}: missing or non-integer {', '.join(missing)} "
+        raise CheckpointError(f"malformed {path}: missing or not a positive integer: {', '.join(missing)} "
                               f"(an upstream WanModel config needs {', '.join(required)})")
+    if "eps" in config and (not isinstance(config["eps"], (int, float)) or isinstance(config["eps"], bool)
+                            or not config["eps"] > 0):
+        raise CheckpointError(f"malformed {path}: eps must be a positive number, got {config['eps']!r}")
     return config
 
 
