@@ -465,6 +465,11 @@ def test_garbage_and_incomplete_files_are_one_line(ckpts, tmp_path):
     with pytest.raises(CheckpointError, match=r"transformer \(the Wan transformer\): the weights lack 1 of the "
                                               r"model's tensors, e.g. blocks\.0\.attn1\.norm_q\.weight"):
         load_wan_components(folder, task="t2v-14B")
+    # a tokenizer folder without its vocabulary still loads, knowing only its special tokens
+    ckpt = _copy(ckpts["upstream"], tmp_path / "no_vocabulary")
+    (ckpt / keys.TOKENIZER_DIR / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match=r"the tokenizer knows none of the words of a plain prompt"):
+        load_wan_components(ckpt, task="t2v-14B")
 
 
 def _tiny_clip_file(path: Path, width: int, heads: int, image_size: int = 32) -> None:

@@ -56,3 +56,17 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work so wall-clock timings measure it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def check_tokenizer_vocabulary(tokenizer, where):
+    """`tokenizer`, after checking it has a vocabulary: a tokenizer folder without its vocabulary file (e.g.
+    tokenizer.json) still loads, as a tokenizer that knows only its special tokens, so every word becomes the
+    unknown token and every prompt reads alike."""
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    if unknown is None:  # (byte-level tokenizers have no unknown token)
+        return tokenizer
+    words = "a red square moves left"
+    if tokenizer(words, add_special_tokens=False).input_ids.count(unknown) >= len(words.split()):
+        raise CheckpointError(f"{where}: the tokenizer knows none of the words of a plain prompt ({len(tokenizer)} "
+                              "tokens); is its vocabulary file (tokenizer.json, spiece.model, vocab.json) missing?")
+    return tokenizer

@@ -30,7 +30,7 @@ from transformers import AutoTokenizer, CLIPTextModel, LlamaModel, PreTrainedTok
 
 from ...cli import set_offline
 from ...errors import CheckpointError, UserInputError
-from ..common import FILE_ERRORS, first_line, from_pretrained_checked
+from ..common import FILE_ERRORS, check_tokenizer_vocabulary, first_line, from_pretrained_checked
 from .keys import convert_hunyuan_video_transformer, dequantize_fp8, transformer_config_from_state_dict
 
 # Upstream layout, relative to the model base (MODEL_BASE, default ./ckpts).
@@ -253,9 +253,10 @@ def _load_hf(model_class, folder: Path, dtype: torch.dtype):
 def _load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     # Upstream pads on the right; the text-encoder outputs are then cropped and masked accordingly.
     try:
-        return AutoTokenizer.from_pretrained(folder, padding_side="right")
+        tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="right")
     except FILE_ERRORS as err:
         raise CheckpointError(f"cannot load a tokenizer from {folder}: {first_line(err)}") from None
+    return check_tokenizer_vocabulary(tokenizer, folder)
 
 
 # --- diffusers layout ------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from transformers import (AutoTokenizer, PretrainedConfig, PreTrainedModel, PreT
 
 from ...cli import set_offline
 from ...errors import CheckpointError, UserInputError
-from ..common import FILE_ERRORS, first_line, from_pretrained_checked
+from ..common import FILE_ERRORS, check_tokenizer_vocabulary, first_line, from_pretrained_checked
 from . import keys
 from .tasks import TASKS, is_image_to_video, is_vace
 
@@ -495,9 +495,11 @@ def _assign(model, state_dict: dict, source: Path, dtype) -> None:
 
 def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except FILE_ERRORS as err:
         raise CheckpointError(f"cannot load the tokenizer from {path}: {first_line(err)}") from None
+    check_tokenizer_vocabulary(tokenizer, path)
+    return tokenizer
 
 
 # --- diffusers layout ------------------------------------------------------------------------------
@@ -531,7 +533,7 @@ def _load_diffusers_layout(root, task, dtype, text_encoder_dtype, vae_dtype) -> 
         transformer=load(_diffusers_transformer_class(root), "transformer", torch_dtype=dtype),
         vae=load(AutoencoderKLWan, "vae", torch_dtype=vae_dtype),
         text_encoder=load(UMT5EncoderModel, "text_encoder", dtype=text_encoder_dtype),
-        tokenizer=load(AutoTokenizer, "tokenizer", weights=False),
+        tokenizer=check_tokenizer_vocabulary(load(AutoTokenizer, "tokenizer", weights=False), root / "tokenizer"),
         layout="diffusers",
     )
     if is_i2v:
