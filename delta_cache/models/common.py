@@ -4,6 +4,7 @@ be read become one clear line (`CheckpointError`)."""
 from __future__ import annotations
 
 import pickle
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,15 +26,32 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
+@contextmanager
+def _library_warnings_off():
+    """diffusers' and transformers' loggers at error level for the duration."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+
+
 def from_pretrained_checked(cls, folder, what: str, *, weights: bool = True, **kwargs):
     """`cls.from_pretrained(folder, **kwargs)` (diffusers or transformers), with every failure one
     CheckpointError naming `what` and the folder. For models (`weights`), weights that the folder lacks would be
     left at random initial values and mismatched shapes dropped, silently: both are refused."""
     where = Path(folder) / kwargs["subfolder"] if "subfolder" in kwargs else Path(folder)
     try:
-        if not weights:
-            return cls.from_pretrained(folder, **kwargs)
-        model, info = cls.from_pretrained(folder, output_loading_info=True, **kwargs)
+        with _library_warnings_off():  # (their "newly initialized" lists would precede our one line)
+            if not weights:
+                return cls.from_pretrained(folder, **kwargs)
+            model, info = cls.from_pretrained(folder, output_loading_info=True, **kwargs)
     except FILE_ERRORS as err:
         raise CheckpointError(f"cannot load {where} ({what}): {first_line(err)}") from None
     missing, mismatched = sorted(info.get("missing_keys") or ()), list(info.get("mismatched_keys") or ())
