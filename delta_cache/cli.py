@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from pathlib import Path
@@ -159,6 +160,23 @@ def run_cli(main: Callable[[], None]) -> None:
         sys.exit(130)
 
 
+def bounded_float(low: float | None = None, high: float | None = None, *, above: bool = False):
+    """argparse type for a finite number in [low, high] (with `above`, strictly above `low`): NaN, inf and
+    out-of-range values are one clear line instead of a run that fails late or means nothing."""
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+        too_low = low is not None and (number <= low if above else number < low)
+        if not math.isfinite(number) or too_low or (high is not None and number > high):
+            bounds = (f"{'above' if above else 'at least'} {low:g}" if high is None else
+                      f"between {low:g} and {high:g}" if low is not None else f"at most {high:g}")
+            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}, got {value}")
+        return number
+    return parse
+
+
 def check_output_path(flag: str, path, folder: bool = False) -> None:
     """Before a long run: `path` (a file, or with `folder` a folder) can be written: it is not a folder (a
     file), and the nearest of its parents that exists is a folder. UserInputError (one line) otherwise."""
@@ -207,8 +225,9 @@ def add_sampler_flags(group) -> None:
     """The sampler flags of the scripts that run a model through `delta_cache.models.runner` (profile_model.py,
     profile_evidence.py); None means the front end's default, which the runner fills in."""
     group.add_argument("--sample_steps", type=positive_int, default=50)
-    group.add_argument("--sample_shift", type=float, default=None, help="default: wan 5.0, hunyuan_video 7.0")
-    group.add_argument("--sample_guide_scale", type=float, default=None,
+    group.add_argument("--sample_shift", type=bounded_float(0, above=True), default=None,
+                       help="default: wan 5.0, hunyuan_video 7.0")
+    group.add_argument("--sample_guide_scale", type=bounded_float(0), default=None,
                        help="wan: CFG scale (default 5.0); hunyuan_video: embedded guidance (default 6.0)")
     group.add_argument("--sample_solver", default="unipc", choices=["unipc", "dpm++"], help="wan only")
 

@@ -65,7 +65,7 @@ from typing import Callable
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # works without `pip install -e .` too
 
-from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli, set_offline  # noqa: E402
+from delta_cache.cli import OneLineArgumentParser, check_output_path, positive_int, run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.metrics import format_metric, make_lpips, mean_of_present  # noqa: E402
 from delta_cache.models.tiny_info import COMMITTED_CHECKPOINTS, committed_checkpoint  # noqa: E402
@@ -128,6 +128,7 @@ def validate(args) -> dict[str, VideoSize]:
             raise UserInputError(f"{flag} must be >= {least}, got {value}")
     if not 0 < args.tune_tolerance < 1:
         raise UserInputError(f"--tune_tolerance must be between 0 and 1, got {args.tune_tolerance}")
+    check_output_path("--out", args.out, folder=True)
     sizes = {}
     args.family = list(dict.fromkeys(args.family))
     for family in args.family:

@@ -34,7 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli, set_offline  # noqa: E402
+from delta_cache.cli import (  # noqa: E402
+    OneLineArgumentParser, bounded_float, check_output_path, positive_int, run_cli, set_offline)
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.front_ends import FRONT_ENDS, load_front_end  # noqa: E402
 from delta_cache.models.tiny_info import tiny_checkpoint_dir  # noqa: E402
@@ -51,7 +52,7 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--sample_steps", type=int, default=None, help="sampling steps (default: the front end's)")
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "quality")
     p.add_argument("--threads", type=positive_int, default=1, help="CPU threads")
-    p.add_argument("--min_agreement", type=float, default=None, help="exit with status 1 below this share")
+    p.add_argument("--min_agreement", type=bounded_float(0, 1), default=None, help="exit with status 1 below this share")
     p.add_argument("--start_sigma", type=float, default=None,
                    help="diagnostic: start each pair from its rendered video noised to this level (0 < S < 1)")
     return p
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserInputError(f"--sample_steps must be >= 1, got {args.sample_steps}")
     if args.start_sigma is not None and not 0.0 < args.start_sigma < 1.0:
         raise UserInputError(f"--start_sigma must be between 0 and 1 (exclusive), got {args.start_sigma}")
+    check_output_path("--out", args.out, folder=True)
     set_offline()
 
     import torch

@@ -22,7 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli  # noqa: E402
+from delta_cache.cli import OneLineArgumentParser, check_output_path, positive_int, run_cli  # noqa: E402
+from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.front_ends import load_front_end  # noqa: E402
 from delta_cache.models.tiny_info import committed_checkpoint  # noqa: E402
 
@@ -58,13 +59,14 @@ def main() -> None:
     p = OneLineArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=REPO / "demo_output")
     p.add_argument("--prompt", default=PROMPT, help="a prompt in the tiny model's grammar")
-    p.add_argument("--sample_steps", type=int, default=50)
+    p.add_argument("--sample_steps", type=positive_int, default=50)
     p.add_argument("--threads", type=positive_int, default=1, help="CPU threads (1 gives stable CPU timings)")
     p.add_argument("--ckpt_dir", type=Path, default=CKPT, help="tiny trained checkpoint")
     args = p.parse_args()
     if not (args.ckpt_dir / "config.json").is_file():
-        sys.exit(f"error: no tiny trained checkpoint in {args.ckpt_dir} (config.json missing); "
-                 "train one with scripts/train_tiny.py or pass --ckpt_dir")
+        raise UserInputError(f"no tiny trained checkpoint in {args.ckpt_dir} (config.json missing); "
+                             "train one with scripts/train_tiny.py or pass --ckpt_dir")
+    check_output_path("--out", args.out, folder=True)
 
     import torch
 
@@ -104,4 +106,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

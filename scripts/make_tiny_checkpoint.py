@@ -17,22 +17,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout without installing
 
-from delta_cache.cli import run_cli  # noqa: E402
+from delta_cache.cli import OneLineArgumentParser, check_output_path, positive_int, run_cli  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
 
 FAMILIES = {"wan": "delta_cache.models.wan.tiny", "hunyuan_video": "delta_cache.models.hunyuan_video.tiny"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", required=True, choices=sorted(FAMILIES), help="model family")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created; must be empty)")
     parser.add_argument("--layout", choices=["upstream", "diffusers"], help="folder layout (default: upstream)")
-    parser.add_argument("--num_layers", type=int,
+    parser.add_argument("--num_layers", type=positive_int,
                         help="transformer blocks (default: the family's full-size count: wan 40, hunyuan_video 20 double-stream)")
-    parser.add_argument("--num_single_layers", type=int, help="hunyuan_video single-stream blocks (default 40)")
+    parser.add_argument("--num_single_layers", type=positive_int, help="hunyuan_video single-stream blocks (default 40)")
     parser.add_argument("--fp8", action="store_true", help="hunyuan_video: also write the fp8 weights and scale map")
-    parser.add_argument("--shards", type=int, help="transformer safetensors shards, upstream layout only (default 1)")
+    parser.add_argument("--shards", type=positive_int, help="transformer safetensors shards, upstream layout only (default 1)")
     parser.add_argument("--seed", type=int, help="weight seed (default 0)")
     parser.add_argument("--i2v", action="store_true", help="image-to-video variant (wan: adds the CLIP image encoder)")
     parser.add_argument("--flf2v", action="store_true",
@@ -48,6 +48,11 @@ def main(argv=None) -> None:
     for flag in ("i2v", "flf2v", "vace", "fp8"):
         if getattr(args, flag):
             options[flag] = True
+    check_output_path("--out", args.out, folder=True)
+    if args.out.is_dir() and any(args.out.iterdir()):
+        raise UserInputError(f"--out {args.out} is not empty; give a new or empty folder")
+    if args.fp8 and args.layout == "diffusers":
+        raise UserInputError("--fp8 writes upstream's fp8 transformer file; it has no diffusers layout")
     family = importlib.import_module(FAMILIES[args.family])
     accepted = inspect.signature(family.write_tiny_checkpoint).parameters
     unknown = [f"--{name}" for name in options if name not in accepted]

@@ -18,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from delta_cache.cli import (  # noqa: E402
-    OneLineArgumentParser, add_sampler_flags, positive_int, run_cli, sampler_options, set_offline)
+    OneLineArgumentParser, add_sampler_flags, bounded_float, check_output_path, positive_int, run_cli,
+    sampler_options, set_offline)
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.models.wan.tasks import DEFAULT_TASK  # noqa: E402
 
@@ -45,12 +46,12 @@ def build_parser() -> OneLineArgumentParser:
                          "differs from it)")
     ev.add_argument("--preset", default=None,
                     help="the schedule whose compute is matched (default: wan2.1-t2v-14b / hunyuanvideo-720p)")
-    ev.add_argument("--targets", type=float, nargs="*", default=[1.5, 2.0],
+    ev.add_argument("--targets", type=bounded_float(1), nargs="*", default=[1.5, 2.0],
                     help="target speedups for derive_for_target")
     ev.add_argument("--random_seeds", type=int, nargs="*", default=[0, 1, 2], help="seeds of the random block sets")
     ev.add_argument("--no_motion_variant", action="store_true",
                     help="do not evaluate the block set profiled with motion masks")
-    ev.add_argument("--max_queries", type=int, default=256, help="sampled queries per attention map")
+    ev.add_argument("--max_queries", type=positive_int, default=256, help="sampled queries per attention map")
     ev.add_argument("--high_fraction", type=float, default=0.25, help="top fraction of tokens that is high-attention")
     model.add_argument("--threads", type=positive_int, default=1,
                        help="CPU threads (torch.set_num_threads; 1 keeps CPU timings stable)")
@@ -68,8 +69,9 @@ def main(argv=None):
         raise UserInputError(f"--sample_steps must be positive, got {args.sample_steps}")
     if not 0 < args.high_fraction < 1:
         raise UserInputError(f"--high_fraction must be between 0 and 1, got {args.high_fraction}")
-    if any(t < 1 for t in args.targets):
-        raise UserInputError(f"--targets must be >= 1, got {args.targets}")
+    check_output_path("--out", args.out, folder=True)
+    if args.write_preset is not None:
+        check_output_path("--write_preset", args.write_preset)
     if not args.ckpt_dir.is_dir():
         raise UserInputError(f"--ckpt_dir {args.ckpt_dir}: no such folder")
     set_offline()

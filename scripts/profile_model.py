@@ -20,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from delta_cache.cli import (  # noqa: E402
-    OneLineArgumentParser, add_sampler_flags, positive_int, run_cli, sampler_options, set_offline)
+    OneLineArgumentParser, add_sampler_flags, bounded_float, check_output_path, positive_int, run_cli,
+    sampler_options, set_offline)
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.models.wan.inputs import (  # noqa: E402
     IMAGE_FLAGS, VACE_FLAGS, add_vace_flags, check_image_flags, check_vace_flags, read_input_frames, read_vace_inputs)
@@ -68,13 +69,13 @@ def build_parser() -> OneLineArgumentParser:
     probe.add_argument("--high_fraction", type=float, default=0.25,
                        help="per frame, this top fraction of tokens by received attention is high-attention")
     derive = p.add_argument_group("schedule derivation")
-    derive.add_argument("--tau", type=float, default=None, help="cache blocks with R < tau (default: --target_speedup)")
-    derive.add_argument("--target_speedup", type=float, default=None,
+    derive.add_argument("--tau", type=bounded_float(0), default=None, help="cache blocks with R < tau (default: --target_speedup)")
+    derive.add_argument("--target_speedup", type=bounded_float(1), default=None,
                         help="pick tau and refresh intervals for this block-evaluation speedup (default 2.0)")
     derive.add_argument("--t_max", type=positive_int, default=6,
                         help="first refresh interval after the warm-up (with --tau)")
     derive.add_argument("--t_min", type=positive_int, default=2, help="last refresh interval (with --tau)")
-    derive.add_argument("--refresh_threshold", type=float, default=None,
+    derive.add_argument("--refresh_threshold", type=bounded_float(0, above=True), default=None,
                         help="with --tau: refresh where the step-change curve accumulates to this value since the "
                              "last refresh (TeaCache's rule, decided once from the profile) instead of --t_max/--t_min")
     derive.add_argument("--refresh_rule", default="any", choices=["any", "eq15", "curve"],
@@ -135,12 +136,11 @@ def main(argv=None) -> None:
     if args.refresh_rule != "any" and args.tau is not None:
         raise UserInputError("--refresh_rule is for --target_speedup; with --tau give --refresh_threshold or "
                              "--t_max/--t_min")
-    if args.target_speedup is not None and not args.target_speedup >= 1:
-        raise UserInputError(f"--target_speedup must be at least 1 (no reuse), got {args.target_speedup}")
     if args.t_min > args.t_max:
         raise UserInputError(f"refresh intervals need --t_min <= --t_max, got {args.t_min} and {args.t_max}")
     if not 0 < args.high_fraction < 1:
         raise UserInputError(f"--high_fraction must be between 0 and 1, got {args.high_fraction}")
+    check_output_path("--out", args.out, folder=True)
     mask_files = None
     if args.mask_source == "files":
         if args.mask_dir is None:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # works without `pip install -e .` too
 
-from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli  # noqa: E402
+from delta_cache.cli import OneLineArgumentParser, check_output_path, positive_int, run_cli  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
 
 # The dimensions the paper averages (not VBench's weighted total).
@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise UserInputError(f"--vbench {unknown[0]}: not '{REFERENCE}' or a --method name")
     vbench = {name: read_vbench_star(path) for name, path in vbench_files.items()}  # bad files fail first
+    if args.out:
+        check_output_path("--out", args.out, folder=True)
     names = _pairs(Path(args.reference), methods)
 
     import torch

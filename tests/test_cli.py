@@ -46,3 +46,34 @@ def test_output_paths_are_checked_before_a_long_run(tmp_path):
                           (("--save-path", tmp_path / "a_file", True), "is a file; give a folder")]:
         with pytest.raises(UserInputError, match=message):
             check_output_path(*args)
+
+
+@pytest.mark.parametrize("script, flags", [
+    ("demo.py", []), ("bench_fidelity.py", []), ("check_quality.py", []),
+    ("profile_evidence.py", ["--ckpt_dir", str(REPO / "checkpoints" / "tiny-wan2.1-t2v")]),
+    ("make_tiny_checkpoint.py", ["--family", "wan"]),
+])
+def test_scripts_refuse_an_output_folder_that_is_a_file_before_running(tmp_path, script, flags):
+    a_file = tmp_path / "results"
+    a_file.write_text("not a folder")
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / script), *flags, "--out", str(a_file)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                            env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)})
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and errors == [f"error: --out {a_file} is a file; give a folder"], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
+def test_bounded_float_refuses_nan_inf_and_out_of_range(capsys):
+    from delta_cache.cli import bounded_float
+
+    parser = OneLineArgumentParser()
+    parser.add_argument("--share", type=bounded_float(0, 1))
+    parser.add_argument("--shift", type=bounded_float(0, above=True))
+    assert parser.parse_args(["--share", "0.5", "--shift", "5"]).share == 0.5
+    for flag, bad in (("--share", "nan"), ("--share", "1.5"), ("--share", "-0.1"), ("--shift", "0"),
+                      ("--shift", "inf"), ("--shift", "x")):
+        with pytest.raises(SystemExit):
+            parser.parse_args([flag, bad])
+        err = capsys.readouterr().err
+        assert flag in err and len(err.strip().splitlines()) == 1, err

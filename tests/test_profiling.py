@@ -390,7 +390,10 @@ def test_profile_cli_writes_a_schedule_that_generate_uses(tmp_path, monkeypatch,
     (["--sample_steps", "0"], "--sample_steps: must be >= 1"),
     (["--max_queries", "0"], "--max_queries: must be >= 1"),
     (["--warmup", "0"], "--warmup: must be >= 1"),
-    (["--target_speedup", "0.5"], "--target_speedup must be at least 1"),
+    (["--target_speedup", "0.5"], "--target_speedup: must be a finite number at least 1, got 0.5"),
+    (["--tau", "nan"], "--tau: must be a finite number at least 0, got nan"),
+    (["--sample_shift", "0"], "--sample_shift: must be a finite number above 0, got 0"),
+    (["--out", __file__], "is a file; give a folder"),
     (["--tau", "0.3", "--t_min", "4", "--t_max", "2"], "refresh intervals need --t_min <= --t_max"),
 ])
 def test_profile_cli_refuses_bad_values_before_loading(tmp_path, capsys, flags, message):

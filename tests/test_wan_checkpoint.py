@@ -600,5 +600,13 @@ def test_cli_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         script.main(["--family", "nope", "--out", str(tmp_path / "x")])
     assert exit_info.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
-    with pytest.raises(UserInputError, match="shards"):
+    with pytest.raises(SystemExit):
         script.main(["--family", "wan", "--out", str(tmp_path / "y"), "--shards", "0"])
+    assert "--shards: must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(UserInputError, match="shards"):
+        script.main(["--family", "wan", "--out", str(tmp_path / "y"), "--shards", "9", "--num_layers", "2"])
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    for family in ("wan", "hunyuan_video"):  # (both writers: the HunyuanVideo one wrote into it)
+        with pytest.raises(UserInputError, match="is not empty"):
+            script.main(["--family", family, "--out", str(tmp_path / "full")])
