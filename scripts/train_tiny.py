@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli, set_offline  # noqa: E402
+from delta_cache.cli import OneLineArgumentParser, bounded_float, positive_int, run_cli, set_offline  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.synthetic.videos import make_video  # noqa: E402
 from delta_cache.training import channel_statistics, reconstruction_loss, sample_sigmas, shift_sigmas  # noqa: E402
@@ -131,8 +131,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="peak learning rate of the decoder stage (a trained decoder lost sharpness at 1e-3)")
     p.add_argument("--batch_size", type=int, default=32, help="transformer batch size")
     p.add_argument("--vae_batch_size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-4, help="transformer learning rate (AdamW)")
-    p.add_argument("--vae_lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=bounded_float(0, above=True), default=3e-4, help="transformer learning rate (AdamW)")
+    p.add_argument("--vae_lr", type=bounded_float(0, above=True), default=5e-4)
     p.add_argument("--warmup_steps", type=int, default=500, help="linear learning-rate warm-up (both stages)")
     p.add_argument("--lr_decay", default="cosine", choices=["cosine", "none"],
                    help="after the warm-up: cosine decay to --min_lr_ratio x the rate at the stage's last step, or "
@@ -174,7 +174,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     # models (None: the family's default, FAMILIES[family].defaults)
     p.add_argument("--num_layers", type=int, help="transformer blocks (wan 40; hunyuan_video: double-stream, 20)")
     p.add_argument("--num_single_layers", type=int, help="hunyuan_video single-stream blocks (40)")
-    p.add_argument("--num_heads", type=int, help="attention heads (wan 4, hunyuan_video 3); heads x head dim "
+    p.add_argument("--num_heads", type=positive_int, help="attention heads (wan 4, hunyuan_video 3); heads x head dim "
                    "should be >= 64, the values of an output token")
     p.add_argument("--head_dim", type=int, help="attention head dim (24)")
     p.add_argument("--ffn_dim", type=int, help="feed-forward width (wan 384, hunyuan_video 288 = 4x the width)")
@@ -185,16 +185,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="hunyuan_video: the VAE's GroupNorm groups (default: --vae_base_dim / 4, the released "
                         "VAE's 4 channels a group)")
     # objective
-    p.add_argument("--shift", type=float,
+    p.add_argument("--shift", type=bounded_float(0, above=True),
                    help="flow shift of the training sigmas (the sampler's default: wan 5, hunyuan_video 7)")
-    p.add_argument("--cfg_dropout", type=float, default=0.1, help="share of unconditional samples")
+    p.add_argument("--cfg_dropout", type=bounded_float(0, 1), default=0.1, help="share of unconditional samples")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer's repeated blocks (diffusers' compile_repeated_blocks): "
                         "a minute of compiling, then ~1.7x faster steps on a CPU")
     p.add_argument("--train_text_encoder", action="store_true",
                    help="train the tiny text encoder(s) with the transformer (default: frozen at their random init)")
-    p.add_argument("--kl_weight", type=float, default=1e-4)
-    p.add_argument("--ema_decay", type=float, default=0.999)
+    p.add_argument("--kl_weight", type=bounded_float(0), default=1e-4)
+    p.add_argument("--ema_decay", type=bounded_float(0, 1), default=0.999)
     args = p.parse_args(argv)
     utilities = [flag for flag, given in (("--export_state", args.export_state), ("--pack_state", args.pack_state),
                                           ("--unpack_state", args.unpack_state),
@@ -273,6 +273,10 @@ def validate(args) -> None:
         raise UserInputError("--num_frames and --vae_frames must be 4n+1")
     if args.vae_frames > args.num_frames:
         raise UserInputError("--vae_frames must not exceed --num_frames")
+    if min(args.height, args.width) < 16 or args.vae_crop < 0:
+        raise UserInputError("--height and --width must be at least 16, --vae_crop at least 0")
+    if args.seed < 0 or args.warmup_steps < 0:
+        raise UserInputError("--seed and --warmup_steps must be >= 0")
     if args.height % 16 or args.width % 16 or args.vae_crop % 16 or args.vae_crop > min(args.height, args.width):
         raise UserInputError("--height, --width and --vae_crop must be multiples of 16, the crop within the frame")
     if args.stop_after_minutes is not None and not args.stop_after_minutes > 0:
