@@ -4,6 +4,7 @@ be read become one clear line (`CheckpointError`)."""
 from __future__ import annotations
 
 import pickle
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,11 @@ def from_pretrained_checked(cls, folder, what: str, *, weights: bool = True, **k
             model, info = cls.from_pretrained(folder, output_loading_info=True, **kwargs)
     except FILE_ERRORS as err:
         raise CheckpointError(f"cannot load {where} ({what}): {first_line(err)}") from None
-    missing, mismatched = sorted(info.get("missing_keys") or ()), list(info.get("mismatched_keys") or ())
+    # (keys the library ties to another weight or may leave out are not missing)
+    allowed = [str(k) for k in (getattr(model, "_tied_weights_keys", None) or ())]
+    allowed += [str(k) for k in (getattr(model, "_keys_to_ignore_on_load_missing", None) or ())]
+    missing = sorted(k for k in info.get("missing_keys") or () if not any(re.search(a, k) for a in allowed))
+    mismatched = list(info.get("mismatched_keys") or ())
     if missing:
         raise CheckpointError(f"{where} ({what}): the weights lack {len(missing)} of the model's tensors, e.g. "
                               f"{missing[0]}")
