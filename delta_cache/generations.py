@@ -22,14 +22,14 @@ class CallInfo:
     timestep: float | None
 
     @classmethod
-    def of(cls, args, kwargs) -> "CallInfo":
+    def of(cls, args, kwargs, step_index: int | None) -> "CallInfo":
         """From a diffusers video transformer's arguments: `hidden_states` (first) and the `timestep` keyword
-        (as diffusers' pipelines pass it; a positional second argument is not guessed at)."""
+        (as diffusers' pipelines pass it; a positional second argument is not guessed at). The timestep is only
+        read where the pipeline passes no `step_index` (reading it costs a host sync on a GPU)."""
         hidden_states = kwargs.get("hidden_states", args[0] if args else None)
-        timestep = kwargs.get("timestep")
+        timestep = kwargs.get("timestep") if step_index is None else None
         shape = tuple(hidden_states.shape) if isinstance(hidden_states, torch.Tensor) else None
         if isinstance(timestep, torch.Tensor):
-            # one host sync per transformer call, only where the pipeline passes no step index
             timestep = float(timestep.detach().float().max()) if timestep.numel() else None
         elif not isinstance(timestep, (int, float)):
             timestep = None

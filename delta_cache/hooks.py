@@ -125,13 +125,14 @@ class DeltaCacheRootHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         with default_branch(self.state_manager):
-            self._start_call(CallInfo.of(args, kwargs))
+            self._start_call(args, kwargs)
             return self.fn_ref.original_forward(*args, **kwargs)
 
     @torch.compiler.disable  # per-step Python decisions; compiling the whole transformer must not guard on them
-    def _start_call(self, call: CallInfo) -> None:
+    def _start_call(self, args, kwargs) -> None:
         context = self.state_manager.context
         state: BranchState = self.state_manager.get_state()
+        call = CallInfo.of(args, kwargs, context.step_index)
         num_steps = context.num_inference_steps or self.config.num_inference_steps or self.schedule.num_steps
         if starts_new_generation(state.last_call, state.num_calls, state.step, call, context.step_index, num_steps):
             state.reset()  # e.g. after an interrupted run, which skipped the pipeline's end-of-call reset
@@ -227,9 +228,8 @@ class DeltaCacheBlockHook(ModelHook):
         if self.is_run_last:
             run_inputs = state.run_inputs.pop(self.run_key)
             added = state.added_between.pop(self.run_key, None)
-            if added is not None:  # (the additions are in the delta's dtype, on the activations' device)
-                run_inputs = tuple(None if x is None else x.to(torch.promote_types(x.dtype, a.dtype)) + a
-                                   for x, a in zip(run_inputs, added))
+            if added is not None:  # (in the delta's dtype: the sum takes the wider of the two)
+                run_inputs = tuple(None if x is None else x + a for x, a in zip(run_inputs, added))
             deltas = tuple(
                 None if x is None else self._make_delta(y, x) for x, y in zip(run_inputs, self._output_streams(output))
             )
@@ -310,11 +310,8 @@ class DeltaCacheBlockHook(ModelHook):
 
     @staticmethod
     def _add_delta(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        delta = delta.to(x.device, non_blocking=True)
-        if delta.dtype == x.dtype:
-            return x + delta
-        wide = torch.promote_types(x.dtype, delta.dtype)
-        return (x.to(wide) + delta.to(wide)).to(x.dtype)
+        # (added in the wider of the two dtypes, then back to the activations')
+        return (x + delta.to(x.device, non_blocking=True)).to(x.dtype)
 
 
 class DeltaCacheHandle:

@@ -129,16 +129,17 @@ class _TeaCacheRootHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         with default_branch(self.state_manager):
-            self._start_call(CallInfo.of(args, kwargs))
+            self._start_call(args, kwargs)
             output = self.fn_ref.original_forward(*args, **kwargs)
             if self.config.calibrate:
                 self._record_output(output)
             return output
 
     @torch.compiler.disable
-    def _start_call(self, call: CallInfo) -> None:
+    def _start_call(self, args, kwargs) -> None:
         context = self.state_manager.context
         state: _BranchState = self.state_manager.get_state()
+        call = CallInfo.of(args, kwargs, context.step_index)
         num_steps = context.num_inference_steps or self.config.num_inference_steps
         if starts_new_generation(state.last_call, state.num_calls, state.step, call, context.step_index, num_steps):
             state.reset()  # a new generation without the pipeline's end-of-call reset (an interrupted run)

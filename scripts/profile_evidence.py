@@ -65,8 +65,6 @@ def build_parser() -> OneLineArgumentParser:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.sample_steps < 1:
-        raise UserInputError(f"--sample_steps must be positive, got {args.sample_steps}")
     if not 0 < args.high_fraction < 1:
         raise UserInputError(f"--high_fraction must be between 0 and 1, got {args.high_fraction}")
     check_output_path("--out", args.out, folder=True)

@@ -33,6 +33,7 @@ from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PRO
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, LlamaConfig, LlamaModel, PreTrainedTokenizerFast
 
+from ...errors import UserInputError
 from .checkpoint import (
     DIT_WEIGHT,
     TEXT_ENCODER_2_DIR,
@@ -206,17 +207,19 @@ def write_tiny_checkpoint(
     text_embed_dim: int = 48,
     pooled_projection_dim: int = 24,
 ) -> Path:
-    """Write a random tiny checkpoint and return `out_dir`.
+    """Write a random tiny checkpoint into `out_dir` (created; must be empty) and return it.
 
     upstream: `out_dir` is the model base (MODEL_BASE); the transformer is at `out_dir/DIT_WEIGHT`, and
     with `fp8=True` also `..._fp8.pt` + `..._fp8_map.pt`. diffusers: `out_dir` is a
     HunyuanVideoPipeline.save_pretrained folder.
     """
     if layout not in ("upstream", "diffusers"):
-        raise ValueError(f"layout must be 'upstream' or 'diffusers', not {layout!r}")
+        raise UserInputError(f"tiny HunyuanVideo checkpoint: layout must be 'upstream' or 'diffusers', not {layout!r}")
     if fp8 and layout != "upstream":
-        raise ValueError("fp8 checkpoints exist only in the upstream layout")
+        raise UserInputError("tiny HunyuanVideo checkpoint: fp8 weights exist only in the upstream layout")
     out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserInputError(f"tiny HunyuanVideo checkpoint: output folder {out_dir} exists and is not empty")
     parts = build_tiny_components(
         num_layers=num_layers, num_single_layers=num_single_layers, num_attention_heads=num_attention_heads,
         attention_head_dim=attention_head_dim, text_embed_dim=text_embed_dim,

@@ -498,8 +498,7 @@ def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except FILE_ERRORS as err:
         raise CheckpointError(f"cannot load the tokenizer from {path}: {first_line(err)}") from None
-    check_tokenizer_vocabulary(tokenizer, path)
-    return tokenizer
+    return check_tokenizer_vocabulary(tokenizer, path)
 
 
 # --- diffusers layout ------------------------------------------------------------------------------

@@ -68,9 +68,10 @@ def extend_prompt(prompt: str, extension: PromptExtension, *, seed: int, device)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..common import first_line
+
     def cannot_load(err: BaseException) -> UserInputError:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return UserInputError(f"--prompt_extend_model {extension.model_dir}: cannot load it ({first_line})")
+        return UserInputError(f"--prompt_extend_model {extension.model_dir}: cannot load it ({first_line(err)})")
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(extension.model_dir), local_files_only=True)
