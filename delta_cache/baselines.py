@@ -372,6 +372,7 @@ class CacheDiT:
         self.threshold = threshold
         self.num_steps = num_steps
         self.tuning: TuneResult | None = None
+        self._module_order: dict[torch.nn.Module, list[str]] = {}
 
     def config(self):
         os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "error")  # read once, at import: it warns on every attach
@@ -393,16 +394,22 @@ class CacheDiT:
                              f"this model has {depth}")
         import cache_dit
 
+        self._module_order = _child_order(self.pipe.transformer)
         try:
             cache_dit.enable_cache(self.pipe, cache_config=config)
         except Exception:
-            cache_dit.disable_cache(self.pipe)  # nothing half-attached stays for the next method
+            self.detach(transformer)  # nothing half-attached stays for the next method
             raise
 
     def detach(self, transformer) -> dict:
         import cache_dit
 
         cache_dit.disable_cache(self.pipe)
+        # cache-dit's disable_cache sets the block lists back as new attributes, so they come last among the
+        # transformer's children (HunyuanVideo: single_transformer_blocks before transformer_blocks). The
+        # children's order is the forward order that TeaCache and diffusers' FirstBlockCache read their first
+        # block from (and model_block_lists its lists): restore it.
+        _restore_child_order(self.pipe.transformer, self._module_order)
         return {}
 
     def describe(self) -> str:
@@ -410,6 +417,18 @@ class CacheDiT:
         text = (f"threshold {self.threshold:.4g}, F{c.Fn_compute_blocks}B{c.Bn_compute_blocks}, "
                 f"warm-up {c.max_warmup_steps} steps")
         return text + (f"; {self.tuning.summary()}" if self.tuning else "")
+
+
+def _child_order(root: torch.nn.Module) -> dict[torch.nn.Module, list[str]]:
+    """Every module's children's names, in order."""
+    return {module: list(module._modules) for module in root.modules()}
+
+
+def _restore_child_order(root: torch.nn.Module, order: dict[torch.nn.Module, list[str]]) -> None:
+    for module in root.modules():
+        names = [name for name in order.get(module, ()) if name in module._modules]
+        for name in names:  # moving each to the end in the old order leaves them in that order
+            module._modules[name] = module._modules.pop(name)
 
 
 def _disable_diffusers_cache(transformer) -> None:

@@ -164,6 +164,52 @@ def test_cache_dit_counts_real_blocks_and_leaves_no_trace():
         assert counter.count - before == computed
         assert np.array_equal(video, reference) == same
     assert np.array_equal(run(pipe, steps=12), reference)  # detached: the pipeline is as it was
+    # cache-dit's disable_cache sets the block list back as a new attribute, last among the children; the order
+    # is restored (the next test shows why it matters).
+    assert list(pipe.transformer._modules) == ["rope", "patch_embedding", "condition_embedder", "blocks", "norm_out",
+                                               "proj_out"]
+
+
+def test_methods_after_cache_dit_see_the_block_lists_in_forward_order():
+    """After cache-dit has run, TeaCache and FirstBlockCache still find HunyuanVideo's first block (a double
+    block): cache-dit left single_transformer_blocks before transformer_blocks, so both took a single block
+    for the first (TeaCache refused it, FirstBlockCache raised a TypeError)."""
+    from diffusers import FirstBlockCacheConfig, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+
+    from delta_cache.hooks import model_block_lists
+    from delta_cache.models.hunyuan_video.tiny import build_tiny_components
+    from delta_cache.teacache import TeaCacheConfig, apply_teacache, remove_teacache
+
+    torch.set_num_threads(1)
+    parts = build_tiny_components(num_layers=9, num_single_layers=9)
+    parts["transformer"] = parts["transformer"].float()
+    pipe = HunyuanVideoPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), **parts)
+    pipe.set_progress_bar_config(disable=True)
+
+    def generate():
+        return pipe(prompt="a red square", height=32, width=32, num_frames=5, num_inference_steps=3,
+                    generator=torch.Generator().manual_seed(0), output_type="latent").frames
+
+    reference = generate()
+    method = CacheDiT(pipe, 0.1, 3)
+    method.attach(pipe.transformer)
+    try:
+        generate()
+    finally:
+        method.detach(pipe.transformer)
+    transformer = pipe.transformer
+    assert list(model_block_lists(transformer)) == ["transformer_blocks", "single_transformer_blocks"]
+    apply_teacache(transformer, TeaCacheConfig(threshold=0.0, indicator="modulated_input",
+                                               coefficients=(0.0, 0.0, 0.0, 1.0, 0.0), num_inference_steps=3))
+    try:
+        assert torch.equal(generate(), reference)  # threshold 0: every step computed
+    finally:
+        remove_teacache(transformer)
+    transformer.enable_cache(FirstBlockCacheConfig(threshold=0.0))
+    try:
+        assert torch.equal(generate(), reference)
+    finally:
+        transformer.disable_cache()
 
 
 # --- the script ------------------------------------------------------------------------------------------
