@@ -35,7 +35,7 @@ from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.models.tiny_info import native_size  # noqa: E402
 from delta_cache.models.wan import tasks  # noqa: E402
 from delta_cache.models.wan.inputs import (add_vace_flags, check_image_flags, check_vace_flags,  # noqa: E402
-                                           read_input_frames, read_vace_inputs)
+                                           read_input_frames, read_vace_inputs, unused_image_flags)
 from delta_cache.models.wan.prompt_extend import check_prompt_extend_flags  # noqa: E402
 
 
@@ -176,6 +176,9 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     if args.sample_guide_scale < 1:  # (at 1 both give the conditional prediction)
         logger.warning(f"--sample_guide_scale {args.sample_guide_scale} < 1: diffusers' Wan pipelines then run the "
                        "conditional branch alone, where upstream mixes in the unconditional one")
+    if unused := unused_image_flags(args.task, args):
+        logger.warning(f"{', '.join(unused)} ignored: task {args.task} takes no image (as upstream; i2v-14B and "
+                       "flf2v-14B do)")
     if args.frame_num != args.requested_frame_num:
         logger.warning(f"--frame_num {args.requested_frame_num} is not 4n+1: generating {args.frame_num} frames, "
                        "as upstream does")

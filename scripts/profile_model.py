@@ -24,7 +24,8 @@ from delta_cache.cli import (  # noqa: E402
     sampler_options, set_offline)
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.models.wan.inputs import (  # noqa: E402
-    IMAGE_FLAGS, VACE_FLAGS, add_vace_flags, check_image_flags, check_vace_flags, read_input_frames, read_vace_inputs)
+    IMAGE_FLAGS, VACE_FLAGS, add_vace_flags, check_image_flags, check_vace_flags, read_input_frames, read_vace_inputs,
+    unused_image_flags)
 from delta_cache.models.wan.tasks import DEFAULT_TASK, TASKS, i2v_output_size, is_vace  # noqa: E402
 
 DEFAULT_SIZE = "832*480"
@@ -123,6 +124,8 @@ def main(argv=None) -> None:
     if args.family == "wan":
         check_image_flags(args.task, args)
         check_vace_flags(args.task, args)
+        if unused := unused_image_flags(args.task, args):  # a profile without the image the user meant
+            raise UserInputError(f"{unused[0]} is for the wan image tasks (i2v-14B, flf2v-14B), not --task {args.task}")
     elif any(getattr(args, flag) is not None for flag in IMAGE_FLAGS):
         raise UserInputError("--image, --first_frame and --last_frame are for the wan image tasks")
     elif any(getattr(args, flag) is not None for flag in VACE_FLAGS):

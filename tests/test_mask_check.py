@@ -62,6 +62,7 @@ def test_videos_without_a_subject_on_the_token_grid_are_left_out():
 
 @pytest.mark.parametrize("flags, message", [
     (["--clusters", "0"], "--clusters"),
+    (["--clusters", "2", "1"], "--clusters: give one or more cluster counts >= 2"),
     (["--num_videos", "-1"], "--num_videos"),
     (["--videos", "both"], "--videos"),
     (["--ckpt_dir", "/nonexistent/ckpt"], "no such folder"),

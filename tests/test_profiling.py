@@ -315,6 +315,9 @@ def test_profile_an_i2v_model_on_the_front_ends_image(tmp_path, monkeypatch, cap
     with pytest.raises(dc.UserInputError, match="--first_frame and --last_frame are both required"):
         profile_model.main(["--task", "flf2v-14B", "--ckpt_dir", str(ckpt), "--first_frame", str(image),
                             "--prompt", "x", "--out", str(tmp_path / "bad")])
+    with pytest.raises(dc.UserInputError, match="--last_frame is for the wan image tasks .*, not --task t2v-1.3B"):
+        profile_model.main(["--task", "t2v-1.3B", "--ckpt_dir", str(ckpt), "--last_frame", str(image),
+                            "--prompt", "x", "--out", str(tmp_path / "bad")])
     with pytest.raises(dc.UserInputError, match="are for the wan image tasks"):
         profile_model.main(["--family", "hunyuan_video", "--ckpt_dir", str(ckpt), "--image", str(image),
                             "--prompt", "x", "--out", str(tmp_path / "bad")])

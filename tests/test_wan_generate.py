@@ -156,15 +156,19 @@ def test_cache_forecast_flag_reaches_the_cache(ckpt4, tmp_path, capsys):
         videos[forecast] = read_video(tmp_path / f"{forecast}.mp4")
     assert not np.array_equal(videos["hold"], videos["linear"])  # step 4 reuses the line through steps 1, 3
     # At 2 steps each run step holds a refresh of the 6-step schedule: nothing is reused, and the run says so.
+    # An image given to a text task is ignored, as upstream does, with a warning (never read: it is empty).
+    (tmp_path / "unused.png").write_bytes(b"")
     messages = []
     sink = logger.add(messages.append, format="{level} {message}")
     try:
-        generate_py.main([*map(str, base), "--sample_steps", "2", "--save_file", str(tmp_path / "two.mp4")])
+        generate_py.main([*map(str, base), "--sample_steps", "2", "--save_file", str(tmp_path / "two.mp4"),
+                          "--image", str(tmp_path / "unused.png")])
     finally:
         logger.remove(sink)
     assert "cond 8/8, uncond 8/8" in capsys.readouterr().out
     warnings = [m for m in messages if m.startswith("WARNING")]
-    assert len(warnings) == 1 and "schedule 'every_other' reuses no block at 2 steps" in warnings[0], messages
+    assert len(warnings) == 2 and "schedule 'every_other' reuses no block at 2 steps" in warnings[1], messages
+    assert warnings[0].startswith("WARNING --image ignored: task t2v-14B takes no image"), messages
 
 
 def test_missing_checkpoint_file_gives_one_line(ckpt4, tmp_path):

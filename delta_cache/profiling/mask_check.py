@@ -63,8 +63,8 @@ def generate_videos(model, split: str, count: int) -> list[EncodedVideo]:
 def mask_sources(clusters: Sequence[int]) -> dict:
     """label -> function(latents, patch) -> token mask: the default motion mask, the motion mask with k fixed
     for each k in `clusters` (no growing k), and PCA."""
-    if not clusters or min(clusters) < 1:
-        raise UserInputError("--clusters: give one or more cluster counts >= 1")
+    if not clusters or min(clusters) < 2:  # one cluster has no other to tell motion from
+        raise UserInputError("--clusters: give one or more cluster counts >= 2")
     sources = {"motion (default)": masks.motion_mask}  # k = MOTION_CLUSTERS, growing while the moving side is a majority
     for k in clusters:
         sources[f"motion, k = {k}"] = (

@@ -31,6 +31,13 @@ def check_image_flags(task: str, args) -> None:
             raise UserInputError(f"--{flag} {path}: no such file")
 
 
+def unused_image_flags(task: str, args) -> list[str]:
+    """Image flags given for a task that takes no image (upstream's generate.py ignores them)."""
+    if is_image_to_video(task):
+        return []
+    return [f"--{flag}" for flag in IMAGE_FLAGS if getattr(args, flag) is not None]
+
+
 def read_input_frames(task: str, args):
     """(image, last image) as RGB PIL images for `task` (None, None for text tasks).
 
