@@ -197,11 +197,10 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     if args.prompt_extension is not None:
         from delta_cache.models.wan.prompt_extend import extend_prompt
 
-        if group.is_main:  # one LLM run; every rank generates from rank 0's text
-            logger.info(f"extending the prompt with {args.prompt_extension.model_dir}")
-            prompt = extend_prompt(args.prompt, args.prompt_extension, seed=args.base_seed, device=device)
-        if group.is_parallel:
-            prompt = parallel.from_rank0(prompt)
+        logger.info(f"extending the prompt with {args.prompt_extension.model_dir}")
+        # one LLM run; every rank generates from rank 0's text
+        prompt = parallel.on_rank0(group, lambda: extend_prompt(args.prompt, args.prompt_extension,
+                                                                seed=args.base_seed, device=device))
         logger.info(f"extended prompt: {prompt!r}")
     logger.info(f"loading {args.task} from {args.ckpt_dir} ({device}, {dtype})")
     components = load_wan_components(

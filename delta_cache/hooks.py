@@ -103,6 +103,7 @@ class BranchState(BaseState):
         self.previous: dict[tuple[str, int], tuple[int, tuple]] = {}  # run -> (step, deltas) one refresh earlier
         self.line_trusted: dict[tuple[str, int], bool] = {}  # run -> the line's last forecast beat holding
         self.last_call: CallInfo | None = None  # shape and timestep of this branch's last call
+        self.token_group = None  # the ranks holding the other tokens under context parallelism (linear forecast)
 
     def delta_bytes(self) -> int:
         held = [*self.deltas.values(), *(deltas for _, deltas in self.previous.values())]
@@ -125,11 +126,11 @@ class DeltaCacheRootHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         with default_branch(self.state_manager):
-            self._start_call(args, kwargs)
+            self._start_call(module, args, kwargs)
             return self.fn_ref.original_forward(*args, **kwargs)
 
     @torch.compiler.disable  # per-step Python decisions; compiling the whole transformer must not guard on them
-    def _start_call(self, args, kwargs) -> None:
+    def _start_call(self, module: torch.nn.Module, args, kwargs) -> None:
         context = self.state_manager.context
         state: BranchState = self.state_manager.get_state()
         call = CallInfo.of(args, kwargs, context.step_index)
@@ -137,6 +138,8 @@ class DeltaCacheRootHook(ModelHook):
         if starts_new_generation(state.last_call, state.num_calls, state.step, call, context.step_index, num_steps):
             state.reset()  # e.g. after an interrupted run, which skipped the pipeline's end-of-call reset
         state.last_call = call
+        # (read per call: context parallelism is enabled after the cache hooks are attached)
+        state.token_group = token_split_group(module)
         step = context.step_index if context.step_index is not None else state.num_calls
         state.num_calls += 1
         state.step = step
@@ -162,11 +165,24 @@ class DeltaCacheRootHook(ModelHook):
         return module
 
 
-def _closer(forecast: tuple, actual: tuple, than: tuple) -> bool:
-    """Whether `forecast` is closer to `actual` than `than` is (summed over the streams)."""
-    def distance(a: tuple) -> float:
-        return sum(float(torch.linalg.vector_norm((x - y).float()) ** 2) for x, y in zip(a, actual) if x is not None)
-    return distance(forecast) < distance(than)
+def token_split_group(transformer: torch.nn.Module):
+    """The process group diffusers' context parallelism splits `transformer`'s tokens over (every stream a
+    block carries is split: Wan's video tokens, HunyuanVideo's video and text tokens), None when unsplit."""
+    config = getattr(getattr(transformer, "_parallel_config", None), "context_parallel_config", None)
+    if config is None or (config._world_size or 1) < 2:
+        return None
+    return config._flattened_mesh.get_group()
+
+
+def _closer(forecast: tuple, actual: tuple, than: tuple, group=None) -> bool:
+    """Whether `forecast` is closer to `actual` than `than` is (summed over the streams, and over the ranks of
+    `group` that hold the other tokens: every rank then decides as one process would on the whole sequence)."""
+    def distance(a: tuple) -> torch.Tensor:
+        return sum(torch.linalg.vector_norm((x - y).float()) ** 2 for x, y in zip(a, actual) if x is not None)
+    distances = torch.stack([distance(forecast), distance(than)])
+    if group is not None:
+        torch.distributed.all_reduce(distances, group=group)
+    return bool(distances[0] < distances[1])
 
 
 class DeltaCacheBlockHook(ModelHook):
@@ -238,7 +254,8 @@ class DeltaCacheBlockHook(ModelHook):
             if self.forecast == "linear" and shift:
                 line = self._extrapolate(state, state.step)
                 if line is not None:  # the line's forecast for this step, checked against the computed deltas
-                    state.line_trusted[self.run_key] = _closer(line, deltas, than=state.deltas[self.run_key])
+                    state.line_trusted[self.run_key] = _closer(line, deltas, than=state.deltas[self.run_key],
+                                                               group=state.token_group)
                 state.previous[self.run_key] = (state.delta_steps[self.run_key], state.deltas[self.run_key])
             state.delta_steps[self.run_key] = state.step
             state.deltas[self.run_key] = deltas

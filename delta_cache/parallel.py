@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from unittest import mock
 
 from .errors import UserInputError
 
@@ -77,6 +78,9 @@ def init_process_group(ulysses_degree: int, ring_degree: int) -> ProcessGroup:
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise UserInputError(f"process {local_rank} of this machine has no GPU of its own: it has "
+                                 f"{torch.cuda.device_count()}; launch at most that many (torchrun --nproc_per_node)")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
@@ -103,10 +107,21 @@ def check_model_fits(group: ProcessGroup, *, num_heads: int, num_tokens: int, he
 def enable_context_parallel(transformer: torch.nn.Module, group: ProcessGroup, cp_plan: dict | None = None) -> None:
     """diffusers' context parallelism on `transformer` (after the cache hooks are attached), by the model's own
     `_cp_plan` unless `cp_plan` is given."""
+    import torch
     from diffusers import ContextParallelConfig
 
-    transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=group.ulysses_degree,
-                                                                ring_degree=group.ring_degree), cp_plan=cp_plan)
+    if group.ring_degree > 1:
+        # Ring attention merges the ranks' partial results by their log-sum-exp, which diffusers' default
+        # ("native") backend cannot return; its cuDNN one can, and takes attention masks.
+        transformer.set_attention_backend("_native_cudnn")
+    config = ContextParallelConfig(ulysses_degree=group.ulysses_degree, ring_degree=group.ring_degree)
+    if group.device.type == "cpu":
+        # diffusers picks each rank's device as rank % torch.accelerator.device_count(), a division by zero
+        # without an accelerator; on CPUs every rank's device is the one CPU.
+        with mock.patch.object(torch.accelerator, "device_count", lambda: 1):
+            transformer.enable_parallelism(config=config, cp_plan=cp_plan)
+    else:
+        transformer.enable_parallelism(config=config, cp_plan=cp_plan)
 
 
 def from_rank0(value):
@@ -117,6 +132,23 @@ def from_rank0(value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_rank0(group: ProcessGroup, work):
+    """`work()` run by rank 0 alone, its (picklable) result on every rank. A UserInputError there is raised on
+    every rank, so that each says the same one line (the others would otherwise fail in the broadcast)."""
+    if not group.is_parallel:
+        return work()
+    result, error = None, None
+    if group.is_main:
+        try:
+            result = work()
+        except UserInputError as err:
+            error = str(err)
+    result, error = from_rank0((result, error))
+    if error is not None:
+        raise UserInputError(error)
+    return result
 
 
 def log_from_main_only(group: ProcessGroup) -> None:
