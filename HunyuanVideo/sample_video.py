@@ -20,11 +20,13 @@ from delta_cache import parallel  # noqa: E402
 from delta_cache.cli import (  # noqa: E402
     OneLineArgumentParser,
     add_cache_flags,
-    check_output_path,
     add_compile_flag,
     add_teacache_flags,
     apply_cache_from_flags,
+    bounded_float,
     cache_requested,
+    check_output_path,
+    check_seed,
     check_teacache_flags,
     run_cli,
     set_offline,
@@ -70,7 +72,7 @@ def build_parser() -> OneLineArgumentParser:
 
     denoise = p.add_argument_group("Denoise schedule args")
     denoise.add_argument("--denoise-type", type=str, default="flow", help="Only 'flow'.")
-    denoise.add_argument("--flow-shift", type=float, default=config.FLOW_SHIFT, help="Shift factor for flow matching.")
+    denoise.add_argument("--flow-shift", type=bounded_float(0, above=True), default=config.FLOW_SHIFT, help="Shift factor for flow matching.")
     denoise.add_argument("--flow-reverse", action="store_true",
                          help="Sample t=1 -> 0 (always done here; upstream needs the flag).")
     denoise.add_argument("--flow-solver", type=str, default="euler", help="Only 'euler'.")
@@ -104,8 +106,8 @@ def build_parser() -> OneLineArgumentParser:
                            help="Accepted, unused (as upstream).")
     inference.add_argument("--seed", type=int, default=None, help="Seed (default: random per video).")
     inference.add_argument("--neg-prompt", type=str, default=None, help="Negative prompt (used when --cfg-scale > 1).")
-    inference.add_argument("--cfg-scale", type=float, default=1.0, help="True classifier-free guidance when > 1.")
-    inference.add_argument("--embedded-cfg-scale", type=float, default=config.EMBEDDED_GUIDANCE_SCALE,
+    inference.add_argument("--cfg-scale", type=bounded_float(0), default=1.0, help="True classifier-free guidance when > 1.")
+    inference.add_argument("--embedded-cfg-scale", type=bounded_float(0), default=config.EMBEDDED_GUIDANCE_SCALE,
                            help="Embedded (distilled) guidance scale.")
     inference.add_argument("--use-fp8", action="store_true", help="Load *_fp8.pt weights with their *_fp8_map.pt.")
     inference.add_argument("--reproduce", action="store_true", help="Accepted, unused.")
@@ -149,8 +151,6 @@ def validate(args) -> None:
     if args.ulysses_degree > 1:
         if args.use_cpu_offload:
             raise UserInputError("--use-cpu-offload does not work with multi-GPU sampling; leave it out")
-    if args.flow_shift <= 0:
-        raise UserInputError(f"--flow-shift must be positive, got {args.flow_shift}")
     if args.denoise_type != "flow":
         raise UserInputError(f"--denoise-type {args.denoise_type} is not supported (only 'flow', as upstream)")
     if args.flow_solver != "euler":
@@ -173,6 +173,7 @@ def validate(args) -> None:
         raise UserInputError(f"--model-base {args.model_base}: no such folder")
     args.delta_cache = cache_requested(args)
     check_teacache_flags(args, args.ulysses_degree * args.ring_degree)
+    check_seed("--seed", args.seed, args.num_videos)
     args.seeds = config.video_seeds(args.seed, args.num_videos)
 
 
@@ -230,6 +231,10 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
         dit_weight = model_base = diffusers_folder
     else:
         dit_weight, model_base = config.dit_weight_file(args.dit_weight, args.load_key), config.model_base()
+        if not model_base.is_dir():
+            raise UserInputError(f"the VAE and text encoders are read from ${config.MODEL_BASE_ENV} (default "
+                                 f"{config.DEFAULT_MODEL_BASE}), as upstream does, and {model_base} is no folder: set "
+                                 f"{config.MODEL_BASE_ENV} (--model-base does not move them)")
     logger.info(f"loading HunyuanVideo: transformer {dit_weight}, VAE and text encoders from {model_base} "
                 f"({device}, {', '.join(f'{k}={v}' for k, v in dtypes.items())})")
     components = load_hunyuan_video_components(

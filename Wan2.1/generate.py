@@ -20,11 +20,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # works without
 from delta_cache.cli import (  # noqa: E402
     OneLineArgumentParser,
     add_cache_flags,
-    check_output_path,
     add_compile_flag,
     add_teacache_flags,
     apply_cache_from_flags,
+    bounded_float,
     cache_requested,
+    check_input_folder,
+    check_output_path,
+    check_seed,
     check_teacache_flags,
     run_cli,
     set_offline,
@@ -37,6 +40,7 @@ from delta_cache.models.wan import tasks  # noqa: E402
 from delta_cache.models.wan.inputs import (add_vace_flags, check_image_flags, check_vace_flags,  # noqa: E402
                                            read_input_frames, read_vace_inputs, unused_image_flags)
 from delta_cache.models.wan.prompt_extend import check_prompt_extend_flags  # noqa: E402
+from delta_cache.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES  # noqa: E402
 
 
 def build_parser() -> OneLineArgumentParser:
@@ -77,8 +81,9 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--last_frame", type=str, default=None, help="Last frame for flf2v.")
     p.add_argument("--sample_solver", type=str, default="unipc", choices=["unipc", "dpm++"])
     p.add_argument("--sample_steps", type=int, default=None, help="Sampling steps (default 50; 40 for i2v).")
-    p.add_argument("--sample_shift", type=float, default=None, help="Flow-matching shift (default per task).")
-    p.add_argument("--sample_guide_scale", type=float, default=5.0, help="Classifier-free guidance scale.")
+    p.add_argument("--sample_shift", type=bounded_float(0, above=True), default=None,
+                   help="Flow-matching shift (default per task).")
+    p.add_argument("--sample_guide_scale", type=bounded_float(0), default=5.0, help="Classifier-free guidance scale.")
     add_cache_flags(p, "the task's preset")
     add_compile_flag(p)
     teacache = add_teacache_flags(p)
@@ -96,8 +101,7 @@ def validate(args) -> None:
     """Upstream's checks plus ours; fills upstream defaults. Raises UserInputError with one line."""
     if args.ckpt_dir is None:
         raise UserInputError("--ckpt_dir is required (the folder holding the Wan2.1 checkpoint)")
-    if not Path(args.ckpt_dir).is_dir():
-        raise UserInputError(f"--ckpt_dir {args.ckpt_dir}: no such folder")
+    check_input_folder("--ckpt_dir", args.ckpt_dir)
     # A tiny trained checkpoint (scripts/train_tiny.py) also runs at its native size, which is its default.
     native = native_size(args.ckpt_dir)
     supported = tasks.SUPPORTED_SIZES[args.task] + ((native.size,) if native else ())
@@ -112,11 +116,14 @@ def validate(args) -> None:
     check_image_flags(args.task, args)
     check_vace_flags(args.task, args)
     if args.save_file is not None:
-        check_output_path("--save_file", args.save_file)
+        check_output_path("--save_file", args.save_file,
+                          suffixes=IMAGE_SUFFIXES if args.task.startswith("t2i") else VIDEO_SUFFIXES)
+    check_seed("--base_seed", args.base_seed)
 
     defaults = tasks.task_defaults(args.task, args.size)
-    if args.frame_num is None:
-        args.frame_num = native.num_frames if native and args.size == native.size else defaults.frame_num
+    if args.frame_num is None:  # (t2i: one frame, also on a tiny checkpoint with a native video length)
+        native_frames = native and args.size == native.size and not args.task.startswith("t2i")
+        args.frame_num = native.num_frames if native_frames else defaults.frame_num
     args.sample_steps = defaults.sample_steps if args.sample_steps is None else args.sample_steps
     args.sample_shift = defaults.sample_shift if args.sample_shift is None else args.sample_shift
     if args.task.startswith("t2i") and args.frame_num != 1:
@@ -129,10 +136,6 @@ def validate(args) -> None:
     args.frame_num = (args.frame_num - 1) // 4 * 4 + 1
     if args.sample_steps < 1:
         raise UserInputError(f"--sample_steps must be positive, got {args.sample_steps}")
-    if args.sample_shift <= 0:
-        raise UserInputError(f"--sample_shift must be positive, got {args.sample_shift}")
-    if args.sample_guide_scale < 0:
-        raise UserInputError(f"--sample_guide_scale must be >= 0, got {args.sample_guide_scale}")
     args.delta_cache = cache_requested(args)
     check_teacache_flags(args, args.ulysses_size * args.ring_size)
     if args.use_ret_steps and args.teacache_thresh is None:
@@ -157,6 +160,11 @@ def main(argv: list[str] | None = None) -> None:
     schedule = None  # a bad schedule file fails here, before the seconds of imports and minutes of loading
     if args.delta_cache:
         schedule = load_schedule(args.cache_schedule or tasks.DEFAULT_PRESETS[args.task])
+        from delta_cache.models.wan.checkpoint import declared_block_depths
+
+        depths = declared_block_depths(args.ckpt_dir, args.task)
+        if depths is not None:  # a schedule made for another model, before its weights load
+            schedule.check_fits(depths)
 
     with parallel.process_group(args.ulysses_size, args.ring_size) as group:  # rank 0 of 1 for a plain run
         _generate(args, schedule, group)

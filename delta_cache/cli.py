@@ -52,12 +52,20 @@ def positive_int(value: str) -> int:
     return number
 
 
+def nonempty_str(value: str) -> str:
+    """argparse type for names and paths: an empty value (e.g. an unset shell variable) is an error, not a
+    silent "not given"."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("expected a name or a path, got an empty value")
+    return value
+
+
 def add_cache_flags(parser: argparse.ArgumentParser, default_preset: str) -> None:
     """The delta-cache flags, identical in every front end; any of them turns the cache on."""
     cache = parser.add_argument_group("delta cache (ProfilingDiT); any of these turns the cache on")
     cache.add_argument("--delta_cache", action="store_true", default=False,
                        help=f"Reuse background blocks' residuals with the preset schedule ({default_preset}).")
-    cache.add_argument("--cache_schedule", type=str, default=None, metavar="PRESET|PATH",
+    cache.add_argument("--cache_schedule", type=nonempty_str, default=None, metavar="PRESET|PATH",
                        help=f"Schedule preset name or JSON file (default: {default_preset}).")
     cache.add_argument("--cache_forecast", default=None, choices=["hold", "linear"],
                        help="What a reuse step adds: the last refresh's delta (hold, the paper's reuse) or the delta "
@@ -145,7 +153,7 @@ def log_cache_plan(handle, num_steps: int) -> None:
                 f"ideal speedup {total / computed:.2f}x")
     if computed == total:
         logger.warning(f"delta cache: schedule '{schedule.name}' reuses no block at {num_steps} steps, so it will not "
-                       f"speed this run up; {no_reuse_advice(num_steps)}")
+                       f"speed this run up; {no_reuse_advice(schedule, num_steps)}")
 
 
 def run_cli(main: Callable[[], None]) -> None:
@@ -177,13 +185,34 @@ def bounded_float(low: float | None = None, high: float | None = None, *, above:
     return parse
 
 
-def check_output_path(flag: str, path, folder: bool = False) -> None:
+def check_input_folder(flag: str, path) -> None:
+    """`path` is a folder to read from; one line saying what it is otherwise."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserInputError(f"{flag} {path}: " + ("a file, not a folder" if path.exists() else "no such folder"))
+
+
+SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.Generator.manual_seed takes
+
+
+def check_seed(flag: str, seed: int | None, count: int = 1) -> None:
+    """`seed` .. `seed + count - 1` are seeds torch takes (None: random); one line otherwise."""
+    low, high = SEED_RANGE
+    if seed is not None and not low <= seed <= high - (count - 1):
+        raise UserInputError(f"{flag} {seed} is out of range: seeds run from {low} to {high}"
+                             + (f" (and {count} videos use {count} consecutive seeds)" if count > 1 else ""))
+
+
+def check_output_path(flag: str, path, folder: bool = False, suffixes: tuple[str, ...] = ()) -> None:
     """Before a long run: `path` (a file, or with `folder` a folder) can be written: it is not a folder (a
-    file), and the nearest of its parents that exists is a folder. UserInputError (one line) otherwise."""
+    file), its suffix is one of `suffixes` (when given), and the nearest of its parents that exists is a folder.
+    UserInputError (one line) otherwise."""
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
         raise UserInputError(f"{flag} {path} is {'a file' if folder else 'a folder'}; give a "
                              f"{'folder' if folder else 'file name'}")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UserInputError(f"{flag} {path}: the file name must end in {', '.join(suffixes)}")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

@@ -62,8 +62,11 @@ def _ranges(values) -> str:
     return ", ".join(str(v) for v in compress_ranges(values)) or "none"
 
 
-def no_reuse_advice(num_steps: int) -> str:
-    """What to do when a schedule reuses nothing at `num_steps` (every step of the run falls on a refresh)."""
+def no_reuse_advice(schedule: Schedule, num_steps: int) -> str:
+    """What to do when `schedule` reuses nothing at `num_steps`: it names no background block, or every step
+    of the run falls on a refresh."""
+    if not any(bl.background_blocks for bl in schedule.block_lists.values()):
+        return "it names no background block, so it never reuses: list some, or profile a schedule (docs/profiling.md)"
     return f"profile a schedule for {num_steps} steps with scripts/profile_model.py (docs/profiling.md)"
 
 
@@ -82,5 +85,5 @@ def describe(schedule: Schedule, depths: dict[str, int], num_steps: int) -> str:
     computed, total = sum(p.computed for p in plans), sum(p.total for p in plans)
     lines.append(f"  per CFG branch: {computed}/{total} block evaluations, ideal speedup {total / computed:.2f}x")
     if computed == total:
-        lines.append(f"  it reuses nothing at {num_steps} steps: {no_reuse_advice(num_steps)}")
+        lines.append(f"  it reuses nothing at {num_steps} steps: {no_reuse_advice(schedule, num_steps)}")
     return "\n".join(lines)

@@ -116,8 +116,8 @@ class Schedule:
         if type(version) is not int or version != FORMAT_VERSION:  # (true and 1.0 equal 1 in Python)
             raise ScheduleError(f"{source}: format_version must be {FORMAT_VERSION}, got {version!r}")
         num_steps = data.get("num_steps")
-        if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-            raise ScheduleError(f"{source}: num_steps must be a positive integer, got {num_steps!r}")
+        if not isinstance(num_steps, int) or isinstance(num_steps, bool) or not 1 <= num_steps <= MAX_INDEX:
+            raise ScheduleError(f"{source}: num_steps must be an integer from 1 to {MAX_INDEX}, got {num_steps!r}")
         lists = data.get("block_lists")
         if not isinstance(lists, dict) or not lists:
             raise ScheduleError(f"{source}: block_lists must be a non-empty object of block-list name -> schedule")
@@ -201,16 +201,14 @@ def _parse_block_list(spec: Any, num_steps: int, where: str) -> BlockListSchedul
         if key not in spec:
             raise ScheduleError(f"{where}: missing key '{key}'")
     num_blocks = spec.get("num_blocks")
-    if num_blocks is not None and (not isinstance(num_blocks, int) or isinstance(num_blocks, bool) or num_blocks < 1):
-        raise ScheduleError(f"{where}.num_blocks: must be a positive integer, got {num_blocks!r}")
-    blocks = expand_ranges(spec["background_blocks"], f"{where}.background_blocks")
-    steps = expand_ranges(spec["refresh_steps"], f"{where}.refresh_steps")
-    if num_blocks is not None and blocks and blocks[-1] >= num_blocks:
-        raise ScheduleError(f"{where}.background_blocks: block {blocks[-1]} is beyond num_blocks={num_blocks}")
-    if steps and steps[-1] >= num_steps:
-        raise ScheduleError(
-            f"{where}.refresh_steps: step {steps[-1]} is beyond the schedule's {num_steps} steps (0-{num_steps - 1})"
-        )
+    if num_blocks is not None and (not isinstance(num_blocks, int) or isinstance(num_blocks, bool)
+                                   or not 1 <= num_blocks <= MAX_INDEX):
+        raise ScheduleError(f"{where}.num_blocks: must be an integer from 1 to {MAX_INDEX}, got {num_blocks!r}")
+    blocks = expand_ranges(spec["background_blocks"], f"{where}.background_blocks", limit=num_blocks or MAX_INDEX,
+                           beyond=(f"block {{}} is beyond num_blocks={num_blocks}" if num_blocks else
+                                   f"block {{}} is beyond any model's depth (at most {MAX_INDEX} blocks)"))
+    steps = expand_ranges(spec["refresh_steps"], f"{where}.refresh_steps", limit=num_steps,
+                          beyond=f"step {{}} is beyond the schedule's {num_steps} steps (0-{num_steps - 1})")
     if blocks and 0 not in steps:
         raise ScheduleError(
             f"{where}: step 0 must be a refresh step (a reuse step before any compute step has no delta to reuse)"
@@ -218,27 +216,38 @@ def _parse_block_list(spec: Any, num_steps: int, where: str) -> BlockListSchedul
     return BlockListSchedule(background_blocks=tuple(blocks), refresh_steps=tuple(steps), num_blocks=num_blocks)
 
 
+MAX_INDEX = 100_000  # no model has this many blocks nor a sampler this many steps: a cap before expanding ranges
 _RANGE = re.compile(r"\s*[0-9]+\s*-\s*[0-9]+\s*")  # "first-last", ASCII digits only (str.isdigit takes "²")
 
 
-def expand_ranges(items: Any, where: str) -> list[int]:
-    """[0, "2-7", 9] -> [0, 2, 3, 4, 5, 6, 7, 9]; rejects duplicates, negatives and non-integers."""
+def _without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    repeated = next((key for key in keys if keys.count(key) > 1), None)
+    if repeated is not None:  # json keeps the last silently: a hand edit that adds a key twice would lose one
+        raise ScheduleError(f"key {repeated!r} appears twice in one object")
+    return dict(pairs)
+
+
+def expand_ranges(items: Any, where: str, limit: int = MAX_INDEX, beyond: str = "{} is beyond the limit") -> list[int]:
+    """[0, "2-7", 9] -> [0, 2, 3, 4, 5, 6, 7, 9]; rejects duplicates, negatives, non-integers and indices
+    >= `limit` (`beyond`, formatted with the index, says why), before a range is expanded."""
     if not isinstance(items, list):
         raise ScheduleError(f"{where}: expected a list of integers or \"first-last\" ranges, got {items!r}")
     values: list[int] = []
     for item in items:
         if isinstance(item, int) and not isinstance(item, bool):
-            values.append(item)
+            first = last = item
         elif isinstance(item, str) and _RANGE.fullmatch(item):
             first, last = (int(p) for p in item.split("-"))
             if last < first:
                 raise ScheduleError(f"{where}: range {item!r} is empty (last < first)")
-            values.extend(range(first, last + 1))
         else:
             raise ScheduleError(f"{where}: {item!r} is neither an integer nor a \"first-last\" range")
-    negatives = [v for v in values if v < 0]
-    if negatives:
-        raise ScheduleError(f"{where}: negative index {negatives[0]}")
+        if first < 0:
+            raise ScheduleError(f"{where}: negative index {first}")
+        if last >= limit:
+            raise ScheduleError(f"{where}: {beyond.format(last)}")
+        values.extend(range(first, last + 1))
     seen: set[int] = set()
     for v in values:
         if v in seen:
@@ -285,7 +294,9 @@ def load_schedule(name_or_path: "str | Path | Schedule") -> Schedule:
         source = f"preset {text.lower()}"
         raw = (resources.files("delta_cache") / "presets" / f"{text.lower()}.json").read_text()
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=_without_duplicate_keys)
     except json.JSONDecodeError as err:
         raise ScheduleError(f"{source}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    except ScheduleError as err:
+        raise ScheduleError(f"{source}: {err}") from None
     return Schedule.from_dict(data, source=source)

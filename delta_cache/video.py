@@ -7,13 +7,17 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # imported where used: the front ends' flag checks read the suffixes below without them
+    import numpy as np
+    import torch
 
 
 def to_uint8_frames(frames) -> np.ndarray:
     """(F, H, W, C) float in [0, 1] (diffusers' `output_type="np"`) -> uint8 (F, H, W, C)."""
+    import numpy as np
+
     frames = np.asarray(frames)
     if frames.dtype != np.uint8:
         frames = (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
@@ -22,7 +26,14 @@ def to_uint8_frames(frames) -> np.ndarray:
 
 def to_vae_input(videos) -> torch.Tensor:
     """uint8 videos, each (F, H, W, 3) -> (B, 3, F, H, W) float32 in [-1, 1], as the VAEs take them."""
+    import numpy as np
+    import torch
+
     return torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi")  # containers that hold H.264 (webm and gif do not)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @contextmanager
@@ -62,18 +73,19 @@ def save_video(frames, path: str | os.PathLike, fps: int) -> Path:
 
 
 def save_image(frame, path: str | os.PathLike) -> Path:
-    """Save one frame as PNG (used for Wan's t2i task)."""
+    """Save one frame (Wan's t2i task), as PNG or JPEG by the file name's suffix (PNG without one)."""
     import imageio.v2 as imageio
 
     path = Path(path)
-    with _atomic_output(path, ".png") as tmp:
-        imageio.imwrite(tmp, to_uint8_frames(frame[None])[0], format="png")
+    with _atomic_output(path, path.suffix or ".png") as tmp:
+        imageio.imwrite(tmp, to_uint8_frames(frame[None])[0])
     return path
 
 
 def read_video(path: str | os.PathLike) -> np.ndarray:
     """Decode an mp4 into uint8 (F, H, W, C) frames."""
     import imageio.v2 as imageio
+    import numpy as np
 
     reader = imageio.get_reader(str(path), format="ffmpeg")
     try:  # iterate: the ffmpeg reader reports an unknown (infinite) length, so list() would fail

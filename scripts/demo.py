@@ -51,7 +51,8 @@ def describe(frames) -> str:
     from delta_cache.synthetic.analyse import analyse_video
 
     analysis = analyse_video(frames)
-    objects = [f"a {o.colour} {o.shape} moving {o.direction} ({o.speed})" for o in analysis.objects]
+    objects = [f"a {o.colour} {o.shape} " + ("standing still" if o.direction == "static" else
+                                             f"moving {o.direction} ({o.speed})") for o in analysis.objects]
     return f"{' and '.join(objects) or 'no object'} on a {analysis.background} background"
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from delta_cache.cli import (  # noqa: E402
-    OneLineArgumentParser, add_sampler_flags, bounded_float, check_output_path, positive_int, run_cli,
+    OneLineArgumentParser, add_sampler_flags, bounded_float, check_input_folder, check_output_path, positive_int, run_cli,
     sampler_options, set_offline)
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.models.wan.tasks import DEFAULT_TASK  # noqa: E402
@@ -70,8 +70,7 @@ def main(argv=None):
     check_output_path("--out", args.out, folder=True)
     if args.write_preset is not None:
         check_output_path("--write_preset", args.write_preset)
-    if not args.ckpt_dir.is_dir():
-        raise UserInputError(f"--ckpt_dir {args.ckpt_dir}: no such folder")
+    check_input_folder("--ckpt_dir", args.ckpt_dir)
     set_offline()
 
     import torch

@@ -30,6 +30,7 @@ from delta_cache.models.wan.tasks import DEFAULT_TASK, TASKS, i2v_output_size, i
 
 DEFAULT_SIZE = "832*480"
 DEFAULT_FRAME_NUM = 81
+T_MAX, T_MIN = 6, 2  # Eq. 15's refresh intervals, DerivationParams' defaults (importing it loads torch)
 
 
 def build_parser() -> OneLineArgumentParser:
@@ -73,9 +74,10 @@ def build_parser() -> OneLineArgumentParser:
     derive.add_argument("--tau", type=bounded_float(0), default=None, help="cache blocks with R < tau (default: --target_speedup)")
     derive.add_argument("--target_speedup", type=bounded_float(1), default=None,
                         help="pick tau and refresh intervals for this block-evaluation speedup (default 2.0)")
-    derive.add_argument("--t_max", type=positive_int, default=6,
-                        help="first refresh interval after the warm-up (with --tau)")
-    derive.add_argument("--t_min", type=positive_int, default=2, help="last refresh interval (with --tau)")
+    derive.add_argument("--t_max", type=positive_int, default=None,
+                        help=f"first refresh interval after the warm-up (with --tau; default {T_MAX})")
+    derive.add_argument("--t_min", type=positive_int, default=None,
+                        help=f"last refresh interval (with --tau; default {T_MIN})")
     derive.add_argument("--refresh_threshold", type=bounded_float(0, above=True), default=None,
                         help="with --tau: refresh where the step-change curve accumulates to this value since the "
                              "last refresh (TeaCache's rule, decided once from the profile) instead of --t_max/--t_min")
@@ -139,8 +141,17 @@ def main(argv=None) -> None:
     if args.refresh_rule != "any" and args.tau is not None:
         raise UserInputError("--refresh_rule is for --target_speedup; with --tau give --refresh_threshold or "
                              "--t_max/--t_min")
+    intervals_given = [flag for flag in ("t_max", "t_min") if getattr(args, flag) is not None]
+    if intervals_given and (args.tau is None or args.refresh_threshold is not None):
+        raise UserInputError(f"--{intervals_given[0]} is for --tau with the paper's refresh intervals (--target_speedup "
+                             "searches them; --refresh_threshold replaces them)")
+    args.t_max = T_MAX if args.t_max is None else args.t_max
+    args.t_min = T_MIN if args.t_min is None else args.t_min
     if args.t_min > args.t_max:
-        raise UserInputError(f"refresh intervals need --t_min <= --t_max, got {args.t_min} and {args.t_max}")
+        raise UserInputError(f"refresh intervals need --t_min <= --t_max, got {args.t_min} and {args.t_max} "
+                             f"(defaults {T_MIN} and {T_MAX})")
+    if args.warmup is not None and args.warmup >= args.sample_steps:
+        raise UserInputError(f"--warmup {args.warmup} leaves no step to reuse of --sample_steps {args.sample_steps}")
     if not 0 < args.high_fraction < 1:
         raise UserInputError(f"--high_fraction must be between 0 and 1, got {args.high_fraction}")
     check_output_path("--out", args.out, folder=True)

@@ -28,7 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # works without `pip install -e .` too
 
-from delta_cache.cli import OneLineArgumentParser, check_output_path, positive_int, run_cli  # noqa: E402
+from delta_cache.cli import (  # noqa: E402
+    OneLineArgumentParser, check_input_folder, check_output_path, positive_int, run_cli)
 from delta_cache.errors import UserInputError  # noqa: E402
 
 # The dimensions the paper averages (not VBench's weighted total).
@@ -90,8 +91,7 @@ def read_vbench_star(path: str | Path) -> float:
 
 
 def _pairs(reference: Path, methods: dict[str, Path]) -> list[str]:
-    if not reference.is_dir():
-        raise UserInputError(f"--reference {reference}: no such folder")
+    check_input_folder("--reference", reference)
     names = sorted(p.name for p in reference.glob("*.mp4"))
     if not names:
         raise UserInputError(f"--reference {reference}: no .mp4 videos in it")

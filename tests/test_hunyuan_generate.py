@@ -363,9 +363,13 @@ FAST_BAD_INPUTS = [  # rejected before torch is imported
     (["--precision", "int8"], r"invalid choice: 'int8'"),
     (["--model-base", "nowhere"], r"--model-base nowhere: no such folder"),
     (["--infer-steps", "0"], r"--infer-steps must be positive"),
+    (["--embedded-cfg-scale", "nan"], r"--embedded-cfg-scale: must be a finite number at least 0, got nan"),
+    (["--flow-shift", "0"], r"--flow-shift: must be a finite number above 0, got 0"),
+    (["--seed", "18446744073709551615", "--num-videos", "2"], r"--seed 18446744073709551615 is out of range: .*2 "
+                                                                r"videos use 2 consecutive seeds"),
 ]
 SLOW_BAD_INPUTS = [  # rejected after loading torch (and the checkpoint)
-    (["--dit-weight", "missing.pt"], r"HunyuanVideo transformer weights \(--dit-weight\) not found: missing.pt"),
+    (["--dit-weight", "missing.pt"], r"HunyuanVideo transformer weights not found: missing.pt"),
     (["--cache_schedule", "no-such-preset"], r"unknown schedule preset"),
 ]
 
@@ -420,9 +424,11 @@ def test_vae_and_text_encoders_come_from_model_base_env(sample_video, ckpt, tmp_
     # --model-base must only exist; without $MODEL_BASE the VAE is looked up in ./ckpts (the working directory).
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MODEL_BASE", raising=False)
-    with pytest.raises(UserInputError, match="VAE config not found: ckpts/hunyuan-video-t2v-720p/vae/config.json"):
+    with pytest.raises(UserInputError, match=r"the VAE and text encoders are read from \$MODEL_BASE \(default "
+                                             r"./ckpts\), as upstream does, and ckpts is no folder: set MODEL_BASE"):
         sample_video.main(list(map(str, _bad_input_args(ckpt, []))))
+    (tmp_path / "elsewhere").mkdir()
     monkeypatch.setenv("MODEL_BASE", str(tmp_path / "elsewhere"))
     with pytest.raises(UserInputError, match="elsewhere/hunyuan-video-t2v-720p/vae/config.json"):
         sample_video.main(list(map(str, _bad_input_args(ckpt, []))))
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["elsewhere"] and not list((tmp_path / "elsewhere").iterdir())

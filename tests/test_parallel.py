@@ -67,7 +67,8 @@ def test_ulysses_over_two_processes_gives_the_single_process_video(tmp_path):
     bad = torchrun(GENERATE, [*args[:-2], "--save_file", out / "bad.mp4"], cwd=out, timeout=300)
     assert bad.returncode != 0  # (torchrun's launcher adds its own report of the failed ranks)
     message = "error: --ulysses_size x --ring_size = 1 must equal the number of processes; 2 processes were launched"
-    assert bad.stderr.count(message) == 2 and not (out / "bad.mp4").exists()
+    # (each rank says it; torchrun may stop a rank before it does, once another has failed)
+    assert bad.stderr.count(message) in (1, 2) and not (out / "bad.mp4").exists()
     # A prompt-extension model that does not load: rank 0 runs it alone, and both ranks say the same one line
     # (rank 1 used to fail in the broadcast with a traceback).
     broken = tmp_path / "broken_llm"
@@ -77,7 +78,7 @@ def test_ulysses_over_two_processes_gives_the_single_process_video(tmp_path):
                               "--save_file", out / "bad.mp4"], cwd=out, timeout=300)
     assert bad.returncode != 0 and not (out / "bad.mp4").exists()
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 2 and errors[0] == errors[1] and "broken_llm: cannot load it" in errors[0], bad.stderr[-3000:]
+    assert len(errors) in (1, 2) and len(set(errors)) == 1 and "broken_llm: cannot load it" in errors[0], bad.stderr[-3000:]
     ranks_own = bad.stderr.split("torch/distributed/elastic")[0]  # what follows is the launcher's own report
     assert "error: " in ranks_own and "Traceback" not in ranks_own, bad.stderr[-3000:]
 

@@ -398,6 +398,10 @@ def test_profile_cli_writes_a_schedule_that_generate_uses(tmp_path, monkeypatch,
     (["--sample_shift", "0"], "--sample_shift: must be a finite number above 0, got 0"),
     (["--out", __file__], "is a file; give a folder"),
     (["--tau", "0.3", "--t_min", "4", "--t_max", "2"], "refresh intervals need --t_min <= --t_max"),
+    (["--tau", "0.3", "--t_max", "1"], "need --t_min <= --t_max, got 2 and 1 (defaults 2 and 6)"),
+    (["--t_max", "3"], "--t_max is for --tau"),  # (was ignored: --target_speedup searches the intervals)
+    (["--tau", "0.3", "--refresh_threshold", "0.1", "--t_min", "3"], "--t_min is for --tau with the paper's"),
+    (["--warmup", "20", "--sample_steps", "10"], "--warmup 20 leaves no step to reuse of --sample_steps 10"),
 ])
 def test_profile_cli_refuses_bad_values_before_loading(tmp_path, capsys, flags, message):
     from script_loader import load_script

@@ -53,12 +53,26 @@ def test_ranges_expand_and_compress():
         ({"background_blocks": ["\u0660-\u0663"]}, "neither an integer"),  # Arabic-Indic digits
         ({"background_blocks": [5], "num_blocks": 4}, "beyond num_blocks=4"),
         ({"cached": [1]}, "unknown key"),
+        # checked before a range is expanded (these hung, or ran out of memory)
+        ({"refresh_steps": ["0-99999999999"]}, "step 99999999999 is beyond the schedule's 10 steps"),
+        ({"background_blocks": ["0-99999999999"]}, "block 99999999999 is beyond any model's depth"),
     ],
 )
 def test_bad_block_lists_are_rejected(tmp_path, change, message):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(_schedule(**change)))
     with pytest.raises(dc.ScheduleError, match=message):
+        dc.load_schedule(path)
+
+
+def test_huge_step_counts_and_repeated_keys_are_rejected(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({**_schedule(), "num_steps": 10**12}))
+    with pytest.raises(dc.ScheduleError, match="num_steps must be an integer from 1 to 100000, got 1000000000000"):
+        dc.load_schedule(path)
+    text = json.dumps(_schedule())
+    path.write_text(text.replace('"refresh_steps"', '"refresh_steps": [0], "refresh_steps"', 1))
+    with pytest.raises(dc.ScheduleError, match="bad.json: key 'refresh_steps' appears twice in one object"):
         dc.load_schedule(path)
 
 

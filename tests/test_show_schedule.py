@@ -47,7 +47,11 @@ def test_presets_are_listed_and_described_at_other_step_counts(tmp_path):
     assert "per CFG branch: 1632/3000 block evaluations, ideal speedup 1.84x" in text  # the paper's count
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     few = _show(["wan2.1-t2v-14b", "--steps", "8"])  # every run step holds a refresh of the 50-step grid
-    assert "320/320 block evaluations" in few and "it reuses nothing at 8 steps" in few
+    assert "320/320 block evaluations" in few and "it reuses nothing at 8 steps: profile a schedule for 8" in few
+    empty = tmp_path / "empty.json"  # no background block: no step count helps
+    empty.write_text(json.dumps({"format_version": 1, "num_steps": 10, "block_lists": {
+        "blocks": {"num_blocks": 40, "background_blocks": [], "refresh_steps": [0]}}}))
+    assert "it reuses nothing at 10 steps: it names no background block" in _show([empty])
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -80,6 +80,13 @@ def test_default_output_name_and_t2i_png_from_repo_root(ckpt4, tmp_path):
         (["--cache_forecast", "cubic"], "invalid choice: 'cubic'"),
         (["--ulysses_size", "2"], "= 2 must equal the number of processes; launch with torchrun --nproc_per_node=2"),
         (["--ring_size", "0"], "--ulysses_size and --ring_size must be >= 1"),
+        # found by a new user's walkthrough: each ran the whole generation (NaN: a black video) or failed after it
+        (["--sample_guide_scale", "nan"], "--sample_guide_scale: must be a finite number at least 0, got nan"),
+        (["--sample_shift", "inf"], "--sample_shift: must be a finite number above 0, got inf"),
+        (["--save_file", "out.txt"], "--save_file out.txt: the file name must end in .mp4, .mkv, .mov, .avi"),
+        (["--task", "t2i-14B", "--save_file", "out.mp4"], "the file name must end in .png, .jpg, .jpeg"),
+        (["--base_seed", "99999999999999999999"], "--base_seed 99999999999999999999 is out of range"),
+        (["--cache_schedule", ""], "--cache_schedule: expected a name or a path, got an empty value"),
     ],
 )
 def test_bad_flags_give_one_line(ckpt4, tmp_path, args, message):
@@ -122,12 +129,24 @@ def test_bad_schedules_give_one_line(ckpt4, tmp_path, monkeypatch):
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "| INFO" not in line]
     assert len(lines) == 1 and first_message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr and list(workdir.iterdir()) == []
-    # the other cases in this process: the same one-line error (run_cli prints it), no file written
+    # the other cases in this process: the same one-line error (run_cli prints it), no file written, and all
+    # before the weights load (the depth comes from config.json: a real model's load takes minutes)
+    from delta_cache.models.wan import checkpoint
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the schedule was checked")
+
+    monkeypatch.setattr(checkpoint, "load_wan_components", no_loading)
     generate_py = load_script(GENERATE)
     monkeypatch.chdir(workdir)
-    for schedule, message in others:
+    diffusers_ckpt = write_tiny_checkpoint(tmp_path / "diffusers", num_layers=3, layout="diffusers")
+    for schedule, message, ckpt in [*((s, m, ckpt4) for s, m in others),
+                                    ("wan2.1-t2v-14b", "made for 40 blocks in 'blocks', but this model has 3",
+                                     diffusers_ckpt),
+                                    ("hunyuanvideo-720p", "names block list 'transformer_blocks', which this model "
+                                                          "does not have (it has: blocks)", ckpt4)]:
         with pytest.raises(UserInputError) as raised:
-            generate_py.main([*map(str, base), str(schedule)])
+            generate_py.main([*map(str, base[:5]), str(ckpt), *map(str, base[6:]), str(schedule)])
         assert message in str(raised.value) and "\n" not in str(raised.value)
         assert list(workdir.iterdir()) == []
 
@@ -382,3 +401,15 @@ def test_tiny_trained_checkpoint_runs_at_its_native_size_by_default(ckpt4, tmp_p
     proc = run_cli(["--ckpt_dir", tiny, "--sample_steps", "2"], cwd=tmp_path)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "tiny_model.json: malformed" in lines[0], proc.stderr
+
+
+def test_t2i_on_a_checkpoint_with_a_native_video_length_makes_one_frame(ckpt40, tmp_path):
+    # The native frame count (5) is a video's; t2i takes one frame without being told (it said
+    # "--frame_num must be 1 for task t2i-14B, got 5"). The image is written by its suffix.
+    generate_py = load_script(GENERATE)
+    generate_py.main(["--task", "t2i-14B", "--ckpt_dir", str(ckpt40), "--sample_steps", "2", "--size", "64*48",
+                      "--save_file", str(tmp_path / "image.jpg")])
+    from PIL import Image
+
+    with Image.open(tmp_path / "image.jpg") as image:
+        assert image.format == "JPEG" and image.size == (64, 48)

@@ -31,11 +31,10 @@ def add_tiny_checkpoint_flags(parser) -> None:
 
 def tiny_checkpoint_dir(args) -> Path:
     """`args.ckpt_dir`, else the committed checkpoint of `args.family`; a missing folder is a UserInputError."""
-    from delta_cache.errors import UserInputError
+    from delta_cache.cli import check_input_folder
 
     ckpt = args.ckpt_dir or committed_checkpoint(args.family)
-    if not ckpt.is_dir():
-        raise UserInputError(f"--ckpt_dir {ckpt}: no such folder")
+    check_input_folder("--ckpt_dir", ckpt)
     return ckpt
 
 

@@ -109,7 +109,7 @@ def _require(path: Path, what: str, *, folder: bool = False) -> Path:
 
 def _load_upstream(dit_weight, model_base, *, load_key, use_fp8, vae_dir, dtype, vae_dtype,
                    text_encoder_dtype, text_encoder_2_dtype) -> HunyuanVideoComponents:
-    _require(dit_weight, "HunyuanVideo transformer weights (--dit-weight)")
+    _require(dit_weight, "HunyuanVideo transformer weights")
     if use_fp8:
         _require(fp8_map_path(dit_weight), "fp8 scale map for --use-fp8")
     _require(vae_dir / VAE_CONFIG, "HunyuanVideo VAE config")

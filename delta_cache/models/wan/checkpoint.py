@@ -74,6 +74,29 @@ def load_wan_components(
     return components
 
 
+def declared_block_depths(ckpt_dir, task: str) -> dict[str, int] | None:
+    """The transformer's block lists and depths as its config declares them (upstream `config.json`, or the
+    diffusers folder's `transformer/config.json`), read without loading any weights, so that a schedule that
+    does not fit is refused before minutes of loading; None where no config says (the loader then reports it)."""
+    root = Path(ckpt_dir)
+    diffusers_layout = (root / DIFFUSERS_INDEX_FILE).is_file()
+    path = root / "transformer" / keys.CONFIG_FILE if diffusers_layout else root / keys.CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    num_layers = config.get("num_layers") if isinstance(config, dict) else None
+    if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
+        return None
+    depths = {"blocks": num_layers}
+    if is_vace(task):  # (upstream's default: a control block for every second main block)
+        vace_layers = config.get("vace_layers", list(range(0, num_layers, 2)))
+        if not isinstance(vace_layers, list) or not vace_layers:
+            return None
+        depths["vace_blocks"] = len(vace_layers)
+    return depths
+
+
 def _check_task_matches_model(transformer, task: str, root: Path) -> None:
     # An image-conditioned transformer takes 16 extra condition channels (mask + image latents) on top of
     # the noise; the flf2v one also has a position embedding telling the first frame's CLIP tokens from the
