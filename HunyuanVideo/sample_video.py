@@ -211,7 +211,8 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
     from loguru import logger
 
     from delta_cache.cli import log_cache_plan, summary_line
-    from delta_cache.models.hunyuan_video.checkpoint import find_diffusers_folder, load_hunyuan_video_components
+    from delta_cache.models.hunyuan_video.checkpoint import (declared_block_depths, find_diffusers_folder,
+                                                             load_hunyuan_video_components)
     from delta_cache.models.hunyuan_video.pipeline import TextEncoding, build_pipeline, generate, token_grid
     from delta_cache.video import save_video
 
@@ -235,6 +236,10 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
             raise UserInputError(f"the VAE and text encoders are read from ${config.MODEL_BASE_ENV} (default "
                                  f"{config.DEFAULT_MODEL_BASE}), as upstream does, and {model_base} is no folder: set "
                                  f"{config.MODEL_BASE_ENV} (--model-base does not move them)")
+    if schedule is not None:  # a schedule made for another model, before minutes of loading
+        depths = declared_block_depths(dit_weight, diffusers_folder, args.load_key)
+        if depths is not None:
+            schedule.check_fits(depths)
     logger.info(f"loading HunyuanVideo: transformer {dit_weight}, VAE and text encoders from {model_base} "
                 f"({device}, {', '.join(f'{k}={v}' for k, v in dtypes.items())})")
     components = load_hunyuan_video_components(

@@ -432,3 +432,28 @@ def test_vae_and_text_encoders_come_from_model_base_env(sample_video, ckpt, tmp_
     with pytest.raises(UserInputError, match="elsewhere/hunyuan-video-t2v-720p/vae/config.json"):
         sample_video.main(list(map(str, _bad_input_args(ckpt, []))))
     assert [p.name for p in tmp_path.iterdir()] == ["elsewhere"] and not list((tmp_path / "elsewhere").iterdir())
+
+
+def test_a_schedule_that_does_not_fit_is_refused_before_loading(sample_video, small, tmp_path, monkeypatch):
+    """The depths come from the weights file's key names (memory-mapped) or a diffusers folder's config: a
+    real model's load takes minutes."""
+    from delta_cache.models.hunyuan_video import checkpoint
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the schedule was checked")
+
+    monkeypatch.setattr(checkpoint, "load_hunyuan_video_components", no_loading)
+    monkeypatch.chdir(tmp_path)
+    upstream, diffusers_folder = small
+    cases = [(upstream, upstream / DIT_WEIGHT, "hunyuanvideo-720p", "made for 20 blocks in 'transformer_blocks', "
+                                                                    "but this model has 2"),
+             (diffusers_folder, diffusers_folder, "hunyuanvideo-720p", "but this model has 2"),
+             (upstream, upstream / DIT_WEIGHT, "wan2.1-t2v-14b", "names block list 'blocks', which this model does "
+                                                                 "not have")]
+    for model_base, dit_weight, schedule, message in cases:
+        monkeypatch.setenv("MODEL_BASE", str(model_base))
+        args = _bad_input_args(model_base, ["--cache_schedule", schedule])
+        args[args.index("--dit-weight") + 1] = dit_weight
+        with pytest.raises(UserInputError, match=message):
+            sample_video.main(list(map(str, args)))
+    assert list(tmp_path.iterdir()) == []
