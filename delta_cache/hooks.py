@@ -181,6 +181,8 @@ def _closer(forecast: tuple, actual: tuple, than: tuple, group=None) -> bool:
         return sum(torch.linalg.vector_norm((x - y).float()) ** 2 for x, y in zip(a, actual) if x is not None)
     distances = torch.stack([distance(forecast), distance(than)])
     if group is not None:
+        if torch.distributed.get_backend(group) == "nccl":  # (NCCL takes GPU tensors only: --cache_cpu deltas)
+            distances = distances.to(torch.device("cuda", torch.cuda.current_device()))
         torch.distributed.all_reduce(distances, group=group)
     return bool(distances[0] < distances[1])
 

@@ -7,7 +7,9 @@ Every rank runs the whole pipeline on the same inputs (same prompt embeddings, s
 the seed is rank 0's); inside the transformer diffusers splits the video tokens over the ranks and gathers the
 output. The delta cache needs nothing else: its schedule is static, so every rank reuses the same blocks on
 the same steps and the collectives inside attention stay matched (a data-dependent skip decision could
-differ between ranks and hang them). Each rank keeps the deltas of its own tokens. Only rank 0 writes files.
+differ between ranks and hang them). Each rank keeps the deltas of its own tokens; the linear forecast's trust
+check sums its distances over the ranks (one all-reduce, reached by every rank at the same refresh). Only rank
+0 writes files.
 
 Order matters: cache hooks go on before `enable_context_parallel` (the other order fails with a shape
 mismatch).
@@ -116,9 +118,11 @@ def enable_context_parallel(transformer: torch.nn.Module, group: ProcessGroup, c
         transformer.set_attention_backend("_native_cudnn")
     config = ContextParallelConfig(ulysses_degree=group.ulysses_degree, ring_degree=group.ring_degree)
     if group.device.type == "cpu":
-        # diffusers picks each rank's device as rank % torch.accelerator.device_count(), a division by zero
-        # without an accelerator; on CPUs every rank's device is the one CPU.
-        with mock.patch.object(torch.accelerator, "device_count", lambda: 1):
+        # diffusers takes the device type torch was built for (torch._C._get_accelerator: "cuda" in a CUDA build,
+        # GPU or not) and each rank's device as rank % torch.accelerator.device_count(), a division by zero
+        # without an accelerator. These processes run on the CPU: every rank's device is the one CPU.
+        with (mock.patch.object(torch._C, "_get_accelerator", lambda: torch.device("cpu")),
+              mock.patch.object(torch.accelerator, "device_count", lambda: 1)):
             transformer.enable_parallelism(config=config, cp_plan=cp_plan)
     else:
         transformer.enable_parallelism(config=config, cp_plan=cp_plan)

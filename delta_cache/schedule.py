@@ -247,6 +247,8 @@ def expand_ranges(items: Any, where: str, limit: int = MAX_INDEX, beyond: str = 
             raise ScheduleError(f"{where}: negative index {first}")
         if last >= limit:
             raise ScheduleError(f"{where}: {beyond.format(last)}")
+        if len(values) + last - first >= limit:  # more indices than there are below the limit: some repeat
+            raise ScheduleError(f"{where}: indices are listed more than once (more than {limit} in all)")
         values.extend(range(first, last + 1))
     seen: set[int] = set()
     for v in values:

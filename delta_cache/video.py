@@ -33,7 +33,7 @@ def to_vae_input(videos) -> torch.Tensor:
 
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi")  # containers that hold H.264 (webm and gif do not)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tiff", ".gif", ".webp")  # upstream t2i's (cache_image)
 
 
 @contextmanager
@@ -73,7 +73,7 @@ def save_video(frames, path: str | os.PathLike, fps: int) -> Path:
 
 
 def save_image(frame, path: str | os.PathLike) -> Path:
-    """Save one frame (Wan's t2i task), as PNG or JPEG by the file name's suffix (PNG without one)."""
+    """Save one frame (Wan's t2i task) in the format its suffix names (PNG without one)."""
     import imageio.v2 as imageio
 
     path = Path(path)

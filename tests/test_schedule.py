@@ -56,6 +56,7 @@ def test_ranges_expand_and_compress():
         # checked before a range is expanded (these hung, or ran out of memory)
         ({"refresh_steps": ["0-99999999999"]}, "step 99999999999 is beyond the schedule's 10 steps"),
         ({"background_blocks": ["0-99999999999"]}, "block 99999999999 is beyond any model's depth"),
+        ({"background_blocks": ["0-99999"] * 300}, "listed more than once"),  # (took 1 GB before the check)
     ],
 )
 def test_bad_block_lists_are_rejected(tmp_path, change, message):

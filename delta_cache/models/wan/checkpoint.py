@@ -89,8 +89,9 @@ def declared_block_depths(ckpt_dir, task: str) -> dict[str, int] | None:
     if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
         return None
     depths = {"blocks": num_layers}
-    if is_vace(task):  # (upstream's default: a control block for every second main block)
-        vace_layers = config.get("vace_layers", list(range(0, num_layers, 2)))
+    if is_vace(task):
+        # (upstream's config may leave vace_layers out: a control block for every second main block)
+        vace_layers = config.get("vace_layers", None if diffusers_layout else list(range(0, num_layers, 2)))
         if not isinstance(vace_layers, list) or not vace_layers:
             return None
         depths["vace_blocks"] = len(vace_layers)
