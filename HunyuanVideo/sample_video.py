@@ -72,7 +72,8 @@ def build_parser() -> OneLineArgumentParser:
 
     denoise = p.add_argument_group("Denoise schedule args")
     denoise.add_argument("--denoise-type", type=str, default="flow", help="Only 'flow'.")
-    denoise.add_argument("--flow-shift", type=bounded_float(0, above=True), default=config.FLOW_SHIFT, help="Shift factor for flow matching.")
+    denoise.add_argument("--flow-shift", type=bounded_float(0, above=True), default=config.FLOW_SHIFT,
+                         help="Shift factor for flow matching.")
     denoise.add_argument("--flow-reverse", action="store_true",
                          help="Sample t=1 -> 0 (always done here; upstream needs the flag).")
     denoise.add_argument("--flow-solver", type=str, default="euler", help="Only 'euler'.")
@@ -106,7 +107,8 @@ def build_parser() -> OneLineArgumentParser:
                            help="Accepted, unused (as upstream).")
     inference.add_argument("--seed", type=int, default=None, help="Seed (default: random per video).")
     inference.add_argument("--neg-prompt", type=str, default=None, help="Negative prompt (used when --cfg-scale > 1).")
-    inference.add_argument("--cfg-scale", type=bounded_float(0), default=1.0, help="True classifier-free guidance when > 1.")
+    inference.add_argument("--cfg-scale", type=bounded_float(0), default=1.0,
+                           help="True classifier-free guidance when > 1.")
     inference.add_argument("--embedded-cfg-scale", type=bounded_float(0), default=config.EMBEDDED_GUIDANCE_SCALE,
                            help="Embedded (distilled) guidance scale.")
     inference.add_argument("--use-fp8", action="store_true", help="Load *_fp8.pt weights with their *_fp8_map.pt.")
@@ -211,8 +213,8 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
     from loguru import logger
 
     from delta_cache.cli import log_cache_plan, summary_line
-    from delta_cache.models.hunyuan_video.checkpoint import (declared_block_depths, find_diffusers_folder,
-                                                             load_hunyuan_video_components)
+    from delta_cache.models.hunyuan_video.checkpoint import (declared_block_depths, declared_transformer_config,
+                                                             find_diffusers_folder, load_hunyuan_video_components)
     from delta_cache.models.hunyuan_video.pipeline import TextEncoding, build_pipeline, generate, token_grid
     from delta_cache.video import save_video
 
@@ -236,10 +238,15 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
             raise UserInputError(f"the VAE and text encoders are read from ${config.MODEL_BASE_ENV} (default "
                                  f"{config.DEFAULT_MODEL_BASE}), as upstream does, and {model_base} is no folder: set "
                                  f"{config.MODEL_BASE_ENV} (--model-base does not move them)")
-    if schedule is not None:  # a schedule made for another model, before minutes of loading
-        depths = declared_block_depths(dit_weight, diffusers_folder, args.load_key)
-        if depths is not None:
-            schedule.check_fits(depths)
+    # Before minutes of loading, what the checkpoint already tells: the heads Ulysses splits, and whether the
+    # schedule fits the model.
+    declared = declared_transformer_config(dit_weight, diffusers_folder, args.load_key)
+    if isinstance(declared.get("num_attention_heads"), int) and declared["num_attention_heads"] > 0:
+        parallel.check_heads(declared["num_attention_heads"], group.ulysses_degree, "--ulysses-degree",
+                             ring_supported=False)
+    depths = declared_block_depths(declared)
+    if schedule is not None and depths is not None:
+        schedule.check_fits(depths)
     logger.info(f"loading HunyuanVideo: transformer {dit_weight}, VAE and text encoders from {model_base} "
                 f"({device}, {', '.join(f'{k}={v}' for k, v in dtypes.items())})")
     components = load_hunyuan_video_components(

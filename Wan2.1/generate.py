@@ -157,13 +157,18 @@ def main(argv: list[str] | None = None) -> None:
 
     from delta_cache.schedule import load_schedule
 
-    schedule = None  # a bad schedule file fails here, before the seconds of imports and minutes of loading
+    from delta_cache.models.wan.checkpoint import declared_block_depths, declared_num_heads
+
+    # Before minutes of loading, what the checkpoint's config already tells: the heads Ulysses splits, and
+    # whether the schedule (a bad file fails in load_schedule) fits the model.
+    num_heads = declared_num_heads(args.ckpt_dir)
+    if num_heads is not None:
+        parallel.check_heads(num_heads, args.ulysses_size, "--ulysses_size")
+    schedule = None
     if args.delta_cache:
         schedule = load_schedule(args.cache_schedule or tasks.DEFAULT_PRESETS[args.task])
-        from delta_cache.models.wan.checkpoint import declared_block_depths
-
         depths = declared_block_depths(args.ckpt_dir, args.task)
-        if depths is not None:  # a schedule made for another model, before its weights load
+        if depths is not None:
             schedule.check_fits(depths)
 
     with parallel.process_group(args.ulysses_size, args.ring_size) as group:  # rank 0 of 1 for a plain run

@@ -95,12 +95,17 @@ def init_process_group(ulysses_degree: int, ring_degree: int) -> ProcessGroup:
                         ulysses_degree=ulysses_degree, ring_degree=ring_degree)
 
 
+def check_heads(num_heads: int, ulysses_degree: int, heads_flag: str, ring_supported: bool = True) -> None:
+    """Ulysses gives each rank whole heads."""
+    if num_heads % ulysses_degree:
+        raise UserInputError(f"{heads_flag} {ulysses_degree} must divide the model's {num_heads} attention "
+                             f"heads; use a divisor" + (", or ring attention for the rest" if ring_supported else ""))
+
+
 def check_model_fits(group: ProcessGroup, *, num_heads: int, num_tokens: int, heads_flag: str,
                      ring_supported: bool = True) -> None:
     """Ulysses gives each rank whole heads, and the token sequence is split evenly over all ranks."""
-    if num_heads % group.ulysses_degree:
-        raise UserInputError(f"{heads_flag} {group.ulysses_degree} must divide the model's {num_heads} attention "
-                             f"heads; use a divisor" + (", or ring attention for the rest" if ring_supported else ""))
+    check_heads(num_heads, group.ulysses_degree, heads_flag, ring_supported)
     if num_tokens % group.world_size:
         raise UserInputError(f"the video's {num_tokens} tokens do not split evenly over {group.world_size} processes; "
                              f"choose a size or frame count whose token count does")

@@ -146,6 +146,40 @@ def test_parallel_degrees_must_fit_the_model():
         parallel.check_model_fits(group, num_heads=40, num_tokens=1562, heads_flag="--ulysses_size")
 
 
+def test_heads_that_do_not_split_are_refused_before_loading(tmp_path, monkeypatch):
+    # The head count is in config.json: a real model's load (minutes) need not come first. (WORLD_SIZE as
+    # torchrun sets it; the check comes before the process group is joined.)
+    from delta_cache.models.wan import checkpoint
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the heads were checked")
+
+    monkeypatch.setattr(checkpoint, "load_wan_components", no_loading)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    upstream = write_tiny_checkpoint(tmp_path / "upstream", num_layers=2, num_heads=3)
+    diffusers_layout = write_tiny_checkpoint(tmp_path / "diffusers", num_layers=2, num_heads=3, layout="diffusers")
+    for ckpt in (upstream, diffusers_layout):
+        with pytest.raises(UserInputError, match="--ulysses_size 2 must divide the model's 3 attention heads"):
+            load_script(GENERATE).main(["--ckpt_dir", str(ckpt), "--size", "832*480", "--ulysses_size", "2",
+                                        "--save_file", str(tmp_path / "v.mp4")])
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_hunyuan_video_heads_that_do_not_split_are_refused_before_loading(tmp_path):
+    # The head count comes from the weights file's shapes, memory-mapped: no model loads first.
+    ckpt = write_tiny_hunyuan_checkpoint(tmp_path / "ckpts", num_layers=1, num_single_layers=1,
+                                         num_attention_heads=3)
+    args = ["--video-size", "32", "32", "--video-length", "5", "--infer-steps", "2", "--prompt", "x", "--flow-reverse",
+            "--model-base", ckpt, "--dit-weight", ckpt / DIT_WEIGHT, "--ulysses-degree", "2",
+            "--save-path", tmp_path / "out"]
+    bad = torchrun(SAMPLE_VIDEO, args, cwd=tmp_path, env={"MODEL_BASE": str(ckpt)}, timeout=300)
+    assert bad.returncode != 0
+    ranks_own = bad.stderr.split("torch/distributed/elastic")[0]
+    assert "error: --ulysses-degree 2 must divide the model's 3 attention heads" in ranks_own, bad.stderr[-3000:]
+    assert "loading HunyuanVideo" not in ranks_own and "Traceback" not in ranks_own
+    assert not (tmp_path / "out").exists()
+
+
 def test_vace_ulysses_over_two_processes_gives_the_single_process_video(tmp_path):
     # Wan VACE (models/wan/context_parallel.py: the control tokens split with the video tokens at the first
     # control block) with a source video, a mask and a reference image, the delta cache on over a run that

@@ -31,7 +31,7 @@ from transformers import AutoTokenizer, CLIPTextModel, LlamaModel, PreTrainedTok
 from ...cli import set_offline
 from ...errors import CheckpointError, UserInputError
 from ..common import FILE_ERRORS, check_tokenizer_vocabulary, first_line, from_pretrained_checked
-from .keys import convert_hunyuan_video_transformer, count_blocks, dequantize_fp8, transformer_config_from_state_dict
+from .keys import convert_hunyuan_video_transformer, dequantize_fp8, transformer_config_from_state_dict
 
 # Upstream layout, relative to the model base (MODEL_BASE, default ./ckpts).
 DIT_WEIGHT = "hunyuan-video-t2v-720p/transformers/mp_rank_00_model_states.pt"
@@ -72,29 +72,30 @@ def find_diffusers_folder(dit_weight, model_base) -> Path | None:
     return None
 
 
-def declared_block_depths(dit_weight, diffusers_folder: Path | None,
-                          load_key: str = "module") -> dict[str, int] | None:
-    """The transformer's block lists and depths, read before anything loads: from the diffusers folder's
-    `transformer/config.json`, or from the key names of the upstream weights file (memory-mapped: the tensors are
-    not read). None where neither says (the loader then reports what is wrong)."""
+def declared_transformer_config(dit_weight, diffusers_folder: Path | None, load_key: str = "module") -> dict:
+    """The transformer's config (diffusers' keys: num_layers, num_single_layers, num_attention_heads, ...), read
+    before anything loads: the diffusers folder's `transformer/config.json`, or the upstream weights file's key
+    names and shapes (memory-mapped: no tensor is read). {} where neither says (the loader then reports why)."""
     if diffusers_folder is not None:
         try:
             config = json.loads((diffusers_folder / "transformer" / "config.json").read_text())
-            depths = {"transformer_blocks": config["num_layers"],
-                      "single_transformer_blocks": config["num_single_layers"]}
-        except (OSError, ValueError, TypeError, KeyError):
-            return None
-        return depths if all(isinstance(d, int) and d > 0 for d in depths.values()) else None
+        except (OSError, ValueError):
+            return {}
+        return config if isinstance(config, dict) else {}
     path = Path(dit_weight)
     if not path.is_file() or not zipfile.is_zipfile(path):  # (an older pickle would be read whole: leave it)
-        return None
+        return {}
     try:
-        state = _unwrap_transformer_state(_torch_load(path), path, load_key)
-    except CheckpointError:
-        return None
-    depths = {"transformer_blocks": count_blocks(state, "double_blocks"),
-              "single_transformer_blocks": count_blocks(state, "single_blocks")}
-    return depths if all(depths.values()) else None
+        return transformer_config_from_state_dict(_unwrap_transformer_state(_torch_load(path), path, load_key))
+    except (CheckpointError, *FILE_ERRORS):
+        return {}
+
+
+def declared_block_depths(config: dict) -> dict[str, int] | None:
+    """Block list -> depth from a `declared_transformer_config`; None where it does not say."""
+    depths = {"transformer_blocks": config.get("num_layers"),
+              "single_transformer_blocks": config.get("num_single_layers")}
+    return depths if all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in depths.values()) else None
 
 
 def load_hunyuan_video_components(

@@ -168,7 +168,7 @@ def rope_axes_dim(head_dim: int) -> tuple[int, int, int]:
     return (t, (head_dim - t) // 2, (head_dim - t) // 2)
 
 
-def count_blocks(state_dict: dict, block_list: str) -> int:
+def _count_blocks(state_dict: dict, block_list: str) -> int:
     pattern = re.compile(re.escape(block_list) + r"\.(\d+)\.")
     indices = {int(m.group(1)) for m in map(pattern.match, state_dict) if m}
     return max(indices) + 1 if indices else 0
@@ -197,9 +197,9 @@ def transformer_config_from_state_dict(state_dict: dict) -> dict:
         "out_channels": out_rows // (patch_t * patch_s * patch_s),
         "num_attention_heads": hidden // head_dim,
         "attention_head_dim": head_dim,
-        "num_layers": count_blocks(state_dict, "double_blocks"),
-        "num_single_layers": count_blocks(state_dict, "single_blocks"),
-        "num_refiner_layers": count_blocks(state_dict, "txt_in.individual_token_refiner.blocks"),
+        "num_layers": _count_blocks(state_dict, "double_blocks"),
+        "num_single_layers": _count_blocks(state_dict, "single_blocks"),
+        "num_refiner_layers": _count_blocks(state_dict, "txt_in.individual_token_refiner.blocks"),
         "mlp_ratio": mlp_hidden / hidden,
         "patch_size": patch_s,
         "patch_size_t": patch_t,

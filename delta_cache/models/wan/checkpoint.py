@@ -74,19 +74,37 @@ def load_wan_components(
     return components
 
 
-def declared_block_depths(ckpt_dir, task: str) -> dict[str, int] | None:
-    """The transformer's block lists and depths as its config declares them (upstream `config.json`, or the
-    diffusers folder's `transformer/config.json`), read without loading any weights, so that a schedule that
-    does not fit is refused before minutes of loading; None where no config says (the loader then reports it)."""
+def _declared_config(ckpt_dir) -> tuple[dict, bool]:
+    """(the transformer's config as its file says, whether the folder is in the diffusers layout); {} where the
+    file is missing or unreadable (the loader reports that)."""
     root = Path(ckpt_dir)
     diffusers_layout = (root / DIFFUSERS_INDEX_FILE).is_file()
     path = root / "transformer" / keys.CONFIG_FILE if diffusers_layout else root / keys.CONFIG_FILE
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
-    num_layers = config.get("num_layers") if isinstance(config, dict) else None
-    if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
+        return {}, diffusers_layout
+    return (config if isinstance(config, dict) else {}), diffusers_layout
+
+
+def _positive_int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def declared_num_heads(ckpt_dir) -> int | None:
+    """The transformer's attention heads as its config declares them (upstream `num_heads`, diffusers
+    `num_attention_heads`), without loading weights; None where it does not say."""
+    config, diffusers_layout = _declared_config(ckpt_dir)
+    return _positive_int(config.get("num_attention_heads" if diffusers_layout else "num_heads"))
+
+
+def declared_block_depths(ckpt_dir, task: str) -> dict[str, int] | None:
+    """The transformer's block lists and depths as its config declares them (upstream `config.json`, or the
+    diffusers folder's `transformer/config.json`), read without loading any weights, so that a schedule that
+    does not fit is refused before minutes of loading; None where no config says (the loader then reports it)."""
+    config, diffusers_layout = _declared_config(ckpt_dir)
+    num_layers = _positive_int(config.get("num_layers"))
+    if num_layers is None:
         return None
     depths = {"blocks": num_layers}
     if is_vace(task):
