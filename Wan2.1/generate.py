@@ -297,7 +297,7 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
         save_image(result.frames[0], save_path)
     else:
         save_video(result.frames, save_path, fps=tasks.SAMPLE_FPS)
-    print(f"Saving generated video to {save_path}")
+    print(f"Saving generated {'image' if args.task.startswith('t2i') else 'video'} to {save_path}")  # as upstream
     always_computed = None
     if handle is not None and vace is not None:  # the control blocks are not cached: count them in
         calls = sum(b["total_block_evals"] for b in handle.stats()["branches"].values()) // len(pipe.transformer.blocks)

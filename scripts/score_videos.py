@@ -97,7 +97,8 @@ def _pairs(reference: Path, methods: dict[str, Path]) -> list[str]:
         raise UserInputError(f"--reference {reference}: no .mp4 videos in it")
     for method, folder in methods.items():
         if not folder.is_dir():
-            raise UserInputError(f"--method {method}={folder}: no such folder")
+            raise UserInputError(f"--method {method}={folder}: "
+                                 + ("a file, not a folder" if folder.exists() else "no such folder"))
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
             raise UserInputError(f"--method {method}={folder}: no {missing[0]} (every video of --reference needs "

@@ -403,12 +403,13 @@ def test_tiny_trained_checkpoint_runs_at_its_native_size_by_default(ckpt4, tmp_p
     assert proc.returncode == 2 and len(lines) == 1 and "tiny_model.json: malformed" in lines[0], proc.stderr
 
 
-def test_t2i_on_a_checkpoint_with_a_native_video_length_makes_one_frame(ckpt40, tmp_path):
+def test_t2i_on_a_checkpoint_with_a_native_video_length_makes_one_frame(ckpt40, tmp_path, capsys):
     # The native frame count (5) is a video's; t2i takes one frame without being told (it said
     # "--frame_num must be 1 for task t2i-14B, got 5"). The image is written by its suffix.
     generate_py = load_script(GENERATE)
     generate_py.main(["--task", "t2i-14B", "--ckpt_dir", str(ckpt40), "--sample_steps", "2", "--size", "64*48",
                       "--save_file", str(tmp_path / "image.jpg")])
+    assert f"Saving generated image to {tmp_path / 'image.jpg'}" in capsys.readouterr().out  # upstream's line
     from PIL import Image
 
     with Image.open(tmp_path / "image.jpg") as image:
