@@ -3,8 +3,9 @@
 A cache's per-branch state belongs to one generation. Pipelines reset it after a complete run; an interrupted
 run (an exception, Ctrl-C) leaves it behind, and the next run must not inherit its deltas or step count. A
 call starts a new generation when the latents change shape, when the pipeline's step index starts again or
-goes back, or, for pipelines that pass no step index (HunyuanVideo, Wan i2v and VACE), when the timestep does
-not fall (a denoising run's timesteps fall from call to call) or the branch has counted a whole run.
+goes back, or, for pipelines that pass no step index (HunyuanVideo, Wan i2v and VACE), when the timestep rises
+(a denoising run's timesteps fall from call to call; a second-order sampler repeats one), or, where no
+timestep can be read, when the branch has counted a whole run.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def starts_new_generation(previous: CallInfo | None, num_calls: int, last_step: 
         return True
     if step_index is not None:
         return step_index == 0 or step_index < last_step
-    if call.timestep is not None and previous.timestep is not None and call.timestep >= previous.timestep:
-        return True
+    if call.timestep is not None and previous.timestep is not None:
+        # A rising timestep starts a run. A falling one continues it, also past the step count the cache was
+        # given (a longer run than configured: those calls are computed, not taken for a second run); an equal
+        # one is a second-order sampler's second call of a step.
+        return call.timestep > previous.timestep
     return bool(num_steps) and num_calls >= num_steps

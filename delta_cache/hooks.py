@@ -20,6 +20,7 @@ Foreground blocks get no hook at all.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -103,6 +104,7 @@ class BranchState(BaseState):
         self.previous: dict[tuple[str, int], tuple[int, tuple]] = {}  # run -> (step, deltas) one refresh earlier
         self.line_trusted: dict[tuple[str, int], bool] = {}  # run -> the line's last forecast beat holding
         self.last_call: CallInfo | None = None  # shape and timestep of this branch's last call
+        self.counted_steps: int | None = None  # the step count calls were counted against (no step index given)
         self.token_group = None  # the ranks holding the other tokens under context parallelism (linear forecast)
 
     def delta_bytes(self) -> int:
@@ -141,6 +143,7 @@ class DeltaCacheRootHook(ModelHook):
         # (read per call: context parallelism is enabled after the cache hooks are attached)
         state.token_group = token_split_group(module)
         step = context.step_index if context.step_index is not None else state.num_calls
+        state.counted_steps = num_steps if context.step_index is None else None
         state.num_calls += 1
         state.step = step
         for list_name in self.runs_per_list:
@@ -161,6 +164,13 @@ class DeltaCacheRootHook(ModelHook):
         return self._refresh_sets[key]
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        # (the pipeline's end of a complete run) A pipeline that passes no step index has had its calls counted
+        # against the step count the cache was given: a run of another length followed the wrong plan.
+        for name, state in self.state_manager._state_cache.items():
+            if state.counted_steps is not None and state.num_calls != state.counted_steps:
+                warnings.warn(f"delta cache: branch '{name}' made {state.num_calls} transformer calls, but the cache "
+                              f"planned {state.counted_steps} steps (this pipeline does not say its step count): "
+                              f"apply it with num_inference_steps={state.num_calls}", stacklevel=2)
         self.state_manager.reset()
         return module
 
@@ -369,6 +379,26 @@ class DeltaCacheHandle:
         remove_delta_cache(self.transformer)
 
 
+# Hook names of diffusers' caches, which also skip blocks: a second cache on the same blocks would make both
+# wrong (diffusers' enable_cache() refuses only where another one set _cache_config, which ours does not).
+_DIFFUSERS_CACHE_HOOKS = ("fbc_", "mag_cache_", "faster_cache_", "pyramid_attention_broadcast", "sea_cache_",
+                          "taylorseer_cache")
+
+
+def check_transformer(transformer, caller: str) -> None:
+    """One clear line for what a cache cannot be applied to: not a transformer module (e.g. the pipeline), or
+    a transformer that already carries a diffusers cache applied by its function (apply_first_block_cache, ...)."""
+    if not isinstance(transformer, torch.nn.Module):
+        raise UserInputError(f"{caller} takes the pipeline's transformer (e.g. pipe.transformer), not a "
+                             f"{type(transformer).__name__}")
+    for module in transformer.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        for name in getattr(registry, "hooks", {}):
+            if name.startswith(_DIFFUSERS_CACHE_HOOKS):
+                raise UserInputError(f"this transformer already carries a diffusers cache (hook {name!r}); remove "
+                                     "it first (disable_cache(), or the cache's remove function)")
+
+
 def model_block_lists(transformer: torch.nn.Module) -> dict[str, int]:
     """Block lists of a transformer (direct `nn.ModuleList` children of registered block classes) -> depth."""
     TransformerBlockRegistry._register()
@@ -403,6 +433,7 @@ def apply_delta_cache(
         config = DeltaCacheConfig(schedule, delta_dtype=delta_dtype, delta_device=delta_device,
                                   num_inference_steps=num_inference_steps)
     resolved = load_schedule(config.schedule)
+    check_transformer(transformer, "apply_delta_cache")
     if getattr(transformer, _HANDLE_ATTR, None) is not None:
         raise UserInputError("the delta cache is already applied to this transformer; remove_delta_cache() first")
     if getattr(transformer, "_cache_config", None) is not None:

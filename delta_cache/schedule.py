@@ -15,6 +15,7 @@ is checked against a model only when it is applied (`check_fits`).
 from __future__ import annotations
 
 import json
+import numbers
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -47,6 +48,13 @@ class BlockListSchedule:
     background_blocks: tuple[int, ...]
     refresh_steps: tuple[int, ...]
     num_blocks: int | None = None  # depth the schedule was made for; checked against the model if given
+
+    def __post_init__(self):
+        # (files are checked with their JSON paths in _parse_block_list; this guards schedules built in code)
+        for what, values in (("background_blocks", self.background_blocks), ("refresh_steps", self.refresh_steps)):
+            if any(not _is_index(v) for v in values) or len(set(values)) != len(values):
+                raise ScheduleError(f"{what} must be distinct integers >= 0, got {tuple(values)}")
+            object.__setattr__(self, what, tuple(sorted(int(v) for v in values)))  # runs() needs them in order
 
     def runs(self) -> list[tuple[int, int]]:
         """Maximal runs of consecutive background blocks as inclusive (first, last) pairs."""
@@ -103,6 +111,13 @@ class Schedule:
         if self.forecast not in FORECASTS:
             raise ScheduleError(f"schedule '{self.name}': forecast must be one of {', '.join(FORECASTS)}, "
                                 f"got {self.forecast!r}")
+        if not _is_index(self.num_steps) or not 1 <= self.num_steps <= MAX_INDEX:
+            raise ScheduleError(f"schedule '{self.name}': num_steps must be an integer from 1 to {MAX_INDEX}, "
+                                f"got {self.num_steps!r}")
+        for list_name, block_list in self.block_lists.items():
+            if block_list.refresh_steps and block_list.refresh_steps[-1] >= self.num_steps:
+                raise ScheduleError(f"schedule '{self.name}': refresh step {block_list.refresh_steps[-1]} of "
+                                    f"'{list_name}' is beyond its {self.num_steps} steps")
 
     # ---- serialisation -------------------------------------------------------------------------
     @classmethod
@@ -218,6 +233,10 @@ def _parse_block_list(spec: Any, num_steps: int, where: str) -> BlockListSchedul
 
 MAX_INDEX = 100_000  # no model has this many blocks nor a sampler this many steps: a cap before expanding ranges
 _RANGE = re.compile(r"\s*[0-9]+\s*-\s*[0-9]+\s*")  # "first-last", ASCII digits only (str.isdigit takes "²")
+
+
+def _is_index(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0  # (numpy ints too)
 
 
 def _without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

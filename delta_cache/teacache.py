@@ -36,7 +36,8 @@ from diffusers.hooks.hooks import BaseState, StateManager
 from . import block_streams
 from .errors import UserInputError
 from .generations import CallInfo, starts_new_generation
-from .hooks import _HANDLE_ATTR as DELTA_CACHE_HANDLE_ATTR, default_branch, detach_hooks, model_block_lists
+from .hooks import _HANDLE_ATTR as DELTA_CACHE_HANDLE_ATTR
+from .hooks import check_transformer, default_branch, detach_hooks, model_block_lists
 
 _ROOT_HOOK = "teacache_root"
 _INDICATOR_HOOK = "teacache_indicator"
@@ -280,6 +281,7 @@ class TeaCacheHandle:
 
 def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig) -> TeaCacheHandle:
     """Attach TeaCache to a diffusers transformer (Wan2.1 or HunyuanVideo)."""
+    check_transformer(transformer, "apply_teacache")
     if getattr(transformer, _HANDLE_ATTR, None) is not None:
         raise UserInputError("TeaCache is already applied to this transformer; remove_teacache() first")
     if getattr(transformer, "_cache_config", None) is not None:

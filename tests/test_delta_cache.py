@@ -405,3 +405,64 @@ def test_compiled_blocks_cache_like_eager_ones_with_one_graph_per_kind_of_step()
         torch._dynamo.reset()
     assert calls["ffn"] == 2 * (6 * 8 - 3 * 4)
     np.testing.assert_allclose(compiled, eager, atol=1e-5)
+
+
+def test_what_a_cache_cannot_be_applied_to_is_one_clear_error():
+    """Found by an API walkthrough: the pipeline instead of its transformer (an AttributeError), a diffusers
+    cache applied by its function (accepted: both skipped blocks), a schedule built in code with a repeated
+    block (diffusers' "hook already exists" after half the hooks were on, leaving the model broken)."""
+    from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
+
+    from delta_cache.schedule import BlockListSchedule
+    from delta_cache.teacache import TeaCacheConfig, apply_teacache
+
+    pipe = tiny_wan.tiny_wan_pipeline(num_layers=4)
+    with pytest.raises(dc.UserInputError, match="takes the pipeline's transformer .*, not a WanPipeline"):
+        dc.apply_delta_cache(pipe, "wan2.1-t2v-14b")
+    apply_first_block_cache(pipe.transformer, FirstBlockCacheConfig(threshold=0.1))
+    for apply in (lambda: dc.apply_delta_cache(pipe.transformer, _schedule([0, 1], [0], num_steps=2)),
+                  lambda: apply_teacache(pipe.transformer, TeaCacheConfig(0.1, (1.0, 0.0), "timestep_embedding"))):
+        with pytest.raises(dc.UserInputError, match="already carries a diffusers cache \\(hook 'fbc_"):
+            apply()
+    with pytest.raises(dc.ScheduleError, match="background_blocks must be distinct integers >= 0"):
+        BlockListSchedule((1, 2, 2, 3), (0, 1))
+    assert BlockListSchedule((3, 1, 2), (1, 0)).runs() == [(1, 3)]  # (unsorted: two runs of one block list)
+
+
+def test_a_run_longer_or_shorter_than_configured_without_step_index(monkeypatch):
+    """HunyuanVideoPipeline passes no step index, so the cache counts calls against the step count it was given.
+    A longer run continues while the timestep falls (its extra calls are computed; it was taken for a second
+    run and reused blocks there), and any other length warns at the end of the run."""
+    from block_calls import count_block_calls
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+    from diffusers.models.transformers.transformer_hunyuan_video import (HunyuanVideoSingleTransformerBlock,
+                                                                         HunyuanVideoTransformerBlock)
+
+    from delta_cache.models.hunyuan_video.tiny import build_tiny_components
+    from delta_cache.schedule import BlockListSchedule, Schedule
+
+    torch.set_num_threads(1)
+    calls = count_block_calls(monkeypatch, blocks=(HunyuanVideoTransformerBlock, HunyuanVideoSingleTransformerBlock))
+    parts = build_tiny_components(num_layers=2, num_single_layers=2)
+    parts["transformer"] = parts["transformer"].float()
+    pipe = HunyuanVideoPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), **parts)
+    pipe.set_progress_bar_config(disable=True)
+    every_other = BlockListSchedule((0, 1), (0, 2))  # 4 steps: steps 1 and 3 reuse both blocks of each list
+    schedule = Schedule(name="every_other", num_steps=4, block_lists={"transformer_blocks": every_other,
+                                                                      "single_transformer_blocks": every_other})
+    dc.apply_delta_cache(pipe.transformer, schedule, num_inference_steps=4)
+
+    def run(steps):
+        calls["blocks"] = 0
+        pipe(prompt="a red square", height=32, width=32, num_frames=5, num_inference_steps=steps,
+             generator=torch.Generator().manual_seed(0), output_type="latent")
+        return calls["blocks"]
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run(4) == 4 * 4 - 2 * 4  # as planned, no warning
+    with pytest.warns(UserWarning, match="made 8 transformer calls, but the cache planned 4 steps .* "
+                                         "num_inference_steps=8"):
+        assert run(8) == 4 * 4 - 2 * 4 + 4 * 4  # steps 4-7 computed (they were a second 4-step run: 8 reused)
