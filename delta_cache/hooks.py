@@ -458,6 +458,12 @@ def apply_delta_cache(
         for run in block_list.runs()
         for index in range(run[0], run[1] + 1)
     ]
+    for list_name, index, _, block in cached_blocks:
+        if "group_offloading" in getattr(getattr(block, "_diffusers_hook", None), "hooks", {}):
+            # Block-level offloading loads a group's weights when its first block runs; a reuse step skips that
+            # block, so the group's other blocks would run offloaded. Applied after the cache, it wraps ours.
+            raise UserInputError(f"group offloading is enabled on this transformer ({list_name}.{index} loads a "
+                                 "group): apply the delta cache first, then enable_group_offload")
     metadata = [block_streams.block_metadata(block) for *_, block in cached_blocks]
     for (list_name, index, run, block), block_metadata in zip(cached_blocks, metadata):
         hook = DeltaCacheBlockHook(state_manager, list_name, index, run, block_metadata, config, stats,

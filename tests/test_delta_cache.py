@@ -466,3 +466,24 @@ def test_a_run_longer_or_shorter_than_configured_without_step_index(monkeypatch)
     with pytest.warns(UserWarning, match="made 8 transformer calls, but the cache planned 4 steps .* "
                                          "num_inference_steps=8"):
         assert run(8) == 4 * 4 - 2 * 4 + 4 * 4  # steps 4-7 computed (they were a second 4-step run: 8 reused)
+
+
+def test_block_level_group_offloading_enabled_first_is_refused():
+    """A reuse step skips the block that loads its offloading group, and the group's other blocks would run with
+    their weights offloaded (a device mismatch on a GPU); applied after the cache, offloading wraps it."""
+    from delta_cache.schedule import BlockListSchedule, Schedule
+
+    schedule = Schedule(name="all", num_steps=4, block_lists={"blocks": BlockListSchedule(tuple(range(6)), (0, 2))})
+    cpu = torch.device("cpu")
+    offload = dict(onload_device=cpu, offload_device=cpu, offload_type="block_level", num_blocks_per_group=3)
+    pipe = tiny_wan.tiny_wan_pipeline(num_layers=6)
+    pipe.transformer.enable_group_offload(**offload)
+    with pytest.raises(dc.UserInputError, match=r"group offloading is enabled on this transformer \(blocks.0 loads a "
+                                                r"group\): apply the delta cache first"):
+        dc.apply_delta_cache(pipe.transformer, schedule)
+    pipe = tiny_wan.tiny_wan_pipeline(num_layers=6)
+    pipe.set_progress_bar_config(disable=True)
+    handle = dc.apply_delta_cache(pipe.transformer, schedule)
+    pipe.transformer.enable_group_offload(**offload)  # the other order works
+    tiny_wan.run(pipe, steps=4)
+    assert handle.stats()["computed_block_evals"] == 2 * 2 * 6  # 2 refresh steps x 2 branches x 6 blocks
