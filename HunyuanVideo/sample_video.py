@@ -213,6 +213,7 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
     from loguru import logger
 
     from delta_cache.cli import log_cache_plan, summary_line
+    from delta_cache.models.common import declared_count
     from delta_cache.models.hunyuan_video.checkpoint import (declared_block_depths, declared_transformer_config,
                                                              find_diffusers_folder, load_hunyuan_video_components)
     from delta_cache.models.hunyuan_video.pipeline import TextEncoding, build_pipeline, generate, token_grid
@@ -241,9 +242,9 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
     # Before minutes of loading, what the checkpoint already tells: the heads Ulysses splits, and whether the
     # schedule fits the model.
     declared = declared_transformer_config(dit_weight, diffusers_folder, args.load_key)
-    if isinstance(declared.get("num_attention_heads"), int) and declared["num_attention_heads"] > 0:
-        parallel.check_heads(declared["num_attention_heads"], group.ulysses_degree, "--ulysses-degree",
-                             ring_supported=False)
+    num_heads = declared_count(declared.get("num_attention_heads"))
+    if num_heads is not None:
+        parallel.check_heads(num_heads, group.ulysses_degree, "--ulysses-degree", ring_supported=False)
     depths = declared_block_depths(declared)
     if schedule is not None and depths is not None:
         schedule.check_fits(depths)

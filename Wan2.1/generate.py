@@ -157,17 +157,19 @@ def main(argv: list[str] | None = None) -> None:
 
     from delta_cache.schedule import load_schedule
 
-    from delta_cache.models.wan.checkpoint import declared_block_depths, declared_num_heads
+    from delta_cache.models.common import declared_count
+    from delta_cache.models.wan.checkpoint import declared_block_depths, declared_transformer_config
 
     # Before minutes of loading, what the checkpoint's config already tells: the heads Ulysses splits, and
     # whether the schedule (a bad file fails in load_schedule) fits the model.
-    num_heads = declared_num_heads(args.ckpt_dir)
+    declared = declared_transformer_config(args.ckpt_dir)
+    num_heads = declared_count(declared.get("num_attention_heads"))
     if num_heads is not None:
         parallel.check_heads(num_heads, args.ulysses_size, "--ulysses_size")
     schedule = None
     if args.delta_cache:
         schedule = load_schedule(args.cache_schedule or tasks.DEFAULT_PRESETS[args.task])
-        depths = declared_block_depths(args.ckpt_dir, args.task)
+        depths = declared_block_depths(declared, args.task)
         if depths is not None:
             schedule.check_fits(depths)
 

@@ -185,11 +185,13 @@ def bounded_float(low: float | None = None, high: float | None = None, *, above:
     return parse
 
 
-def check_input_folder(flag: str, path) -> None:
-    """`path` is a folder to read from; one line saying what it is otherwise."""
+def check_input_folder(flag: str, path, value: str | None = None) -> None:
+    """`path` is a folder to read from; one line saying what it is otherwise (naming `flag` and its `value`, by
+    default the path)."""
     path = Path(path)
     if not path.is_dir():
-        raise UserInputError(f"{flag} {path}: " + ("a file, not a folder" if path.exists() else "no such folder"))
+        raise UserInputError(f"{flag} {value or path}: "
+                             + ("a file, not a folder" if path.exists() else "no such folder"))
 
 
 SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.Generator.manual_seed takes

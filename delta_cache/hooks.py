@@ -140,8 +140,8 @@ class DeltaCacheRootHook(ModelHook):
         if starts_new_generation(state.last_call, state.num_calls, state.step, call, context.step_index, num_steps):
             state.reset()  # e.g. after an interrupted run, which skipped the pipeline's end-of-call reset
         state.last_call = call
-        # (read per call: context parallelism is enabled after the cache hooks are attached)
-        state.token_group = token_split_group(module)
+        if self.schedule.forecast == "linear":  # (only its trust check needs the other ranks; read per call:
+            state.token_group = token_split_group(module)  # context parallelism comes after the cache hooks)
         step = context.step_index if context.step_index is not None else state.num_calls
         state.counted_steps = num_steps if context.step_index is None else None
         state.num_calls += 1
@@ -387,10 +387,13 @@ _DIFFUSERS_CACHE_HOOKS = ("fbc_", "mag_cache_", "faster_cache_", "pyramid_attent
 
 def check_transformer(transformer, caller: str) -> None:
     """One clear line for what a cache cannot be applied to: not a transformer module (e.g. the pipeline), or
-    a transformer that already carries a diffusers cache applied by its function (apply_first_block_cache, ...)."""
+    a transformer that already carries a diffusers cache (enable_cache, or a function: apply_first_block_cache,
+    ...)."""
     if not isinstance(transformer, torch.nn.Module):
         raise UserInputError(f"{caller} takes the pipeline's transformer (e.g. pipe.transformer), not a "
                              f"{type(transformer).__name__}")
+    if getattr(transformer, "_cache_config", None) is not None:  # (enabled through enable_cache)
+        raise UserInputError("this transformer already has a diffusers cache enabled; call disable_cache() first")
     for module in transformer.modules():
         registry = getattr(module, "_diffusers_hook", None)
         for name in getattr(registry, "hooks", {}):
@@ -436,8 +439,6 @@ def apply_delta_cache(
     check_transformer(transformer, "apply_delta_cache")
     if getattr(transformer, _HANDLE_ATTR, None) is not None:
         raise UserInputError("the delta cache is already applied to this transformer; remove_delta_cache() first")
-    if getattr(transformer, "_cache_config", None) is not None:
-        raise UserInputError("this transformer already has a diffusers cache enabled; call disable_cache() first")
     if getattr(transformer, "_teacache_handle", None) is not None:  # (teacache.py's handle attribute)
         raise UserInputError("TeaCache is applied to this transformer; remove_teacache() first")
 

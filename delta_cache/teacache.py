@@ -284,8 +284,6 @@ def apply_teacache(transformer: torch.nn.Module, config: TeaCacheConfig) -> TeaC
     check_transformer(transformer, "apply_teacache")
     if getattr(transformer, _HANDLE_ATTR, None) is not None:
         raise UserInputError("TeaCache is already applied to this transformer; remove_teacache() first")
-    if getattr(transformer, "_cache_config", None) is not None:
-        raise UserInputError("this transformer already has a diffusers cache enabled; call disable_cache() first")
     if getattr(transformer, DELTA_CACHE_HANDLE_ATTR, None) is not None:
         raise UserInputError("the delta cache is applied to this transformer; remove_delta_cache() first")
     lists = list(model_block_lists(transformer))  # forward order: the order the model declares them

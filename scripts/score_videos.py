@@ -96,9 +96,7 @@ def _pairs(reference: Path, methods: dict[str, Path]) -> list[str]:
     if not names:
         raise UserInputError(f"--reference {reference}: no .mp4 videos in it")
     for method, folder in methods.items():
-        if not folder.is_dir():
-            raise UserInputError(f"--method {method}={folder}: "
-                                 + ("a file, not a folder" if folder.exists() else "no such folder"))
+        check_input_folder("--method", folder, value=f"{method}={folder}")
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
             raise UserInputError(f"--method {method}={folder}: no {missing[0]} (every video of --reference needs "

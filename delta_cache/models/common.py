@@ -21,6 +21,12 @@ FILE_ERRORS = (OSError, ValueError, RuntimeError, KeyError, EOFError, IndexError
                ArithmeticError, pickle.UnpicklingError, SafetensorError)
 
 
+def declared_count(value) -> int | None:
+    """A count a config declares (layers, heads) if it is a positive integer, else None (read before loading,
+    where the loader reports a bad value)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def first_line(err: BaseException) -> str:
     """An exception's message in one line (its first, at most 300 characters), or its type's name."""
     text = str(err).strip() or type(err).__name__

@@ -30,7 +30,7 @@ from transformers import AutoTokenizer, CLIPTextModel, LlamaModel, PreTrainedTok
 
 from ...cli import set_offline
 from ...errors import CheckpointError, UserInputError
-from ..common import FILE_ERRORS, check_tokenizer_vocabulary, first_line, from_pretrained_checked
+from ..common import FILE_ERRORS, check_tokenizer_vocabulary, declared_count, first_line, from_pretrained_checked
 from .keys import convert_hunyuan_video_transformer, dequantize_fp8, transformer_config_from_state_dict
 
 # Upstream layout, relative to the model base (MODEL_BASE, default ./ckpts).
@@ -93,9 +93,9 @@ def declared_transformer_config(dit_weight, diffusers_folder: Path | None, load_
 
 def declared_block_depths(config: dict) -> dict[str, int] | None:
     """Block list -> depth from a `declared_transformer_config`; None where it does not say."""
-    depths = {"transformer_blocks": config.get("num_layers"),
-              "single_transformer_blocks": config.get("num_single_layers")}
-    return depths if all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in depths.values()) else None
+    depths = {"transformer_blocks": declared_count(config.get("num_layers")),
+              "single_transformer_blocks": declared_count(config.get("num_single_layers"))}
+    return depths if all(depths.values()) else None
 
 
 def load_hunyuan_video_components(

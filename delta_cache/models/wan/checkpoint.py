@@ -23,7 +23,7 @@ from transformers import (AutoTokenizer, PretrainedConfig, PreTrainedModel, PreT
 
 from ...cli import set_offline
 from ...errors import CheckpointError, UserInputError
-from ..common import FILE_ERRORS, check_tokenizer_vocabulary, first_line, from_pretrained_checked
+from ..common import FILE_ERRORS, check_tokenizer_vocabulary, declared_count, first_line, from_pretrained_checked
 from . import keys
 from .tasks import TASKS, is_image_to_video, is_vace
 
@@ -74,42 +74,35 @@ def load_wan_components(
     return components
 
 
-def _declared_config(ckpt_dir) -> tuple[dict, bool]:
-    """(the transformer's config as its file says, whether the folder is in the diffusers layout); {} where the
-    file is missing or unreadable (the loader reports that)."""
+def declared_transformer_config(ckpt_dir) -> dict:
+    """The transformer's config in diffusers' keys (num_layers, num_attention_heads, vace_layers), read from the
+    diffusers folder's `transformer/config.json` or upstream's `config.json` without loading any weights, so that
+    what does not fit is refused before minutes of loading; {} where the file is missing or unreadable (the
+    loader then reports it)."""
     root = Path(ckpt_dir)
     diffusers_layout = (root / DIFFUSERS_INDEX_FILE).is_file()
-    path = root / "transformer" / keys.CONFIG_FILE if diffusers_layout else root / keys.CONFIG_FILE
     try:
-        config = json.loads(path.read_text())
+        config = json.loads((root / "transformer" / keys.CONFIG_FILE if diffusers_layout
+                             else root / keys.CONFIG_FILE).read_text())
     except (OSError, ValueError):
-        return {}, diffusers_layout
-    return (config if isinstance(config, dict) else {}), diffusers_layout
+        return {}
+    if not isinstance(config, dict) or diffusers_layout:
+        return config if isinstance(config, dict) else {}
+    declared = {"num_layers": config.get("num_layers"), "num_attention_heads": config.get("num_heads")}
+    num_layers = declared_count(config.get("num_layers"))
+    # (upstream's VACE config may leave vace_layers out: a control block for every second main block)
+    declared["vace_layers"] = config.get("vace_layers", list(range(0, num_layers, 2)) if num_layers else None)
+    return declared
 
 
-def _positive_int(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def declared_num_heads(ckpt_dir) -> int | None:
-    """The transformer's attention heads as its config declares them (upstream `num_heads`, diffusers
-    `num_attention_heads`), without loading weights; None where it does not say."""
-    config, diffusers_layout = _declared_config(ckpt_dir)
-    return _positive_int(config.get("num_attention_heads" if diffusers_layout else "num_heads"))
-
-
-def declared_block_depths(ckpt_dir, task: str) -> dict[str, int] | None:
-    """The transformer's block lists and depths as its config declares them (upstream `config.json`, or the
-    diffusers folder's `transformer/config.json`), read without loading any weights, so that a schedule that
-    does not fit is refused before minutes of loading; None where no config says (the loader then reports it)."""
-    config, diffusers_layout = _declared_config(ckpt_dir)
-    num_layers = _positive_int(config.get("num_layers"))
+def declared_block_depths(config: dict, task: str) -> dict[str, int] | None:
+    """Block list -> depth from a `declared_transformer_config`; None where it does not say."""
+    num_layers = declared_count(config.get("num_layers"))
     if num_layers is None:
         return None
     depths = {"blocks": num_layers}
     if is_vace(task):
-        # (upstream's config may leave vace_layers out: a control block for every second main block)
-        vace_layers = config.get("vace_layers", None if diffusers_layout else list(range(0, num_layers, 2)))
+        vace_layers = config.get("vace_layers")  # (a diffusers config without it: diffusers' default, left alone)
         if not isinstance(vace_layers, list) or not vace_layers:
             return None
         depths["vace_blocks"] = len(vace_layers)
@@ -219,8 +212,7 @@ def _read_upstream_config(path: Path) -> dict:
     required = ("dim", "ffn_dim", "freq_dim", "in_dim", "num_heads", "num_layers", "out_dim")
     if not isinstance(config, dict):
         raise CheckpointError(f"malformed {path}: expected a JSON object with keys {', '.join(required)}")
-    missing = [k for k in required if not isinstance(config.get(k), int) or isinstance(config.get(k), bool)
-               or config.get(k) < 1]
+    missing = [k for k in required if declared_count(config.get(k)) is None]
     if missing:
         raise CheckpointError(f"malformed {path}: missing or not a positive integer: {', '.join(missing)} "
                               f"(an upstream WanModel config needs {', '.join(required)})")
