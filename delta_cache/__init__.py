@@ -21,6 +21,7 @@ _LAZY = {
     "Schedule": ".schedule",
     "list_presets": ".schedule",
     "load_schedule": ".schedule",
+    "profile_pipeline": ".profiling.pipelines",
 }
 
 __all__ = ["CheckpointError", "ScheduleError", "UserInputError", *_LAZY]

@@ -12,12 +12,19 @@ For the profiled branch (default "cond") at every step it records, per block:
   projected to `sketch_dim` random directions. Sums of sketches are sketches of sums, so the residual of
   any run of blocks, and how much it changes between steps, can be estimated later for any schedule.
 - the transformer output (noise prediction) step-to-step change.
+
+Where the video tokens are (grid, tokens in front of them in the attention) is given in the settings, or,
+for pipelines the front ends do not build (`pipelines.profile_pipeline`), read from the transformer's first
+call by a `layout` function. Pipelines that batch the prompt with the negative prompt (CogVideoX, LTX-Video,
+Mochi) are profiled on one sample of the batch (`sample`, the prompt's: the last).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -34,9 +41,16 @@ MAX_LOGITS = 2**27  # 0.5 GB of fp32 sampled attention logits at a time
 
 @dataclass
 class ProbeSettings:
-    token_grid: tuple[int, int, int]  # (frames, height, width) of the patched video tokens
+    # (frames, height, width) of the patched video tokens; None: from the first call (ProfileProbe's `layout`)
+    token_grid: tuple[int, int, int] | None
     # tokens in front of the video's in the blocks' sequence (VACE: one latent frame per reference image)
     leading_tokens: int = 0
+    # tokens the self-attention puts in front of the blocks' sequence (CogVideoX: the text)
+    attention_prefix_tokens: int = 0
+    # the batch sample recorded (None: attention averaged over the batch, residual and output of sample 0, as
+    # the front ends' batches of one); -1 for pipelines that batch [negative prompt, prompt]
+    sample: int | None = None
+    attention_call: int = 0  # which attention call in a block is its self-attention (Mochi: one per sample)
     max_queries: int = 256
     high_fraction: float = 0.25
     sketch_tokens: int = 256
@@ -64,16 +78,23 @@ class _CallState(BaseState):
 
 
 class _SelfAttentionCapture(TorchFunctionMode):
-    """Inside one block call: turn its first SDPA call into received-attention saliency over video tokens."""
+    """Inside one block call: turn its self-attention (SDPA call number `attention_call`, the first but in Mochi)
+    into received-attention saliency over video tokens."""
 
     def __init__(self, probe: "ProfileProbe"):
         super().__init__()
         self.probe = probe
         self.saliency: torch.Tensor | None = None
+        self.calls = 0
+
+    def _count_call(self) -> int:
+        """This attention call's index in the block."""
+        self.calls += 1
+        return self.calls - 1
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention and self.saliency is None:
+        if func is F.scaled_dot_product_attention and self._count_call() == self.probe.settings.attention_call:
             names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale")
             bound = dict(zip(names, args))
             bound.update(kwargs)
@@ -93,6 +114,8 @@ class _ProbeRootHook(ModelHook):
     def new_forward(self, module, *args, **kwargs):
         context = self.state_manager._context
         active = context is None or context.name == self.probe.settings.branch
+        if active and self.probe.settings.token_grid is None:
+            self.probe._resolve_layout(module, args, kwargs)
         self.probe._active = active
         try:
             output = self.fn_ref.original_forward(*args, **kwargs)
@@ -128,25 +151,44 @@ class _ProbeBlockHook(ModelHook):
 class ProfileProbe:
     """Attach to a transformer, run one generation, `detach()`; read `record`."""
 
-    def __init__(self, transformer: torch.nn.Module, block_lists: list[str], settings: ProbeSettings):
+    def __init__(self, transformer: torch.nn.Module, block_lists: list[str], settings: ProbeSettings,
+                 layout: Callable[[torch.nn.Module, tuple, dict], dict] | None = None):
+        """`layout(transformer, args, kwargs)` -> ProbeSettings fields (token_grid, leading_tokens, ...) read from
+        the transformer's first call, for settings without a token grid."""
+        if settings.token_grid is None and layout is None:
+            raise ValueError("ProfileProbe needs a token grid in its settings or a layout function")
         self.transformer = transformer
         self.block_lists = block_lists
         self.settings = settings
-        self.num_video_tokens = int(np.prod(settings.token_grid))
-        self._first_video_token = settings.leading_tokens
-        generator = torch.Generator().manual_seed(settings.seed)
-        # positions in the sequence: the video's tokens come after the leading ones
-        self._queries = (torch.randperm(self.num_video_tokens, generator=generator)[: settings.max_queries]
-                         + self._first_video_token)
-        self._sketch_tokens = (torch.randperm(self.num_video_tokens, generator=generator)[: settings.sketch_tokens]
-                               + self._first_video_token)
+        self._layout = layout
         self._projection = None  # (dim, sketch_dim), built on first use with the model's width
-        self._generator = generator
+        self._generator = torch.Generator().manual_seed(settings.seed)
+        if settings.token_grid is not None:
+            self._sample_tokens()
         self._active = False
         self._step_blocks: dict[str, list] = {}
         self._previous_output: torch.Tensor | None = None
         self.record = ProbeRecord(high_attention={n: [] for n in block_lists}, sketches={n: [] for n in block_lists})
         self._attach()
+
+    def _sample_tokens(self) -> None:
+        """The fixed random queries and sketch tokens, as positions in the blocks' sequence (the video's tokens
+        come after the leading ones)."""
+        self.num_video_tokens = int(np.prod(self.settings.token_grid))
+        self._first_video_token = self.settings.leading_tokens + self.settings.attention_prefix_tokens  # (attention)
+        self._queries = (torch.randperm(self.num_video_tokens, generator=self._generator)[: self.settings.max_queries]
+                         + self._first_video_token)
+        self._sketch_tokens = (torch.randperm(self.num_video_tokens, generator=self._generator)
+                               [: self.settings.sketch_tokens] + self.settings.leading_tokens)
+
+    def _resolve_layout(self, transformer: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        self.settings = dataclasses.replace(self.settings, **self._layout(transformer, args, kwargs))
+        self._sample_tokens()
+
+    @property
+    def token_grid(self) -> tuple[int, int, int] | None:
+        """The video's token grid (None before the first call, when a layout function reads it)."""
+        return self.settings.token_grid
 
     # ---- hooks ---------------------------------------------------------------------------------
     def _attach(self) -> None:
@@ -168,6 +210,11 @@ class ProfileProbe:
     @torch.no_grad()
     def _received_attention(self, query, key, attn_mask, scale) -> torch.Tensor:
         """(video tokens,) attention received from the sampled video-token queries, mean over heads."""
+        sample = self.settings.sample
+        if sample is not None:  # (one sample of the batch, kept as a batch of one)
+            query, key = query[sample].unsqueeze(0), key[sample].unsqueeze(0)
+            if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[0] > 1:
+                attn_mask = attn_mask[sample].unsqueeze(0)
         queries = query[:, :, self._queries.to(query.device)]  # (B, H, Q, D)
         scale = scale if scale is not None else 1.0 / math.sqrt(query.shape[-1])
         mask = attn_mask
@@ -200,7 +247,8 @@ class ProfileProbe:
         if self._projection is None:
             self._projection = torch.randn(residual.shape[-1], self.settings.sketch_dim,
                                            generator=self._generator) / math.sqrt(self.settings.sketch_dim)
-        tokens = residual[0, self._sketch_tokens.to(residual.device)].float().cpu()  # first sample of the batch
+        sample = self.settings.sample or 0
+        tokens = residual[sample, self._sketch_tokens.to(residual.device)].float().cpu()
         sketch = (tokens @ self._projection).numpy().astype(np.float32)
         self._step_blocks.setdefault(list_name, []).append((index, np.packbits(high), sketch))
 
@@ -212,6 +260,8 @@ class ProfileProbe:
             self.record.sketches[list_name].append([sketch for _, _, sketch in entries])
         self._step_blocks = {}
         output = output.detach().float()
+        if self.settings.sample is not None:
+            output = output[self.settings.sample]
         if self._previous_output is not None:
             change = (output - self._previous_output).abs().mean().item()
             self.record.output_change_abs.append(change)

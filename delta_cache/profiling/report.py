@@ -80,7 +80,9 @@ def always_computed_note(provenance: dict, computed: int, total: int) -> str:
             f"{', '.join(extra)}, which run on every step")
 
 
-def write_report(profile: Profile, schedule: Schedule, out_dir: Path) -> list[Path]:
+def write_report(profile: Profile, schedule: Schedule, out_dir: str | Path) -> list[Path]:
+    """foreground_ratio.png, step_change.png, schedule.png and summary.md in `out_dir`."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     warmup = int(schedule.provenance.get("warmup_steps", 1))
     paths = [out_dir / "foreground_ratio.png", out_dir / "step_change.png", out_dir / "schedule.png",

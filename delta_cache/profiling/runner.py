@@ -28,8 +28,11 @@ MASK_SOURCES = ("motion", "pca", "files", "ground_truth")
 class ProfileRequest:
     prompts: list[tuple[str, int]]  # (prompt, seed)
     block_lists: list[str]
-    token_grid: tuple[int, int, int]
+    token_grid: tuple[int, int, int] | None  # None: read from the transformer's first call by `layout`
     leading_tokens: int = 0  # tokens before the video's in the blocks' sequence (VACE reference images)
+    layout: Callable[[torch.nn.Module, tuple, dict], dict] | None = None  # see ProfileProbe
+    branch: str = "cond"  # the cache_context of the calls with the prompt
+    sample: int | None = None  # see ProbeSettings
     patch: tuple[int, int] = (2, 2)
     mask_source: str = "motion"
     mask_files: list[Path] | None = None  # one per prompt, for mask_source "files"
@@ -40,15 +43,19 @@ class ProfileRequest:
     sketch_dim: int = 32
 
 
-def foreground_mask(request: ProfileRequest, index: int, latents: torch.Tensor) -> np.ndarray:
+def foreground_mask(request: ProfileRequest, index: int, latents: torch.Tensor,
+                    token_grid: tuple[int, int, int] | None = None) -> np.ndarray:
+    """The token mask (frames, h, w) of prompt `index`'s foreground; `latents` (1, C, F, H, W) are its final latents,
+    `token_grid` the run's (default: the request's)."""
+    token_grid = token_grid or request.token_grid
     if request.mask_source == "motion":
         return masks.motion_mask(latents[0].float().cpu().numpy(), request.patch)
     if request.mask_source == "pca":
         return masks.pca_mask(latents[0].float().cpu().numpy(), request.patch)
     if request.mask_source == "files":
-        return masks.load_mask_file(request.mask_files[index], request.token_grid)
+        return masks.load_mask_file(request.mask_files[index], token_grid)
     if request.mask_source == "ground_truth":
-        return masks.pixel_mask_to_tokens(request.ground_truth_masks[index], request.token_grid)
+        return masks.pixel_mask_to_tokens(request.ground_truth_masks[index], token_grid)
     raise UserInputError(f"unknown mask source {request.mask_source!r}; choose from {', '.join(MASK_SOURCES)}")
 
 
@@ -103,14 +110,18 @@ def run_profile(transformer: torch.nn.Module, denoise: Callable[[str, int], torc
                 continue
         settings = ProbeSettings(token_grid=request.token_grid, leading_tokens=request.leading_tokens,
                                  max_queries=request.max_queries, high_fraction=request.high_fraction,
-                                 sketch_tokens=request.sketch_tokens, sketch_dim=request.sketch_dim, seed=index)
-        probe = ProfileProbe(transformer, request.block_lists, settings)
+                                 sketch_tokens=request.sketch_tokens, sketch_dim=request.sketch_dim, seed=index,
+                                 branch=request.branch, sample=request.sample)
+        probe = ProfileProbe(transformer, request.block_lists, settings, layout=request.layout)
         try:
             latents = denoise(prompt, seed)
         finally:
             probe.detach()
-        profile = PromptProfile.from_record(probe.record, foreground_mask(request, index, latents), prompt, seed,
-                                            request.token_grid)
+        if probe.token_grid is None:
+            raise UserInputError(f"the transformer was never called in the '{request.branch}' context while "
+                                 f"generating {prompt!r}: nothing was profiled")
+        mask = foreground_mask(request, index, latents, probe.token_grid)
+        profile = PromptProfile.from_record(probe.record, mask, prompt, seed, probe.token_grid)
         if path is not None:
             profile.save(path)
         profiles.append(profile)

@@ -1,0 +1,200 @@
+"""Profiling a diffusers video pipeline built in Python: `profile_pipeline(pipe, prompts, ...)`.
+
+`scripts/profile_model.py` profiles what the front ends load (upstream Wan2.1 and HunyuanVideo checkpoints);
+this is the same profiler for a pipeline a user already has: a fine-tune or a LoRA, a hub checkpoint in
+diffusers' layout, or another family (CogVideoX, LTX-Video, Mochi). The families differ only in where the
+video tokens are and how the pipeline batches classifier-free guidance; `FAMILIES` holds that, one entry per
+transformer class, and everything else (probe, masks, profile, derivation, report) is shared.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import UserInputError
+from .profile import Profile
+from .runner import ProfileRequest, run_profile
+
+
+def _call_arguments(transformer: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
+    """The transformer call's arguments by name (the pipelines pass some by position)."""
+    return inspect.signature(type(transformer).forward).bind_partial(transformer, *args, **kwargs).arguments
+
+
+def _patches(config) -> tuple[int, int, int]:
+    """(temporal, height, width) patch sizes from a transformer config (an int or a (t, h, w) triple)."""
+    patch = config.patch_size
+    if isinstance(patch, (tuple, list)):
+        return int(patch[0]), int(patch[1]), int(patch[2])
+    return int(getattr(config, "patch_size_t", None) or 1), int(patch), int(patch)
+
+
+def _grid(frames: int, height: int, width: int, config) -> tuple[int, int, int]:
+    pt, ph, pw = _patches(config)
+    return frames // pt, height // ph, width // pw
+
+
+def _fold_time(latents: torch.Tensor, temporal_patch: int) -> torch.Tensor:
+    """(C, F, H, W) -> (C * pt, F / pt, H, W): the frames one token spans become channels."""
+    c, f, h, w = latents.shape
+    f -= f % temporal_patch
+    return latents[:, :f].reshape(c, f // temporal_patch, temporal_patch, h, w).transpose(1, 2).reshape(
+        c * temporal_patch, f // temporal_patch, h, w)
+
+
+# ---- per family: the video's token layout at a transformer call, and its final latents per token grid -------
+def _channels_first_layout(transformer, args, kwargs) -> dict:  # Wan, HunyuanVideo, Mochi: (B, C, F, H, W)
+    _, _, frames, height, width = _call_arguments(transformer, args, kwargs)["hidden_states"].shape
+    return {"token_grid": _grid(frames, height, width, transformer.config)}
+
+
+def _channels_first_latents(latents, transformer, token_grid):
+    return _fold_time(latents[0], _patches(transformer.config)[0])
+
+
+def _mochi_layout(transformer, args, kwargs) -> dict:
+    # Mochi's attention runs once per sample of the batch; the prompt's sample is the last
+    hidden = _call_arguments(transformer, args, kwargs)["hidden_states"]
+    return {**_channels_first_layout(transformer, args, kwargs), "attention_call": hidden.shape[0] - 1}
+
+
+def _cogvideox_layout(transformer, args, kwargs) -> dict:
+    # (B, F, C, H, W); the attention puts the text tokens in front of the video's
+    arguments = _call_arguments(transformer, args, kwargs)
+    _, frames, _, height, width = arguments["hidden_states"].shape
+    return {"token_grid": _grid(frames, height, width, transformer.config),
+            "attention_prefix_tokens": int(arguments["encoder_hidden_states"].shape[1])}
+
+
+def _cogvideox_latents(latents, transformer, token_grid):
+    return _fold_time(latents[0].transpose(0, 1), _patches(transformer.config)[0])
+
+
+def _ltx_layout(transformer, args, kwargs) -> dict:
+    # tokens arrive packed (B, tokens, C * patch volume), with the latent's frames, height and width
+    arguments = _call_arguments(transformer, args, kwargs)
+    return {"token_grid": _grid(int(arguments["num_frames"]), int(arguments["height"]), int(arguments["width"]),
+                                transformer.config)}
+
+
+def _ltx_latents(latents, transformer, token_grid):
+    packed = latents[0]  # (tokens, channels): a token's latent values are one "pixel" of the token grid
+    return packed.reshape(*token_grid, packed.shape[-1]).permute(3, 0, 1, 2)
+
+
+def _spatial_patch(transformer) -> tuple[int, int]:
+    return _patches(transformer.config)[1:]
+
+
+@dataclass(frozen=True)
+class VideoFamily:
+    block_lists: tuple[str, ...]
+    branch: str  # the cache_context of the transformer calls that carry the prompt
+    sample: int | None  # the prompt's sample in the batch (None: a batch of the prompt alone)
+    layout: Callable  # (transformer, args, kwargs) -> ProbeSettings fields for the video's tokens
+    latents: Callable  # (pipeline's final latents, transformer, token grid) -> (C, F, H, W) on the token frames
+    mask_patch: Callable = _spatial_patch  # (transformer) -> latent pixels per token (height, width) in `latents`
+
+
+FAMILIES = {
+    "WanTransformer3DModel": VideoFamily(("blocks",), "cond", None, _channels_first_layout, _channels_first_latents),
+    "HunyuanVideoTransformer3DModel": VideoFamily(("transformer_blocks", "single_transformer_blocks"), "cond", None,
+                                                  _channels_first_layout, _channels_first_latents),
+    # these three batch [negative prompt, prompt] in one call
+    "CogVideoXTransformer3DModel": VideoFamily(("transformer_blocks",), "cond_uncond", -1, _cogvideox_layout,
+                                               _cogvideox_latents),
+    "LTXVideoTransformer3DModel": VideoFamily(("transformer_blocks",), "cond_uncond", -1, _ltx_layout, _ltx_latents,
+                                              mask_patch=lambda transformer: (1, 1)),
+    "MochiTransformer3DModel": VideoFamily(("transformer_blocks",), "cond_uncond", -1, _mochi_layout,
+                                           _channels_first_latents),
+}
+
+
+def video_family(transformer: torch.nn.Module) -> VideoFamily:
+    name = type(transformer).__name__
+    if name not in FAMILIES:
+        raise UserInputError(f"profile_pipeline does not know where {name}'s video tokens are; it profiles "
+                             f"{', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def _plain(value):
+    """`value` if it can go into a schedule's JSON provenance, else its type's name."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):
+        return list(value)
+    return type(value).__name__
+
+
+def profile_pipeline(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), out_dir: str | Path | None = None,
+                     resume: bool = False, mask_source: str = "motion", mask_files: Sequence[str | Path] | None = None,
+                     max_queries: int = 256, high_fraction: float = 0.25, **pipe_kwargs) -> Profile:
+    """Profile `pipe` (a diffusers video pipeline) on every prompt and seed: one uncached generation each.
+
+    `pipe_kwargs` go to every `pipe(...)` call (num_inference_steps, height, width, num_frames, guidance_scale,
+    negative_prompt, ...): profile with the settings the schedule is for. The result is what
+    `derive_for_target(profile, 2.0)` or `derive_schedule(profile, params)` turn into a schedule, and
+    `write_report(profile, schedule, folder)` draws. With `out_dir`, each prompt's profile is saved as it is
+    done and `resume=True` skips those already there. `mask_source`: "motion" or "pca" (from the final latents),
+    or "files" with one .npy mask per prompt and seed in `mask_files` (token grid or pixels, see
+    docs/profiling.md).
+    """
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is None:
+        raise UserInputError(f"{type(pipe).__name__} has no transformer to profile")
+    if getattr(pipe, "transformer_2", None) is not None:
+        raise UserInputError("this pipeline has a second transformer (Wan 2.2's low-noise expert): "
+                             "profile_pipeline profiles one transformer over all steps; not supported yet")
+    family = video_family(transformer)
+    if mask_source not in ("motion", "pca", "files"):
+        raise UserInputError(f"mask_source must be motion, pca or files, got {mask_source!r}")
+    if isinstance(prompts, str) or not prompts:
+        raise UserInputError("prompts must be a non-empty list of strings")
+    if not 0 < high_fraction < 1:
+        raise UserInputError(f"high_fraction must be between 0 and 1, got {high_fraction}")
+    for name in ("prompt", "generator", "output_type", "callback_on_step_end_tensor_inputs"):
+        if name in pipe_kwargs:
+            raise UserInputError(f"profile_pipeline sets {name} itself; leave it out of the pipeline arguments")
+    pairs = [(prompt, int(seed)) for prompt in prompts for seed in seeds]
+    device = getattr(pipe, "_execution_device", None) or transformer.device
+    their_callback = pipe_kwargs.pop("callback_on_step_end", None)
+    seen = {}  # the run's token grid (from the transformer's first call) and its latents after the last step
+
+    def layout(module, args, kwargs) -> dict:
+        fields = family.layout(module, args, kwargs)
+        seen["grid"] = fields["token_grid"]
+        return fields
+
+    def keep_latents(pipeline, step, timestep, callback_kwargs):
+        seen["latents"] = callback_kwargs["latents"]
+        return their_callback(pipeline, step, timestep, callback_kwargs) if their_callback else {}
+
+    def denoise(prompt: str, seed: int) -> torch.Tensor:
+        seen.clear()
+        pipe(prompt=prompt, generator=torch.Generator(device).manual_seed(seed), output_type="latent",
+             callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"], **pipe_kwargs)
+        if "latents" not in seen or "grid" not in seen:
+            raise UserInputError(f"{type(pipe).__name__} ran no denoising step for {prompt!r}")
+        return family.latents(seen["latents"].detach().float().cpu(), transformer, seen["grid"]).unsqueeze(0)
+
+    request = ProfileRequest(prompts=pairs, block_lists=list(family.block_lists), token_grid=None, layout=layout,
+                             branch=family.branch, sample=family.sample, patch=family.mask_patch(transformer),
+                             mask_source=mask_source,
+                             mask_files=None if mask_files is None else [Path(f) for f in mask_files],
+                             max_queries=max_queries, high_fraction=high_fraction)
+    provenance = {"model": type(transformer).__name__,
+                  "checkpoint": _plain(getattr(transformer.config, "_name_or_path", None)),
+                  "pipeline": type(pipe).__name__, "prompts": [p for p, _ in pairs], "seeds": list(seeds),
+                  "mask_source": mask_source, "max_queries": max_queries, "high_fraction": high_fraction,
+                  **{name: _plain(value) for name, value in sorted(pipe_kwargs.items())}}
+    return run_profile(transformer, denoise, request, out_dir=out_dir, resume=resume, provenance=provenance)

@@ -1,0 +1,207 @@
+"""The delta cache and the profiler on diffusers video pipelines the front ends do not build: CogVideoX,
+LTX-Video, Mochi (which batch [negative prompt, prompt] in one call and give no step index), Wan 2.2's two
+experts, and `profile_pipeline` on each family."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+import tiny_video_pipelines as tvp
+from block_calls import count_block_calls
+import delta_cache
+from delta_cache.errors import UserInputError
+from delta_cache.profiling.derive import derive_for_target
+from delta_cache.profiling.pipelines import profile_pipeline
+from delta_cache.profiling.report import write_report
+from delta_cache.schedule import BlockListSchedule, Schedule
+
+STEPS = 6
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+def _block_class(family: str):
+    import diffusers.models.transformers as transformers
+
+    return {"cogvideox": transformers.cogvideox_transformer_3d.CogVideoXBlock,
+            "ltx_video": transformers.transformer_ltx.LTXVideoTransformerBlock,
+            "mochi": transformers.transformer_mochi.MochiTransformerBlock,
+            "wan": transformers.transformer_wan.WanTransformerBlock,
+            "wan22": transformers.transformer_wan.WanTransformerBlock}[family]
+
+
+def _run(pipe, kwargs, steps=STEPS, **extra):
+    arguments = {**kwargs, **extra}
+    return pipe(prompt=tvp.PROMPT, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+                output_type="np", **arguments).frames[0]
+
+
+def _transformers(pipe):
+    return [t for t in (pipe.transformer, getattr(pipe, "transformer_2", None)) if t is not None]
+
+
+def _schedule(list_name, depth, refresh):
+    return Schedule(name="test", num_steps=STEPS,
+                    block_lists={list_name: BlockListSchedule(tuple(range(1, depth - 1)), tuple(refresh), depth)})
+
+
+@pytest.mark.parametrize("family", ["cogvideox", "ltx_video", "mochi", "wan22"])
+def test_delta_cache_on_other_families(family, monkeypatch):
+    calls = count_block_calls(monkeypatch, blocks=_block_class(family))
+    pipe, list_name, depth, kwargs = getattr(tvp, family)()
+    plain = _run(pipe, kwargs)
+
+    # every step a refresh step: the cache changes nothing, to the bit
+    for transformer in _transformers(pipe):
+        delta_cache.apply_delta_cache(transformer, _schedule(list_name, depth, range(STEPS)))
+    assert np.array_equal(_run(pipe, kwargs), plain)
+    for transformer in _transformers(pipe):
+        delta_cache.remove_delta_cache(transformer)
+
+    refresh = (0, 1, 3, 5)
+    handles = [delta_cache.apply_delta_cache(t, _schedule(list_name, depth, refresh)) for t in _transformers(pipe)]
+    calls["blocks"] = 0
+    cached = _run(pipe, kwargs)
+    computed = sum(h.stats()["computed_block_evals"] for h in handles)
+    assert calls["blocks"] == computed  # the cache's count is the blocks that really ran
+    if family == "wan22":  # two branches a step; each expert computes its first step, whatever the schedule
+        for handle in handles:
+            stats = handle.stats()
+            assert set(stats["branches"]) == {"cond", "uncond"}
+            assert stats["computed_block_evals"] < stats["total_block_evals"]
+    else:  # one batched call a step, counted without a step index from the pipeline
+        assert set(handles[0].stats()["branches"]) == {"cond_uncond"}
+        assert computed == STEPS * depth - (STEPS - len(refresh)) * (depth - 2)
+    assert np.isfinite(cached).all() and not np.array_equal(cached, plain)
+
+    for transformer in _transformers(pipe):
+        delta_cache.remove_delta_cache(transformer)
+    assert np.array_equal(_run(pipe, kwargs), plain)
+
+
+# ---- profile_pipeline ---------------------------------------------------------------------------------
+# (frames, height, width) of the video tokens at each builder's size, and whether the self-attention puts
+# the text in front of the video (CogVideoX) or after it (Mochi), or attends over the video alone
+TOKEN_GRIDS = {"cogvideox": (3, 4, 4), "ltx_video": (3, 8, 8), "mochi": (3, 4, 4), "wan": (3, 4, 4),
+               "hunyuan_video": (3, 4, 4)}
+TEXT_FIRST = {"cogvideox": True, "ltx_video": False, "mochi": False, "wan": False, "hunyuan_video": False}
+BATCHED = ("cogvideox", "ltx_video", "mochi")  # [negative prompt, prompt] in one call
+
+
+class _FirstAttention(TorchFunctionMode):
+    """Keeps (query, key, mask, scale) of the first attention call made while `block` runs for the first time."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.inside, self.captured = False, None
+        block.register_forward_pre_hook(lambda *_: setattr(self, "inside", self.captured is None))
+        block.register_forward_hook(lambda *_: setattr(self, "inside", False))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and self.inside and self.captured is None:
+            named = dict(zip(("query", "key", "value", "attn_mask"), args), **kwargs)
+            self.captured = (named["query"], named["key"], named.get("attn_mask"), named.get("scale"))
+        return func(*args, **kwargs)
+
+
+def _high_attention_tokens(query, key, mask, scale, grid, text_first, fraction=0.25):
+    """The top `fraction` of each frame's video tokens by the attention they receive from every video token
+    (mean over heads), from one sample's query and key: what the profiler should find."""
+    tokens = int(np.prod(grid))
+    video = slice(key.shape[-2] - tokens, None) if text_first else slice(0, tokens)
+    scale = scale if scale is not None else query.shape[-1] ** -0.5
+    logits = query[0, :, video].float() @ key[0].float().transpose(-1, -2) * scale
+    if mask is not None:  # (HunyuanVideo: the text's padding)
+        mask = mask[0, :, video] if mask.shape[-2] == query.shape[-2] else mask[0]
+        logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
+    weights = logits.softmax(dim=-1)
+    received = weights.sum(dim=(0, 1))[video].reshape(grid[0], -1)
+    count = round(fraction * received.shape[1])
+    top = torch.zeros_like(received, dtype=torch.bool).scatter_(1, received.topk(count, dim=1).indices, True)
+    return top.reshape(grid).numpy()
+
+
+@pytest.mark.parametrize("family", ["cogvideox", "ltx_video", "mochi", "wan", "hunyuan_video"])
+def test_profile_pipeline_finds_the_video_tokens(family, tmp_path):
+    """The profiler reads the prompt's video tokens in the self-attention of each family: the high-attention
+    tokens it records in the last block at step 0 of a guided run are those of the prompt run alone."""
+    pipe, list_name, depth, kwargs = getattr(tvp, family)()
+    if family == "ltx_video":  # (random weights barely listen to the text: the prompt's sample and the negative
+        with torch.no_grad():  # prompt's would attend alike, and taking the wrong one could pass unseen)
+            for block in pipe.transformer.transformer_blocks:
+                block.attn2.to_out[0].weight *= 30
+    grid = TOKEN_GRIDS[family]
+    last_block = getattr(pipe.transformer, list_name)[-1]
+    alone = {k: v for k, v in kwargs.items() if k != "negative_prompt"}  # the prompt alone: a batch of one
+    if family in BATCHED or family == "wan":
+        alone["guidance_scale"] = 1.0
+    with _FirstAttention(last_block) as capture:
+        _run(pipe, alone, steps=2)
+    assert capture.captured[0].shape[0] == 1
+    expected = _high_attention_tokens(*capture.captured, grid, TEXT_FIRST[family])
+    np.save(tmp_path / "000.npy", expected)
+
+    profile = profile_pipeline(pipe, [tvp.PROMPT], seeds=[0], mask_source="files", mask_files=[tmp_path / "000.npy"],
+                               max_queries=10_000, num_inference_steps=2, **kwargs)
+    assert profile.prompts[0].token_grid == grid
+    ratio = profile.prompts[0].foreground_ratio[list_name]
+    assert ratio.shape == (2, depth)
+    assert ratio[0, -1] >= 0.9  # (1.0 but for near-ties between the batched and the single run)
+
+
+def test_profile_pipeline_derives_a_schedule_that_runs(tmp_path, monkeypatch):
+    """Profile -> schedule at a target speedup -> report -> the cache on the same pipeline computes exactly
+    the planned block evaluations; the saved profiles are reused on resume."""
+    calls = count_block_calls(monkeypatch, blocks=_block_class("cogvideox"))
+    pipe, list_name, depth, kwargs = tvp.cogvideox()
+    prompts = [tvp.PROMPT, "a blue circle moves up"]
+    profile = profile_pipeline(pipe, prompts, out_dir=tmp_path, num_inference_steps=10, **kwargs)
+    assert profile.num_steps == 10 and profile.depths == {list_name: depth}
+    assert profile.prompts[0].mask.any()  # the motion mask of the final latents found something
+    assert profile.provenance["pipeline"] == "CogVideoXPipeline" and profile.provenance["guidance_scale"] == 6.0
+    assert sorted(p.name for p in (tmp_path / "profiles").glob("*.npz")) == ["000.npz", "001.npz"]
+
+    calls["blocks"] = 0
+    again = profile_pipeline(pipe, prompts, out_dir=tmp_path, resume=True, num_inference_steps=10, **kwargs)
+    assert calls["blocks"] == 0  # nothing generated again
+    assert np.array_equal(again.foreground_ratio(list_name), profile.foreground_ratio(list_name))
+
+    schedule = derive_for_target(profile, 1.5, name="cogvideox-tiny")
+    written = write_report(profile, schedule, tmp_path / "report")
+    assert all(path.is_file() for path in written)
+    schedule.save(tmp_path / "schedule.json")
+    assert json.loads((tmp_path / "schedule.json").read_text())["provenance"]["model"] == "CogVideoXTransformer3DModel"
+
+    handle = delta_cache.apply_delta_cache(pipe.transformer, str(tmp_path / "schedule.json"))
+    planned, total = handle.predicted_block_evals(10)
+    calls["blocks"] = 0
+    _run(pipe, kwargs, steps=10)
+    assert calls["blocks"] == planned < total
+    assert abs(total / planned - 1.5) <= 0.05 * 1.5
+
+
+def test_profile_pipeline_refuses_what_it_cannot_profile():
+    pipe, _, _, kwargs = tvp.wan22()
+    with pytest.raises(UserInputError, match="second transformer"):
+        profile_pipeline(pipe, [tvp.PROMPT], **kwargs)
+    pipe, _, _, kwargs = tvp.cogvideox()
+    with pytest.raises(UserInputError, match="sets output_type itself"):
+        profile_pipeline(pipe, [tvp.PROMPT], output_type="np", **kwargs)
+    with pytest.raises(UserInputError, match="non-empty list"):
+        profile_pipeline(pipe, tvp.PROMPT, **kwargs)
+    with pytest.raises(UserInputError, match="mask_source"):
+        profile_pipeline(pipe, [tvp.PROMPT], mask_source="sam", **kwargs)
+
+    class Flux:  # a transformer class it has no layout for
+        transformer = torch.nn.Linear(2, 2)
+
+    with pytest.raises(UserInputError, match="does not know where Linear's video tokens are"):
+        profile_pipeline(Flux(), [tvp.PROMPT])

@@ -1,0 +1,121 @@
+"""Tiny diffusers video pipelines of the families the front ends do not build (random weights, in memory):
+CogVideoX, LTX-Video, Mochi, and Wan 2.2's two experts. Each builder returns (pipe, block list name, depth, the
+pipeline's keyword arguments for a short run with classifier-free guidance)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import T5Config, T5EncoderModel
+
+from tiny_wan import tiny_tokenizer, tiny_wan_pipeline
+
+DEPTH = 6
+PROMPT = "a red square moves left"
+
+
+def _text_encoder(tokenizer, width: int = 32) -> T5EncoderModel:
+    return T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
+
+
+def cogvideox(seed: int = 0):
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=2, text_embed_dim=32,
+        num_layers=DEPTH, sample_width=8, sample_height=8, sample_frames=9, patch_size=2, temporal_compression_ratio=4,
+        max_text_seq_length=16).eval()
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
+        layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4).eval()
+    tokenizer = tiny_tokenizer()
+    pipe = CogVideoXPipeline(tokenizer=tokenizer, text_encoder=_text_encoder(tokenizer), vae=vae,
+                             transformer=transformer, scheduler=CogVideoXDDIMScheduler())
+    kwargs = dict(negative_prompt="blurry", height=64, width=64, num_frames=9, guidance_scale=6.0,
+                  max_sequence_length=16)
+    return pipe, "transformer_blocks", DEPTH, kwargs
+
+
+def ltx_video(seed: int = 0):
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4, attention_head_dim=8,
+        cross_attention_dim=32, num_layers=DEPTH, caption_channels=32).eval()
+    vae = AutoencoderKLLTXVideo(
+        in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1), spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False), decoder_inject_noise=(False,) * 5,
+        upsample_residual=(False,) * 4, upsample_factor=(1,) * 4, timestep_conditioning=False, patch_size=1,
+        patch_size_t=1, encoder_causal=True, decoder_causal=False).eval()
+    vae.use_framewise_encoding = vae.use_framewise_decoding = False
+    tokenizer = tiny_tokenizer()
+    pipe = LTXPipeline(tokenizer=tokenizer, text_encoder=_text_encoder(tokenizer), vae=vae, transformer=transformer,
+                       scheduler=FlowMatchEulerDiscreteScheduler())
+    kwargs = dict(negative_prompt="blurry", height=32, width=32, num_frames=9, guidance_scale=3.0,
+                  max_sequence_length=16)
+    return pipe, "transformer_blocks", DEPTH, kwargs
+
+
+def mochi(seed: int = 0):
+    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = MochiTransformer3DModel(
+        patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=DEPTH, pooled_projection_dim=16,
+        in_channels=12, out_channels=None, qk_norm="rms_norm", text_embed_dim=32, time_embed_dim=4,
+        activation_fn="swiglu", max_sequence_length=16).eval()
+    vae = AutoencoderKLMochi(latent_channels=12, out_channels=3, encoder_block_out_channels=(32, 32, 32, 32),
+                             decoder_block_out_channels=(32, 32, 32, 32), layers_per_block=(1, 1, 1, 1, 1)).eval()
+    tokenizer = tiny_tokenizer()
+    pipe = MochiPipeline(tokenizer=tokenizer, text_encoder=_text_encoder(tokenizer), vae=vae, transformer=transformer,
+                         scheduler=FlowMatchEulerDiscreteScheduler())
+    kwargs = dict(negative_prompt="blurry", height=64, width=64, num_frames=13, guidance_scale=4.5,
+                  max_sequence_length=16)
+    return pipe, "transformer_blocks", DEPTH, kwargs
+
+
+def wan(seed: int = 0):
+    pipe = tiny_wan_pipeline(num_layers=DEPTH, seed=seed)
+    kwargs = dict(negative_prompt="blurry", height=64, width=64, num_frames=9, guidance_scale=5.0,
+                  max_sequence_length=16)
+    return pipe, "blocks", DEPTH, kwargs
+
+
+def wan22(seed: int = 0):
+    """WanPipeline with a second expert (`transformer_2`) for the low-noise steps, as Wan 2.2 A14B."""
+    from diffusers import WanPipeline
+
+    base = tiny_wan_pipeline(num_layers=DEPTH, seed=seed)
+    low_noise = copy.deepcopy(base.transformer)
+    torch.manual_seed(seed + 1)
+    with torch.no_grad():
+        for parameter in low_noise.parameters():
+            parameter += 0.05 * torch.randn_like(parameter)
+    pipe = WanPipeline(tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae,
+                       transformer=base.transformer, transformer_2=low_noise, scheduler=base.scheduler,
+                       boundary_ratio=0.875)
+    kwargs = dict(negative_prompt="blurry", height=32, width=32, num_frames=5, guidance_scale=5.0,
+                  guidance_scale_2=3.0, max_sequence_length=16)
+    return pipe, "blocks", DEPTH, kwargs
+
+
+def hunyuan_video(seed: int = 0):
+    """HunyuanVideoPipeline with the tiny components of the front end's tests (guidance is embedded: one call
+    a step, the prompt's)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+
+    from delta_cache.models.hunyuan_video.tiny import build_tiny_components
+
+    parts = build_tiny_components(num_layers=3, num_single_layers=3, seed=seed)
+    parts["transformer"] = parts["transformer"].float()
+    pipe = HunyuanVideoPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), **parts)
+    kwargs = dict(height=64, width=64, num_frames=9, guidance_scale=6.0)
+    return pipe, "transformer_blocks", 3, kwargs
