@@ -9,6 +9,10 @@ against a foreground mask, and writes a schedule JSON plus figures and a summary
         --frame_num 81 --prompts prompts.txt --target_speedup 2.0 --out profiles/wan14b
     python Wan2.1/generate.py ... --cache_schedule profiles/wan14b/schedule.json
 
+`--family diffusers` profiles a diffusers pipeline folder instead (CogVideoX, LTX-Video, Mochi, Wan,
+HunyuanVideo in diffusers' layout, e.g. a fine-tune saved with save_pretrained) through
+`delta_cache.profile_pipeline`; its schedule is for `delta_cache.apply_delta_cache` from Python.
+
 See docs/profiling.md for the method, the options and what to expect at real size.
 """
 
@@ -35,7 +39,9 @@ T_MAX, T_MIN = 6, 2  # Eq. 15's refresh intervals, DerivationParams' defaults (i
 
 def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--family", choices=["wan", "hunyuan_video"], default="wan", help="model family")
+    p.add_argument("--family", choices=["wan", "hunyuan_video", "diffusers"], default="wan",
+                   help="model family of the front ends' checkpoints, or diffusers: a diffusers pipeline folder of "
+                        "any family delta_cache.profile_pipeline knows")
     model = p.add_argument_group("model and run")
     model.add_argument("--task", default=DEFAULT_TASK, choices=TASKS,
                        help="wan only; i2v-14B and flf2v-14B condition every prompt on the images below, vace-* on "
@@ -46,15 +52,21 @@ def build_parser() -> OneLineArgumentParser:
     add_vace_flags(model)
     model.add_argument("--ckpt_dir", required=True,
                        help="wan: the checkpoint folder; hunyuan_video: the model base (upstream ckpts/ or a "
-                            "diffusers folder)")
+                            "diffusers folder); diffusers: the pipeline folder (model_index.json)")
+    model.add_argument("--negative_prompt", default=None,
+                       help="diffusers: the negative prompt of every run (default: the pipeline's)")
+    model.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                       help="diffusers: the pipeline's dtype (default: bfloat16 on a GPU, float32 on the CPU)")
     model.add_argument("--dit_weight", default=None,
                        help="hunyuan_video: the transformer file (default: the upstream path under --ckpt_dir)")
     model.add_argument("--size", default=None,
                        help="WIDTH*HEIGHT, multiples of 16 (any size may be profiled; default 832*480, or a tiny "
-                            "trained checkpoint's native size from its tiny_model.json); for i2v and flf2v the area, "
-                            "the aspect ratio following the (first) image, as in generate.py")
+                            "trained checkpoint's native size from its tiny_model.json; diffusers: the pipeline's "
+                            "default); for i2v and flf2v the area, the aspect ratio following the (first) image, as "
+                            "in generate.py")
     model.add_argument("--frame_num", type=int, default=None,
-                       help="frames, 4n+1 (default 81, or a tiny trained checkpoint's native count at its native size)")
+                       help="frames, 4n+1 (default 81, or a tiny trained checkpoint's native count at its native "
+                            "size; diffusers: the pipeline's default)")
     add_sampler_flags(model)
     model.add_argument("--threads", type=positive_int, default=None,
                        help="CPU threads (torch.set_num_threads; default: torch's, all cores; give 1 next to "
@@ -98,6 +110,11 @@ def build_parser() -> OneLineArgumentParser:
 
 
 def read_prompts(args) -> list[tuple[str, int]]:
+    """(prompt, seed) of every run: each prompt with each seed."""
+    return [(text, seed) for text in read_prompt_texts(args) for seed in args.seeds]
+
+
+def read_prompt_texts(args) -> list[str]:
     texts = list(args.prompt)
     if args.prompts is not None:
         if not args.prompts.is_file():
@@ -105,7 +122,7 @@ def read_prompts(args) -> list[tuple[str, int]]:
         texts += [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
     if not texts:
         raise UserInputError("give at least one --prompt or a --prompts file")
-    return [(text, seed) for text in texts for seed in args.seeds]
+    return texts
 
 
 def resolve_size(args) -> tuple[int, int]:
@@ -119,15 +136,115 @@ def resolve_size(args) -> tuple[int, int]:
     return video.width, video.height
 
 
+def check_diffusers_flags(args) -> None:
+    """--family diffusers: refuse the front ends' own flags (the pipeline has its own scheduler and inputs) and a
+    folder profile_pipeline cannot profile, before anything loads."""
+    given = [flag for flag in ("sample_shift", "dit_weight", *IMAGE_FLAGS, *VACE_FLAGS)
+             if getattr(args, flag, None) is not None]
+    if args.task != DEFAULT_TASK:
+        given.append("task")
+    if args.sample_solver != "unipc":
+        given.append("sample_solver")
+    if given:
+        raise UserInputError(f"--{given[0]} is for --family wan or hunyuan_video; a diffusers pipeline samples with "
+                             f"its own scheduler and inputs")
+    if args.size is not None:  # (the pipeline checks the multiples it needs)
+        width, height = (args.size.split("*") + [""])[:2]
+        if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+            raise UserInputError(f"--size must be WIDTH*HEIGHT (e.g. 720*480), got {args.size!r}")
+    if args.frame_num is not None and args.frame_num < 1:
+        raise UserInputError(f"--frame_num must be >= 1, got {args.frame_num}")
+    from delta_cache.profiling.pipelines import check_pipeline_folder
+
+    check_pipeline_folder(args.ckpt_dir)
+
+
+def profile_front_end(args, width: int, height: int, prompts, mask_files):
+    """Profile a wan or hunyuan_video checkpoint through the front end's loader and sampler."""
+    from delta_cache.models.runner import load_runner
+    from delta_cache.profiling.runner import ProfileRequest, run_profile
+
+    conditions = {}  # what the front end conditions every prompt on besides the text
+    num_frames = args.frame_num
+    if args.family == "wan":
+        image, last_image = read_input_frames(args.task, args)
+        if image is not None:  # the front end's output size for this image
+            width, height = i2v_output_size(args.size, image.width, image.height)
+            conditions = dict(image=image, last_image=last_image)
+        if is_vace(args.task):  # a source video sets the size and length, as in generate.py
+            vace = read_vace_inputs(args, args.size, args.frame_num)
+            width, height, num_frames = vace.width, vace.height, vace.num_frames
+            conditions = dict(vace=vace)
+    # The front end's loader and sampler; at real size diffusers' model CPU offload keeps one model on the GPU.
+    model = load_runner(args.family, args.ckpt_dir, width=width, height=height, num_frames=num_frames,
+                        num_steps=args.sample_steps, offload=True, progress=True, **sampler_options(args),
+                        **conditions)
+    request = ProfileRequest(prompts=prompts, block_lists=model.block_lists, mask_source=args.mask_source,
+                             mask_files=mask_files, token_grid=model.token_grid, leading_tokens=model.leading_tokens,
+                             patch=model.patch, max_queries=args.max_queries, high_fraction=args.high_fraction)
+    provenance = {"model": model.model_name, "ckpt_dir": str(args.ckpt_dir), "size": args.size,
+                  "frame_num": args.frame_num, "sample_steps": args.sample_steps,
+                  "sample_shift": model.settings["sample_shift"], "sample_solver": model.settings["sample_solver"],
+                  "sample_guide_scale": model.settings["sample_guide_scale"],
+                  "prompts": [p for p, _ in prompts], "seeds": args.seeds, "mask_source": args.mask_source,
+                  "max_queries": args.max_queries, "high_fraction": args.high_fraction}
+    provenance.update({flag: str(getattr(args, flag)) for flag in IMAGE_FLAGS + VACE_FLAGS
+                       if getattr(args, flag, None) is not None})
+    if conditions:
+        provenance["output_size"] = f"{width}*{height}"
+    if num_frames != args.frame_num:
+        provenance["output_frames"] = num_frames
+    control_blocks = len(getattr(model.transformer, "vace_blocks", None) or ())
+    if control_blocks:  # VACE's control blocks run on every step: the ideal speedup counts them in
+        provenance["always_computed_block_evals"] = {"vace_blocks": control_blocks * args.sample_steps}
+    return run_profile(model.transformer, lambda prompt, seed: model.generate(prompt, seed)[0], request,
+                       out_dir=args.out, resume=args.resume, provenance=provenance)
+
+
+def profile_diffusers_folder(args, mask_files):
+    """Profile a diffusers pipeline folder through `delta_cache.profile_pipeline`."""
+    import torch
+
+    from delta_cache.models.runner import pick_device
+    from delta_cache.profiling.pipelines import load_pipeline, profile_pipeline
+
+    device = pick_device()
+    dtype = (torch.bfloat16 if device.type == "cuda" else torch.float32) if args.dtype == "auto" else \
+        getattr(torch, args.dtype)
+    pipe = load_pipeline(args.ckpt_dir, device, dtype)
+    call = {"num_inference_steps": args.sample_steps}
+    if args.size is not None:
+        call["width"], call["height"] = (int(v) for v in args.size.split("*"))
+    for name, value in (("num_frames", args.frame_num), ("guidance_scale", args.sample_guide_scale),
+                        ("negative_prompt", args.negative_prompt)):
+        if value is not None:
+            call[name] = value
+    return profile_pipeline(pipe, read_prompt_texts(args), seeds=args.seeds, out_dir=args.out, resume=args.resume,
+                            mask_source=args.mask_source, mask_files=mask_files, max_queries=args.max_queries,
+                            high_fraction=args.high_fraction,
+                            provenance={"ckpt_dir": str(args.ckpt_dir), "dtype": str(dtype).removeprefix("torch.")},
+                            **call)
+
+
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    width, height = resolve_size(args)
+    if args.family == "diffusers":
+        check_diffusers_flags(args)
+        width = height = None
+    else:
+        for flag in ("negative_prompt",) if args.negative_prompt is not None else ():
+            raise UserInputError(f"--{flag} is for --family diffusers (the front ends use upstream's)")
+        if args.dtype != "auto":
+            raise UserInputError("--dtype is for --family diffusers (the front ends load upstream's dtypes)")
+        width, height = resolve_size(args)
     prompts = read_prompts(args)
     if args.family == "wan":
         check_image_flags(args.task, args)
         check_vace_flags(args.task, args)
         if unused := unused_image_flags(args.task, args):  # a profile without the image the user meant
             raise UserInputError(f"{unused[0]} is for the wan image tasks (i2v-14B, flf2v-14B), not --task {args.task}")
+    elif args.family == "diffusers":
+        pass  # (checked above)
     elif any(getattr(args, flag) is not None for flag in IMAGE_FLAGS):
         raise UserInputError("--image, --first_frame and --last_frame are for the wan image tasks")
     elif any(getattr(args, flag) is not None for flag in VACE_FLAGS):
@@ -167,50 +284,20 @@ def main(argv=None) -> None:
 
     import torch
 
-    from delta_cache.models.runner import load_runner
     from delta_cache.profiling.derive import REFRESH_RULES, DerivationParams, derive_for_target, derive_schedule
     from delta_cache.profiling.report import always_computed_note, write_report
     from delta_cache.schedule import FORECASTS
-    from delta_cache.profiling.runner import ProfileRequest, run_profile
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    conditions = {}  # what the front end conditions every prompt on besides the text
-    num_frames = args.frame_num
-    if args.family == "wan":
-        image, last_image = read_input_frames(args.task, args)
-        if image is not None:  # the front end's output size for this image
-            width, height = i2v_output_size(args.size, image.width, image.height)
-            conditions = dict(image=image, last_image=last_image)
-        if is_vace(args.task):  # a source video sets the size and length, as in generate.py
-            vace = read_vace_inputs(args, args.size, args.frame_num)
-            width, height, num_frames = vace.width, vace.height, vace.num_frames
-            conditions = dict(vace=vace)
-    # The front end's loader and sampler; at real size diffusers' model CPU offload keeps one model on the GPU.
-    model = load_runner(args.family, args.ckpt_dir, width=width, height=height, num_frames=num_frames,
-                        num_steps=args.sample_steps, offload=True, progress=True, **sampler_options(args),
-                        **conditions)
-    request = ProfileRequest(prompts=prompts, block_lists=model.block_lists, mask_source=args.mask_source,
-                             mask_files=mask_files, token_grid=model.token_grid, leading_tokens=model.leading_tokens,
-                             patch=model.patch, max_queries=args.max_queries, high_fraction=args.high_fraction)
-    provenance = {"model": model.model_name, "ckpt_dir": str(args.ckpt_dir), "size": args.size,
-                  "frame_num": args.frame_num, "sample_steps": args.sample_steps,
-                  "sample_shift": model.settings["sample_shift"], "sample_solver": model.settings["sample_solver"],
-                  "sample_guide_scale": model.settings["sample_guide_scale"],
-                  "prompts": [p for p, _ in prompts], "seeds": args.seeds, "mask_source": args.mask_source,
-                  "max_queries": args.max_queries, "high_fraction": args.high_fraction}
-    provenance.update({flag: str(getattr(args, flag)) for flag in IMAGE_FLAGS + VACE_FLAGS
-                       if getattr(args, flag, None) is not None})
-    if conditions:
-        provenance["output_size"] = f"{width}*{height}"
-    if num_frames != args.frame_num:
-        provenance["output_frames"] = num_frames
-    control_blocks = len(getattr(model.transformer, "vace_blocks", None) or ())
-    if control_blocks:  # VACE's control blocks run on every step: the ideal speedup counts them in
-        provenance["always_computed_block_evals"] = {"vace_blocks": control_blocks * args.sample_steps}
-    profile = run_profile(model.transformer, lambda prompt, seed: model.generate(prompt, seed)[0], request,
-                          out_dir=args.out, resume=args.resume, provenance=provenance)
-    name = args.name or (f"profiled-{args.task.lower()}" if args.family == "wan" else "profiled-hunyuanvideo")
+    if args.family == "diffusers":
+        profile = profile_diffusers_folder(args, mask_files)
+        pipeline = profile.provenance["pipeline"].removesuffix("Pipeline").lower()
+        default_name = f"profiled-{pipeline or 'pipeline'}"
+    else:
+        profile = profile_front_end(args, width, height, prompts, mask_files)
+        default_name = f"profiled-{args.task.lower()}" if args.family == "wan" else "profiled-hunyuanvideo"
+    name = args.name or default_name
     if args.tau is not None:
         schedule = derive_schedule(profile, DerivationParams(tau=args.tau, t_max=args.t_max, t_min=args.t_min,
                                                              warmup=args.warmup,
@@ -229,6 +316,8 @@ def main(argv=None) -> None:
     ideal = f"ideal {total / computed:.2f}x{always_computed_note(schedule.provenance, computed, total)}"
     print(f"wrote {schedule_path}: {computed}/{total} block evaluations per branch ({ideal}), predicted residual "
           f"error {schedule.provenance['predicted_error']:.4f}; figures and summary.md in {args.out}")
+    if args.family == "diffusers":
+        print(f"use it from Python: delta_cache.apply_delta_cache(pipe.transformer, \"{schedule_path}\")")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ LTX-Video, Mochi (which batch [negative prompt, prompt] in one call and give no 
 experts, and `profile_pipeline` on each family."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from delta_cache.profiling.report import write_report
 from delta_cache.schedule import BlockListSchedule, Schedule
 
 STEPS = 6
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -134,10 +136,14 @@ def test_profile_pipeline_finds_the_video_tokens(family, tmp_path):
     """The profiler reads the prompt's video tokens in the self-attention of each family: the high-attention
     tokens it records in the last block at step 0 of a guided run are those of the prompt run alone."""
     pipe, list_name, depth, kwargs = getattr(tvp, family)()
-    if family == "ltx_video":  # (random weights barely listen to the text: the prompt's sample and the negative
-        with torch.no_grad():  # prompt's would attend alike, and taking the wrong one could pass unseen)
+    # The prompt's sample and the negative prompt's must attend differently, or taking the wrong one would pass
+    # unseen: random LTX weights barely listen to the text, and CogVideoX's 226 text tokens are mostly padding.
+    if family == "ltx_video":
+        with torch.no_grad():
             for block in pipe.transformer.transformer_blocks:
                 block.attn2.to_out[0].weight *= 30
+    if family == "cogvideox":
+        kwargs["negative_prompt"] = " ".join(["green dog on the grass"] * 60)
     grid = TOKEN_GRIDS[family]
     last_block = getattr(pipe.transformer, list_name)[-1]
     alone = {k: v for k, v in kwargs.items() if k != "negative_prompt"}  # the prompt alone: a batch of one
@@ -205,3 +211,63 @@ def test_profile_pipeline_refuses_what_it_cannot_profile():
 
     with pytest.raises(UserInputError, match="does not know where Linear's video tokens are"):
         profile_pipeline(Flux(), [tvp.PROMPT])
+
+
+# ---- scripts/profile_model.py --family diffusers ------------------------------------------------------
+def test_profile_model_on_a_diffusers_folder(tmp_path, monkeypatch, capsys):
+    """One command from a saved pipeline folder to a schedule, its figures and summary; the schedule runs on the
+    pipeline loaded again, computing what it planned."""
+    from diffusers import DiffusionPipeline
+    from script_loader import load_script
+
+    pipe, list_name, depth, kwargs = tvp.cogvideox()
+    pipe.save_pretrained(tmp_path / "cogvideox")
+    out = tmp_path / "profile"
+    load_script(REPO / "scripts" / "profile_model.py").main([
+        "--family", "diffusers", "--ckpt_dir", str(tmp_path / "cogvideox"), "--size", "64*64", "--frame_num", "9",
+        "--sample_steps", "8", "--sample_guide_scale", "6", "--negative_prompt", "blurry", "--prompt", tvp.PROMPT,
+        "--prompt", "a blue circle moves up", "--target_speedup", "1.5", "--threads", "1", "--out", str(out)])
+    assert "delta_cache.apply_delta_cache(pipe.transformer" in capsys.readouterr().out
+    schedule = delta_cache.load_schedule(out / "schedule.json")
+    assert schedule.name == "profiled-cogvideox" and schedule.num_steps == 8
+    provenance = schedule.provenance
+    assert provenance["pipeline"] == "CogVideoXPipeline" and provenance["ckpt_dir"] == str(tmp_path / "cogvideox")
+    assert (provenance["height"], provenance["width"], provenance["num_frames"]) == (64, 64, 9)
+    assert provenance["negative_prompt"] == "blurry" and provenance["dtype"] == "float32"
+    assert all((out / name).is_file() for name in ("foreground_ratio.png", "step_change.png", "schedule.png",
+                                                  "summary.md", "profiles/000.npz", "profiles/001.npz"))
+
+    calls = count_block_calls(monkeypatch, blocks=_block_class("cogvideox"))
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "cogvideox")
+    handle = delta_cache.apply_delta_cache(loaded.transformer, schedule)
+    _run(loaded, kwargs, steps=8)
+    assert calls["blocks"] == handle.predicted_block_evals(8)[0] < depth * 8
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sample_shift", "3"], "--sample_shift is for --family wan or hunyuan_video"),
+    (["--task", "i2v-14B"], "--task is for --family wan or hunyuan_video"),
+    (["--size", "64x64"], "--size must be WIDTH*HEIGHT"),
+    (["--ckpt_dir", "{tmp}/missing"], "no such folder"),
+    (["--ckpt_dir", "{tmp}"], "not a diffusers pipeline folder (no model_index.json)"),
+    (["--ckpt_dir", "{tmp}/flux"], "does not know where FluxTransformer2DModel's video tokens are"),
+    (["--ckpt_dir", "{tmp}/wan22"], "has a second transformer"),
+])
+def test_profile_model_diffusers_refuses_before_loading(tmp_path, flags, message):
+    from script_loader import load_script
+
+    for name, transformer_2 in (("flux", [None, None]), ("wan22", ["diffusers", "WanTransformer3DModel"])):
+        (tmp_path / name).mkdir()
+        transformer = ["diffusers", "FluxTransformer2DModel" if name == "flux" else "WanTransformer3DModel"]
+        (tmp_path / name / "model_index.json").write_text(json.dumps(
+            {"_class_name": "X", "transformer": transformer, "transformer_2": transformer_2}))
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    argv = ["--family", "diffusers", "--ckpt_dir", str(tmp_path / "wan22"), "--prompt", "x",
+            "--out", str(tmp_path / "out"), *flags]
+    if "--ckpt_dir" in flags:  # (the last --ckpt_dir wins)
+        argv = argv[:2] + argv[4:]
+    elif "--size" in flags or "--sample_shift" in flags or "--task" in flags:
+        argv[3] = str(tmp_path / "flux")
+    with pytest.raises(UserInputError, match=message.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
+        load_script(REPO / "scripts" / "profile_model.py").main(argv)
+    assert not (tmp_path / "out").exists()

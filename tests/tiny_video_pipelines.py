@@ -28,7 +28,7 @@ def cogvideox(seed: int = 0):
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=2, text_embed_dim=32,
         num_layers=DEPTH, sample_width=8, sample_height=8, sample_frames=9, patch_size=2, temporal_compression_ratio=4,
-        max_text_seq_length=16).eval()
+        max_text_seq_length=226).eval()  # (the pipeline's default text length, as in the released models)
     vae = AutoencoderKLCogVideoX(
         in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
         up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
@@ -36,8 +36,7 @@ def cogvideox(seed: int = 0):
     tokenizer = tiny_tokenizer()
     pipe = CogVideoXPipeline(tokenizer=tokenizer, text_encoder=_text_encoder(tokenizer), vae=vae,
                              transformer=transformer, scheduler=CogVideoXDDIMScheduler())
-    kwargs = dict(negative_prompt="blurry", height=64, width=64, num_frames=9, guidance_scale=6.0,
-                  max_sequence_length=16)
+    kwargs = dict(negative_prompt="blurry", height=64, width=64, num_frames=9, guidance_scale=6.0)
     return pipe, "transformer_blocks", DEPTH, kwargs
 
 

@@ -34,7 +34,7 @@ def first_line(err: BaseException) -> str:
 
 
 @contextmanager
-def _library_warnings_off():
+def library_warnings_off():
     """diffusers' and transformers' loggers at error level for the duration."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -55,7 +55,7 @@ def from_pretrained_checked(cls, folder, what: str, *, weights: bool = True, **k
     left at random initial values and mismatched shapes dropped, silently: both are refused."""
     where = Path(folder) / kwargs["subfolder"] if "subfolder" in kwargs else Path(folder)
     try:
-        with _library_warnings_off():  # (their "newly initialized" lists would precede our one line)
+        with library_warnings_off():  # (their "newly initialized" lists would precede our one line)
             if not weights:
                 return cls.from_pretrained(folder, **kwargs)
             model, info = cls.from_pretrained(folder, output_loading_info=True, **kwargs)

@@ -10,6 +10,7 @@ transformer class, and everything else (probe, masks, profile, derivation, repor
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import UserInputError
+from ..errors import CheckpointError, UserInputError
+from ..models.common import first_line
 from .profile import Profile
 from .runner import ProfileRequest, run_profile
 
@@ -138,7 +140,8 @@ def _plain(value):
 
 def profile_pipeline(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), out_dir: str | Path | None = None,
                      resume: bool = False, mask_source: str = "motion", mask_files: Sequence[str | Path] | None = None,
-                     max_queries: int = 256, high_fraction: float = 0.25, **pipe_kwargs) -> Profile:
+                     max_queries: int = 256, high_fraction: float = 0.25, provenance: dict | None = None,
+                     **pipe_kwargs) -> Profile:
     """Profile `pipe` (a diffusers video pipeline) on every prompt and seed: one uncached generation each.
 
     `pipe_kwargs` go to every `pipe(...)` call (num_inference_steps, height, width, num_frames, guidance_scale,
@@ -147,7 +150,7 @@ def profile_pipeline(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,
     `write_report(profile, schedule, folder)` draws. With `out_dir`, each prompt's profile is saved as it is
     done and `resume=True` skips those already there. `mask_source`: "motion" or "pca" (from the final latents),
     or "files" with one .npy mask per prompt and seed in `mask_files` (token grid or pixels, see
-    docs/profiling.md).
+    docs/profiling.md). `provenance`: entries to add to the profile's (and so the schedule's) provenance.
     """
     transformer = getattr(pipe, "transformer", None)
     if transformer is None:
@@ -181,8 +184,13 @@ def profile_pipeline(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,
 
     def denoise(prompt: str, seed: int) -> torch.Tensor:
         seen.clear()
-        pipe(prompt=prompt, generator=torch.Generator(device).manual_seed(seed), output_type="latent",
-             callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"], **pipe_kwargs)
+        try:
+            pipe(prompt=prompt, generator=torch.Generator(device).manual_seed(seed), output_type="latent",
+                 callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"], **pipe_kwargs)
+        except UserInputError:
+            raise
+        except ValueError as err:  # (diffusers pipelines check their inputs with ValueErrors: one line)
+            raise UserInputError(f"{type(pipe).__name__}: {first_line(err)}") from None
         if "latents" not in seen or "grid" not in seen:
             raise UserInputError(f"{type(pipe).__name__} ran no denoising step for {prompt!r}")
         return family.latents(seen["latents"].detach().float().cpu(), transformer, seen["grid"]).unsqueeze(0)
@@ -192,9 +200,60 @@ def profile_pipeline(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,
                              mask_source=mask_source,
                              mask_files=None if mask_files is None else [Path(f) for f in mask_files],
                              max_queries=max_queries, high_fraction=high_fraction)
-    provenance = {"model": type(transformer).__name__,
+    provenance = {**(provenance or {}), "model": type(transformer).__name__,
                   "checkpoint": _plain(getattr(transformer.config, "_name_or_path", None)),
                   "pipeline": type(pipe).__name__, "prompts": [p for p, _ in pairs], "seeds": list(seeds),
                   "mask_source": mask_source, "max_queries": max_queries, "high_fraction": high_fraction,
                   **{name: _plain(value) for name, value in sorted(pipe_kwargs.items())}}
     return run_profile(transformer, denoise, request, out_dir=out_dir, resume=resume, provenance=provenance)
+
+
+# ---- a diffusers pipeline folder (scripts/profile_model.py --family diffusers) ------------------------------
+def check_pipeline_folder(folder: str | Path) -> str:
+    """The pipeline class a diffusers pipeline folder declares, after checking (from model_index.json, before any
+    weights load) that its transformer is one `profile_pipeline` knows."""
+    folder = Path(folder)
+    index = folder / "model_index.json"
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such folder")
+    if not index.is_file():
+        raise CheckpointError(f"{folder}: not a diffusers pipeline folder (no model_index.json)")
+    try:
+        declared = json.loads(index.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(f"{index}: cannot read it as JSON ({err})") from None
+    if not isinstance(declared, dict):
+        raise CheckpointError(f"{index}: expected a JSON object")
+
+    def component_class(name):
+        entry = declared.get(name)
+        return entry[1] if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str) else None
+
+    transformer = component_class("transformer")
+    if transformer is None:
+        raise CheckpointError(f"{index}: the pipeline has no transformer component")
+    if transformer not in FAMILIES:
+        raise UserInputError(f"{folder}: profile_pipeline does not know where {transformer}'s video tokens are; it "
+                             f"profiles {', '.join(FAMILIES)}")
+    if component_class("transformer_2") is not None:
+        raise UserInputError(f"{folder}: the pipeline has a second transformer (Wan 2.2's low-noise expert): "
+                             f"profile_pipeline profiles one transformer over all steps; not supported yet")
+    return str(declared.get("_class_name") or "pipeline")
+
+
+def load_pipeline(folder: str | Path, device: torch.device, dtype: torch.dtype, progress: bool = True):
+    """`DiffusionPipeline.from_pretrained(folder)` in `dtype`, on `device` (model CPU offload on a GPU, one model
+    at a time, as the front ends at real size); every failure one CheckpointError."""
+    from diffusers import DiffusionPipeline
+
+    from ..models.common import FILE_ERRORS, library_warnings_off
+    from ..models.runner import place
+
+    check_pipeline_folder(folder)
+    try:
+        with library_warnings_off():
+            pipe = DiffusionPipeline.from_pretrained(str(folder), dtype=dtype)
+    except (*FILE_ERRORS, ImportError) as err:
+        raise CheckpointError(f"cannot load the pipeline in {folder}: {first_line(err)}") from None
+    place(pipe, device, offload=True, progress=progress)
+    return pipe
