@@ -91,10 +91,11 @@ def test_delta_cache_on_other_families(family, monkeypatch):
 # ---- profile_pipeline ---------------------------------------------------------------------------------
 # (frames, height, width) of the video tokens at each builder's size, and whether the self-attention puts
 # the text in front of the video (CogVideoX) or after it (Mochi), or attends over the video alone
-TOKEN_GRIDS = {"cogvideox": (3, 4, 4), "ltx_video": (3, 8, 8), "mochi": (3, 4, 4), "wan": (3, 4, 4),
-               "hunyuan_video": (3, 4, 4)}
-TEXT_FIRST = {"cogvideox": True, "ltx_video": False, "mochi": False, "wan": False, "hunyuan_video": False}
-BATCHED = ("cogvideox", "ltx_video", "mochi")  # [negative prompt, prompt] in one call
+TOKEN_GRIDS = {"cogvideox": (3, 4, 4), "cogvideox15": (2, 4, 4), "ltx_video": (3, 8, 8), "mochi": (3, 4, 4),
+               "wan": (3, 4, 4), "hunyuan_video": (3, 4, 4)}
+TEXT_FIRST = {"cogvideox": True, "cogvideox15": True, "ltx_video": False, "mochi": False, "wan": False,
+              "hunyuan_video": False}
+BATCHED = ("cogvideox", "cogvideox15", "ltx_video", "mochi")  # [negative prompt, prompt] in one call
 
 
 class _FirstAttention(TorchFunctionMode):
@@ -131,7 +132,7 @@ def _high_attention_tokens(query, key, mask, scale, grid, text_first, fraction=0
     return top.reshape(grid).numpy()
 
 
-@pytest.mark.parametrize("family", ["cogvideox", "ltx_video", "mochi", "wan", "hunyuan_video"])
+@pytest.mark.parametrize("family", ["cogvideox", "cogvideox15", "ltx_video", "mochi", "wan", "hunyuan_video"])
 def test_profile_pipeline_finds_the_video_tokens(family, tmp_path):
     """The profiler reads the prompt's video tokens in the self-attention of each family: the high-attention
     tokens it records in the last block at step 0 of a guided run are those of the prompt run alone."""
@@ -142,7 +143,7 @@ def test_profile_pipeline_finds_the_video_tokens(family, tmp_path):
         with torch.no_grad():
             for block in pipe.transformer.transformer_blocks:
                 block.attn2.to_out[0].weight *= 30
-    if family == "cogvideox":
+    if family.startswith("cogvideox"):
         kwargs["negative_prompt"] = " ".join(["green dog on the grass"] * 60)
     grid = TOKEN_GRIDS[family]
     last_block = getattr(pipe.transformer, list_name)[-1]
@@ -163,20 +164,30 @@ def test_profile_pipeline_finds_the_video_tokens(family, tmp_path):
     assert ratio[0, -1] >= 0.9  # (1.0 but for near-ties between the batched and the single run)
 
 
+@pytest.mark.parametrize("family", ["cogvideox15", "ltx_video", "mochi"])
+def test_profile_pipeline_motion_masks_on_the_token_grid(family):
+    """The final latents reach the motion mask on the token grid: CogVideoX 1.5's two latent frames per token,
+    LTX-Video's packed tokens, Mochi's channels-first latents."""
+    pipe, list_name, depth, kwargs = getattr(tvp, family)()
+    profile = profile_pipeline(pipe, [tvp.PROMPT], num_inference_steps=3, **kwargs)
+    mask = profile.prompts[0].mask
+    assert mask.shape == TOKEN_GRIDS[family] and 0 < mask.sum() < mask.size
+
+
 def test_profile_pipeline_derives_a_schedule_that_runs(tmp_path, monkeypatch):
     """Profile -> schedule at a target speedup -> report -> the cache on the same pipeline computes exactly
     the planned block evaluations; the saved profiles are reused on resume."""
     calls = count_block_calls(monkeypatch, blocks=_block_class("cogvideox"))
     pipe, list_name, depth, kwargs = tvp.cogvideox()
     prompts = [tvp.PROMPT, "a blue circle moves up"]
-    profile = profile_pipeline(pipe, prompts, out_dir=tmp_path, num_inference_steps=10, **kwargs)
+    profile = profile_pipeline(pipe, prompts, seeds=np.arange(1), out_dir=tmp_path, num_inference_steps=10, **kwargs)
     assert profile.num_steps == 10 and profile.depths == {list_name: depth}
     assert profile.prompts[0].mask.any()  # the motion mask of the final latents found something
     assert profile.provenance["pipeline"] == "CogVideoXPipeline" and profile.provenance["guidance_scale"] == 6.0
     assert sorted(p.name for p in (tmp_path / "profiles").glob("*.npz")) == ["000.npz", "001.npz"]
 
     calls["blocks"] = 0
-    again = profile_pipeline(pipe, prompts, out_dir=tmp_path, resume=True, num_inference_steps=10, **kwargs)
+    again = profile_pipeline(pipe, prompts, seeds=[0], out_dir=tmp_path, resume=True, num_inference_steps=10, **kwargs)
     assert calls["blocks"] == 0  # nothing generated again
     assert np.array_equal(again.foreground_ratio(list_name), profile.foreground_ratio(list_name))
 
@@ -184,7 +195,8 @@ def test_profile_pipeline_derives_a_schedule_that_runs(tmp_path, monkeypatch):
     written = write_report(profile, schedule, tmp_path / "report")
     assert all(path.is_file() for path in written)
     schedule.save(tmp_path / "schedule.json")
-    assert json.loads((tmp_path / "schedule.json").read_text())["provenance"]["model"] == "CogVideoXTransformer3DModel"
+    saved = json.loads((tmp_path / "schedule.json").read_text())["provenance"]  # (numpy seeds as integers)
+    assert saved["model"] == "CogVideoXTransformer3DModel" and saved["seeds"] == [0]
 
     handle = delta_cache.apply_delta_cache(pipe.transformer, str(tmp_path / "schedule.json"))
     planned, total = handle.predicted_block_evals(10)
@@ -271,3 +283,76 @@ def test_profile_model_diffusers_refuses_before_loading(tmp_path, flags, message
     with pytest.raises(UserInputError, match=message.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
         load_script(REPO / "scripts" / "profile_model.py").main(argv)
     assert not (tmp_path / "out").exists()
+
+
+def test_profile_pipeline_refuses_runs_it_would_get_wrong(tmp_path):
+    """Each of these profiled something else than the prompt's uncached run, or failed late; now one line before
+    the first generation, or at its first step."""
+    pipe, list_name, depth, kwargs = tvp.wan()
+    handle = delta_cache.apply_delta_cache(pipe.transformer, _schedule(list_name, depth, (0, 1, 3, 5)))
+    with pytest.raises(UserInputError, match="the transformer has the delta cache on"):
+        profile_pipeline(pipe, [tvp.PROMPT], num_inference_steps=2, **kwargs)
+    handle.remove()
+    with pytest.raises(UserInputError, match="leave num_videos_per_prompt at 1"):
+        profile_pipeline(pipe, [tvp.PROMPT], num_videos_per_prompt=2, **kwargs)
+    with pytest.raises(UserInputError, match="max_queries must be a positive integer"):
+        profile_pipeline(pipe, [tvp.PROMPT], max_queries=0, **kwargs)
+    with pytest.raises(UserInputError, match="seeds must be a non-empty list of integers"):
+        profile_pipeline(pipe, [tvp.PROMPT], seeds=[], **kwargs)
+    np.save(tmp_path / "flat.npy", np.zeros((4, 4)))
+    with pytest.raises(UserInputError, match="2 files for 1 runs"):
+        profile_pipeline(pipe, [tvp.PROMPT], mask_source="files", mask_files=[tmp_path / "flat.npy"] * 2, **kwargs)
+    with pytest.raises(UserInputError, match=r"flat.npy: expected a 3-D array"):
+        profile_pipeline(pipe, [tvp.PROMPT], mask_source="files", mask_files=[tmp_path / "flat.npy"], **kwargs)
+    with pytest.raises(UserInputError, match="mask_files go with mask_source='files'"):
+        profile_pipeline(pipe, [tvp.PROMPT], mask_files=[tmp_path / "flat.npy"], **kwargs)
+    with pytest.raises(UserInputError, match="compiled"):
+        profile_pipeline(type("Compiled", (), {"transformer": torch.compile(pipe.transformer)})(), [tvp.PROMPT])
+
+    # an attention backend other than torch's SDPA: the probe sees no attention (the profile was all zeros)
+    pipe.transformer.set_attention_backend("flex")
+    with pytest.raises(UserInputError, match="saw no torch scaled_dot_product_attention call"):
+        profile_pipeline(pipe, [tvp.PROMPT], num_inference_steps=2, **kwargs)
+    pipe.transformer.set_attention_backend("native")
+
+    # a pipeline that calls the transformer for the prompt and the negative prompt without a cache_context
+    from diffusers import WanVideoToVideoPipeline
+    from PIL import Image
+
+    video_to_video = WanVideoToVideoPipeline(**{name: getattr(pipe, name) for name in
+                                                ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")})
+    frames = [Image.fromarray(np.full((64, 64, 3), 40 * i, dtype=np.uint8)) for i in range(5)]
+    with pytest.raises(UserInputError, match="made 4 transformer calls for the prompt in 2 steps"):
+        profile_pipeline(video_to_video, [tvp.PROMPT], num_inference_steps=2, video=frames, strength=1.0,
+                         **{k: v for k, v in kwargs.items() if k != "num_frames"})
+    # after all of it the pipeline is plain again
+    assert not any(getattr(m, "_diffusers_hook", None) and m._diffusers_hook.hooks for m in pipe.transformer.modules())
+
+
+def test_profile_pipeline_keeps_the_users_callback():
+    """A callback passed to profile_pipeline runs at every step with the tensors it asks for, and latents it
+    returns are the ones the mask is made from (here zeros: a video without change has no foreground)."""
+    pipe, list_name, depth, kwargs = tvp.wan()
+    steps = []
+
+    def zero_at_the_end(pipeline, step, timestep, tensors):
+        steps.append((step, tuple(tensors)))
+        return {"latents": tensors["latents"] * 0} if step == 2 else {}
+
+    with pytest.raises(UserInputError, match="the foreground mask for prompt .* is empty"):
+        profile_pipeline(pipe, [tvp.PROMPT], num_inference_steps=3, callback_on_step_end=zero_at_the_end,
+                         callback_on_step_end_tensor_inputs=["prompt_embeds"], **kwargs)
+    assert steps == [(step, ("latents", "prompt_embeds")) for step in range(3)]
+
+
+def test_provenance_tells_inputs_apart():
+    """What resume compares: images and arrays by a digest of their data, numbers as numbers."""
+    from PIL import Image
+
+    from delta_cache.profiling.pipelines import _plain
+
+    black, white = (Image.new("RGB", (8, 8), value) for value in ((0, 0, 0), (255, 255, 255)))
+    assert _plain(black) != _plain(white) and _plain(black) == _plain(Image.new("RGB", (8, 8)))
+    assert _plain(np.zeros(3)) != _plain(np.ones(3)) and _plain(torch.zeros(3)) == _plain(np.zeros(3, np.float32))
+    assert _plain({"scale": np.float32(0.5), "layers": (1, 2)}) == {"scale": 0.5, "layers": [1, 2]}
+    json.dumps(_plain({"image": black, "seeds": np.arange(2)}))

@@ -21,14 +21,18 @@ def _text_encoder(tokenizer, width: int = 32) -> T5EncoderModel:
         relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
 
 
-def cogvideox(seed: int = 0):
+def cogvideox(seed: int = 0, version: str = "1.0"):
+    """CogVideoX 1.0, or 1.5 (two latent frames per token, rotary position embeddings)."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
 
     torch.manual_seed(seed)
+    version_options = (dict(attention_head_dim=8) if version == "1.0" else
+                       dict(attention_head_dim=16, patch_size_t=2, use_rotary_positional_embeddings=True,
+                            use_learned_positional_embeddings=False))
     transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=2, text_embed_dim=32,
+        num_attention_heads=2, in_channels=4, out_channels=4, time_embed_dim=2, text_embed_dim=32,
         num_layers=DEPTH, sample_width=8, sample_height=8, sample_frames=9, patch_size=2, temporal_compression_ratio=4,
-        max_text_seq_length=226).eval()  # (the pipeline's default text length, as in the released models)
+        max_text_seq_length=226, **version_options).eval()  # (the pipeline's default text length, as released)
     vae = AutoencoderKLCogVideoX(
         in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
         up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
@@ -38,6 +42,10 @@ def cogvideox(seed: int = 0):
                              transformer=transformer, scheduler=CogVideoXDDIMScheduler())
     kwargs = dict(negative_prompt="blurry", height=64, width=64, num_frames=9, guidance_scale=6.0)
     return pipe, "transformer_blocks", DEPTH, kwargs
+
+
+def cogvideox15(seed: int = 0):
+    return cogvideox(seed, version="1.5")
 
 
 def ltx_video(seed: int = 0):

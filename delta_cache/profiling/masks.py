@@ -139,7 +139,8 @@ def pixel_mask_to_tokens(mask: np.ndarray, token_grid: tuple[int, int, int], tem
                          min_coverage: float = 0.5) -> np.ndarray:
     """Pixel mask (F, H, W) -> token mask: a token is foreground when >= min_coverage of its pixels are.
 
-    Latent frame 0 is video frame 0; latent frame k >= 1 covers video frames 4k-3 .. 4k (causal VAE).
+    Latent frame 0 is video frame 0; latent frame k >= 1 covers video frames s(k-1)+1 .. sk for a temporal stride
+    s (causal VAE; 4 for Wan, HunyuanVideo and CogVideoX).
     """
     mask = np.asarray(mask, dtype=np.float32)
     frames, height, width = token_grid
@@ -160,8 +161,9 @@ def pixel_mask_to_tokens(mask: np.ndarray, token_grid: tuple[int, int, int], tem
     return coverage.reshape(frames, height, width) >= min_coverage
 
 
-def load_mask_file(path: str | Path, token_grid: tuple[int, int, int]) -> np.ndarray:
-    """A user's .npy mask, pixel-level (F, H, W) or already token-level (frames, h, w)."""
+def load_mask_file(path: str | Path, token_grid: tuple[int, int, int], temporal_stride: int = 4) -> np.ndarray:
+    """A user's .npy mask, pixel-level (F, H, W; `temporal_stride` video frames per token frame after the
+    first) or already token-level (frames, h, w)."""
     path = Path(path)
     try:
         mask = np.load(path)
@@ -171,4 +173,4 @@ def load_mask_file(path: str | Path, token_grid: tuple[int, int, int]) -> np.nda
         raise UserInputError(f"mask file {path}: expected a 3-D array (frames, height, width), got shape {mask.shape}")
     if tuple(mask.shape) == tuple(token_grid):
         return mask.astype(bool)
-    return pixel_mask_to_tokens(mask, token_grid)
+    return pixel_mask_to_tokens(mask, token_grid, temporal_stride)

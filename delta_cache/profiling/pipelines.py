@@ -9,6 +9,7 @@ transformer class, and everything else (probe, masks, profile, derivation, repor
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import math
@@ -128,14 +129,52 @@ def video_family(transformer: torch.nn.Module) -> VideoFamily:
 
 
 def _plain(value):
-    """`value` if it can go into a schedule's JSON provenance, else its type's name."""
+    """`value` in a form a schedule's JSON provenance can hold, and that tells runs apart on resume: numbers,
+    strings and lists or dicts of them as they are; images and arrays by their size and a digest of their data;
+    anything else by its type's name."""
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):
-        return list(value)
+    if isinstance(value, (np.integer, np.floating)):
+        return _plain(value.item())
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        value = value.detach().float().cpu().numpy()
+    if hasattr(value, "size") and hasattr(value, "tobytes") and not isinstance(value, np.ndarray):  # a PIL image
+        return f"{type(value).__name__} {value.size[0]}x{value.size[1]} sha1 {_digest(value.tobytes())}"
+    if isinstance(value, np.ndarray):
+        return f"array {'x'.join(map(str, value.shape))} sha1 {_digest(np.ascontiguousarray(value).tobytes())}"
     return type(value).__name__
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()[:12]
+
+
+def check_uncached(transformer: torch.nn.Module) -> None:
+    """A profile describes the uncached model: a cache on the transformer (ours, TeaCache or diffusers') would
+    make it describe the cached run."""
+    from ..hooks import _HANDLE_ATTR as DELTA_CACHE, check_transformer
+    from ..teacache import _HANDLE_ATTR as TEACACHE
+
+    for attribute, name in ((DELTA_CACHE, "the delta cache"), (TEACACHE, "TeaCache")):
+        if getattr(transformer, attribute, None) is not None:
+            raise UserInputError(f"the transformer has {name} on: a profile must see the uncached model; remove it "
+                                 f"first (delta_cache.remove_delta_cache, or the handle's remove())")
+    check_transformer(transformer, "profile_pipeline")
+
+
+def _temporal_stride(pipe, transformer) -> int:
+    """Video frames per token frame (after the first): the VAE's temporal ratio times the temporal patch."""
+    for name in ("vae_scale_factor_temporal", "vae_temporal_compression_ratio", "vae_temporal_scale_factor"):
+        ratio = getattr(pipe, name, None)
+        if isinstance(ratio, int) and ratio > 0:
+            return ratio * _patches(transformer.config)[0]
+    return 4 * _patches(transformer.config)[0]
 
 
 def profile_pipeline(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), out_dir: str | Path | None = None,
@@ -155,41 +194,80 @@ def profile_pipeline(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,
     transformer = getattr(pipe, "transformer", None)
     if transformer is None:
         raise UserInputError(f"{type(pipe).__name__} has no transformer to profile")
+    if hasattr(transformer, "_orig_mod"):
+        raise UserInputError("the transformer is compiled (torch.compile): profile it before compiling")
     if getattr(pipe, "transformer_2", None) is not None:
         raise UserInputError("this pipeline has a second transformer (Wan 2.2's low-noise expert): "
                              "profile_pipeline profiles one transformer over all steps; not supported yet")
     family = video_family(transformer)
-    if mask_source not in ("motion", "pca", "files"):
-        raise UserInputError(f"mask_source must be motion, pca or files, got {mask_source!r}")
-    if isinstance(prompts, str) or not prompts:
+    check_uncached(transformer)
+    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise UserInputError("prompts must be a non-empty list of strings")
+    prompts, seeds = list(prompts), list(seeds)
+    if not seeds or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seeds):
+        raise UserInputError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+    seeds = [int(s) for s in seeds]
     if not 0 < high_fraction < 1:
         raise UserInputError(f"high_fraction must be between 0 and 1, got {high_fraction}")
-    for name in ("prompt", "generator", "output_type", "callback_on_step_end_tensor_inputs"):
+    if not isinstance(max_queries, int) or max_queries < 1:
+        raise UserInputError(f"max_queries must be a positive integer, got {max_queries!r}")
+    for name in ("prompt", "generator", "output_type"):
         if name in pipe_kwargs:
             raise UserInputError(f"profile_pipeline sets {name} itself; leave it out of the pipeline arguments")
-    pairs = [(prompt, int(seed)) for prompt in prompts for seed in seeds]
+    if pipe_kwargs.get("num_videos_per_prompt", 1) != 1:
+        raise UserInputError("profile_pipeline profiles one video per prompt and seed: leave num_videos_per_prompt at 1 "
+                             "(give more seeds instead)")
+    pairs = [(prompt, seed) for prompt in prompts for seed in seeds]
+    if mask_source not in ("motion", "pca", "files"):
+        raise UserInputError(f"mask_source must be motion, pca or files, got {mask_source!r}")
+    if (mask_files is not None) != (mask_source == "files"):
+        raise UserInputError("mask_files go with mask_source='files' (one per prompt and seed), and only with it")
+    if mask_files is not None:
+        mask_files = [Path(f) for f in mask_files]
+        _check_mask_files(mask_files, len(pairs))
+
     device = getattr(pipe, "_execution_device", None) or transformer.device
     their_callback = pipe_kwargs.pop("callback_on_step_end", None)
-    seen = {}  # the run's token grid (from the transformer's first call) and its latents after the last step
+    # (a diffusers PipelineCallback names the tensors it reads; a function's are in the call's arguments)
+    their_inputs = list(pipe_kwargs.pop("callback_on_step_end_tensor_inputs", None)
+                        or getattr(their_callback, "tensor_inputs", None) or [])
+    seen = {}  # the run's token grid (from the transformer's first call), its steps and latents after the last
 
     def layout(module, args, kwargs) -> dict:
-        fields = family.layout(module, args, kwargs)
+        try:
+            fields = family.layout(module, args, kwargs)
+        except (KeyError, TypeError, AttributeError, ValueError) as err:  # (e.g. LTXConditionPipeline's video_coords)
+            detail = f"no argument {err}" if isinstance(err, KeyError) else first_line(err)
+            raise UserInputError(f"cannot read where the video tokens are in {type(pipe).__name__}'s calls of "
+                                 f"{type(module).__name__} ({detail}); not supported") from None
         seen["grid"] = fields["token_grid"]
         return fields
 
     def keep_latents(pipeline, step, timestep, callback_kwargs):
-        seen["latents"] = callback_kwargs["latents"]
-        return their_callback(pipeline, step, timestep, callback_kwargs) if their_callback else {}
+        changed = their_callback(pipeline, step, timestep, callback_kwargs) if their_callback else {}
+        seen["latents"] = (changed or {}).get("latents", callback_kwargs["latents"])
+        seen["steps"] = seen.get("steps", 0) + 1
+        return changed
+
+    def one_call_per_step(record) -> None:
+        recorded = len(next(iter(record.high_attention.values())))
+        if recorded != seen.get("steps"):  # (e.g. prompt and negative prompt called without a cache_context)
+            raise UserInputError(f"{type(pipe).__name__} made {recorded} transformer calls for the prompt in "
+                                 f"{seen.get('steps')} steps: its prompt's calls cannot be told from its other ones "
+                                 f"(a pipeline that calls the transformer without cache_context); not supported")
 
     def denoise(prompt: str, seed: int) -> torch.Tensor:
         seen.clear()
         try:
             pipe(prompt=prompt, generator=torch.Generator(device).manual_seed(seed), output_type="latent",
-                 callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"], **pipe_kwargs)
+                 callback_on_step_end=keep_latents,
+                 callback_on_step_end_tensor_inputs=["latents", *(x for x in their_inputs if x != "latents")],
+                 **pipe_kwargs)
         except UserInputError:
             raise
-        except ValueError as err:  # (diffusers pipelines check their inputs with ValueErrors: one line)
+        except (ValueError, TypeError) as err:  # (a pipeline's checks of its inputs, an unknown keyword: one line)
+            if isinstance(err, TypeError) and "argument" not in str(err):
+                raise
             raise UserInputError(f"{type(pipe).__name__}: {first_line(err)}") from None
         if "latents" not in seen or "grid" not in seen:
             raise UserInputError(f"{type(pipe).__name__} ran no denoising step for {prompt!r}")
@@ -197,15 +275,31 @@ def profile_pipeline(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,
 
     request = ProfileRequest(prompts=pairs, block_lists=list(family.block_lists), token_grid=None, layout=layout,
                              branch=family.branch, sample=family.sample, patch=family.mask_patch(transformer),
-                             mask_source=mask_source,
-                             mask_files=None if mask_files is None else [Path(f) for f in mask_files],
-                             max_queries=max_queries, high_fraction=high_fraction)
+                             check_record=one_call_per_step, mask_source=mask_source, mask_files=mask_files,
+                             mask_temporal_stride=_temporal_stride(pipe, transformer), max_queries=max_queries,
+                             high_fraction=high_fraction)
     provenance = {**(provenance or {}), "model": type(transformer).__name__,
                   "checkpoint": _plain(getattr(transformer.config, "_name_or_path", None)),
-                  "pipeline": type(pipe).__name__, "prompts": [p for p, _ in pairs], "seeds": list(seeds),
+                  "pipeline": type(pipe).__name__, "prompts": [p for p, _ in pairs], "seeds": seeds,
                   "mask_source": mask_source, "max_queries": max_queries, "high_fraction": high_fraction,
                   **{name: _plain(value) for name, value in sorted(pipe_kwargs.items())}}
+    if mask_files is not None:  # (the masks' contents: a resume with other masks must not reuse the profiles)
+        provenance["mask_files"] = [_plain(np.load(f)) for f in mask_files]
     return run_profile(transformer, denoise, request, out_dir=out_dir, resume=resume, provenance=provenance)
+
+
+def _check_mask_files(paths: list[Path], runs: int) -> None:
+    """Before any generation: one readable 3-D .npy array per run."""
+    if len(paths) != runs:
+        raise UserInputError(f"mask_files: {len(paths)} files for {runs} runs (one per prompt and seed, prompts first)")
+    for path in paths:
+        try:
+            mask = np.load(path)
+        except (OSError, ValueError) as err:
+            raise UserInputError(f"mask file {path}: cannot read it as a .npy array ({first_line(err)})") from None
+        if mask.ndim != 3:
+            raise UserInputError(f"mask file {path}: expected a 3-D array (frames, height, width), got shape "
+                                 f"{mask.shape}")
 
 
 # ---- a diffusers pipeline folder (scripts/profile_model.py --family diffusers) ------------------------------

@@ -34,6 +34,8 @@ from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.hooks.hooks import BaseState, StateManager
 from torch.overrides import TorchFunctionMode
 
+from ..errors import UserInputError
+
 _ROOT_HOOK = "delta_profile_root"
 _BLOCK_HOOK = "delta_profile_block"
 MAX_LOGITS = 2**27  # 0.5 GB of fp32 sampled attention logits at a time
@@ -166,6 +168,7 @@ class ProfileProbe:
         if settings.token_grid is not None:
             self._sample_tokens()
         self._active = False
+        self._blocks_without_attention = 0  # in this step
         self._step_blocks: dict[str, list] = {}
         self._previous_output: torch.Tensor | None = None
         self.record = ProbeRecord(high_attention={n: [] for n in block_lists}, sketches={n: [] for n in block_lists})
@@ -210,6 +213,7 @@ class ProfileProbe:
     @torch.no_grad()
     def _received_attention(self, query, key, attn_mask, scale) -> torch.Tensor:
         """(video tokens,) attention received from the sampled video-token queries, mean over heads."""
+        self._check_length(key)
         sample = self.settings.sample
         if sample is not None:  # (one sample of the batch, kept as a batch of one)
             query, key = query[sample].unsqueeze(0), key[sample].unsqueeze(0)
@@ -234,11 +238,18 @@ class ProfileProbe:
         video = slice(self._first_video_token, self._first_video_token + self.num_video_tokens)
         return (received / (batch * heads * num_queries))[video].cpu()
 
+    def _check_length(self, key: torch.Tensor) -> None:
+        if key.shape[-2] < self._first_video_token + self.num_video_tokens:
+            raise UserInputError(f"the self-attention has {key.shape[-2]} tokens, fewer than the "
+                                 f"{self.num_video_tokens} video tokens after {self._first_video_token} others that "
+                                 f"the token layout gives: this transformer call does not fit the layout")
+
     @torch.no_grad()
     def _record_block(self, list_name: str, index: int, saliency, residual: torch.Tensor) -> None:
         frames = self.settings.token_grid[0]
         if saliency is None:  # a block without attention: nothing is high-attention
             high = np.zeros(self.num_video_tokens, dtype=bool)
+            self._blocks_without_attention += 1
         else:
             per_frame = saliency.reshape(frames, -1)
             count = max(1, round(self.settings.high_fraction * per_frame.shape[1]))
@@ -254,6 +265,12 @@ class ProfileProbe:
 
     @torch.no_grad()
     def _end_step(self, output: torch.Tensor) -> None:
+        blocks = sum(len(entries) for entries in self._step_blocks.values())
+        if blocks and self._blocks_without_attention == blocks:
+            raise UserInputError("the profiler saw no torch scaled_dot_product_attention call in any block: the "
+                                 "transformer's attention runs on another backend (set_attention_backend, e.g. flash "
+                                 "or sage); profile it on diffusers' native backend")
+        self._blocks_without_attention = 0
         for list_name in self.block_lists:
             entries = sorted(self._step_blocks.get(list_name, []), key=lambda e: e[0])
             self.record.high_attention[list_name].append([bits for _, bits, _ in entries])

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserInputError
 from . import masks
-from .probe import ProbeSettings, ProfileProbe
+from .probe import ProbeRecord, ProbeSettings, ProfileProbe
 from .profile import Profile, PromptProfile
 
 MASK_SOURCES = ("motion", "pca", "files", "ground_truth")
@@ -33,6 +33,8 @@ class ProfileRequest:
     layout: Callable[[torch.nn.Module, tuple, dict], dict] | None = None  # see ProfileProbe
     branch: str = "cond"  # the cache_context of the calls with the prompt
     sample: int | None = None  # see ProbeSettings
+    check_record: Callable[[ProbeRecord], None] | None = None  # called on each generation's record
+    mask_temporal_stride: int = 4  # video frames per token frame, for pixel mask files
     patch: tuple[int, int] = (2, 2)
     mask_source: str = "motion"
     mask_files: list[Path] | None = None  # one per prompt, for mask_source "files"
@@ -53,7 +55,7 @@ def foreground_mask(request: ProfileRequest, index: int, latents: torch.Tensor,
     if request.mask_source == "pca":
         return masks.pca_mask(latents[0].float().cpu().numpy(), request.patch)
     if request.mask_source == "files":
-        return masks.load_mask_file(request.mask_files[index], token_grid)
+        return masks.load_mask_file(request.mask_files[index], token_grid, request.mask_temporal_stride)
     if request.mask_source == "ground_truth":
         return masks.pixel_mask_to_tokens(request.ground_truth_masks[index], token_grid)
     raise UserInputError(f"unknown mask source {request.mask_source!r}; choose from {', '.join(MASK_SOURCES)}")
@@ -120,6 +122,8 @@ def run_profile(transformer: torch.nn.Module, denoise: Callable[[str, int], torc
         if probe.token_grid is None:
             raise UserInputError(f"the transformer was never called in the '{request.branch}' context while "
                                  f"generating {prompt!r}: nothing was profiled")
+        if request.check_record is not None:
+            request.check_record(probe.record)
         mask = foreground_mask(request, index, latents, probe.token_grid)
         profile = PromptProfile.from_record(probe.record, mask, prompt, seed, probe.token_grid)
         if path is not None:
