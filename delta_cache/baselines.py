@@ -37,7 +37,8 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
-from .hooks import apply_delta_cache, default_branch, model_block_lists, remove_delta_cache
+from .generations import UnnamedBranches
+from .hooks import DEFAULT_BRANCH, apply_delta_cache, default_branch, model_block_lists, remove_delta_cache
 from .schedule import compress_ranges
 
 _COUNTER_HOOK = "bench_block_counter"
@@ -163,9 +164,10 @@ class StepSkippingHook(ModelHook):
         self.state_manager = StateManager(_StepSkipState)
         self.computed_calls = 0
         self.skipped_calls = 0
+        self._unnamed = UnnamedBranches(DEFAULT_BRANCH)
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        with default_branch(self.state_manager):
+        with default_branch(self.state_manager, self._unnamed, args, kwargs):
             context = self.state_manager.context
             state: _StepSkipState = self.state_manager.get_state()
             # WanPipeline passes the step index; HunyuanVideoPipeline does not: count this branch's calls.
@@ -180,6 +182,7 @@ class StepSkippingHook(ModelHook):
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state_manager.reset()
+        self._unnamed.reset()
         return module
 
 

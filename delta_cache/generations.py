@@ -6,6 +6,10 @@ call starts a new generation when the latents change shape, when the pipeline's 
 goes back, or, for pipelines that pass no step index (HunyuanVideo, Wan i2v and VACE), when the timestep rises
 (a denoising run's timesteps fall from call to call; a second-order sampler repeats one), or, where no
 timestep can be read, when the branch has counted a whole run.
+
+Calls a pipeline makes outside any `cache_context` are named here too (`UnnamedBranches`): some pipelines
+(HunyuanVideo image-to-video, SkyReels, Wan video-to-video) call the transformer for the prompt and then for
+the negative prompt without naming either, and the two must not share a branch's state.
 """
 
 from __future__ import annotations
@@ -53,3 +57,29 @@ def starts_new_generation(previous: CallInfo | None, num_calls: int, last_step: 
         # one is a second-order sampler's second call of a step.
         return call.timestep > previous.timestep
     return bool(num_steps) and num_calls >= num_steps
+
+
+class UnnamedBranches:
+    """Branch names for calls made outside any `cache_context`: the first call at a timestep is `base`; further
+    calls at the same timestep on the same latents are the step's other branches (a prompt's and a negative
+    prompt's calls in a pipeline that does not name them) and get `base_2`, `base_3`, ... A second-order
+    sampler's second call at a timestep has other latents and stays in `base`."""
+
+    def __init__(self, base: str):
+        self.base = base
+        self.reset()
+
+    def reset(self) -> None:
+        self._last: tuple | None = None  # (timestep, latents) of the last unnamed call (the latents kept until reset)
+        self._index = 0
+
+    def name(self, args, kwargs) -> str:
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        timestep = CallInfo.of(args, kwargs, None).timestep
+        last = self._last
+        same_step = (last is not None and timestep is not None and timestep == last[0]
+                     and isinstance(hidden, torch.Tensor) and isinstance(last[1], torch.Tensor)
+                     and (hidden is last[1] or (hidden.shape == last[1].shape and torch.equal(hidden, last[1]))))
+        self._index = self._index + 1 if same_step else 0
+        self._last = (timestep, hidden.detach() if isinstance(hidden, torch.Tensor) else None)
+        return self.base if self._index == 0 else f"{self.base}_{self._index + 1}"

@@ -30,7 +30,7 @@ from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
 from . import block_streams
 from .errors import UserInputError
-from .generations import CallInfo, starts_new_generation
+from .generations import CallInfo, UnnamedBranches, starts_new_generation
 from .schedule import Schedule, load_schedule, warmup_length
 from .stats import DeltaCacheStats
 
@@ -41,11 +41,14 @@ DEFAULT_BRANCH = "default"  # branch name for calls made outside any `cache_cont
 
 
 @contextlib.contextmanager
-def default_branch(state_manager: StateManager):
-    """Calls made outside any `cache_context` (a plain transformer call) run as the DEFAULT_BRANCH branch."""
+def default_branch(state_manager: StateManager, unnamed: UnnamedBranches | None = None, args=(), kwargs=None):
+    """Calls made outside any `cache_context` (a plain transformer call) run as the DEFAULT_BRANCH branch, or, with
+    `unnamed` (which reads the call's `args` and `kwargs`), as the branch it names: a step's second call on the
+    same latents (a negative prompt's) as DEFAULT_BRANCH_2."""
     owns_context = state_manager._context is None
     if owns_context:
-        state_manager.set_context(CacheContext(DEFAULT_BRANCH))
+        name = DEFAULT_BRANCH if unnamed is None else unnamed.name(args, kwargs or {})
+        state_manager.set_context(CacheContext(name))
     try:
         yield
     finally:
@@ -125,9 +128,10 @@ class DeltaCacheRootHook(ModelHook):
         self.runs_per_list = runs_per_list
         self._refresh_sets: dict[tuple[str, int], frozenset[int]] = {}
         self._warmups: dict[tuple[str, int], int] = {}  # (block list, run's step count) -> warm-up length
+        self._unnamed = UnnamedBranches(DEFAULT_BRANCH)
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        with default_branch(self.state_manager):
+        with default_branch(self.state_manager, self._unnamed, args, kwargs):
             self._start_call(module, args, kwargs)
             return self.fn_ref.original_forward(*args, **kwargs)
 
@@ -172,6 +176,7 @@ class DeltaCacheRootHook(ModelHook):
                               f"planned {state.counted_steps} steps (this pipeline does not say its step count): "
                               f"apply it with num_inference_steps={state.num_calls}", stacklevel=2)
         self.state_manager.reset()
+        self._unnamed.reset()
         return module
 
 

@@ -35,9 +35,9 @@ from diffusers.hooks.hooks import BaseState, StateManager
 
 from . import block_streams
 from .errors import UserInputError
-from .generations import CallInfo, starts_new_generation
+from .generations import CallInfo, UnnamedBranches, starts_new_generation
 from .hooks import _HANDLE_ATTR as DELTA_CACHE_HANDLE_ATTR
-from .hooks import check_transformer, default_branch, detach_hooks, model_block_lists
+from .hooks import DEFAULT_BRANCH, check_transformer, default_branch, detach_hooks, model_block_lists
 
 _ROOT_HOOK = "teacache_root"
 _INDICATOR_HOOK = "teacache_indicator"
@@ -127,9 +127,10 @@ class _TeaCacheRootHook(ModelHook):
         self.state_manager = state_manager
         self.config = config
         self.stats = stats
+        self._unnamed = UnnamedBranches(DEFAULT_BRANCH)
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        with default_branch(self.state_manager):
+        with default_branch(self.state_manager, self._unnamed, args, kwargs):
             self._start_call(args, kwargs)
             output = self.fn_ref.original_forward(*args, **kwargs)
             if self.config.calibrate:
@@ -161,6 +162,7 @@ class _TeaCacheRootHook(ModelHook):
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state_manager.reset()
+        self._unnamed.reset()
         return module
 
 

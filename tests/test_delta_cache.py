@@ -487,3 +487,54 @@ def test_block_level_group_offloading_enabled_first_is_refused():
     pipe.transformer.enable_group_offload(**offload)  # the other order works
     tiny_wan.run(pipe, steps=4)
     assert handle.stats()["computed_block_evals"] == 2 * 2 * 6  # 2 refresh steps x 2 branches x 6 blocks
+
+
+@torch.no_grad()
+def _guided_loop(transformer, named: bool, second_order: bool = False):
+    """A denoising loop calling the transformer for a prompt and a negative prompt at each timestep, inside
+    cache contexts (`named`, as WanPipeline) or outside any (as diffusers' Wan video-to-video, HunyuanVideo
+    image-to-video and SkyReels pipelines do); with `second_order`, one branch called twice a timestep on other
+    latents (a Heun-like sampler)."""
+    import contextlib
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, 3, 4, 4, generator=generator)
+    text, negative = torch.randn(2, 1, 8, 32, generator=generator)
+
+    def call(name, latents, embeddings, t):
+        with transformer.cache_context(name) if named else contextlib.nullcontext():
+            return transformer(hidden_states=latents, timestep=torch.tensor([t]), encoder_hidden_states=embeddings,
+                               return_dict=False)[0]
+
+    for t in (999, 800, 600, 400, 200, 100):
+        if second_order:
+            first = call("cond", x, text, t)
+            x = x - 0.05 * first - 0.05 * call("cond", x - 0.1 * first, text, t)
+        else:
+            cond, uncond = call("cond", x, text, t), call("uncond", x, negative, t)
+            x = x - 0.1 * (uncond + 5.0 * (cond - uncond))
+    transformer._reset_stateful_cache()  # (the pipelines' end of a run)
+    return x
+
+
+def test_calls_without_a_cache_context_keep_prompt_and_negative_prompt_apart():
+    """Pipelines that call the transformer for the prompt and the negative prompt without naming them: the
+    second call of a timestep on the same latents is another branch, with its own deltas, so the run is the one
+    the named branches give (sharing one branch mixed the prompt's deltas into the negative prompt's calls). A
+    second-order sampler's repeated timestep, on other latents, stays one branch."""
+    torch.set_num_threads(1)
+    transformer = tiny_wan.tiny_wan_pipeline(num_layers=6).transformer
+    schedule = dc.Schedule(name="t", num_steps=6, block_lists={"blocks": dc.BlockListSchedule((1, 2, 3, 4), (0, 1, 3))})
+    handle = dc.apply_delta_cache(transformer, schedule)
+    named = _guided_loop(transformer, named=True)
+    unnamed = _guided_loop(transformer, named=False)
+    assert torch.equal(named, unnamed)
+    branches = handle.stats()["branches"]
+    assert {name: b["calls"] for name, b in branches.items()} == {"cond": 6, "uncond": 6, "default": 6, "default_2": 6}
+    assert branches["default_2"]["computed_block_evals"] == branches["uncond"]["computed_block_evals"] < 36
+    handle.reset()
+    with pytest.warns(UserWarning, match="made 12 transformer calls"):  # (two a step: the sampler's, not branches)
+        _guided_loop(transformer, named=False, second_order=True)
+    assert set(handle.stats()["branches"]) == {"cond", "uncond", "default", "default_2"}  # (no new branch)
+    assert handle.stats()["branches"]["default"]["calls"] == 6 + 12
+    dc.remove_delta_cache(transformer)
