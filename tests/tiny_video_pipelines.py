@@ -126,3 +126,19 @@ def hunyuan_video(seed: int = 0):
     pipe = HunyuanVideoPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), **parts)
     kwargs = dict(height=64, width=64, num_frames=9, guidance_scale=6.0)
     return pipe, "transformer_blocks", 3, kwargs
+
+
+def wan_video_to_video(seed: int = 0):
+    """WanVideoToVideoPipeline: calls the transformer for the prompt and then the negative prompt without a
+    cache_context (as HunyuanVideo image-to-video and SkyReels do)."""
+    import numpy as np
+    from diffusers import WanVideoToVideoPipeline
+    from PIL import Image
+
+    base = tiny_wan_pipeline(num_layers=DEPTH, seed=seed)
+    pipe = WanVideoToVideoPipeline(**{name: getattr(base, name) for name in
+                                      ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")})
+    frames = [Image.fromarray(np.full((64, 64, 3), 25 * i, dtype=np.uint8)) for i in range(9)]
+    kwargs = dict(video=frames, strength=1.0, negative_prompt="blurry", height=64, width=64, guidance_scale=5.0,
+                  max_sequence_length=16)
+    return pipe, "blocks", DEPTH, kwargs

@@ -251,10 +251,10 @@ def profile_pipeline(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,
 
     def one_call_per_step(record) -> None:
         recorded = len(next(iter(record.high_attention.values())))
-        if recorded != seen.get("steps"):  # (e.g. prompt and negative prompt called without a cache_context)
+        if recorded != seen.get("steps"):  # (a pipeline whose prompt's calls cannot be told from its other ones)
             raise UserInputError(f"{type(pipe).__name__} made {recorded} transformer calls for the prompt in "
-                                 f"{seen.get('steps')} steps: its prompt's calls cannot be told from its other ones "
-                                 f"(a pipeline that calls the transformer without cache_context); not supported")
+                                 f"{seen.get('steps')} steps: its prompt's calls cannot be told from its other "
+                                 f"ones; not supported")
 
     def denoise(prompt: str, seed: int) -> torch.Tensor:
         seen.clear()

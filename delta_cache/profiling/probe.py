@@ -35,6 +35,7 @@ from diffusers.hooks.hooks import BaseState, StateManager
 from torch.overrides import TorchFunctionMode
 
 from ..errors import UserInputError
+from ..generations import UnnamedBranches
 
 _ROOT_HOOK = "delta_profile_root"
 _BLOCK_HOOK = "delta_profile_block"
@@ -112,10 +113,14 @@ class _ProbeRootHook(ModelHook):
         super().__init__()
         self.probe = probe
         self.state_manager = StateManager(_CallState)
+        self._unnamed = UnnamedBranches("unnamed")
 
     def new_forward(self, module, *args, **kwargs):
         context = self.state_manager._context
-        active = context is None or context.name == self.probe.settings.branch
+        if context is None:  # the first call of a timestep: pipelines that name no branch call the prompt's first
+            active = self._unnamed.name(args, kwargs) == self._unnamed.base
+        else:
+            active = context.name == self.probe.settings.branch
         if active and self.probe.settings.token_grid is None:
             self.probe._resolve_layout(module, args, kwargs)
         self.probe._active = active
@@ -129,6 +134,7 @@ class _ProbeRootHook(ModelHook):
 
     def reset_state(self, module):
         self.state_manager.reset()
+        self._unnamed.reset()
         return module
 
 
