@@ -255,11 +255,12 @@ def summary_line(denoise_seconds: float, cache_stats: dict | None, processes: in
 def add_sampler_flags(group) -> None:
     """The sampler flags of the scripts that run a model through `delta_cache.models.runner` (profile_model.py,
     profile_evidence.py); None means the front end's default, which the runner fills in."""
-    group.add_argument("--sample_steps", type=positive_int, default=50)
+    group.add_argument("--sample_steps", type=positive_int, default=50, help="denoising steps (default 50)")
     group.add_argument("--sample_shift", type=bounded_float(0, above=True), default=None,
                        help="default: wan 5.0, hunyuan_video 7.0")
     group.add_argument("--sample_guide_scale", type=bounded_float(0), default=None,
-                       help="wan: CFG scale (default 5.0); hunyuan_video: embedded guidance (default 6.0)")
+                       help="wan: CFG scale (default 5.0); hunyuan_video: embedded guidance (default 6.0); "
+                            "diffusers: the pipeline's guidance_scale (default: the pipeline's)")
     group.add_argument("--sample_solver", default="unipc", choices=["unipc", "dpm++"], help="wan only")
 
 

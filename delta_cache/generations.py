@@ -8,8 +8,8 @@ goes back, or, for pipelines that pass no step index (HunyuanVideo, Wan i2v and 
 timestep can be read, when the branch has counted a whole run.
 
 Calls a pipeline makes outside any `cache_context` are named here too (`UnnamedBranches`): some pipelines
-(HunyuanVideo image-to-video, SkyReels, Wan video-to-video) call the transformer for the prompt and then for
-the negative prompt without naming either, and the two must not share a branch's state.
+(HunyuanVideo image-to-video and its SkyReels variant, Wan video-to-video) call the transformer for the prompt
+and then for the negative prompt without naming either, and the two must not share a branch's state.
 """
 
 from __future__ import annotations
@@ -61,25 +61,34 @@ def starts_new_generation(previous: CallInfo | None, num_calls: int, last_step: 
 
 class UnnamedBranches:
     """Branch names for calls made outside any `cache_context`: the first call at a timestep is `base`; further
-    calls at the same timestep on the same latents are the step's other branches (a prompt's and a negative
-    prompt's calls in a pipeline that does not name them) and get `base_2`, `base_3`, ... A second-order
-    sampler's second call at a timestep has other latents and stays in `base`."""
+    calls at the same timestep on the same latents with another text (`encoder_hidden_states`) are the step's
+    other branches (a prompt's and a negative prompt's calls in a pipeline that does not name them) and get
+    `base_2`, `base_3`, ... A second-order sampler's second call at a timestep (other latents) and a call repeated
+    with the same inputs stay in `base`."""
 
     def __init__(self, base: str):
         self.base = base
         self.reset()
 
     def reset(self) -> None:
-        self._last: tuple | None = None  # (timestep, latents) of the last unnamed call (the latents kept until reset)
+        self._last: tuple | None = None  # (timestep, latents, text) of the last unnamed call; tensors kept until reset
         self._index = 0
 
+    @torch.compiler.disable  # (per-call Python decisions: a compiled transformer must not guard on them)
     def name(self, args, kwargs) -> str:
         hidden = kwargs.get("hidden_states", args[0] if args else None)
+        text = kwargs.get("encoder_hidden_states")
         timestep = CallInfo.of(args, kwargs, None).timestep
         last = self._last
-        same_step = (last is not None and timestep is not None and timestep == last[0]
-                     and isinstance(hidden, torch.Tensor) and isinstance(last[1], torch.Tensor)
-                     and (hidden is last[1] or (hidden.shape == last[1].shape and torch.equal(hidden, last[1]))))
-        self._index = self._index + 1 if same_step else 0
-        self._last = (timestep, hidden.detach() if isinstance(hidden, torch.Tensor) else None)
+        another_branch = (last is not None and timestep is not None and timestep == last[0]
+                          and _equal(hidden, last[1]) and _equal(text, last[2]) is False)
+        self._index = self._index + 1 if another_branch else 0
+        self._last = (timestep, *(x.detach() if isinstance(x, torch.Tensor) else None for x in (hidden, text)))
         return self.base if self._index == 0 else f"{self.base}_{self._index + 1}"
+
+
+def _equal(a, b) -> bool | None:
+    """Whether two tensors hold the same values (None unless both are tensors)."""
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        return None
+    return a.shape == b.shape and (a.data_ptr() == b.data_ptr() or torch.equal(a, b))

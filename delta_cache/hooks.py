@@ -44,13 +44,17 @@ DEFAULT_BRANCH = "default"  # branch name for calls made outside any `cache_cont
 def default_branch(state_manager: StateManager, unnamed: UnnamedBranches | None = None, args=(), kwargs=None):
     """Calls made outside any `cache_context` (a plain transformer call) run as the DEFAULT_BRANCH branch, or, with
     `unnamed` (which reads the call's `args` and `kwargs`), as the branch it names: a step's second call on the
-    same latents (a negative prompt's) as DEFAULT_BRANCH_2."""
+    same latents with another text (a negative prompt's) as DEFAULT_BRANCH_2."""
     owns_context = state_manager._context is None
     if owns_context:
         name = DEFAULT_BRANCH if unnamed is None else unnamed.name(args, kwargs or {})
         state_manager.set_context(CacheContext(name))
     try:
         yield
+    except BaseException:
+        if owns_context and unnamed is not None:  # (an interrupted call must not make the next run's first call
+            unnamed.reset()  # look like a second branch of its timestep)
+        raise
     finally:
         if owns_context:
             state_manager.set_context(None)
@@ -133,7 +137,11 @@ class DeltaCacheRootHook(ModelHook):
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         with default_branch(self.state_manager, self._unnamed, args, kwargs):
             self._start_call(module, args, kwargs)
-            return self.fn_ref.original_forward(*args, **kwargs)
+            try:
+                return self.fn_ref.original_forward(*args, **kwargs)
+            except BaseException:  # (an interrupted call, e.g. Ctrl-C or out of memory: its run cannot go on, and a
+                self.state_manager.get_state().reset()  # rerun's first call must not count as its next step)
+                raise
 
     @torch.compiler.disable  # per-step Python decisions; compiling the whole transformer must not guard on them
     def _start_call(self, module: torch.nn.Module, args, kwargs) -> None:

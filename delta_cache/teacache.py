@@ -132,7 +132,11 @@ class _TeaCacheRootHook(ModelHook):
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         with default_branch(self.state_manager, self._unnamed, args, kwargs):
             self._start_call(args, kwargs)
-            output = self.fn_ref.original_forward(*args, **kwargs)
+            try:
+                output = self.fn_ref.original_forward(*args, **kwargs)
+            except BaseException:  # (an interrupted call: a rerun's first call must not count as its next step)
+                self.state_manager.get_state().reset()
+                raise
             if self.config.calibrate:
                 self._record_output(output)
             return output

@@ -148,9 +148,9 @@ def check_diffusers_flags(args) -> None:
     if given:
         raise UserInputError(f"--{given[0]} is for --family wan or hunyuan_video; a diffusers pipeline samples with "
                              f"its own scheduler and inputs")
-    if args.size is not None:  # (the pipeline checks the multiples it needs)
-        width, height = (args.size.split("*") + [""])[:2]
-        if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+    if args.size is not None:  # (the multiples a model needs are checked at its first call)
+        parts = args.size.split("*")
+        if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
             raise UserInputError(f"--size must be WIDTH*HEIGHT (e.g. 720*480), got {args.size!r}")
     if args.frame_num is not None and args.frame_num < 1:
         raise UserInputError(f"--frame_num must be >= 1, got {args.frame_num}")

@@ -493,7 +493,7 @@ def test_block_level_group_offloading_enabled_first_is_refused():
 def _guided_loop(transformer, named: bool, second_order: bool = False):
     """A denoising loop calling the transformer for a prompt and a negative prompt at each timestep, inside
     cache contexts (`named`, as WanPipeline) or outside any (as diffusers' Wan video-to-video, HunyuanVideo
-    image-to-video and SkyReels pipelines do); with `second_order`, one branch called twice a timestep on other
+    image-to-video pipelines do); with `second_order`, one branch called twice a timestep on other
     latents (a Heun-like sampler)."""
     import contextlib
 
@@ -538,3 +538,32 @@ def test_calls_without_a_cache_context_keep_prompt_and_negative_prompt_apart():
     assert set(handle.stats()["branches"]) == {"cond", "uncond", "default", "default_2"}  # (no new branch)
     assert handle.stats()["branches"]["default"]["calls"] == 6 + 12
     dc.remove_delta_cache(transformer)
+
+
+def test_unnamed_calls_repeated_interrupted_or_compiled():
+    """Calls outside any cache_context: the same call repeated (timing, warm-up) stays one branch; a run cut short
+    in its first call (Ctrl-C, out of memory) leaves nothing that changes the next run; a compiled transformer
+    does not recompile per timestep for the branch naming."""
+    torch.set_num_threads(1)
+    schedule = dc.Schedule(name="t", num_steps=6, block_lists={"blocks": dc.BlockListSchedule((1, 2, 3, 4), (0, 3))})
+    transformer = tiny_wan.tiny_wan_pipeline(num_layers=6).transformer
+    handle = dc.apply_delta_cache(transformer, schedule)
+    clean = _guided_loop(transformer, named=False)
+
+    x, text = torch.randn(1, 16, 3, 4, 4), torch.randn(1, 8, 32)
+    handle.reset()
+    with torch.no_grad():
+        for _ in range(3):
+            transformer(hidden_states=x, timestep=torch.tensor([500]), encoder_hidden_states=text, return_dict=False)
+    transformer._reset_stateful_cache()
+    assert handle.stats()["branches"]["default"]["calls"] == 6 + 3 and "default_3" not in handle.stats()["branches"]
+
+    interrupt = transformer.blocks[5].register_forward_pre_hook(lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        _guided_loop(transformer, named=False)
+    interrupt.remove()
+    assert torch.equal(_guided_loop(transformer, named=False), clean)
+
+    transformer.compile(backend="eager")
+    with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
+        assert torch.equal(_guided_loop(transformer, named=False), clean)

@@ -260,6 +260,7 @@ def test_profile_model_on_a_diffusers_folder(tmp_path, monkeypatch, capsys):
     (["--sample_shift", "3"], "--sample_shift is for --family wan or hunyuan_video"),
     (["--task", "i2v-14B"], "--task is for --family wan or hunyuan_video"),
     (["--size", "64x64"], "--size must be WIDTH*HEIGHT"),
+    (["--size", "64*64*2"], "--size must be WIDTH*HEIGHT"),
     (["--ckpt_dir", "{tmp}/missing"], "no such folder"),
     (["--ckpt_dir", "{tmp}"], "not a diffusers pipeline folder (no model_index.json)"),
     (["--ckpt_dir", "{tmp}/flux"], "does not know where FluxTransformer2DModel's video tokens are"),
@@ -346,3 +347,41 @@ def test_provenance_tells_inputs_apart():
     assert _plain(np.zeros(3)) != _plain(np.ones(3)) and _plain(torch.zeros(3)) == _plain(np.zeros(3, np.float32))
     assert _plain({"scale": np.float32(0.5), "layers": (1, 2)}) == {"scale": 0.5, "layers": [1, 2]}
     json.dumps(_plain({"image": black, "seeds": np.arange(2)}))
+
+
+def test_profile_pipeline_stops_early_on_inputs_that_do_not_fit(tmp_path):
+    """Found at the transformer's first call, not after a whole generation: a size whose latent the patch does not
+    divide (CogVideoX checks only multiples of 8), a mask file with too few frames for the token grid."""
+    pipe, list_name, depth, kwargs = tvp.cogvideox()
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda *_: calls.append(1))
+    with pytest.raises(UserInputError, match=r"latent's height \(9\) is not a multiple of the transformer's patch"):
+        profile_pipeline(pipe, [tvp.PROMPT], num_inference_steps=4, **{**kwargs, "height": 72})
+    np.save(tmp_path / "short.npy", np.ones((3, 64, 64), dtype=bool))  # 9 video frames need 1 + 4 + 4
+    with pytest.raises(UserInputError, match=r"mask has 3 frames; 3 token frames need at least 6 video frames"):
+        profile_pipeline(pipe, [tvp.PROMPT], mask_source="files", mask_files=[tmp_path / "short.npy"],
+                         num_inference_steps=4, **kwargs)
+    assert len(calls) == 2  # one transformer call each
+
+
+def test_profile_model_diffusers_refuses_missing_weights_and_resumes_a_moved_folder(tmp_path):
+    """Weights a component lacks are one line (not random values); a folder moved elsewhere still resumes."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from script_loader import load_script
+
+    pipe, *_ = tvp.cogvideox()
+    pipe.save_pretrained(tmp_path / "cogvideox")
+    argv = ["--family", "diffusers", "--size", "64*64", "--frame_num", "9", "--sample_steps", "3", "--prompt",
+            tvp.PROMPT, "--tau", "0.5", "--threads", "1", "--out", str(tmp_path / "out")]
+    profile_model = load_script(REPO / "scripts" / "profile_model.py")
+    profile_model.main([*argv, "--ckpt_dir", str(tmp_path / "cogvideox")])
+    shutil.move(tmp_path / "cogvideox", tmp_path / "moved")
+    profile_model.main([*argv, "--ckpt_dir", str(tmp_path / "moved"), "--resume"])
+
+    weights = tmp_path / "moved" / "text_encoder" / "model.safetensors"
+    state = load_file(weights)
+    save_file({k: v for k, v in state.items() if "block.1." not in k}, weights, metadata={"format": "pt"})
+    with pytest.raises(UserInputError, match=r"text_encoder \(the text_encoder\): the weights lack"):
+        profile_model.main([*argv, "--ckpt_dir", str(tmp_path / "moved"), "--resume"])

@@ -130,7 +130,7 @@ def hunyuan_video(seed: int = 0):
 
 def wan_video_to_video(seed: int = 0):
     """WanVideoToVideoPipeline: calls the transformer for the prompt and then the negative prompt without a
-    cache_context (as HunyuanVideo image-to-video and SkyReels do)."""
+    cache_context (as HunyuanVideo image-to-video does)."""
     import numpy as np
     from diffusers import WanVideoToVideoPipeline
     from PIL import Image

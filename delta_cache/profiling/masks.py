@@ -146,7 +146,10 @@ def pixel_mask_to_tokens(mask: np.ndarray, token_grid: tuple[int, int, int], tem
     frames, height, width = token_grid
     groups = [mask[:1]] + [mask[1 + temporal_stride * (k - 1): 1 + temporal_stride * k] for k in range(1, frames)]
     if any(g.shape[0] == 0 for g in groups):
-        raise UserInputError(f"mask has {mask.shape[0]} frames, too few for {frames} latent frames")
+        needed = 2 + temporal_stride * (frames - 2) if frames > 1 else 1
+        raise UserInputError(f"mask has {mask.shape[0]} frames; {frames} token frames need at least {needed} video "
+                             f"frames (frame 0, then {temporal_stride} per token frame), or give a token-level mask "
+                             f"of shape {tuple(token_grid)}")
     per_frame = np.stack([g.mean(axis=0) for g in groups])  # (frames, H, W)
     pixels_h, pixels_w = mask.shape[1:]
     if pixels_h < height or pixels_w < width:

@@ -13,15 +13,17 @@ import hashlib
 import inspect
 import json
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import CheckpointError, UserInputError
 from ..models.common import first_line
+from .masks import load_mask_file
 from .profile import Profile
 from .runner import ProfileRequest, run_profile
 
@@ -40,7 +42,12 @@ def _patches(config) -> tuple[int, int, int]:
 
 
 def _grid(frames: int, height: int, width: int, config) -> tuple[int, int, int]:
+    """The token grid of a latent of `frames` x `height` x `width`, which the patches must divide."""
     pt, ph, pw = _patches(config)
+    for what, size, patch in (("frames", frames, pt), ("height", height, ph), ("width", width, pw)):
+        if size % patch:
+            raise UserInputError(f"the latent's {what} ({size}) is not a multiple of the transformer's patch "
+                                 f"({patch}): choose a video size whose latent it divides")
     return frames // pt, height // ph, width // pw
 
 
@@ -201,27 +208,9 @@ def profile_pipeline(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,
                              "profile_pipeline profiles one transformer over all steps; not supported yet")
     family = video_family(transformer)
     check_uncached(transformer)
-    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
-        raise UserInputError("prompts must be a non-empty list of strings")
-    prompts, seeds = list(prompts), list(seeds)
-    if not seeds or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seeds):
-        raise UserInputError(f"seeds must be a non-empty list of integers, got {seeds!r}")
-    seeds = [int(s) for s in seeds]
-    if not 0 < high_fraction < 1:
-        raise UserInputError(f"high_fraction must be between 0 and 1, got {high_fraction}")
-    if not isinstance(max_queries, int) or max_queries < 1:
-        raise UserInputError(f"max_queries must be a positive integer, got {max_queries!r}")
-    for name in ("prompt", "generator", "output_type"):
-        if name in pipe_kwargs:
-            raise UserInputError(f"profile_pipeline sets {name} itself; leave it out of the pipeline arguments")
-    if pipe_kwargs.get("num_videos_per_prompt", 1) != 1:
-        raise UserInputError("profile_pipeline profiles one video per prompt and seed: leave num_videos_per_prompt at 1 "
-                             "(give more seeds instead)")
+    seeds, max_queries = _checked_arguments(prompts, seeds, max_queries, high_fraction, mask_source, mask_files,
+                                            pipe_kwargs)
     pairs = [(prompt, seed) for prompt in prompts for seed in seeds]
-    if mask_source not in ("motion", "pca", "files"):
-        raise UserInputError(f"mask_source must be motion, pca or files, got {mask_source!r}")
-    if (mask_files is not None) != (mask_source == "files"):
-        raise UserInputError("mask_files go with mask_source='files' (one per prompt and seed), and only with it")
     if mask_files is not None:
         mask_files = [Path(f) for f in mask_files]
         _check_mask_files(mask_files, len(pairs))
@@ -236,11 +225,15 @@ def profile_pipeline(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,
     def layout(module, args, kwargs) -> dict:
         try:
             fields = family.layout(module, args, kwargs)
+        except UserInputError:
+            raise
         except (KeyError, TypeError, AttributeError, ValueError) as err:  # (e.g. LTXConditionPipeline's video_coords)
             detail = f"no argument {err}" if isinstance(err, KeyError) else first_line(err)
             raise UserInputError(f"cannot read where the video tokens are in {type(pipe).__name__}'s calls of "
                                  f"{type(module).__name__} ({detail}); not supported") from None
         seen["grid"] = fields["token_grid"]
+        for path in mask_files or ():  # (before the generation goes on: a mask that does not fit fails here)
+            load_mask_file(path, seen["grid"], request.mask_temporal_stride)
         return fields
 
     def keep_latents(pipeline, step, timestep, callback_kwargs):
@@ -288,8 +281,33 @@ def profile_pipeline(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,
     return run_profile(transformer, denoise, request, out_dir=out_dir, resume=resume, provenance=provenance)
 
 
+def _checked_arguments(prompts, seeds, max_queries, high_fraction, mask_source, mask_files, pipe_kwargs
+                       ) -> tuple[list, int]:
+    """profile_pipeline's arguments checked, each a one-line UserInputError; (seeds as ints, max_queries)."""
+    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise UserInputError("prompts must be a non-empty list of strings")
+    seeds = list(seeds) if isinstance(seeds, Iterable) and not isinstance(seeds, (str, bytes)) else [seeds]
+    if not seeds or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seeds):
+        raise UserInputError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+    if not 0 < high_fraction < 1:
+        raise UserInputError(f"high_fraction must be between 0 and 1, got {high_fraction}")
+    if not isinstance(max_queries, numbers.Integral) or max_queries < 1:
+        raise UserInputError(f"max_queries must be a positive integer, got {max_queries!r}")
+    for name in ("prompt", "generator", "output_type"):
+        if name in pipe_kwargs:
+            raise UserInputError(f"profile_pipeline sets {name} itself; leave it out of the pipeline arguments")
+    if pipe_kwargs.get("num_videos_per_prompt", 1) != 1:
+        raise UserInputError("profile_pipeline profiles one video per prompt and seed: leave num_videos_per_prompt at 1 "
+                             "(give more seeds instead)")
+    if mask_source not in ("motion", "pca", "files"):
+        raise UserInputError(f"mask_source must be motion, pca or files, got {mask_source!r}")
+    if (mask_files is not None) != (mask_source == "files"):
+        raise UserInputError("mask_files go with mask_source='files' (one per prompt and seed), and only with it")
+    return [int(s) for s in seeds], int(max_queries)
+
+
 def _check_mask_files(paths: list[Path], runs: int) -> None:
-    """Before any generation: one readable 3-D .npy array per run."""
+    """Before any generation: one readable 3-D .npy array per run (fitted to the token grid at the first call)."""
     if len(paths) != runs:
         raise UserInputError(f"mask_files: {len(paths)} files for {runs} runs (one per prompt and seed, prompts first)")
     for path in paths:
@@ -336,18 +354,37 @@ def check_pipeline_folder(folder: str | Path) -> str:
 
 
 def load_pipeline(folder: str | Path, device: torch.device, dtype: torch.dtype, progress: bool = True):
-    """`DiffusionPipeline.from_pretrained(folder)` in `dtype`, on `device` (model CPU offload on a GPU, one model
-    at a time, as the front ends at real size); every failure one CheckpointError."""
+    """The diffusers pipeline in `folder`, in `dtype`, on `device` (model CPU offload on a GPU, one model at a time,
+    as the front ends at real size); every failure one CheckpointError. Its models are loaded one by one first,
+    so that weights the folder lacks are refused (a library would leave them at random values)."""
     from diffusers import DiffusionPipeline
 
-    from ..models.common import FILE_ERRORS, library_warnings_off
+    from ..models.common import FILE_ERRORS, from_pretrained_checked, library_warnings_off
     from ..models.runner import place
 
+    folder = Path(folder)
     check_pipeline_folder(folder)
+    models = {}
+    for name, entry in json.loads((folder / "model_index.json").read_text()).items():
+        component = _component_class(entry)
+        if component is not None and issubclass(component, torch.nn.Module):
+            models[name] = from_pretrained_checked(component, folder, f"the {name}", subfolder=name, dtype=dtype)
     try:
         with library_warnings_off():
-            pipe = DiffusionPipeline.from_pretrained(str(folder), dtype=dtype)
+            pipe = DiffusionPipeline.from_pretrained(str(folder), dtype=dtype, **models)
     except (*FILE_ERRORS, ImportError) as err:
         raise CheckpointError(f"cannot load the pipeline in {folder}: {first_line(err)}") from None
     place(pipe, device, offload=True, progress=progress)
     return pipe
+
+
+def _component_class(entry):
+    """The class a model_index.json entry ["library", "ClassName"] names, or None."""
+    import importlib
+
+    if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
+        return None
+    try:
+        return getattr(importlib.import_module(entry[0]), entry[1], None)
+    except ImportError:
+        return None

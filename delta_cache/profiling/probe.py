@@ -48,18 +48,18 @@ class ProbeSettings:
     token_grid: tuple[int, int, int] | None
     # tokens in front of the video's in the blocks' sequence (VACE: one latent frame per reference image)
     leading_tokens: int = 0
-    # tokens the self-attention puts in front of the blocks' sequence (CogVideoX: the text)
-    attention_prefix_tokens: int = 0
-    # the batch sample recorded (None: attention averaged over the batch, residual and output of sample 0, as
-    # the front ends' batches of one); -1 for pipelines that batch [negative prompt, prompt]
-    sample: int | None = None
-    attention_call: int = 0  # which attention call in a block is its self-attention (Mochi: one per sample)
     max_queries: int = 256
     high_fraction: float = 0.25
     sketch_tokens: int = 256
     sketch_dim: int = 64
     branch: str = "cond"
     seed: int = 0
+    # tokens the self-attention puts in front of the blocks' sequence (CogVideoX: the text)
+    attention_prefix_tokens: int = 0
+    # the batch sample recorded (None: attention averaged over the batch, residual and output of sample 0, as
+    # the front ends' batches of one); -1 for pipelines that batch [negative prompt, prompt]
+    sample: int | None = None
+    attention_call: int = 0  # which attention call in a block is its self-attention (Mochi: one per sample)
 
 
 @dataclass

@@ -63,8 +63,8 @@ def foreground_mask(request: ProfileRequest, index: int, latents: torch.Tensor,
 
 RUN_FILE = "run.json"  # the settings the saved prompt profiles were made with
 # Not compared on --resume: prompts and seeds (a resume may add some; each saved profile names its own) and
-# the checkpoint's path (a run carried to another machine finds it elsewhere).
-_NOT_COMPARED = ("prompts", "seeds", "ckpt_dir")
+# the checkpoint's path (a run carried to another machine finds it elsewhere; profile_pipeline's `checkpoint`).
+_NOT_COMPARED = ("prompts", "seeds", "ckpt_dir", "checkpoint")
 
 
 def _run_settings(provenance: dict) -> dict:
