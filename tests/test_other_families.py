@@ -206,6 +206,31 @@ def test_profile_pipeline_derives_a_schedule_that_runs(tmp_path, monkeypatch):
     assert abs(total / planned - 1.5) <= 0.05 * 1.5
 
 
+@pytest.mark.parametrize("family", ["ltx_video", "mochi", "wan_video_to_video", "hunyuan_video"])
+def test_profiled_schedules_run_as_planned_on_each_family(family, monkeypatch):
+    """Every family from profile to cache: the schedule derived at 1.5x computes exactly the planned block
+    evaluations in each branch the pipeline makes (batched, named, or unnamed prompt and negative prompt; both of
+    HunyuanVideo's block lists)."""
+    import diffusers.models.transformers as transformers
+
+    blocks = {"ltx_video": _block_class("ltx_video"), "mochi": _block_class("mochi"),
+              "wan_video_to_video": _block_class("wan"),
+              "hunyuan_video": (transformers.transformer_hunyuan_video.HunyuanVideoTransformerBlock,
+                                transformers.transformer_hunyuan_video.HunyuanVideoSingleTransformerBlock)}[family]
+    calls = count_block_calls(monkeypatch, blocks=blocks)
+    pipe, list_name, depth, kwargs = getattr(tvp, family)()
+    profile = profile_pipeline(pipe, [tvp.PROMPT, "a blue circle moves up"], num_inference_steps=8, **kwargs)
+    schedule = derive_for_target(profile, 1.5)
+    handle = delta_cache.apply_delta_cache(pipe.transformer, schedule)
+    planned, total = handle.predicted_block_evals(8)
+    calls["blocks"] = 0
+    _run(pipe, kwargs, steps=8)
+    branches = handle.stats()["branches"]
+    assert all(b["computed_block_evals"] == planned and b["calls"] == 8 for b in branches.values()), branches
+    assert calls["blocks"] == planned * len(branches) and abs(total / planned - 1.5) <= 0.05 * 1.5
+    assert len(branches) == (2 if family == "wan_video_to_video" else 1)
+
+
 def test_profile_pipeline_refuses_what_it_cannot_profile():
     pipe, _, _, kwargs = tvp.wan22()
     with pytest.raises(UserInputError, match="second transformer"):
