@@ -148,14 +148,11 @@ def check_diffusers_flags(args) -> None:
     if given:
         raise UserInputError(f"--{given[0]} is for --family wan or hunyuan_video; a diffusers pipeline samples with "
                              f"its own scheduler and inputs")
-    if args.size is not None:  # (the multiples a model needs are checked at its first call)
-        parts = args.size.split("*")
-        if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
-            raise UserInputError(f"--size must be WIDTH*HEIGHT (e.g. 720*480), got {args.size!r}")
     if args.frame_num is not None and args.frame_num < 1:
         raise UserInputError(f"--frame_num must be >= 1, got {args.frame_num}")
-    from delta_cache.profiling.pipelines import check_pipeline_folder
+    from delta_cache.profiling.pipelines import check_pipeline_folder, check_size_flag
 
+    check_size_flag(args.size)
     check_pipeline_folder(args.ckpt_dir)
 
 
@@ -203,26 +200,14 @@ def profile_front_end(args, width: int, height: int, prompts, mask_files):
 
 def profile_diffusers_folder(args, mask_files):
     """Profile a diffusers pipeline folder through `delta_cache.profile_pipeline`."""
-    import torch
+    from delta_cache.profiling.pipelines import load_folder_pipeline, profile_pipeline
 
-    from delta_cache.models.runner import pick_device
-    from delta_cache.profiling.pipelines import load_pipeline, profile_pipeline
-
-    device = pick_device()
-    dtype = (torch.bfloat16 if device.type == "cuda" else torch.float32) if args.dtype == "auto" else \
-        getattr(torch, args.dtype)
-    pipe = load_pipeline(args.ckpt_dir, device, dtype)
-    call = {"num_inference_steps": args.sample_steps}
-    if args.size is not None:
-        call["width"], call["height"] = (int(v) for v in args.size.split("*"))
-    for name, value in (("num_frames", args.frame_num), ("guidance_scale", args.sample_guide_scale),
-                        ("negative_prompt", args.negative_prompt)):
-        if value is not None:
-            call[name] = value
+    pipe, call = load_folder_pipeline(args)
     return profile_pipeline(pipe, read_prompt_texts(args), seeds=args.seeds, out_dir=args.out, resume=args.resume,
                             mask_source=args.mask_source, mask_files=mask_files, max_queries=args.max_queries,
                             high_fraction=args.high_fraction,
-                            provenance={"ckpt_dir": str(args.ckpt_dir), "dtype": str(dtype).removeprefix("torch.")},
+                            provenance={"ckpt_dir": str(args.ckpt_dir),
+                                        "dtype": str(pipe.transformer.dtype).removeprefix("torch.")},
                             **call)
 
 

@@ -410,3 +410,32 @@ def test_profile_model_diffusers_refuses_missing_weights_and_resumes_a_moved_fol
     save_file({k: v for k, v in state.items() if "block.1." not in k}, weights, metadata={"format": "pt"})
     with pytest.raises(UserInputError, match=r"text_encoder \(the text_encoder\): the weights lack"):
         profile_model.main([*argv, "--ckpt_dir", str(tmp_path / "moved"), "--resume"])
+
+
+def test_compare_cached_on_a_diffusers_folder(tmp_path, capsys):
+    """One prompt without and with a schedule on a saved pipeline: the speedup line with the counted block
+    evaluations, PSNR/SSIM against the uncached video, both mp4s; a schedule for another model is one line
+    before any weights load."""
+    from script_loader import load_script
+
+    from delta_cache.video import read_video
+
+    pipe, *_ = tvp.cogvideox()
+    pipe.save_pretrained(tmp_path / "cogvideox")
+    schedule = tmp_path / "schedule.json"
+    _schedule("transformer_blocks", tvp.DEPTH, (0, 1, 2, 4)).save(schedule)
+    compare = load_script(REPO / "scripts" / "compare_cached.py")
+    argv = ["--ckpt_dir", str(tmp_path / "cogvideox"), "--prompt", tvp.PROMPT, "--size", "64*64", "--frame_num", "9",
+            "--sample_steps", str(STEPS), "--threads", "1", "--out", str(tmp_path / "out")]
+    compare.main([*argv, "--cache_schedule", str(schedule)])
+    out = capsys.readouterr().out
+    computed = STEPS * tvp.DEPTH - 2 * (tvp.DEPTH - 2)  # steps 3 and 5 reuse blocks 1-4
+    assert f"ideal {STEPS * tvp.DEPTH / computed:.2f}x ({computed}/{STEPS * tvp.DEPTH} block evaluations)" in out
+    assert "measured speedup" in out and "cached vs uncached: PSNR" in out
+    assert read_video(tmp_path / "out" / "cached.mp4").shape == read_video(tmp_path / "out" / "uncached.mp4").shape
+
+    with pytest.raises(UserInputError, match="names block list 'blocks', which CogVideoXTransformer3DModel does not"):
+        compare.main([*argv[:-1], str(tmp_path / "bad"), "--cache_schedule", "wan2.1-t2v-14b"])
+    with pytest.raises(UserInputError, match="--size must be WIDTH"):
+        compare.main([*argv[:-1], str(tmp_path / "bad"), "--cache_schedule", str(schedule), "--size", "64"])
+    assert not (tmp_path / "bad").exists()

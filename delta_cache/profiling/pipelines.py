@@ -388,3 +388,32 @@ def _component_class(entry):
         return getattr(importlib.import_module(entry[0]), entry[1], None)
     except ImportError:
         return None
+
+
+def check_size_flag(size: str | None) -> None:
+    """--size for a diffusers pipeline folder: None (the pipeline's default) or WIDTH*HEIGHT of positive integers
+    (the multiples a model needs are checked at its first call)."""
+    if size is not None:
+        parts = size.split("*")
+        if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
+            raise UserInputError(f"--size must be WIDTH*HEIGHT (e.g. 720*480), got {size!r}")
+
+
+def load_folder_pipeline(args):
+    """(pipeline, its keyword arguments) from the scripts' flags for a diffusers pipeline folder: --ckpt_dir, --dtype
+    ("auto": bfloat16 on a GPU, float32 on the CPU), --sample_steps, and where given --size, --frame_num,
+    --sample_guide_scale and --negative_prompt (else the pipeline's defaults)."""
+    from ..models.runner import pick_device
+
+    device = pick_device()
+    dtype = (torch.bfloat16 if device.type == "cuda" else torch.float32) if args.dtype == "auto" else \
+        getattr(torch, args.dtype)
+    pipe = load_pipeline(args.ckpt_dir, device, dtype)
+    call = {"num_inference_steps": args.sample_steps}
+    if args.size is not None:
+        call["width"], call["height"] = (int(v) for v in args.size.split("*"))
+    for name, value in (("num_frames", args.frame_num), ("guidance_scale", args.sample_guide_scale),
+                        ("negative_prompt", args.negative_prompt)):
+        if value is not None:
+            call[name] = value
+    return pipe, call

@@ -1,0 +1,146 @@
+"""A delta-cache schedule on a diffusers pipeline folder: one prompt without and with the cache, same seed.
+
+For a schedule made with `scripts/profile_model.py --family diffusers` (or any schedule that fits the model):
+prints the measured speedup of the denoising loop next to the ideal one (block evaluations counted by the
+cache), PSNR/SSIM of the cached video against the uncached one, and writes both videos:
+
+    python scripts/compare_cached.py --ckpt_dir ./CogVideoX-5b --cache_schedule profiles/cogvideox5b/schedule.json \
+        --size 720*480 --frame_num 49 --sample_guide_scale 6 --prompt "a corgi runs along a beach" --out compare
+
+The denoising loop is timed from the transformer's first call to the end of the last step (text encoding
+and decoding are the same in both runs and left out); an untimed two-step run first warms the device up.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from delta_cache.cli import (  # noqa: E402
+    OneLineArgumentParser, bounded_float, check_output_path, check_seed, nonempty_str, positive_int, run_cli,
+    set_offline)
+from delta_cache.errors import UserInputError  # noqa: E402
+
+# Frames per second the released models are shown at (the mp4s only; nothing is computed from it).
+FPS = {"CogVideoXTransformer3DModel": 8, "LTXVideoTransformer3DModel": 24, "MochiTransformer3DModel": 30,
+       "WanTransformer3DModel": 16, "HunyuanVideoTransformer3DModel": 24}
+
+
+def build_parser() -> OneLineArgumentParser:
+    p = OneLineArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt_dir", required=True, help="a diffusers pipeline folder (model_index.json)")
+    p.add_argument("--cache_schedule", type=nonempty_str, required=True, help="a schedule JSON file or preset name")
+    p.add_argument("--prompt", type=nonempty_str, required=True)
+    p.add_argument("--negative_prompt", default=None, help="default: the pipeline's")
+    p.add_argument("--size", default=None, help="WIDTH*HEIGHT (default: the pipeline's)")
+    p.add_argument("--frame_num", type=positive_int, default=None, help="frames (default: the pipeline's)")
+    p.add_argument("--sample_steps", type=positive_int, default=50, help="denoising steps (default 50)")
+    p.add_argument("--sample_guide_scale", type=bounded_float(0), default=None,
+                   help="the pipeline's guidance_scale (default: the pipeline's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                   help="default: bfloat16 on a GPU, float32 on the CPU")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--out", type=Path, default=Path("compare_output"), help="folder for uncached.mp4 and cached.mp4")
+    return p
+
+
+def check_fit(schedule, folder) -> None:
+    """Before any weights load: the schedule names only block lists the folder's transformer has."""
+    import json
+
+    from delta_cache.profiling.pipelines import FAMILIES
+
+    declared = json.loads((Path(folder) / "model_index.json").read_text())["transformer"][1]
+    unknown = sorted(set(schedule.block_lists) - set(FAMILIES[declared].block_lists))
+    if unknown:
+        raise UserInputError(f"schedule '{schedule.name}' names block list '{unknown[0]}', which {declared} does not "
+                             f"have (it has: {', '.join(FAMILIES[declared].block_lists)})")
+
+
+class LoopTimer:
+    """Seconds from the transformer's first call to the end of the last denoising step of one pipeline call."""
+
+    def __init__(self, transformer, device):
+        self.device, self.start, self.end = device, None, None
+        self._hook = transformer.register_forward_pre_hook(self._first_call)
+
+    def _sync(self) -> float:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _first_call(self, module, args):
+        if self.start is None:
+            self.start = self._sync()
+
+    def step_end(self, pipe, step, timestep, tensors):
+        self.end = self._sync()
+        return {}
+
+    def seconds(self) -> float:
+        self._hook.remove()
+        return self.end - self.start
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    from delta_cache.profiling.pipelines import check_pipeline_folder, check_size_flag
+
+    check_pipeline_folder(args.ckpt_dir)
+    check_seed("--seed", args.seed)
+    check_size_flag(args.size)
+    check_output_path("--out", args.out, folder=True)
+    set_offline()
+
+    import torch
+
+    import delta_cache
+    from delta_cache.metrics import fidelity
+    from delta_cache.profiling.pipelines import load_folder_pipeline
+    from delta_cache.video import save_video
+
+    schedule = delta_cache.load_schedule(args.cache_schedule)
+    check_fit(schedule, args.ckpt_dir)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    pipe, call = load_folder_pipeline(args)
+    execution_device = getattr(pipe, "_execution_device", None) or pipe.transformer.device
+
+    def generate(**overrides):
+        timer = LoopTimer(pipe.transformer, execution_device)
+        try:
+            frames = pipe(prompt=args.prompt, generator=torch.Generator(execution_device).manual_seed(args.seed),
+                          output_type="np", callback_on_step_end=timer.step_end, **{**call, **overrides}).frames[0]
+        except UserInputError:
+            raise
+        except ValueError as err:  # (the pipeline's checks of its inputs)
+            raise UserInputError(f"{type(pipe).__name__}: {str(err).splitlines()[0]}") from None
+        return frames, timer.seconds()
+
+    print("warm-up (2 steps, untimed) ...", flush=True)
+    generate(num_inference_steps=2)
+    print("uncached ...", flush=True)
+    reference, uncached_seconds = generate()
+    handle = delta_cache.apply_delta_cache(pipe.transformer, schedule, num_inference_steps=args.sample_steps)
+    print(f"cached ({schedule.name}) ...", flush=True)
+    video, cached_seconds = generate()
+    stats = handle.stats()
+    delta_cache.remove_delta_cache(pipe.transformer)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    fps = FPS.get(type(pipe.transformer).__name__, 16)
+    paths = [save_video(reference, args.out / "uncached.mp4", fps), save_video(video, args.out / "cached.mp4", fps)]
+    print(f"denoising: uncached {uncached_seconds:.2f} s, cached {cached_seconds:.2f} s: measured speedup "
+          f"{uncached_seconds / cached_seconds:.2f}x, ideal {stats['ideal_speedup']:.2f}x "
+          f"({stats['computed_block_evals']}/{stats['total_block_evals']} block evaluations)")
+    print(f"cached vs uncached: {fidelity(video, reference)}; videos: {', '.join(str(p) for p in paths)}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
