@@ -139,8 +139,8 @@ class DeltaCacheRootHook(ModelHook):
             self._start_call(module, args, kwargs)
             try:
                 return self.fn_ref.original_forward(*args, **kwargs)
-            except BaseException:  # (an interrupted call, e.g. Ctrl-C or out of memory: its run cannot go on, and a
-                self.state_manager.get_state().reset()  # rerun's first call must not count as its next step)
+            except BaseException:  # (an interrupted call, e.g. Ctrl-C or out of memory: its generation cannot go on,
+                self.state_manager.reset()  # and a rerun's first calls must not count as its next steps, in any branch)
                 raise
 
     @torch.compiler.disable  # per-step Python decisions; compiling the whole transformer must not guard on them

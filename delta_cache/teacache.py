@@ -134,8 +134,8 @@ class _TeaCacheRootHook(ModelHook):
             self._start_call(args, kwargs)
             try:
                 output = self.fn_ref.original_forward(*args, **kwargs)
-            except BaseException:  # (an interrupted call: a rerun's first call must not count as its next step)
-                self.state_manager.get_state().reset()
+            except BaseException:  # (an interrupted call: a rerun's first calls must not count as its next steps)
+                self.state_manager.reset()
                 raise
             if self.config.calibrate:
                 self._record_output(output)

@@ -37,10 +37,11 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--negative_prompt", default=None, help="default: the pipeline's")
     p.add_argument("--size", default=None, help="WIDTH*HEIGHT (default: the pipeline's)")
     p.add_argument("--frame_num", type=positive_int, default=None, help="frames (default: the pipeline's)")
-    p.add_argument("--sample_steps", type=positive_int, default=50, help="denoising steps (default 50)")
+    p.add_argument("--sample_steps", type=positive_int, default=None,
+                   help="denoising steps (default: the schedule's step count)")
     p.add_argument("--sample_guide_scale", type=bounded_float(0), default=None,
                    help="the pipeline's guidance_scale (default: the pipeline's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=42)
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
                    help="default: bfloat16 on a GPU, float32 on the CPU")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (torch.set_num_threads)")
@@ -49,24 +50,28 @@ def build_parser() -> OneLineArgumentParser:
 
 
 def check_fit(schedule, folder) -> None:
-    """Before any weights load: the schedule names only block lists the folder's transformer has."""
+    """Before any weights load: the schedule fits the block lists and depths the folder's transformer declares."""
     import json
 
-    from delta_cache.profiling.pipelines import FAMILIES
+    from delta_cache.profiling.pipelines import FAMILIES, declared_depths
 
     declared = json.loads((Path(folder) / "model_index.json").read_text())["transformer"][1]
     unknown = sorted(set(schedule.block_lists) - set(FAMILIES[declared].block_lists))
     if unknown:
         raise UserInputError(f"schedule '{schedule.name}' names block list '{unknown[0]}', which {declared} does not "
                              f"have (it has: {', '.join(FAMILIES[declared].block_lists)})")
+    depths = declared_depths(folder)
+    if depths:  # (else checked when the cache is applied)
+        schedule.check_fits(depths)
 
 
 class LoopTimer:
-    """Seconds from the transformer's first call to the end of the last denoising step of one pipeline call."""
+    """Seconds from the transformer's first call to the end of the last denoising step of one pipeline call; the
+    first call's video size is checked against the transformer's patch first (one line, not a shape error)."""
 
     def __init__(self, transformer, device):
         self.device, self.start, self.end = device, None, None
-        self._hook = transformer.register_forward_pre_hook(self._first_call)
+        self._hook = transformer.register_forward_pre_hook(self._first_call, with_kwargs=True)
 
     def _sync(self) -> float:
         import torch
@@ -75,16 +80,21 @@ class LoopTimer:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def _first_call(self, module, args):
+    def _first_call(self, module, args, kwargs):
         if self.start is None:
+            from delta_cache.profiling.pipelines import video_family
+
+            video_family(module).layout(module, args, kwargs)
             self.start = self._sync()
 
     def step_end(self, pipe, step, timestep, tensors):
         self.end = self._sync()
         return {}
 
-    def seconds(self) -> float:
+    def remove(self) -> None:
         self._hook.remove()
+
+    def seconds(self) -> float:
         return self.end - self.start
 
 
@@ -107,6 +117,7 @@ def main(argv=None) -> None:
 
     schedule = delta_cache.load_schedule(args.cache_schedule)
     check_fit(schedule, args.ckpt_dir)
+    args.sample_steps = args.sample_steps or schedule.num_steps
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     pipe, call = load_folder_pipeline(args)
@@ -116,15 +127,20 @@ def main(argv=None) -> None:
         timer = LoopTimer(pipe.transformer, execution_device)
         try:
             frames = pipe(prompt=args.prompt, generator=torch.Generator(execution_device).manual_seed(args.seed),
-                          output_type="np", callback_on_step_end=timer.step_end, **{**call, **overrides}).frames[0]
+                          callback_on_step_end=timer.step_end, **{"output_type": "np", **call, **overrides}).frames[0]
         except UserInputError:
             raise
         except ValueError as err:  # (the pipeline's checks of its inputs)
             raise UserInputError(f"{type(pipe).__name__}: {str(err).splitlines()[0]}") from None
+        finally:
+            timer.remove()
         return frames, timer.seconds()
 
+    planned, total = schedule.predicted_block_evals(delta_cache.model_block_lists(pipe.transformer), args.sample_steps)
+    print(f"cache plan for {args.sample_steps} steps: {planned}/{total} block evaluations per branch"
+          + ("; this schedule reuses no block at this step count" if planned == total else ""), flush=True)
     print("warm-up (2 steps, untimed) ...", flush=True)
-    generate(num_inference_steps=2)
+    generate(num_inference_steps=2, output_type="latent")
     print("uncached ...", flush=True)
     reference, uncached_seconds = generate()
     handle = delta_cache.apply_delta_cache(pipe.transformer, schedule, num_inference_steps=args.sample_steps)

@@ -302,7 +302,8 @@ def main(argv=None) -> None:
     print(f"wrote {schedule_path}: {computed}/{total} block evaluations per branch ({ideal}), predicted residual "
           f"error {schedule.provenance['predicted_error']:.4f}; figures and summary.md in {args.out}")
     if args.family == "diffusers":
-        print(f"use it from Python: delta_cache.apply_delta_cache(pipe.transformer, \"{schedule_path}\")")
+        print(f"use it from Python: delta_cache.apply_delta_cache(pipe.transformer, \"{schedule_path}\"); try it on a "
+              f"prompt first: scripts/compare_cached.py --ckpt_dir {args.ckpt_dir} --cache_schedule {schedule_path} ...")
 
 
 if __name__ == "__main__":

@@ -558,11 +558,19 @@ def test_unnamed_calls_repeated_interrupted_or_compiled():
     transformer._reset_stateful_cache()
     assert handle.stats()["branches"]["default"]["calls"] == 6 + 3 and "default_3" not in handle.stats()["branches"]
 
-    interrupt = transformer.blocks[5].register_forward_pre_hook(lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-    with pytest.raises(KeyboardInterrupt):
-        _guided_loop(transformer, named=False)
-    interrupt.remove()
-    assert torch.equal(_guided_loop(transformer, named=False), clean)
+    for interrupted_call in (1, 2):  # the prompt's first call, or the negative prompt's (the other branch then
+        block_calls = []  # holds a step-0 state a rerun's equal timestep would continue from)
+
+        def interrupt(*_):
+            block_calls.append(1)
+            if len(block_calls) == interrupted_call:
+                raise KeyboardInterrupt
+
+        hook = transformer.blocks[5].register_forward_pre_hook(interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            _guided_loop(transformer, named=False)
+        hook.remove()
+        assert torch.equal(_guided_loop(transformer, named=False), clean)
 
     transformer.compile(backend="eager")
     with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):

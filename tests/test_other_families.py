@@ -290,15 +290,19 @@ def test_profile_model_on_a_diffusers_folder(tmp_path, monkeypatch, capsys):
     (["--ckpt_dir", "{tmp}"], "not a diffusers pipeline folder (no model_index.json)"),
     (["--ckpt_dir", "{tmp}/flux"], "does not know where FluxTransformer2DModel's video tokens are"),
     (["--ckpt_dir", "{tmp}/wan22"], "has a second transformer"),
+    (["--ckpt_dir", "{tmp}/i2v"], "CogVideoXImageToVideoPipeline takes an image as input"),
 ])
 def test_profile_model_diffusers_refuses_before_loading(tmp_path, flags, message):
     from script_loader import load_script
 
-    for name, transformer_2 in (("flux", [None, None]), ("wan22", ["diffusers", "WanTransformer3DModel"])):
+    for name, transformer, transformer_2, pipeline in (
+            ("flux", "FluxTransformer2DModel", [None, None], "FluxPipeline"),
+            ("wan22", "WanTransformer3DModel", ["diffusers", "WanTransformer3DModel"], "WanPipeline"),
+            ("i2v", "CogVideoXTransformer3DModel", [None, None], "CogVideoXImageToVideoPipeline")):
         (tmp_path / name).mkdir()
-        transformer = ["diffusers", "FluxTransformer2DModel" if name == "flux" else "WanTransformer3DModel"]
         (tmp_path / name / "model_index.json").write_text(json.dumps(
-            {"_class_name": "X", "transformer": transformer, "transformer_2": transformer_2}))
+            {"_class_name": pipeline, "transformer": ["diffusers", transformer], "transformer_2": transformer_2,
+             "extra": ["this", "Zen"]}))  # (a library the loader must not import)
     flags = [f.format(tmp=tmp_path) for f in flags]
     argv = ["--family", "diffusers", "--ckpt_dir", str(tmp_path / "wan22"), "--prompt", "x",
             "--out", str(tmp_path / "out"), *flags]
@@ -405,6 +409,12 @@ def test_profile_model_diffusers_refuses_missing_weights_and_resumes_a_moved_fol
     shutil.move(tmp_path / "cogvideox", tmp_path / "moved")
     profile_model.main([*argv, "--ckpt_dir", str(tmp_path / "moved"), "--resume"])
 
+    vocabulary = tmp_path / "moved" / "tokenizer" / "tokenizer.json"
+    vocabulary.rename(vocabulary.with_suffix(".json.away"))  # (the tokenizer still loads, knowing no word)
+    with pytest.raises(UserInputError, match="the tokenizer knows none of the words of a plain prompt"):
+        profile_model.main([*argv, "--ckpt_dir", str(tmp_path / "moved"), "--resume"])
+    vocabulary.with_suffix(".json.away").rename(vocabulary)
+
     weights = tmp_path / "moved" / "text_encoder" / "model.safetensors"
     state = load_file(weights)
     save_file({k: v for k, v in state.items() if "block.1." not in k}, weights, metadata={"format": "pt"})
@@ -438,4 +448,12 @@ def test_compare_cached_on_a_diffusers_folder(tmp_path, capsys):
         compare.main([*argv[:-1], str(tmp_path / "bad"), "--cache_schedule", "wan2.1-t2v-14b"])
     with pytest.raises(UserInputError, match="--size must be WIDTH"):
         compare.main([*argv[:-1], str(tmp_path / "bad"), "--cache_schedule", str(schedule), "--size", "64"])
+    shallow = tmp_path / "shallow.json"  # made for another depth: refused from the folder's config, before loading
+    dc_schedule = _schedule("transformer_blocks", 3, (0, 1, 2, 4))
+    dc_schedule.save(shallow)
+    with pytest.raises(UserInputError, match="made for 3 blocks in 'transformer_blocks', but this model has 6"):
+        compare.main([*argv[:-1], str(tmp_path / "bad"), "--cache_schedule", str(shallow)])
     assert not (tmp_path / "bad").exists()
+    # a size whose latent the patch does not divide: one line at the transformer's first call
+    with pytest.raises(UserInputError, match=r"latent's height \(9\) is not a multiple of the transformer's patch"):
+        compare.main([*argv[:-1], str(tmp_path / "bad"), "--cache_schedule", str(schedule), "--size", "72*72"])

@@ -286,6 +286,8 @@ def _checked_arguments(prompts, seeds, max_queries, high_fraction, mask_source, 
     """profile_pipeline's arguments checked, each a one-line UserInputError; (seeds as ints, max_queries)."""
     if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise UserInputError("prompts must be a non-empty list of strings")
+    if getattr(seeds, "ndim", None) == 0:  # (a 0-d numpy array or tensor: one seed)
+        seeds = seeds.item()
     seeds = list(seeds) if isinstance(seeds, Iterable) and not isinstance(seeds, (str, bytes)) else [seeds]
     if not seeds or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seeds):
         raise UserInputError(f"seeds must be a non-empty list of integers, got {seeds!r}")
@@ -348,9 +350,39 @@ def check_pipeline_folder(folder: str | Path) -> str:
         raise UserInputError(f"{folder}: profile_pipeline does not know where {transformer}'s video tokens are; it "
                              f"profiles {', '.join(FAMILIES)}")
     if component_class("transformer_2") is not None:
-        raise UserInputError(f"{folder}: the pipeline has a second transformer (Wan 2.2's low-noise expert): "
-                             f"profile_pipeline profiles one transformer over all steps; not supported yet")
-    return str(declared.get("_class_name") or "pipeline")
+        raise UserInputError(f"{folder}: the pipeline has a second transformer (Wan 2.2's low-noise expert), which "
+                             f"the scripts for pipeline folders do not handle yet (the cache does, from Python)")
+    pipeline = str(declared.get("_class_name") or "pipeline")
+    needs = _input_media(pipeline)
+    if needs:
+        raise UserInputError(f"{folder}: {pipeline} takes {needs} as input, which the scripts for pipeline folders do "
+                             f"not give; use delta_cache.profile_pipeline / apply_delta_cache from Python")
+    return pipeline
+
+
+def _input_media(pipeline: str) -> str | None:
+    """'an image' / 'a video' when the diffusers pipeline class `pipeline` takes one (image- or video-to-video)."""
+    import diffusers
+
+    cls = getattr(diffusers, pipeline, None)
+    parameters = inspect.signature(cls.__call__).parameters if cls is not None else {}
+    return "an image" if "image" in parameters else "a video" if "video" in parameters else None
+
+
+def declared_depths(folder: str | Path) -> dict[str, int]:
+    """Block list -> depth, from the folder's transformer/config.json (before loading; empty where unreadable)."""
+    from ..models.common import declared_count
+
+    folder = Path(folder)
+    try:
+        transformer = json.loads((folder / "model_index.json").read_text())["transformer"][1]
+        config = json.loads((folder / "transformer" / "config.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return {}
+    counts = {"transformer_blocks": config.get("num_layers"), "blocks": config.get("num_layers"),
+              "single_transformer_blocks": config.get("num_single_layers")}
+    depths = {name: declared_count(counts.get(name)) for name in FAMILIES[transformer].block_lists}
+    return {} if None in depths.values() else depths
 
 
 def load_pipeline(folder: str | Path, device: torch.device, dtype: torch.dtype, progress: bool = True):
@@ -359,7 +391,7 @@ def load_pipeline(folder: str | Path, device: torch.device, dtype: torch.dtype, 
     so that weights the folder lacks are refused (a library would leave them at random values)."""
     from diffusers import DiffusionPipeline
 
-    from ..models.common import FILE_ERRORS, from_pretrained_checked, library_warnings_off
+    from ..models.common import FILE_ERRORS, check_tokenizer_vocabulary, from_pretrained_checked, library_warnings_off
     from ..models.runner import place
 
     folder = Path(folder)
@@ -367,27 +399,32 @@ def load_pipeline(folder: str | Path, device: torch.device, dtype: torch.dtype, 
     models = {}
     for name, entry in json.loads((folder / "model_index.json").read_text()).items():
         component = _component_class(entry)
-        if component is not None and issubclass(component, torch.nn.Module):
+        if isinstance(component, type) and issubclass(component, torch.nn.Module):
             models[name] = from_pretrained_checked(component, folder, f"the {name}", subfolder=name, dtype=dtype)
     try:
         with library_warnings_off():
             pipe = DiffusionPipeline.from_pretrained(str(folder), dtype=dtype, **models)
     except (*FILE_ERRORS, ImportError) as err:
         raise CheckpointError(f"cannot load the pipeline in {folder}: {first_line(err)}") from None
+    for name, component in pipe.components.items():
+        if name.startswith("tokenizer") and component is not None:
+            check_tokenizer_vocabulary(component, folder / name)
     place(pipe, device, offload=True, progress=progress)
     return pipe
 
 
 def _component_class(entry):
-    """The class a model_index.json entry ["library", "ClassName"] names, or None."""
-    import importlib
-
+    """The diffusers or transformers class a model_index.json entry ["library", "ClassName"] names, or None (other
+    libraries are left to diffusers, which does not import them either)."""
     if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
         return None
-    try:
-        return getattr(importlib.import_module(entry[0]), entry[1], None)
-    except ImportError:
+    if entry[0] == "diffusers":
+        import diffusers as library
+    elif entry[0] == "transformers":
+        import transformers as library
+    else:
         return None
+    return getattr(library, entry[1], None)
 
 
 def check_size_flag(size: str | None) -> None:
