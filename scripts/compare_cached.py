@@ -53,7 +53,8 @@ def check_fit(schedule, folder) -> None:
     """Before any weights load: the schedule fits the block lists and depths the folder's transformer declares."""
     import json
 
-    from delta_cache.profiling.pipelines import FAMILIES, declared_depths
+    from delta_cache.models.pipeline_folder import declared_depths
+    from delta_cache.models.video_families import FAMILIES
 
     declared = json.loads((Path(folder) / "model_index.json").read_text())["transformer"][1]
     unknown = sorted(set(schedule.block_lists) - set(FAMILIES[declared].block_lists))
@@ -82,7 +83,7 @@ class LoopTimer:
 
     def _first_call(self, module, args, kwargs):
         if self.start is None:
-            from delta_cache.profiling.pipelines import video_family
+            from delta_cache.models.video_families import video_family
 
             video_family(module).layout(module, args, kwargs)
             self.start = self._sync()
@@ -100,7 +101,7 @@ class LoopTimer:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    from delta_cache.profiling.pipelines import check_pipeline_folder, check_size_flag
+    from delta_cache.models.pipeline_folder import check_pipeline_folder, check_size_flag
 
     check_pipeline_folder(args.ckpt_dir)
     check_seed("--seed", args.seed)
@@ -112,7 +113,7 @@ def main(argv=None) -> None:
 
     import delta_cache
     from delta_cache.metrics import fidelity
-    from delta_cache.profiling.pipelines import load_folder_pipeline
+    from delta_cache.models.pipeline_folder import load_folder_pipeline
     from delta_cache.video import save_video
 
     schedule = delta_cache.load_schedule(args.cache_schedule)

@@ -150,7 +150,7 @@ def check_diffusers_flags(args) -> None:
                              f"its own scheduler and inputs")
     if args.frame_num is not None and args.frame_num < 1:
         raise UserInputError(f"--frame_num must be >= 1, got {args.frame_num}")
-    from delta_cache.profiling.pipelines import check_pipeline_folder, check_size_flag
+    from delta_cache.models.pipeline_folder import check_pipeline_folder, check_size_flag
 
     check_size_flag(args.size)
     check_pipeline_folder(args.ckpt_dir)
@@ -200,7 +200,8 @@ def profile_front_end(args, width: int, height: int, prompts, mask_files):
 
 def profile_diffusers_folder(args, mask_files):
     """Profile a diffusers pipeline folder through `delta_cache.profile_pipeline`."""
-    from delta_cache.profiling.pipelines import load_folder_pipeline, profile_pipeline
+    from delta_cache.models.pipeline_folder import load_folder_pipeline
+    from delta_cache.profiling.pipelines import profile_pipeline
 
     pipe, call = load_folder_pipeline(args)
     return profile_pipeline(pipe, read_prompt_texts(args), seeds=args.seeds, out_dir=args.out, resume=args.resume,

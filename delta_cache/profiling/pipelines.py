@@ -2,137 +2,27 @@
 
 `scripts/profile_model.py` profiles what the front ends load (upstream Wan2.1 and HunyuanVideo checkpoints);
 this is the same profiler for a pipeline a user already has: a fine-tune or a LoRA, a hub checkpoint in
-diffusers' layout, or another family (CogVideoX, LTX-Video, Mochi). The families differ only in where the
-video tokens are and how the pipeline batches classifier-free guidance; `FAMILIES` holds that, one entry per
-transformer class, and everything else (probe, masks, profile, derivation, report) is shared.
+diffusers' layout, or another family (CogVideoX, LTX-Video, Mochi). Where each family's video tokens are is in
+`models.video_families`; everything else (probe, masks, profile, derivation, report) is shared.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
-import json
 import math
 import numbers
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, UserInputError
+from ..errors import UserInputError
 from ..models.common import first_line
+from ..models.video_families import _patches, video_family
 from .masks import load_mask_file
 from .profile import Profile
 from .runner import ProfileRequest, run_profile
-
-
-def _call_arguments(transformer: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
-    """The transformer call's arguments by name (the pipelines pass some by position)."""
-    return inspect.signature(type(transformer).forward).bind_partial(transformer, *args, **kwargs).arguments
-
-
-def _patches(config) -> tuple[int, int, int]:
-    """(temporal, height, width) patch sizes from a transformer config (an int or a (t, h, w) triple)."""
-    patch = config.patch_size
-    if isinstance(patch, (tuple, list)):
-        return int(patch[0]), int(patch[1]), int(patch[2])
-    return int(getattr(config, "patch_size_t", None) or 1), int(patch), int(patch)
-
-
-def _grid(frames: int, height: int, width: int, config) -> tuple[int, int, int]:
-    """The token grid of a latent of `frames` x `height` x `width`, which the patches must divide."""
-    pt, ph, pw = _patches(config)
-    for what, size, patch in (("frames", frames, pt), ("height", height, ph), ("width", width, pw)):
-        if size % patch:
-            raise UserInputError(f"the latent's {what} ({size}) is not a multiple of the transformer's patch "
-                                 f"({patch}): choose a video size whose latent it divides")
-    return frames // pt, height // ph, width // pw
-
-
-def _fold_time(latents: torch.Tensor, temporal_patch: int) -> torch.Tensor:
-    """(C, F, H, W) -> (C * pt, F / pt, H, W): the frames one token spans become channels."""
-    c, f, h, w = latents.shape
-    f -= f % temporal_patch
-    return latents[:, :f].reshape(c, f // temporal_patch, temporal_patch, h, w).transpose(1, 2).reshape(
-        c * temporal_patch, f // temporal_patch, h, w)
-
-
-# ---- per family: the video's token layout at a transformer call, and its final latents per token grid -------
-def _channels_first_layout(transformer, args, kwargs) -> dict:  # Wan, HunyuanVideo, Mochi: (B, C, F, H, W)
-    _, _, frames, height, width = _call_arguments(transformer, args, kwargs)["hidden_states"].shape
-    return {"token_grid": _grid(frames, height, width, transformer.config)}
-
-
-def _channels_first_latents(latents, transformer, token_grid):
-    return _fold_time(latents[0], _patches(transformer.config)[0])
-
-
-def _mochi_layout(transformer, args, kwargs) -> dict:
-    # Mochi's attention runs once per sample of the batch; the prompt's sample is the last
-    hidden = _call_arguments(transformer, args, kwargs)["hidden_states"]
-    return {**_channels_first_layout(transformer, args, kwargs), "attention_call": hidden.shape[0] - 1}
-
-
-def _cogvideox_layout(transformer, args, kwargs) -> dict:
-    # (B, F, C, H, W); the attention puts the text tokens in front of the video's
-    arguments = _call_arguments(transformer, args, kwargs)
-    _, frames, _, height, width = arguments["hidden_states"].shape
-    return {"token_grid": _grid(frames, height, width, transformer.config),
-            "attention_prefix_tokens": int(arguments["encoder_hidden_states"].shape[1])}
-
-
-def _cogvideox_latents(latents, transformer, token_grid):
-    return _fold_time(latents[0].transpose(0, 1), _patches(transformer.config)[0])
-
-
-def _ltx_layout(transformer, args, kwargs) -> dict:
-    # tokens arrive packed (B, tokens, C * patch volume), with the latent's frames, height and width
-    arguments = _call_arguments(transformer, args, kwargs)
-    return {"token_grid": _grid(int(arguments["num_frames"]), int(arguments["height"]), int(arguments["width"]),
-                                transformer.config)}
-
-
-def _ltx_latents(latents, transformer, token_grid):
-    packed = latents[0]  # (tokens, channels): a token's latent values are one "pixel" of the token grid
-    return packed.reshape(*token_grid, packed.shape[-1]).permute(3, 0, 1, 2)
-
-
-def _spatial_patch(transformer) -> tuple[int, int]:
-    return _patches(transformer.config)[1:]
-
-
-@dataclass(frozen=True)
-class VideoFamily:
-    block_lists: tuple[str, ...]
-    branch: str  # the cache_context of the transformer calls that carry the prompt
-    sample: int | None  # the prompt's sample in the batch (None: a batch of the prompt alone)
-    layout: Callable  # (transformer, args, kwargs) -> ProbeSettings fields for the video's tokens
-    latents: Callable  # (pipeline's final latents, transformer, token grid) -> (C, F, H, W) on the token frames
-    mask_patch: Callable = _spatial_patch  # (transformer) -> latent pixels per token (height, width) in `latents`
-
-
-FAMILIES = {
-    "WanTransformer3DModel": VideoFamily(("blocks",), "cond", None, _channels_first_layout, _channels_first_latents),
-    "HunyuanVideoTransformer3DModel": VideoFamily(("transformer_blocks", "single_transformer_blocks"), "cond", None,
-                                                  _channels_first_layout, _channels_first_latents),
-    # these three batch [negative prompt, prompt] in one call
-    "CogVideoXTransformer3DModel": VideoFamily(("transformer_blocks",), "cond_uncond", -1, _cogvideox_layout,
-                                               _cogvideox_latents),
-    "LTXVideoTransformer3DModel": VideoFamily(("transformer_blocks",), "cond_uncond", -1, _ltx_layout, _ltx_latents,
-                                              mask_patch=lambda transformer: (1, 1)),
-    "MochiTransformer3DModel": VideoFamily(("transformer_blocks",), "cond_uncond", -1, _mochi_layout,
-                                           _channels_first_latents),
-}
-
-
-def video_family(transformer: torch.nn.Module) -> VideoFamily:
-    name = type(transformer).__name__
-    if name not in FAMILIES:
-        raise UserInputError(f"profile_pipeline does not know where {name}'s video tokens are; it profiles "
-                             f"{', '.join(FAMILIES)}")
-    return FAMILIES[name]
 
 
 def _plain(value):
@@ -320,137 +210,3 @@ def _check_mask_files(paths: list[Path], runs: int) -> None:
         if mask.ndim != 3:
             raise UserInputError(f"mask file {path}: expected a 3-D array (frames, height, width), got shape "
                                  f"{mask.shape}")
-
-
-# ---- a diffusers pipeline folder (scripts/profile_model.py --family diffusers) ------------------------------
-def check_pipeline_folder(folder: str | Path) -> str:
-    """The pipeline class a diffusers pipeline folder declares, after checking (from model_index.json, before any
-    weights load) that its transformer is one `profile_pipeline` knows."""
-    folder = Path(folder)
-    index = folder / "model_index.json"
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: no such folder")
-    if not index.is_file():
-        raise CheckpointError(f"{folder}: not a diffusers pipeline folder (no model_index.json)")
-    try:
-        declared = json.loads(index.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise CheckpointError(f"{index}: cannot read it as JSON ({err})") from None
-    if not isinstance(declared, dict):
-        raise CheckpointError(f"{index}: expected a JSON object")
-
-    def component_class(name):
-        entry = declared.get(name)
-        return entry[1] if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str) else None
-
-    transformer = component_class("transformer")
-    if transformer is None:
-        raise CheckpointError(f"{index}: the pipeline has no transformer component")
-    if transformer not in FAMILIES:
-        raise UserInputError(f"{folder}: profile_pipeline does not know where {transformer}'s video tokens are; it "
-                             f"profiles {', '.join(FAMILIES)}")
-    if component_class("transformer_2") is not None:
-        raise UserInputError(f"{folder}: the pipeline has a second transformer (Wan 2.2's low-noise expert), which "
-                             f"the scripts for pipeline folders do not handle yet (the cache does, from Python)")
-    pipeline = str(declared.get("_class_name") or "pipeline")
-    needs = _input_media(pipeline)
-    if needs:
-        raise UserInputError(f"{folder}: {pipeline} takes {needs} as input, which the scripts for pipeline folders do "
-                             f"not give; use delta_cache.profile_pipeline / apply_delta_cache from Python")
-    return pipeline
-
-
-def _input_media(pipeline: str) -> str | None:
-    """'an image' / 'a video' when the diffusers pipeline class `pipeline` takes one (image- or video-to-video)."""
-    import diffusers
-
-    cls = getattr(diffusers, pipeline, None)
-    parameters = inspect.signature(cls.__call__).parameters if cls is not None else {}
-    return "an image" if "image" in parameters else "a video" if "video" in parameters else None
-
-
-def declared_depths(folder: str | Path) -> dict[str, int]:
-    """Block list -> depth, from the folder's transformer/config.json (before loading; empty where unreadable)."""
-    from ..models.common import declared_count
-
-    folder = Path(folder)
-    try:
-        transformer = json.loads((folder / "model_index.json").read_text())["transformer"][1]
-        config = json.loads((folder / "transformer" / "config.json").read_text())
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        return {}
-    counts = {"transformer_blocks": config.get("num_layers"), "blocks": config.get("num_layers"),
-              "single_transformer_blocks": config.get("num_single_layers")}
-    depths = {name: declared_count(counts.get(name)) for name in FAMILIES[transformer].block_lists}
-    return {} if None in depths.values() else depths
-
-
-def load_pipeline(folder: str | Path, device: torch.device, dtype: torch.dtype, progress: bool = True):
-    """The diffusers pipeline in `folder`, in `dtype`, on `device` (model CPU offload on a GPU, one model at a time,
-    as the front ends at real size); every failure one CheckpointError. Its models are loaded one by one first,
-    so that weights the folder lacks are refused (a library would leave them at random values)."""
-    from diffusers import DiffusionPipeline
-
-    from ..models.common import FILE_ERRORS, check_tokenizer_vocabulary, from_pretrained_checked, library_warnings_off
-    from ..models.runner import place
-
-    folder = Path(folder)
-    check_pipeline_folder(folder)
-    models = {}
-    for name, entry in json.loads((folder / "model_index.json").read_text()).items():
-        component = _component_class(entry)
-        if isinstance(component, type) and issubclass(component, torch.nn.Module):
-            models[name] = from_pretrained_checked(component, folder, f"the {name}", subfolder=name, dtype=dtype)
-    try:
-        with library_warnings_off():
-            pipe = DiffusionPipeline.from_pretrained(str(folder), dtype=dtype, **models)
-    except (*FILE_ERRORS, ImportError) as err:
-        raise CheckpointError(f"cannot load the pipeline in {folder}: {first_line(err)}") from None
-    for name, component in pipe.components.items():
-        if name.startswith("tokenizer") and component is not None:
-            check_tokenizer_vocabulary(component, folder / name)
-    place(pipe, device, offload=True, progress=progress)
-    return pipe
-
-
-def _component_class(entry):
-    """The diffusers or transformers class a model_index.json entry ["library", "ClassName"] names, or None (other
-    libraries are left to diffusers, which does not import them either)."""
-    if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
-        return None
-    if entry[0] == "diffusers":
-        import diffusers as library
-    elif entry[0] == "transformers":
-        import transformers as library
-    else:
-        return None
-    return getattr(library, entry[1], None)
-
-
-def check_size_flag(size: str | None) -> None:
-    """--size for a diffusers pipeline folder: None (the pipeline's default) or WIDTH*HEIGHT of positive integers
-    (the multiples a model needs are checked at its first call)."""
-    if size is not None:
-        parts = size.split("*")
-        if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
-            raise UserInputError(f"--size must be WIDTH*HEIGHT (e.g. 720*480), got {size!r}")
-
-
-def load_folder_pipeline(args):
-    """(pipeline, its keyword arguments) from the scripts' flags for a diffusers pipeline folder: --ckpt_dir, --dtype
-    ("auto": bfloat16 on a GPU, float32 on the CPU), --sample_steps, and where given --size, --frame_num,
-    --sample_guide_scale and --negative_prompt (else the pipeline's defaults)."""
-    from ..models.runner import pick_device
-
-    device = pick_device()
-    dtype = (torch.bfloat16 if device.type == "cuda" else torch.float32) if args.dtype == "auto" else \
-        getattr(torch, args.dtype)
-    pipe = load_pipeline(args.ckpt_dir, device, dtype)
-    call = {"num_inference_steps": args.sample_steps}
-    if args.size is not None:
-        call["width"], call["height"] = (int(v) for v in args.size.split("*"))
-    for name, value in (("num_frames", args.frame_num), ("guidance_scale", args.sample_guide_scale),
-                        ("negative_prompt", args.negative_prompt)):
-        if value is not None:
-            call[name] = value
-    return pipe, call

@@ -1,0 +1,146 @@
+"""A diffusers pipeline folder (model_index.json) for the scripts that take one: checked before any weights load
+(`check_pipeline_folder`, `declared_depths`), loaded with every model's weights checked (`load_pipeline`), and
+the scripts' flags turned into the pipeline's arguments (`load_folder_pipeline`)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError, UserInputError
+from .common import (FILE_ERRORS, check_tokenizer_vocabulary, declared_count, first_line, from_pretrained_checked,
+                     library_warnings_off)
+from .video_families import FAMILIES
+
+
+def check_pipeline_folder(folder: str | Path) -> str:
+    """The pipeline class a diffusers pipeline folder declares, after checking (from model_index.json, before any
+    weights load) that its transformer is one of `video_families.FAMILIES` and its inputs are text."""
+    folder = Path(folder)
+    index = folder / "model_index.json"
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such folder")
+    if not index.is_file():
+        raise CheckpointError(f"{folder}: not a diffusers pipeline folder (no model_index.json)")
+    try:
+        declared = json.loads(index.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(f"{index}: cannot read it as JSON ({err})") from None
+    if not isinstance(declared, dict):
+        raise CheckpointError(f"{index}: expected a JSON object")
+
+    def component_class(name):
+        entry = declared.get(name)
+        return entry[1] if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str) else None
+
+    transformer = component_class("transformer")
+    if transformer is None:
+        raise CheckpointError(f"{index}: the pipeline has no transformer component")
+    if transformer not in FAMILIES:
+        raise UserInputError(f"{folder}: delta_cache does not know where {transformer}'s video tokens are; it "
+                             f"profiles {', '.join(FAMILIES)}")
+    if component_class("transformer_2") is not None:
+        raise UserInputError(f"{folder}: the pipeline has a second transformer (Wan 2.2's low-noise expert), which "
+                             f"the scripts for pipeline folders do not handle yet (the cache does, from Python)")
+    pipeline = str(declared.get("_class_name") or "pipeline")
+    needs = _input_media(pipeline)
+    if needs:
+        raise UserInputError(f"{folder}: {pipeline} takes {needs} as input, which the scripts for pipeline folders do "
+                             f"not give; use delta_cache.profile_pipeline / apply_delta_cache from Python")
+    return pipeline
+
+
+def _input_media(pipeline: str) -> str | None:
+    """'an image' / 'a video' when the diffusers pipeline class `pipeline` takes one (image- or video-to-video)."""
+    import diffusers
+
+    cls = getattr(diffusers, pipeline, None)
+    parameters = inspect.signature(cls.__call__).parameters if cls is not None else {}
+    return "an image" if "image" in parameters else "a video" if "video" in parameters else None
+
+
+def declared_depths(folder: str | Path) -> dict[str, int]:
+    """Block list -> depth, from the folder's transformer/config.json (before loading; empty where unreadable)."""
+    folder = Path(folder)
+    try:
+        transformer = json.loads((folder / "model_index.json").read_text())["transformer"][1]
+        config = json.loads((folder / "transformer" / "config.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return {}
+    counts = {"transformer_blocks": config.get("num_layers"), "blocks": config.get("num_layers"),
+              "single_transformer_blocks": config.get("num_single_layers")}
+    depths = {name: declared_count(counts.get(name)) for name in FAMILIES[transformer].block_lists}
+    return {} if None in depths.values() else depths
+
+
+def load_pipeline(folder: str | Path, device: torch.device, dtype: torch.dtype, progress: bool = True):
+    """The diffusers pipeline in `folder`, in `dtype`, on `device` (model CPU offload on a GPU, one model at a time,
+    as the front ends at real size); every failure one CheckpointError. Its models are loaded one by one first,
+    so that weights the folder lacks are refused (a library would leave them at random values)."""
+    from diffusers import DiffusionPipeline
+
+    from .runner import place
+
+    folder = Path(folder)
+    check_pipeline_folder(folder)
+    models = {}
+    for name, entry in json.loads((folder / "model_index.json").read_text()).items():
+        component = _component_class(entry)
+        if isinstance(component, type) and issubclass(component, torch.nn.Module):
+            models[name] = from_pretrained_checked(component, folder, f"the {name}", subfolder=name, dtype=dtype)
+    try:
+        with library_warnings_off():
+            pipe = DiffusionPipeline.from_pretrained(str(folder), dtype=dtype, **models)
+    except (*FILE_ERRORS, ImportError) as err:
+        raise CheckpointError(f"cannot load the pipeline in {folder}: {first_line(err)}") from None
+    for name, component in pipe.components.items():
+        if name.startswith("tokenizer") and component is not None:
+            check_tokenizer_vocabulary(component, folder / name)
+    place(pipe, device, offload=True, progress=progress)
+    return pipe
+
+
+def _component_class(entry):
+    """The diffusers or transformers class a model_index.json entry ["library", "ClassName"] names, or None (other
+    libraries are left to diffusers, which does not import them either)."""
+    if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
+        return None
+    if entry[0] == "diffusers":
+        import diffusers as library
+    elif entry[0] == "transformers":
+        import transformers as library
+    else:
+        return None
+    return getattr(library, entry[1], None)
+
+
+def check_size_flag(size: str | None) -> None:
+    """--size for a diffusers pipeline folder: None (the pipeline's default) or WIDTH*HEIGHT of positive integers
+    (the multiples a model needs are checked at its first call)."""
+    if size is not None:
+        parts = size.split("*")
+        if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
+            raise UserInputError(f"--size must be WIDTH*HEIGHT (e.g. 720*480), got {size!r}")
+
+
+def load_folder_pipeline(args):
+    """(pipeline, its keyword arguments) from the scripts' flags for a diffusers pipeline folder: --ckpt_dir, --dtype
+    ("auto": bfloat16 on a GPU, float32 on the CPU), --sample_steps, and where given --size, --frame_num,
+    --sample_guide_scale and --negative_prompt (else the pipeline's defaults)."""
+    from .runner import pick_device
+
+    device = pick_device()
+    dtype = (torch.bfloat16 if device.type == "cuda" else torch.float32) if args.dtype == "auto" else \
+        getattr(torch, args.dtype)
+    pipe = load_pipeline(args.ckpt_dir, device, dtype)
+    call = {"num_inference_steps": args.sample_steps}
+    if args.size is not None:
+        call["width"], call["height"] = (int(v) for v in args.size.split("*"))
+    for name, value in (("num_frames", args.frame_num), ("guidance_scale", args.sample_guide_scale),
+                        ("negative_prompt", args.negative_prompt)):
+        if value is not None:
+            call[name] = value
+    return pipe, call
