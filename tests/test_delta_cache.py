@@ -575,3 +575,21 @@ def test_unnamed_calls_repeated_interrupted_or_compiled():
     transformer.compile(backend="eager")
     with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
         assert torch.equal(_guided_loop(transformer, named=False), clean)
+
+
+@pytest.mark.parametrize("cache", ["teacache", "step_skipping"])
+def test_other_caches_keep_unnamed_prompt_and_negative_prompt_apart(cache):
+    """TeaCache and naive step skipping name unnamed calls as the delta cache does: the guided loop without
+    cache contexts runs as the one with them (sharing a branch, the negative prompt's calls took the prompt's
+    cached output or indicator)."""
+    from delta_cache import baselines
+    from delta_cache import teacache as tc
+
+    torch.set_num_threads(1)
+    transformer = tiny_wan.tiny_wan_pipeline(num_layers=6).transformer
+    if cache == "teacache":
+        tc.apply_teacache(transformer, tc.TeaCacheConfig(threshold=0.3, coefficients=(1.0, 0.0),
+                                                         indicator="timestep_embedding", num_inference_steps=6))
+    else:
+        baselines.apply_step_skipping(transformer, computed_steps=(0, 2, 4, 5), num_steps=6)
+    assert torch.equal(_guided_loop(transformer, named=True), _guided_loop(transformer, named=False))
