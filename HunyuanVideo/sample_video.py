@@ -212,8 +212,7 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
     import torch
     from loguru import logger
 
-    from delta_cache.cli import log_cache_plan, summary_line
-    from delta_cache.models.common import declared_count
+    from delta_cache.cli import check_declared_model, log_cache_plan, summary_line
     from delta_cache.models.hunyuan_video.checkpoint import (declared_block_depths, declared_transformer_config,
                                                              find_diffusers_folder, load_hunyuan_video_components)
     from delta_cache.models.hunyuan_video.pipeline import TextEncoding, build_pipeline, generate, token_grid
@@ -239,15 +238,9 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
             raise UserInputError(f"the VAE and text encoders are read from ${config.MODEL_BASE_ENV} (default "
                                  f"{config.DEFAULT_MODEL_BASE}), as upstream does, and {model_base} is no folder: set "
                                  f"{config.MODEL_BASE_ENV} (--model-base does not move them)")
-    # Before minutes of loading, what the checkpoint already tells: the heads Ulysses splits, and whether the
-    # schedule fits the model.
     declared = declared_transformer_config(dit_weight, diffusers_folder, args.load_key)
-    num_heads = declared_count(declared.get("num_attention_heads"))
-    if num_heads is not None:
-        parallel.check_heads(num_heads, group.ulysses_degree, "--ulysses-degree", ring_supported=False)
-    depths = declared_block_depths(declared)
-    if schedule is not None and depths is not None:
-        schedule.check_fits(depths)
+    check_declared_model(declared, declared_block_depths(declared), schedule, group.ulysses_degree,
+                         "--ulysses-degree", ring_supported=False)
     logger.info(f"loading HunyuanVideo: transformer {dit_weight}, VAE and text encoders from {model_base} "
                 f"({device}, {', '.join(f'{k}={v}' for k, v in dtypes.items())})")
     components = load_hunyuan_video_components(

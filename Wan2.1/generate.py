@@ -25,6 +25,7 @@ from delta_cache.cli import (  # noqa: E402
     apply_cache_from_flags,
     bounded_float,
     cache_requested,
+    check_declared_model,
     check_input_folder,
     check_output_path,
     check_seed,
@@ -157,21 +158,14 @@ def main(argv: list[str] | None = None) -> None:
 
     from delta_cache.schedule import load_schedule
 
-    from delta_cache.models.common import declared_count
     from delta_cache.models.wan.checkpoint import declared_block_depths, declared_transformer_config
 
-    # Before minutes of loading, what the checkpoint's config already tells: the heads Ulysses splits, and
-    # whether the schedule (a bad file fails in load_schedule) fits the model.
-    declared = declared_transformer_config(args.ckpt_dir)
-    num_heads = declared_count(declared.get("num_attention_heads"))
-    if num_heads is not None:
-        parallel.check_heads(num_heads, args.ulysses_size, "--ulysses_size")
-    schedule = None
+    schedule = None  # a bad schedule file fails here, before the seconds of imports and minutes of loading
     if args.delta_cache:
         schedule = load_schedule(args.cache_schedule or tasks.DEFAULT_PRESETS[args.task])
-        depths = declared_block_depths(declared, args.task)
-        if depths is not None:
-            schedule.check_fits(depths)
+    declared = declared_transformer_config(args.ckpt_dir)
+    check_declared_model(declared, declared_block_depths(declared, args.task), schedule, args.ulysses_size,
+                         "--ulysses_size")
 
     with parallel.process_group(args.ulysses_size, args.ring_size) as group:  # rank 0 of 1 for a plain run
         _generate(args, schedule, group)

@@ -252,6 +252,21 @@ def summary_line(denoise_seconds: float, cache_stats: dict | None, processes: in
     return line
 
 
+def check_declared_model(declared: dict, depths: dict[str, int] | None, schedule, ulysses_degree: int,
+                         heads_flag: str, ring_supported: bool = True) -> None:
+    """Before minutes of loading, what a checkpoint's config already tells (`declared`, in diffusers' keys, and
+    its block lists' `depths`, None where it does not say): the heads Ulysses splits, and whether `schedule`
+    (None: no cache) fits the model."""
+    from . import parallel
+    from .models.common import declared_count
+
+    num_heads = declared_count(declared.get("num_attention_heads"))
+    if num_heads is not None:
+        parallel.check_heads(num_heads, ulysses_degree, heads_flag, ring_supported)
+    if schedule is not None and depths is not None:
+        schedule.check_fits(depths)
+
+
 def add_sampler_flags(group) -> None:
     """The sampler flags of the scripts that run a model through `delta_cache.models.runner` (profile_model.py,
     profile_evidence.py); None means the front end's default, which the runner fills in."""

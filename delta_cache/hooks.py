@@ -42,9 +42,11 @@ DEFAULT_BRANCH = "default"  # branch name for calls made outside any `cache_cont
 
 @contextlib.contextmanager
 def default_branch(state_manager: StateManager, unnamed: UnnamedBranches | None = None, args=(), kwargs=None):
-    """Calls made outside any `cache_context` (a plain transformer call) run as the DEFAULT_BRANCH branch, or, with
-    `unnamed` (which reads the call's `args` and `kwargs`), as the branch it names: a step's second call on the
-    same latents with another text (a negative prompt's) as DEFAULT_BRANCH_2."""
+    """A cache root hook's call, in its branch. Calls made outside any `cache_context` (a plain transformer call) run
+    as the DEFAULT_BRANCH branch, or, with `unnamed` (which reads the call's `args` and `kwargs`), as the branch it
+    names: a step's second call on the same latents with another text (a negative prompt's) as DEFAULT_BRANCH_2.
+    A call cut short (Ctrl-C, out of memory) resets every branch and the naming: its generation cannot go on, and a
+    rerun's first calls must neither count as its next steps nor look like a second branch of their timestep."""
     owns_context = state_manager._context is None
     if owns_context:
         name = DEFAULT_BRANCH if unnamed is None else unnamed.name(args, kwargs or {})
@@ -52,8 +54,9 @@ def default_branch(state_manager: StateManager, unnamed: UnnamedBranches | None 
     try:
         yield
     except BaseException:
-        if owns_context and unnamed is not None:  # (an interrupted call must not make the next run's first call
-            unnamed.reset()  # look like a second branch of its timestep)
+        state_manager.reset()
+        if unnamed is not None:
+            unnamed.reset()
         raise
     finally:
         if owns_context:
@@ -137,11 +140,7 @@ class DeltaCacheRootHook(ModelHook):
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         with default_branch(self.state_manager, self._unnamed, args, kwargs):
             self._start_call(module, args, kwargs)
-            try:
-                return self.fn_ref.original_forward(*args, **kwargs)
-            except BaseException:  # (an interrupted call, e.g. Ctrl-C or out of memory: its generation cannot go on,
-                self.state_manager.reset()  # and a rerun's first calls must not count as its next steps, in any branch)
-                raise
+            return self.fn_ref.original_forward(*args, **kwargs)
 
     @torch.compiler.disable  # per-step Python decisions; compiling the whole transformer must not guard on them
     def _start_call(self, module: torch.nn.Module, args, kwargs) -> None:

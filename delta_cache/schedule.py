@@ -131,7 +131,7 @@ class Schedule:
         if type(version) is not int or version != FORMAT_VERSION:  # (true and 1.0 equal 1 in Python)
             raise ScheduleError(f"{source}: format_version must be {FORMAT_VERSION}, got {version!r}")
         num_steps = data.get("num_steps")
-        if not isinstance(num_steps, int) or isinstance(num_steps, bool) or not 1 <= num_steps <= MAX_INDEX:
+        if not _is_index(num_steps) or not 1 <= num_steps <= MAX_INDEX:
             raise ScheduleError(f"{source}: num_steps must be an integer from 1 to {MAX_INDEX}, got {num_steps!r}")
         lists = data.get("block_lists")
         if not isinstance(lists, dict) or not lists:
@@ -216,8 +216,7 @@ def _parse_block_list(spec: Any, num_steps: int, where: str) -> BlockListSchedul
         if key not in spec:
             raise ScheduleError(f"{where}: missing key '{key}'")
     num_blocks = spec.get("num_blocks")
-    if num_blocks is not None and (not isinstance(num_blocks, int) or isinstance(num_blocks, bool)
-                                   or not 1 <= num_blocks <= MAX_INDEX):
+    if num_blocks is not None and (not _is_index(num_blocks) or not 1 <= num_blocks <= MAX_INDEX):
         raise ScheduleError(f"{where}.num_blocks: must be an integer from 1 to {MAX_INDEX}, got {num_blocks!r}")
     blocks = expand_ranges(spec["background_blocks"], f"{where}.background_blocks", limit=num_blocks or MAX_INDEX,
                            beyond=(f"block {{}} is beyond num_blocks={num_blocks}" if num_blocks else

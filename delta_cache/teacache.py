@@ -132,11 +132,7 @@ class _TeaCacheRootHook(ModelHook):
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         with default_branch(self.state_manager, self._unnamed, args, kwargs):
             self._start_call(args, kwargs)
-            try:
-                output = self.fn_ref.original_forward(*args, **kwargs)
-            except BaseException:  # (an interrupted call: a rerun's first calls must not count as its next steps)
-                self.state_manager.reset()
-                raise
+            output = self.fn_ref.original_forward(*args, **kwargs)
             if self.config.calibrate:
                 self._record_output(output)
             return output

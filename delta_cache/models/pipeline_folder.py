@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli import check_input_folder
 from ..errors import CheckpointError, UserInputError
 from .common import (FILE_ERRORS, check_tokenizer_vocabulary, declared_count, first_line, from_pretrained_checked,
                      library_warnings_off)
@@ -21,8 +22,7 @@ def check_pipeline_folder(folder: str | Path) -> str:
     weights load) that its transformer is one of `video_families.FAMILIES` and its inputs are text."""
     folder = Path(folder)
     index = folder / "model_index.json"
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: no such folder")
+    check_input_folder("--ckpt_dir", folder)
     if not index.is_file():
         raise CheckpointError(f"{folder}: not a diffusers pipeline folder (no model_index.json)")
     try:

@@ -101,9 +101,10 @@ def profile_pipeline(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,
     seeds, max_queries = _checked_arguments(prompts, seeds, max_queries, high_fraction, mask_source, mask_files,
                                             pipe_kwargs)
     pairs = [(prompt, seed) for prompt in prompts for seed in seeds]
+    mask_digests = None
     if mask_files is not None:
         mask_files = [Path(f) for f in mask_files]
-        _check_mask_files(mask_files, len(pairs))
+        mask_digests = _check_mask_files(mask_files, len(pairs))
 
     device = getattr(pipe, "_execution_device", None) or transformer.device
     their_callback = pipe_kwargs.pop("callback_on_step_end", None)
@@ -166,8 +167,8 @@ def profile_pipeline(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,
                   "pipeline": type(pipe).__name__, "prompts": [p for p, _ in pairs], "seeds": seeds,
                   "mask_source": mask_source, "max_queries": max_queries, "high_fraction": high_fraction,
                   **{name: _plain(value) for name, value in sorted(pipe_kwargs.items())}}
-    if mask_files is not None:  # (the masks' contents: a resume with other masks must not reuse the profiles)
-        provenance["mask_files"] = [_plain(np.load(f)) for f in mask_files]
+    if mask_digests is not None:  # (the masks' contents: a resume with other masks must not reuse the profiles)
+        provenance["mask_files"] = mask_digests
     return run_profile(transformer, denoise, request, out_dir=out_dir, resume=resume, provenance=provenance)
 
 
@@ -198,10 +199,12 @@ def _checked_arguments(prompts, seeds, max_queries, high_fraction, mask_source, 
     return [int(s) for s in seeds], int(max_queries)
 
 
-def _check_mask_files(paths: list[Path], runs: int) -> None:
-    """Before any generation: one readable 3-D .npy array per run (fitted to the token grid at the first call)."""
+def _check_mask_files(paths: list[Path], runs: int) -> list[str]:
+    """Before any generation: one readable 3-D .npy array per run (fitted to the token grid at the first call);
+    their provenance entries (shape and digest)."""
     if len(paths) != runs:
         raise UserInputError(f"mask_files: {len(paths)} files for {runs} runs (one per prompt and seed, prompts first)")
+    digests = []
     for path in paths:
         try:
             mask = np.load(path)
@@ -210,3 +213,5 @@ def _check_mask_files(paths: list[Path], runs: int) -> None:
         if mask.ndim != 3:
             raise UserInputError(f"mask file {path}: expected a 3-D array (frames, height, width), got shape "
                                  f"{mask.shape}")
+        digests.append(_plain(mask))
+    return digests
