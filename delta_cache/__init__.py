@@ -22,6 +22,7 @@ _LAZY = {
     "list_presets": ".schedule",
     "load_schedule": ".schedule",
     "profile_pipeline": ".profiling.pipelines",
+    "profile_experts": ".profiling.pipelines",
 }
 
 __all__ = ["CheckpointError", "ScheduleError", "UserInputError", *_LAZY]

@@ -9,6 +9,8 @@ cache), PSNR/SSIM of the cached video against the uncached one, and writes both 
 
 The denoising loop is timed from the transformer's first call to the end of the last step (text encoding
 and decoding are the same in both runs and left out); an untimed two-step run first warms the device up.
+A Wan 2.2 folder (two experts) takes a schedule for each: `--cache_schedule` for `transformer` (the high-noise
+steps) and `--cache_schedule_2` for `transformer_2` (the low-noise steps), as profile_model.py writes them.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt_dir", required=True, help="a diffusers pipeline folder (model_index.json)")
     p.add_argument("--cache_schedule", type=nonempty_str, required=True, help="a schedule JSON file or preset name")
+    p.add_argument("--cache_schedule_2", type=nonempty_str, default=None,
+                   help="for a pipeline with two transformers (Wan 2.2): the schedule of transformer_2")
     p.add_argument("--prompt", type=nonempty_str, required=True)
     p.add_argument("--negative_prompt", default=None, help="default: the pipeline's")
     p.add_argument("--size", default=None, help="WIDTH*HEIGHT (default: the pipeline's)")
@@ -49,21 +53,40 @@ def build_parser() -> OneLineArgumentParser:
     return p
 
 
-def check_fit(schedule, folder) -> None:
-    """Before any weights load: the schedule fits the block lists and depths the folder's transformer declares."""
+def check_fit(schedule, folder, component: str = "transformer") -> None:
+    """Before any weights load: the schedule fits the block lists and depths the folder's `component` declares."""
     import json
 
     from delta_cache.models.pipeline_folder import declared_depths
     from delta_cache.models.video_families import FAMILIES
 
-    declared = json.loads((Path(folder) / "model_index.json").read_text())["transformer"][1]
+    declared = json.loads((Path(folder) / "model_index.json").read_text())[component][1]
     unknown = sorted(set(schedule.block_lists) - set(FAMILIES[declared].block_lists))
     if unknown:
         raise UserInputError(f"schedule '{schedule.name}' names block list '{unknown[0]}', which {declared} does not "
                              f"have (it has: {', '.join(FAMILIES[declared].block_lists)})")
-    depths = declared_depths(folder)
+    depths = declared_depths(folder, component)
     if depths:  # (else checked when the cache is applied)
         schedule.check_fits(depths)
+
+
+def load_schedules(args) -> dict:
+    """Component name -> its schedule: --cache_schedule for the transformer and, for a pipeline with two
+    (Wan 2.2's experts), --cache_schedule_2 for transformer_2; each checked against the folder's config."""
+    import delta_cache
+    from delta_cache.models.pipeline_folder import transformer_components
+
+    components = transformer_components(args.ckpt_dir)
+    if len(components) == 2 and args.cache_schedule_2 is None:
+        raise UserInputError("this pipeline has two transformers (Wan 2.2's experts): give --cache_schedule_2 for "
+                             "transformer_2 too (profile_model.py writes one schedule each)")
+    if len(components) == 1 and args.cache_schedule_2 is not None:
+        raise UserInputError("--cache_schedule_2 is for a pipeline with two transformers (Wan 2.2); this one has one")
+    schedules = {}
+    for component, flag in zip(components, (args.cache_schedule, args.cache_schedule_2)):
+        schedules[component] = delta_cache.load_schedule(flag)
+        check_fit(schedules[component], args.ckpt_dir, component)
+    return schedules
 
 
 class LoopTimer:
@@ -99,6 +122,25 @@ class LoopTimer:
         return self.end - self.start
 
 
+def plan_line(pipe, schedules: dict, num_steps: int) -> str:
+    """What the schedules will do in a run of `num_steps` steps, before it runs."""
+    import delta_cache
+
+    if len(schedules) == 1:
+        planned, total = schedules["transformer"].predicted_block_evals(
+            delta_cache.model_block_lists(pipe.transformer), num_steps)
+        return (f"cache plan for {num_steps} steps: {planned}/{total} block evaluations per branch"
+                + ("; this schedule reuses no block at this step count" if planned == total else ""))
+    # (each expert runs only its own steps; the others are refresh steps in its schedule, so counting the block
+    # evaluations each one skips is right on any steps, while its total would count steps it never runs)
+    skipped = []
+    for component, schedule in schedules.items():
+        planned, total = schedule.predicted_block_evals(delta_cache.model_block_lists(getattr(pipe, component)),
+                                                        num_steps)
+        skipped.append(f"{component} skips {total - planned}")
+    return f"cache plan for {num_steps} steps: {', '.join(skipped)} block evaluations per branch"
+
+
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     from delta_cache.models.pipeline_folder import check_pipeline_folder, check_size_flag
@@ -116,9 +158,8 @@ def main(argv=None) -> None:
     from delta_cache.models.pipeline_folder import load_folder_pipeline
     from delta_cache.video import save_video
 
-    schedule = delta_cache.load_schedule(args.cache_schedule)
-    check_fit(schedule, args.ckpt_dir)
-    args.sample_steps = args.sample_steps or schedule.num_steps
+    schedules = load_schedules(args)
+    args.sample_steps = args.sample_steps or schedules["transformer"].num_steps
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     pipe, call = load_folder_pipeline(args)
@@ -137,25 +178,26 @@ def main(argv=None) -> None:
             timer.remove()
         return frames, timer.seconds()
 
-    planned, total = schedule.predicted_block_evals(delta_cache.model_block_lists(pipe.transformer), args.sample_steps)
-    print(f"cache plan for {args.sample_steps} steps: {planned}/{total} block evaluations per branch"
-          + ("; this schedule reuses no block at this step count" if planned == total else ""), flush=True)
+    print(plan_line(pipe, schedules, args.sample_steps), flush=True)
     print("warm-up (2 steps, untimed) ...", flush=True)
     generate(num_inference_steps=2, output_type="latent")
     print("uncached ...", flush=True)
     reference, uncached_seconds = generate()
-    handle = delta_cache.apply_delta_cache(pipe.transformer, schedule, num_inference_steps=args.sample_steps)
-    print(f"cached ({schedule.name}) ...", flush=True)
+    handles = [delta_cache.apply_delta_cache(getattr(pipe, component), schedule, num_inference_steps=args.sample_steps)
+               for component, schedule in schedules.items()]
+    print(f"cached ({', '.join(schedule.name for schedule in schedules.values())}) ...", flush=True)
     video, cached_seconds = generate()
-    stats = handle.stats()
-    delta_cache.remove_delta_cache(pipe.transformer)
+    computed, total = (sum(handle.stats()[key] for handle in handles)
+                       for key in ("computed_block_evals", "total_block_evals"))
+    for component in schedules:
+        delta_cache.remove_delta_cache(getattr(pipe, component))
 
     args.out.mkdir(parents=True, exist_ok=True)
     fps = FPS.get(type(pipe.transformer).__name__, 16)
     paths = [save_video(reference, args.out / "uncached.mp4", fps), save_video(video, args.out / "cached.mp4", fps)]
     print(f"denoising: uncached {uncached_seconds:.2f} s, cached {cached_seconds:.2f} s: measured speedup "
-          f"{uncached_seconds / cached_seconds:.2f}x, ideal {stats['ideal_speedup']:.2f}x "
-          f"({stats['computed_block_evals']}/{stats['total_block_evals']} block evaluations)")
+          f"{uncached_seconds / cached_seconds:.2f}x, ideal {total / computed:.2f}x "
+          f"({computed}/{total} block evaluations)")
     print(f"cached vs uncached: {fidelity(video, reference)}; videos: {', '.join(str(p) for p in paths)}")
 
 

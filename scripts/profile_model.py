@@ -11,7 +11,9 @@ against a foreground mask, and writes a schedule JSON plus figures and a summary
 
 `--family diffusers` profiles a diffusers pipeline folder instead (CogVideoX, LTX-Video, Mochi, Wan,
 HunyuanVideo in diffusers' layout, e.g. a fine-tune saved with save_pretrained) through
-`delta_cache.profile_pipeline`; its schedule is for `delta_cache.apply_delta_cache` from Python.
+`delta_cache.profile_experts`; its schedule is for `delta_cache.apply_delta_cache` from Python. A Wan 2.2 folder
+(two experts, `transformer` and `transformer_2`) gets one schedule each, in --out/transformer and
+--out/transformer_2.
 
 See docs/profiling.md for the method, the options and what to expect at real size.
 """
@@ -198,18 +200,35 @@ def profile_front_end(args, width: int, height: int, prompts, mask_files):
                        out_dir=args.out, resume=args.resume, provenance=provenance)
 
 
-def profile_diffusers_folder(args, mask_files):
-    """Profile a diffusers pipeline folder through `delta_cache.profile_pipeline`."""
+def profile_diffusers_folder(args, mask_files) -> dict:
+    """Profile a diffusers pipeline folder through `delta_cache.profile_experts`: {"transformer": Profile} or, with
+    Wan 2.2's two experts, one profile each."""
     from delta_cache.models.pipeline_folder import load_folder_pipeline
-    from delta_cache.profiling.pipelines import profile_pipeline
+    from delta_cache.profiling.pipelines import profile_experts
 
     pipe, call = load_folder_pipeline(args)
-    return profile_pipeline(pipe, read_prompt_texts(args), seeds=args.seeds, out_dir=args.out, resume=args.resume,
-                            mask_source=args.mask_source, mask_files=mask_files, max_queries=args.max_queries,
-                            high_fraction=args.high_fraction,
-                            provenance={"ckpt_dir": str(args.ckpt_dir),
-                                        "dtype": str(pipe.transformer.dtype).removeprefix("torch.")},
-                            **call)
+    return profile_experts(pipe, read_prompt_texts(args), seeds=args.seeds, out_dir=args.out, resume=args.resume,
+                           mask_source=args.mask_source, mask_files=mask_files, max_queries=args.max_queries,
+                           high_fraction=args.high_fraction,
+                           provenance={"ckpt_dir": str(args.ckpt_dir),
+                                       "dtype": str(pipe.transformer.dtype).removeprefix("torch.")},
+                           **call)
+
+
+def derive(args, profile, name: str):
+    """The schedule from `profile`, by --tau or --target_speedup (default 2x)."""
+    from delta_cache.profiling.derive import REFRESH_RULES, DerivationParams, derive_for_target, derive_schedule
+    from delta_cache.schedule import FORECASTS
+
+    if args.tau is not None:
+        return derive_schedule(profile, DerivationParams(tau=args.tau, t_max=args.t_max, t_min=args.t_min,
+                                                         warmup=args.warmup, refresh_threshold=args.refresh_threshold,
+                                                         forecast=args.forecast), name=name)
+    rules = REFRESH_RULES if args.refresh_rule == "any" else (args.refresh_rule,)
+    forecasts = FORECASTS if args.forecast == "any" else (args.forecast,)
+    target = 2.0 if args.target_speedup is None else args.target_speedup
+    return derive_for_target(profile, target, warmup=args.warmup, name=name, refresh_rules=rules,
+                             forecasts=forecasts)
 
 
 def main(argv=None) -> None:
@@ -270,41 +289,39 @@ def main(argv=None) -> None:
 
     import torch
 
-    from delta_cache.profiling.derive import REFRESH_RULES, DerivationParams, derive_for_target, derive_schedule
     from delta_cache.profiling.report import always_computed_note, write_report
-    from delta_cache.schedule import FORECASTS
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.family == "diffusers":
-        profile = profile_diffusers_folder(args, mask_files)
-        pipeline = profile.provenance["pipeline"].removesuffix("Pipeline").lower()
+        profiles = profile_diffusers_folder(args, mask_files)
+        pipeline = profiles["transformer"].provenance["pipeline"].removesuffix("Pipeline").lower()
         default_name = f"profiled-{pipeline or 'pipeline'}"
     else:
-        profile = profile_front_end(args, width, height, prompts, mask_files)
+        profiles = {"transformer": profile_front_end(args, width, height, prompts, mask_files)}
         default_name = f"profiled-{args.task.lower()}" if args.family == "wan" else "profiled-hunyuanvideo"
-    name = args.name or default_name
-    if args.tau is not None:
-        schedule = derive_schedule(profile, DerivationParams(tau=args.tau, t_max=args.t_max, t_min=args.t_min,
-                                                             warmup=args.warmup,
-                                                             refresh_threshold=args.refresh_threshold,
-                                                             forecast=args.forecast), name=name)
-    else:
-        rules = REFRESH_RULES if args.refresh_rule == "any" else (args.refresh_rule,)
-        forecasts = FORECASTS if args.forecast == "any" else (args.forecast,)
-        target = 2.0 if args.target_speedup is None else args.target_speedup
-        schedule = derive_for_target(profile, target, warmup=args.warmup, name=name,
-                                     refresh_rules=rules, forecasts=forecasts)
-    schedule_path = args.out / "schedule.json"
-    schedule.save(schedule_path)
-    write_report(profile, schedule, args.out)
-    computed, total = schedule.provenance["predicted_block_evals"]
-    ideal = f"ideal {total / computed:.2f}x{always_computed_note(schedule.provenance, computed, total)}"
-    print(f"wrote {schedule_path}: {computed}/{total} block evaluations per branch ({ideal}), predicted residual "
-          f"error {schedule.provenance['predicted_error']:.4f}; figures and summary.md in {args.out}")
+    experts = len(profiles) > 1  # (Wan 2.2: a schedule per expert, each in a folder of its own)
+    written = {}
+    for expert, profile in profiles.items():
+        name = (args.name or default_name) + (f"-{expert}" if experts else "")
+        folder = args.out / expert if experts else args.out
+        schedule = derive(args, profile, name)
+        folder.mkdir(parents=True, exist_ok=True)
+        written[expert] = folder / "schedule.json"
+        schedule.save(written[expert])
+        write_report(profile, schedule, folder)
+        computed, total = schedule.provenance["predicted_block_evals"]
+        ideal = f"ideal {total / computed:.2f}x{always_computed_note(schedule.provenance, computed, total)}"
+        steps = schedule.provenance.get("profiled_steps")
+        where = f" on its steps {steps[0]}-{steps[1]} of {schedule.num_steps}" if steps else ""
+        print(f"wrote {written[expert]}: {computed}/{total} block evaluations per branch{where} ({ideal}), predicted "
+              f"residual error {schedule.provenance['predicted_error']:.4f}; figures and summary.md in {folder}")
     if args.family == "diffusers":
-        print(f"use it from Python: delta_cache.apply_delta_cache(pipe.transformer, \"{schedule_path}\"); try it on a "
-              f"prompt first: scripts/compare_cached.py --ckpt_dir {args.ckpt_dir} --cache_schedule {schedule_path} ...")
+        uses = "; ".join(f"delta_cache.apply_delta_cache(pipe.{expert}, \"{path}\")" for expert, path in written.items())
+        flags = " ".join(f"--cache_schedule{'_2' if expert == 'transformer_2' else ''} {path}"
+                         for expert, path in written.items())
+        print(f"use it from Python: {uses}; try it on a prompt first: scripts/compare_cached.py --ckpt_dir "
+              f"{args.ckpt_dir} {flags} ...")
 
 
 if __name__ == "__main__":

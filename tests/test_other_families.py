@@ -1,6 +1,6 @@
 """The delta cache and the profiler on diffusers video pipelines the front ends do not build: CogVideoX,
 LTX-Video, Mochi (which batch [negative prompt, prompt] in one call and give no step index), Wan 2.2's two
-experts, and `profile_pipeline` on each family."""
+experts, `profile_pipeline` on each family and `profile_experts` on Wan 2.2."""
 
 import json
 from pathlib import Path
@@ -231,9 +231,69 @@ def test_profiled_schedules_run_as_planned_on_each_family(family, monkeypatch):
     assert len(branches) == (2 if family == "wan_video_to_video" else 1)
 
 
+def _expert_steps(pipe, steps: int) -> tuple[range, range]:
+    """The steps WanPipeline gives each of Wan 2.2's experts: the high-noise one while the timestep is at or above
+    boundary_ratio x the scheduler's training timesteps, the low-noise one after (read off the scheduler here)."""
+    pipe.scheduler.set_timesteps(steps)
+    boundary = pipe.config.boundary_ratio * pipe.scheduler.config.num_train_timesteps
+    high = int((pipe.scheduler.timesteps >= boundary).sum())
+    return range(0, high), range(high, steps)
+
+
+def test_profile_experts_profiles_each_of_wan22s_experts_on_its_own_steps(tmp_path, monkeypatch):
+    """Wan 2.2: both experts profiled in the same generations, each on the steps it runs; the schedule derived from
+    each, placed into the run's steps, computes in every branch of its expert exactly the block evaluations it
+    predicted for that expert's steps (a schedule counted over all steps, or on the wrong expert's steps, does not);
+    the saved profiles (one folder per expert) are reused on resume."""
+    calls = count_block_calls(monkeypatch, blocks=_block_class("wan22"))
+    pipe, list_name, depth, kwargs = tvp.wan22()
+    steps = 12
+    high, low = _expert_steps(pipe, steps)
+    assert len(high) >= 3 and len(low) >= 3  # (the tiny pipeline's boundary splits the run)
+    profiles = delta_cache.profile_experts(pipe, [tvp.PROMPT, "a blue circle moves up"], out_dir=tmp_path,
+                                           num_inference_steps=steps, **kwargs)
+    assert list(profiles) == ["transformer", "transformer_2"]
+    for name, own in (("transformer", high), ("transformer_2", low)):
+        profile = profiles[name]
+        assert profile.num_steps == len(own) and profile.step_window == (own.start, steps)
+        assert profile.foreground_ratio(list_name).shape == (len(own), depth)
+        assert profile.provenance["transformer"] == name
+        assert sorted(p.name for p in (tmp_path / "profiles" / name).glob("*.npz")) == ["000.npz", "001.npz"]
+    assert not np.allclose(profiles["transformer"].prompts[0].sketches[list_name][0],
+                           profiles["transformer_2"].prompts[0].sketches[list_name][0])
+
+    calls["blocks"] = 0
+    again = delta_cache.profile_experts(pipe, [tvp.PROMPT, "a blue circle moves up"], out_dir=tmp_path, resume=True,
+                                        num_inference_steps=steps, **kwargs)
+    assert calls["blocks"] == 0
+    assert again["transformer_2"].step_window == (low.start, steps)
+
+    schedules = {name: derive_for_target(profile, 1.5) for name, profile in profiles.items()}
+    handles = {}
+    for name, schedule in schedules.items():
+        own = high if name == "transformer" else low
+        assert schedule.num_steps == steps and schedule.provenance["profiled_steps"] == [own.start, own.stop - 1]
+        refresh = schedule.block_lists[list_name].refresh_steps
+        assert set(range(steps)) - set(own) <= set(refresh) and own.start in refresh  # (the others: computed)
+        schedule.save(tmp_path / f"{name}.json")
+        handles[name] = delta_cache.apply_delta_cache(getattr(pipe, name), str(tmp_path / f"{name}.json"))
+    calls["blocks"] = 0
+    _run(pipe, kwargs, steps=steps)
+    for name, handle in handles.items():
+        planned, total = schedules[name].provenance["predicted_block_evals"]
+        branches = handle.stats()["branches"]
+        assert set(branches) == {"cond", "uncond"}
+        assert all(b["computed_block_evals"] == planned and b["total_block_evals"] == total
+                   for b in branches.values()), (name, planned, total, branches)
+        assert abs(total / planned - 1.5) <= 0.05 * 1.5
+    assert calls["blocks"] == 2 * sum(s.provenance["predicted_block_evals"][0] for s in schedules.values())
+    written = write_report(profiles["transformer_2"], schedules["transformer_2"], tmp_path / "report")
+    assert f"steps {low.start}-{steps - 1} of the run's {steps}" in written[-1].read_text()
+
+
 def test_profile_pipeline_refuses_what_it_cannot_profile():
     pipe, _, _, kwargs = tvp.wan22()
-    with pytest.raises(UserInputError, match="second transformer"):
+    with pytest.raises(UserInputError, match="two transformers .* delta_cache.profile_experts"):
         profile_pipeline(pipe, [tvp.PROMPT], **kwargs)
     pipe, _, _, kwargs = tvp.cogvideox()
     with pytest.raises(UserInputError, match="sets output_type itself"):
@@ -289,7 +349,8 @@ def test_profile_model_on_a_diffusers_folder(tmp_path, monkeypatch, capsys):
     (["--ckpt_dir", "{tmp}/missing"], "no such folder"),
     (["--ckpt_dir", "{tmp}"], "not a diffusers pipeline folder (no model_index.json)"),
     (["--ckpt_dir", "{tmp}/flux"], "does not know where FluxTransformer2DModel's video tokens are"),
-    (["--ckpt_dir", "{tmp}/wan22"], "has a second transformer"),
+    (["--ckpt_dir", "{tmp}/mixed"], "second transformer is a CogVideoXTransformer3DModel, its first a "
+                                     "WanTransformer3DModel"),
     (["--ckpt_dir", "{tmp}/i2v"], "CogVideoXImageToVideoPipeline takes an image as input"),
 ])
 def test_profile_model_diffusers_refuses_before_loading(tmp_path, flags, message):
@@ -297,7 +358,8 @@ def test_profile_model_diffusers_refuses_before_loading(tmp_path, flags, message
 
     for name, transformer, transformer_2, pipeline in (
             ("flux", "FluxTransformer2DModel", [None, None], "FluxPipeline"),
-            ("wan22", "WanTransformer3DModel", ["diffusers", "WanTransformer3DModel"], "WanPipeline"),
+            ("wan22", "WanTransformer3DModel", [None, None], "WanPipeline"),
+            ("mixed", "WanTransformer3DModel", ["diffusers", "CogVideoXTransformer3DModel"], "WanPipeline"),
             ("i2v", "CogVideoXTransformer3DModel", [None, None], "CogVideoXImageToVideoPipeline")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "model_index.json").write_text(json.dumps(
@@ -457,3 +519,48 @@ def test_compare_cached_on_a_diffusers_folder(tmp_path, capsys):
     # a size whose latent the patch does not divide: one line at the transformer's first call
     with pytest.raises(UserInputError, match=r"latent's height \(9\) is not a multiple of the transformer's patch"):
         compare.main([*argv[:-1], str(tmp_path / "bad"), "--cache_schedule", str(schedule), "--size", "72*72"])
+
+
+def test_profile_model_and_compare_cached_on_a_wan22_folder(tmp_path, capsys):
+    """A saved Wan 2.2 pipeline (two experts): profile_model.py writes one schedule per expert, each for the steps
+    its expert runs; compare_cached.py runs both and counts the block evaluations the experts really made; a
+    missing or superfluous second schedule is one line before loading."""
+    from script_loader import load_script
+
+    pipe, list_name, depth, kwargs = tvp.wan22()
+    pipe.save_pretrained(tmp_path / "wan22")
+    steps = 10
+    high, low = _expert_steps(pipe, steps)
+    out = tmp_path / "profile"
+    load_script(REPO / "scripts" / "profile_model.py").main([
+        "--family", "diffusers", "--ckpt_dir", str(tmp_path / "wan22"), "--size", "32*32", "--frame_num", "5",
+        "--sample_steps", str(steps), "--negative_prompt", "blurry", "--prompt", tvp.PROMPT, "--target_speedup", "1.5",
+        "--threads", "1", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "delta_cache.apply_delta_cache(pipe.transformer_2" in printed and "--cache_schedule_2" in printed
+    planned = 0
+    for name, own in (("transformer", high), ("transformer_2", low)):
+        schedule = delta_cache.load_schedule(out / name / "schedule.json")
+        assert schedule.name == f"profiled-wan-{name}" and schedule.num_steps == steps
+        assert schedule.provenance["profiled_steps"] == [own.start, own.stop - 1]
+        assert (out / name / "summary.md").is_file() and (out / "profiles" / name / "000.npz").is_file()
+        planned += schedule.provenance["predicted_block_evals"][0]
+
+    compare = load_script(REPO / "scripts" / "compare_cached.py")
+    argv = ["--ckpt_dir", str(tmp_path / "wan22"), "--prompt", tvp.PROMPT, "--size", "32*32", "--frame_num", "5",
+            "--threads", "1", "--cache_schedule", str(out / "transformer" / "schedule.json")]
+    compare.main([*argv, "--cache_schedule_2", str(out / "transformer_2" / "schedule.json"),
+                  "--out", str(tmp_path / "compare")])
+    printed = capsys.readouterr().out
+    # both branches of both experts, as the schedules planned them on their own steps
+    assert f"({2 * planned}/{2 * steps * depth} block evaluations)" in printed, printed
+    assert (tmp_path / "compare" / "cached.mp4").is_file()
+
+    with pytest.raises(UserInputError, match="give --cache_schedule_2 for transformer_2 too"):
+        compare.main([*argv, "--out", str(tmp_path / "bad")])
+    pipe, *_ = tvp.wan()
+    pipe.save_pretrained(tmp_path / "wan")
+    with pytest.raises(UserInputError, match="--cache_schedule_2 is for a pipeline with two transformers"):
+        compare.main(["--ckpt_dir", str(tmp_path / "wan"), *argv[2:], "--cache_schedule_2", "wan2.1-t2v-14b",
+                      "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()

@@ -42,15 +42,24 @@ def check_pipeline_folder(folder: str | Path) -> str:
     if transformer not in FAMILIES:
         raise UserInputError(f"{folder}: delta_cache does not know where {transformer}'s video tokens are; it "
                              f"profiles {', '.join(FAMILIES)}")
-    if component_class("transformer_2") is not None:
-        raise UserInputError(f"{folder}: the pipeline has a second transformer (Wan 2.2's low-noise expert), which "
-                             f"the scripts for pipeline folders do not handle yet (the cache does, from Python)")
+    second = component_class("transformer_2")  # (Wan 2.2's low-noise expert: profiled and cached as the first)
+    if second is not None and second != transformer:
+        raise UserInputError(f"{folder}: the pipeline's second transformer is a {second}, its first a {transformer}; "
+                             f"the scripts for pipeline folders take two transformers of one class (Wan 2.2's experts)")
     pipeline = str(declared.get("_class_name") or "pipeline")
     needs = _input_media(pipeline)
     if needs:
         raise UserInputError(f"{folder}: {pipeline} takes {needs} as input, which the scripts for pipeline folders do "
                              f"not give; use delta_cache.profile_pipeline / apply_delta_cache from Python")
     return pipeline
+
+
+def transformer_components(folder: str | Path) -> list[str]:
+    """The pipeline's transformers by component name: ["transformer"], or ["transformer", "transformer_2"] for Wan
+    2.2's two experts (a folder `check_pipeline_folder` passed)."""
+    declared = json.loads((Path(folder) / "model_index.json").read_text())
+    return ["transformer"] + (["transformer_2"] if isinstance(declared.get("transformer_2"), list)
+                              and declared["transformer_2"][1] is not None else [])
 
 
 def _input_media(pipeline: str) -> str | None:
@@ -62,12 +71,12 @@ def _input_media(pipeline: str) -> str | None:
     return "an image" if "image" in parameters else "a video" if "video" in parameters else None
 
 
-def declared_depths(folder: str | Path) -> dict[str, int]:
-    """Block list -> depth, from the folder's transformer/config.json (before loading; empty where unreadable)."""
+def declared_depths(folder: str | Path, component: str = "transformer") -> dict[str, int]:
+    """Block list -> depth, from the folder's `component`/config.json (before loading; empty where unreadable)."""
     folder = Path(folder)
     try:
-        transformer = json.loads((folder / "model_index.json").read_text())["transformer"][1]
-        config = json.loads((folder / "transformer" / "config.json").read_text())
+        transformer = json.loads((folder / "model_index.json").read_text())[component][1]
+        config = json.loads((folder / component / "config.json").read_text())
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return {}
     counts = {"transformer_blocks": config.get("num_layers"), "blocks": config.get("num_layers"),

@@ -13,7 +13,8 @@ The command line is `scripts/profile_model.py`; the workflow is documented in do
 # The Python API's entry points (`delta_cache.profile_pipeline` is the first), loaded on first use: importing
 # the package must stay light for the scripts that only need one module.
 _LAZY = {"derive_for_target": ".derive", "derive_schedule": ".derive", "DerivationParams": ".derive",
-         "write_report": ".report", "profile_pipeline": ".pipelines", "Profile": ".profile"}
+         "write_report": ".report", "profile_pipeline": ".pipelines", "profile_experts": ".pipelines",
+         "Profile": ".profile"}
 __all__ = list(_LAZY)
 
 

@@ -13,6 +13,10 @@
   (unless given) the warm-up length, from 1 step to a fifth of the steps plus the curve's value, for
   schedules whose block evaluations are within `tolerance` of total / target_speedup, and returns the one
   with the least predicted error (`Profile.predicted_error`).
+
+A profile of a transformer that runs part of a generation (Wan 2.2's experts) is derived on its own steps, and
+the schedule placed into the run's (`Profile.run_schedule`): its own warm-up and refresh steps, every block
+computed on the other transformer's steps; its predicted compute and speedup count its own steps only.
 """
 
 from __future__ import annotations
@@ -117,8 +121,14 @@ def derive_schedule(profile: Profile, params: DerivationParams, name: str = "pro
                    f"steps; {refresh_text}.")
     if params.forecast != "hold":
         description += f" Reuse steps extrapolate the deltas ({params.forecast} forecast)."
-    return Schedule(name=name, num_steps=profile.num_steps, block_lists=candidate.block_lists,
-                    description=description, provenance=provenance, forecast=params.forecast)
+    first, run_steps = profile.step_window
+    if (first, run_steps) != (0, profile.num_steps):
+        last = first + profile.num_steps - 1
+        provenance["profiled_steps"] = [first, last]
+        description += (f" Made for steps {first}-{last} of {run_steps} (the steps this transformer runs; warm-up and "
+                        f"refresh steps counted from step {first}); every block is computed on the other steps.")
+    return profile.run_schedule(Schedule(name=name, num_steps=profile.num_steps, block_lists=candidate.block_lists,
+                                         description=description, provenance=provenance, forecast=params.forecast))
 
 
 def derive_for_target(profile: Profile, target_speedup: float, tolerance: float = 0.05,

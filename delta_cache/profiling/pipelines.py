@@ -4,6 +4,10 @@
 this is the same profiler for a pipeline a user already has: a fine-tune or a LoRA, a hub checkpoint in
 diffusers' layout, or another family (CogVideoX, LTX-Video, Mochi). Where each family's video tokens are is in
 `models.video_families`; everything else (probe, masks, profile, derivation, report) is shared.
+
+`profile_experts(pipe, prompts, ...)` is the same for a pipeline with two transformers (Wan 2.2's high- and
+low-noise experts, `transformer` and `transformer_2`): both are profiled in the same generations, each on the
+steps it runs, and each gets its own profile, from which its own schedule is derived.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from ..models.common import first_line
 from ..models.video_families import _patches, video_family
 from .masks import load_mask_file
 from .profile import Profile
-from .runner import ProfileRequest, run_profile
+from .runner import ProfileRequest, run_profiles
 
 
 def _plain(value):
@@ -87,17 +91,43 @@ def profile_pipeline(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,
     done and `resume=True` skips those already there. `mask_source`: "motion" or "pca" (from the final latents),
     or "files" with one .npy mask per prompt and seed in `mask_files` (token grid or pixels, see
     docs/profiling.md). `provenance`: entries to add to the profile's (and so the schedule's) provenance.
+    A pipeline with two transformers (Wan 2.2) is profiled by `profile_experts`.
     """
-    transformer = getattr(pipe, "transformer", None)
-    if transformer is None:
-        raise UserInputError(f"{type(pipe).__name__} has no transformer to profile")
-    if hasattr(transformer, "_orig_mod"):
-        raise UserInputError("the transformer is compiled (torch.compile): profile it before compiling")
     if getattr(pipe, "transformer_2", None) is not None:
-        raise UserInputError("this pipeline has a second transformer (Wan 2.2's low-noise expert): "
-                             "profile_pipeline profiles one transformer over all steps; not supported yet")
+        raise UserInputError("this pipeline has two transformers (Wan 2.2's high- and low-noise experts): profile "
+                             "them with delta_cache.profile_experts(pipe, ...), which gives one profile each")
+    return profile_experts(pipe, prompts, seeds=seeds, out_dir=out_dir, resume=resume, mask_source=mask_source,
+                           mask_files=mask_files, max_queries=max_queries, high_fraction=high_fraction,
+                           provenance=provenance, **pipe_kwargs)["transformer"]
+
+
+def profile_experts(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), out_dir: str | Path | None = None,
+                    resume: bool = False, mask_source: str = "motion", mask_files: Sequence[str | Path] | None = None,
+                    max_queries: int = 256, high_fraction: float = 0.25, provenance: dict | None = None,
+                    **pipe_kwargs) -> dict[str, Profile]:
+    """`profile_pipeline` for a pipeline with one or two transformers: {"transformer": Profile} or, for Wan 2.2's
+    experts, {"transformer": Profile, "transformer_2": Profile}, both from the same generations. Each profile
+    covers the steps its transformer runs (`Profile.step_window`), and a schedule derived from it is placed into
+    the run's steps, for that transformer:
+
+        profiles = delta_cache.profile_experts(pipe, prompts, num_inference_steps=40)
+        for name, profile in profiles.items():
+            delta_cache.apply_delta_cache(getattr(pipe, name), derive_for_target(profile, 2.0))
+    """
+    names = [name for name in ("transformer", "transformer_2") if getattr(pipe, name, None) is not None]
+    if "transformer" not in names:
+        raise UserInputError(f"{type(pipe).__name__} has no transformer to profile")
+    transformers = {name: getattr(pipe, name) for name in names}
+    for name, module in transformers.items():
+        if hasattr(module, "_orig_mod"):
+            raise UserInputError(f"the {name} is compiled (torch.compile): profile it before compiling")
+    transformer = transformers["transformer"]
     family = video_family(transformer)
-    check_uncached(transformer)
+    for name, module in transformers.items():
+        if type(module) is not type(transformer):
+            raise UserInputError(f"the pipeline's transformers are of different classes ({type(transformer).__name__}"
+                                 f", {type(module).__name__}); not supported")
+        check_uncached(module)
     seeds, max_queries = _checked_arguments(prompts, seeds, max_queries, high_fraction, mask_source, mask_files,
                                             pipe_kwargs)
     pairs = [(prompt, seed) for prompt in prompts for seed in seeds]
@@ -133,12 +163,19 @@ def profile_pipeline(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,
         seen["steps"] = seen.get("steps", 0) + 1
         return changed
 
-    def one_call_per_step(record) -> None:
-        recorded = len(next(iter(record.high_attention.values())))
-        if recorded != seen.get("steps"):  # (a pipeline whose prompt's calls cannot be told from its other ones)
-            raise UserInputError(f"{type(pipe).__name__} made {recorded} transformer calls for the prompt in "
-                                 f"{seen.get('steps')} steps: its prompt's calls cannot be told from its other "
-                                 f"ones; not supported")
+    def one_call_per_step(records) -> None:
+        steps = seen.get("steps")
+        recorded = {name: len(record.step_indices) for name, record in records.items()}
+        if sum(recorded.values()) != steps:  # (a pipeline whose prompt's calls cannot be told from its other ones)
+            raise UserInputError(f"{type(pipe).__name__} made {sum(recorded.values())} transformer calls for the "
+                                 f"prompt in {steps} steps: its prompt's calls cannot be told from its other ones; "
+                                 f"not supported")
+        if len(records) > 1:  # each expert's steps must be where the pipeline says they are, together all steps
+            runs = sorted((record.step_indices, record.num_inference_steps) for record in records.values())
+            covered = [index for indices, _ in runs for index in indices]
+            if covered != list(range(steps)) or any(total != steps for _, total in runs):
+                raise UserInputError(f"{type(pipe).__name__} does not say which of its {steps} steps each transformer "
+                                     f"runs (step_index and num_inference_steps in its cache_context); not supported")
 
     def denoise(prompt: str, seed: int) -> torch.Tensor:
         seen.clear()
@@ -169,7 +206,7 @@ def profile_pipeline(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,
                   **{name: _plain(value) for name, value in sorted(pipe_kwargs.items())}}
     if mask_digests is not None:  # (the masks' contents: a resume with other masks must not reuse the profiles)
         provenance["mask_files"] = mask_digests
-    return run_profile(transformer, denoise, request, out_dir=out_dir, resume=resume, provenance=provenance)
+    return run_profiles(transformers, denoise, request, out_dir=out_dir, resume=resume, provenance=provenance)
 
 
 def _checked_arguments(prompts, seeds, max_queries, high_fraction, mask_source, mask_files, pipe_kwargs

@@ -70,6 +70,10 @@ class ProbeRecord:
     sketches: dict[str, list[list[np.ndarray]]] = field(default_factory=dict)  # list -> [step][block] (T, D)
     output_change: list[float] = field(default_factory=list)  # mean|v_s - v_{s-1}| / mean|v_{s-1}|, s >= 1
     output_change_abs: list[float] = field(default_factory=list)  # mean|v_s - v_{s-1}|
+    # the pipeline's step index of each recorded step (its `cache_context`'s; without one, the count of recorded
+    # steps) and its step count where it says it: where a transformer's steps lie in the run (Wan 2.2's experts)
+    step_indices: list[int] = field(default_factory=list)
+    num_inference_steps: int | None = None
 
 
 class _CallState(BaseState):
@@ -129,7 +133,7 @@ class _ProbeRootHook(ModelHook):
         finally:
             self.probe._active = False
         if active:
-            self.probe._end_step(output[0] if isinstance(output, (tuple, list)) else output.sample)
+            self.probe._end_step(output[0] if isinstance(output, (tuple, list)) else output.sample, context)
         return output
 
     def reset_state(self, module):
@@ -270,7 +274,10 @@ class ProfileProbe:
         self._step_blocks.setdefault(list_name, []).append((index, np.packbits(high), sketch))
 
     @torch.no_grad()
-    def _end_step(self, output: torch.Tensor) -> None:
+    def _end_step(self, output: torch.Tensor, context=None) -> None:
+        step_index = getattr(context, "step_index", None)
+        self.record.step_indices.append(len(self.record.step_indices) if step_index is None else int(step_index))
+        self.record.num_inference_steps = getattr(context, "num_inference_steps", None)
         blocks = sum(len(entries) for entries in self._step_blocks.values())
         if blocks and self._blocks_without_attention == blocks:
             raise UserInputError("the profiler saw no torch scaled_dot_product_attention call in any block: the "

@@ -7,11 +7,16 @@ The foreground ratio of a block at a step (method.md section 4):
 computed per latent frame (frames with an empty mask are skipped) and averaged over frames; `Profile`
 averages it over prompts. With the top `high_fraction` of tokens marked high-attention, a block that
 attends uniformly has R close to `high_fraction`; foreground-focused blocks are above it.
+
+A transformer that runs only some steps of a generation (Wan 2.2's experts: the high-noise one steps 0 to b - 1,
+the low-noise one b to N - 1) is profiled on its own steps: its profile's steps are those, and `step_window` says
+where they lie in the run; `run_schedule` places a schedule derived on them into the run's steps.
 """
 
 from __future__ import annotations
 
 import json
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,11 +38,14 @@ class PromptProfile:
     sketches: dict[str, np.ndarray]
     output_change: np.ndarray  # (steps - 1,)
     output_change_abs: np.ndarray  # (steps - 1,)
+    first_step: int = 0  # the run's step index of this profile's first step
+    total_steps: int | None = None  # the run's step count, where it has more steps than this profile (else None)
 
     @classmethod
     def from_record(cls, record: ProbeRecord, mask: np.ndarray, prompt: str, seed: int,
                     token_grid: tuple[int, int, int]) -> "PromptProfile":
         mask = np.asarray(mask, dtype=bool).reshape(token_grid)
+        first_step, total_steps = _step_window(record)
         frames_with_mask = [f for f in range(token_grid[0]) if mask[f].any()]
         if not frames_with_mask:
             raise UserInputError(f"the foreground mask for prompt {prompt!r} is empty: nothing to profile against")
@@ -54,14 +62,16 @@ class PromptProfile:
         sketches = {name: np.asarray(steps, dtype=np.float32) for name, steps in record.sketches.items()}
         return cls(prompt=prompt, seed=seed, token_grid=tuple(token_grid), mask=mask, foreground_ratio=ratios,
                    sketches=sketches, output_change=np.asarray(record.output_change, dtype=np.float32),
-                   output_change_abs=np.asarray(record.output_change_abs, dtype=np.float32))
+                   output_change_abs=np.asarray(record.output_change_abs, dtype=np.float32),
+                   first_step=first_step, total_steps=total_steps)
 
     def save(self, path: str | Path) -> None:
         arrays = {"mask": self.mask, "output_change": self.output_change, "output_change_abs": self.output_change_abs}
         for name in self.foreground_ratio:
             arrays[f"ratio/{name}"] = self.foreground_ratio[name]
             arrays[f"sketch/{name}"] = self.sketches[name]
-        meta = {"prompt": self.prompt, "seed": self.seed, "token_grid": list(self.token_grid)}
+        meta = {"prompt": self.prompt, "seed": self.seed, "token_grid": list(self.token_grid),
+                "first_step": self.first_step, "total_steps": self.total_steps}
         path = Path(path)
         tmp = path.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, meta=json.dumps(meta), **arrays)
@@ -75,7 +85,21 @@ class PromptProfile:
             sketch = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("sketch/")}
             return cls(prompt=meta["prompt"], seed=meta["seed"], token_grid=tuple(meta["token_grid"]),
                        mask=data["mask"], foreground_ratio=ratio, sketches=sketch,
-                       output_change=data["output_change"], output_change_abs=data["output_change_abs"])
+                       output_change=data["output_change"], output_change_abs=data["output_change_abs"],
+                       first_step=meta.get("first_step", 0), total_steps=meta.get("total_steps"))
+
+
+def _step_window(record: ProbeRecord) -> tuple[int, int | None]:
+    """(first step, the run's step count) of a record whose steps are a stretch of a longer run, as the pipeline's
+    step indices say (Wan 2.2's experts); (0, None) for a record of every step, or where the indices do not say
+    (no step index given, or a sampler that calls the transformer more than once a step)."""
+    indices, total = record.step_indices, record.num_inference_steps
+    if not indices or total is None:
+        return 0, None
+    first = indices[0]
+    if indices != list(range(first, first + len(indices))) or first + len(indices) > total:
+        return 0, None
+    return (first, total) if (first, total) != (0, len(indices)) else (0, None)
 
 
 @dataclass
@@ -100,7 +124,49 @@ class Profile:
 
     @property
     def num_steps(self) -> int:
+        """The profiled steps (a transformer that runs part of a generation: its own, see `step_window`)."""
         return next(iter(self.prompts[0].foreground_ratio.values())).shape[0]
+
+    @property
+    def step_window(self) -> tuple[int, int]:
+        """(the run's step index of the profile's first step, the run's step count): (0, num_steps) for a
+        transformer that runs every step."""
+        windows = {(p.first_step, p.total_steps or p.first_step + self.num_steps) for p in self.prompts}
+        if len(windows) > 1:
+            raise UserInputError(f"the prompts' profiles cover different steps of their runs "
+                                 f"({', '.join(f'{a}-{a + self.num_steps - 1} of {n}' for a, n in sorted(windows))}): "
+                                 f"profile every prompt with the same step count and sampler settings")
+        return windows.pop()
+
+    def run_schedule(self, schedule: Schedule) -> Schedule:
+        """A schedule made on the profile's steps, placed into the run's: its refresh steps shifted to the run's
+        step indices, and every block computed on the steps outside the profile's (which this transformer does not
+        run; if a run gives it more, they are computed). The same schedule for a transformer of every step."""
+        first, total = self.step_window
+        if (first, total) == (0, self.num_steps):
+            return schedule
+        last = first + self.num_steps
+        outside = [*range(first), *range(last, total)]
+        block_lists = {name: dataclasses.replace(bl, refresh_steps=tuple(sorted(
+                           {*outside, *(s + first for s in bl.refresh_steps)})))
+                       for name, bl in schedule.block_lists.items()}
+        return dataclasses.replace(schedule, num_steps=total, block_lists=block_lists)
+
+    def profile_schedule(self, schedule: Schedule) -> Schedule:
+        """The inverse of `run_schedule`: a schedule on the run's steps, restricted to the profile's (schedules on
+        another step count are left as they are: they are mapped by the step-count rule)."""
+        first, total = self.step_window
+        if (first, total) == (0, self.num_steps) or schedule.num_steps != total:
+            return schedule
+        last = first + self.num_steps
+        block_lists = {name: dataclasses.replace(bl, refresh_steps=tuple(
+                           s - first for s in bl.refresh_steps if first <= s < last))
+                       for name, bl in schedule.block_lists.items()}
+        return dataclasses.replace(schedule, num_steps=self.num_steps, block_lists=block_lists)
+
+    def predicted_block_evals(self, schedule: Schedule) -> tuple[int, int]:
+        """(computed, total) block evaluations of one branch of `schedule` on the profiled steps."""
+        return self.profile_schedule(schedule).predicted_block_evals(self.depths, self.num_steps)
 
     def foreground_ratio(self, list_name: str) -> np.ndarray:
         """(steps, blocks), mean over prompts."""
@@ -125,6 +191,7 @@ class Profile:
         residuals of the block list at s|. A first-order proxy: how the drift propagates through the later
         steps is not modelled (docs/profiling.md has how well it ranks measured schedules).
         """
+        schedule = self.profile_schedule(schedule)
         errors = []
         for index, prompt in enumerate(self.prompts):
             error = 0.0

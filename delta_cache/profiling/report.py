@@ -27,7 +27,9 @@ def plot_foreground_ratio(profile: Profile, path: Path) -> None:
     fig, axes = plt.subplots(1, len(lists), figsize=(6 * len(lists), 4.5), squeeze=False)
     for ax, list_name in zip(axes[0], lists):
         ratio = profile.foreground_ratio(list_name).T  # (blocks, steps)
-        image = ax.imshow(ratio, aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=1)
+        first = profile.step_window[0]  # (the run's step numbers, for a transformer that runs part of the run)
+        image = ax.imshow(ratio, aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=1,
+                          extent=(first - 0.5, first + ratio.shape[1] - 0.5, -0.5, ratio.shape[0] - 0.5))
         ax.set(title=f"foreground ratio R: {list_name}", xlabel="step", ylabel="block")
         fig.colorbar(image, ax=ax)
     fig.tight_layout()
@@ -39,9 +41,10 @@ def plot_step_change(profile: Profile, warmup: int, path: Path) -> None:
     """Relative change of the noise prediction between consecutive steps (the paper's Fig. 4)."""
     plt = _pyplot()
     change = profile.output_change()
+    first = profile.step_window[0]
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot(np.arange(1, len(change) + 1), change, marker="o", markersize=3)
-    ax.axvspan(0, warmup - 0.5, color="orange", alpha=0.2, label=f"warm-up ({warmup} steps)")
+    ax.plot(first + np.arange(1, len(change) + 1), change, marker="o", markersize=3)
+    ax.axvspan(first, first + warmup - 0.5, color="orange", alpha=0.2, label=f"warm-up ({warmup} steps)")
     ax.set(xlabel="step", ylabel="mean |v_s - v_(s-1)| / mean |v_(s-1)|", title="noise-prediction step change",
            yscale="log")
     ax.legend()
@@ -90,10 +93,14 @@ def write_report(profile: Profile, schedule: Schedule, out_dir: str | Path) -> l
     plot_foreground_ratio(profile, paths[0])
     plot_step_change(profile, warmup, paths[1])
     plot_schedule(schedule, profile.depths, paths[2])
-    computed, total = schedule.predicted_block_evals(profile.depths, profile.num_steps)
+    computed, total = profile.predicted_block_evals(schedule)
+    first, run_steps = profile.step_window
+    steps = (f"{profile.num_steps}" if (first, run_steps) == (0, profile.num_steps) else
+             f"{profile.num_steps} (steps {first}-{first + profile.num_steps - 1} of the run's {run_steps}: the ones "
+             f"this transformer runs; the counts below are of these)")
     lines = [
         f"# Profile and schedule `{schedule.name}`", "",
-        f"- prompts: {len(profile.prompts)}; steps: {profile.num_steps}; token grid (frames, h, w): "
+        f"- prompts: {len(profile.prompts)}; steps: {steps}; token grid (frames, h, w): "
         f"{profile.prompts[0].token_grid}",
         f"- block evaluations per branch: {computed}/{total} (ideal speedup {total / computed:.2f}x"
         f"{always_computed_note(schedule.provenance, computed, total)}); "

@@ -2,7 +2,8 @@
 
 Model families plug in through two callables: `denoise(prompt, seed) -> latents (B, C, F, H, W)` (a real
 generation, the transformer called inside its pipeline) and the token grid of the run. Each prompt's
-profile is written as soon as it is done, so a long real-size run can be resumed.
+profile is written as soon as it is done, so a long real-size run can be resumed. A pipeline with two
+transformers (Wan 2.2's experts) is profiled in the same generations, one probe and one profile per transformer.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class ProfileRequest:
     layout: Callable[[torch.nn.Module, tuple, dict], dict] | None = None  # see ProfileProbe
     branch: str = "cond"  # the cache_context of the calls with the prompt
     sample: int | None = None  # see ProbeSettings
-    check_record: Callable[[ProbeRecord], None] | None = None  # called on each generation's record
+    # called on each generation's records (transformer name -> its record)
+    check_record: Callable[[dict[str, ProbeRecord]], None] | None = None
     mask_temporal_stride: int = 4  # video frames per token frame, for pixel mask files
     patch: tuple[int, int] = (2, 2)
     mask_source: str = "motion"
@@ -91,42 +93,64 @@ def _check_resumable(folder: Path, provenance: dict) -> None:
 def run_profile(transformer: torch.nn.Module, denoise: Callable[[str, int], torch.Tensor], request: ProfileRequest,
                 out_dir: Path | None = None, resume: bool = False, provenance: dict | None = None) -> Profile:
     """Profile every prompt (skipping those already saved in `out_dir` when `resume`)."""
+    return run_profiles({"transformer": transformer}, denoise, request, out_dir, resume, provenance)["transformer"]
+
+
+def run_profiles(transformers: dict[str, torch.nn.Module], denoise: Callable[[str, int], torch.Tensor],
+                 request: ProfileRequest, out_dir: Path | None = None, resume: bool = False,
+                 provenance: dict | None = None) -> dict[str, Profile]:
+    """Profile every transformer of a pipeline (name -> module: "transformer", "transformer_2") in the same
+    generations, one prompt at a time; one `Profile` each. Saved as `profiles/NNN.npz` for one transformer, as
+    `profiles/<name>/NNN.npz` for several."""
     if request.mask_source == "files" and len(request.mask_files or []) != len(request.prompts):
         raise UserInputError("--mask_source files needs one mask file per prompt (--mask_dir with 000.npy, 001.npy, ...)")
-    profiles = []
+    names = list(transformers)
+    profiles: dict[str, list[PromptProfile]] = {name: [] for name in names}
     folder = None if out_dir is None else Path(out_dir) / "profiles"
+    subfolders = {name: folder if folder is None or len(names) == 1 else folder / name for name in names}
     if folder is not None:
         if resume:
             _check_resumable(folder, provenance or {})
-        elif folder.is_dir():  # a fresh run: an earlier run's profiles must not be mixed in by a later --resume
-            for stale in folder.glob("[0-9][0-9][0-9].npz"):
-                stale.unlink()
-        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            if not resume and subfolders[name].is_dir():  # a fresh run: an earlier run's profiles must not be mixed
+                for stale in subfolders[name].glob("[0-9][0-9][0-9].npz"):  # in by a later --resume
+                    stale.unlink()
+            subfolders[name].mkdir(parents=True, exist_ok=True)
         (folder / RUN_FILE).write_text(json.dumps(_run_settings(provenance or {}), indent=2) + "\n")
     for index, (prompt, seed) in enumerate(tqdm(request.prompts, desc="profiling prompts")):
-        path = None if folder is None else folder / f"{index:03d}.npz"
-        if resume and path is not None and path.exists():
-            saved = PromptProfile.load(path)
-            if saved.prompt == prompt and saved.seed == seed:
-                profiles.append(saved)
+        paths = {name: None if folder is None else subfolders[name] / f"{index:03d}.npz" for name in names}
+        if resume and folder is not None and all(path.exists() for path in paths.values()):
+            saved = {name: PromptProfile.load(path) for name, path in paths.items()}
+            if all(p.prompt == prompt and p.seed == seed for p in saved.values()):
+                for name in names:
+                    profiles[name].append(saved[name])
                 continue
         settings = ProbeSettings(token_grid=request.token_grid, leading_tokens=request.leading_tokens,
                                  max_queries=request.max_queries, high_fraction=request.high_fraction,
                                  sketch_tokens=request.sketch_tokens, sketch_dim=request.sketch_dim, seed=index,
                                  branch=request.branch, sample=request.sample)
-        probe = ProfileProbe(transformer, request.block_lists, settings, layout=request.layout)
+        probes = {}
         try:
+            for name in names:
+                probes[name] = ProfileProbe(transformers[name], request.block_lists, settings, layout=request.layout)
             latents = denoise(prompt, seed)
         finally:
-            probe.detach()
-        if probe.token_grid is None:
-            raise UserInputError(f"the transformer was never called in the '{request.branch}' context while "
-                                 f"generating {prompt!r}: nothing was profiled")
+            for probe in probes.values():
+                probe.detach()
+        for name, probe in probes.items():
+            if probe.token_grid is None:
+                which = "the transformer" if len(names) == 1 else name
+                raise UserInputError(f"{which} was never called in the '{request.branch}' context while "
+                                     f"generating {prompt!r}: nothing was profiled")
         if request.check_record is not None:
-            request.check_record(probe.record)
-        mask = foreground_mask(request, index, latents, probe.token_grid)
-        profile = PromptProfile.from_record(probe.record, mask, prompt, seed, probe.token_grid)
-        if path is not None:
-            profile.save(path)
-        profiles.append(profile)
-    return Profile(prompts=profiles, provenance=dict(provenance or {}))
+            request.check_record({name: probe.record for name, probe in probes.items()})
+        grid = probes[names[0]].token_grid
+        mask = foreground_mask(request, index, latents, grid)
+        for name, probe in probes.items():
+            profile = PromptProfile.from_record(probe.record, mask, prompt, seed, probe.token_grid)
+            if paths[name] is not None:
+                profile.save(paths[name])
+            profiles[name].append(profile)
+    return {name: Profile(prompts=profiles[name],
+                          provenance={**(provenance or {}), **({"transformer": name} if len(names) > 1 else {})})
+            for name in names}
