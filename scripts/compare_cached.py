@@ -53,30 +53,26 @@ def build_parser() -> OneLineArgumentParser:
     return p
 
 
-def check_fit(schedule, folder, component: str = "transformer") -> None:
+def check_fit(schedule, declared, component: str = "transformer") -> None:
     """Before any weights load: the schedule fits the block lists and depths the folder's `component` declares."""
-    import json
-
-    from delta_cache.models.pipeline_folder import declared_depths
     from delta_cache.models.video_families import FAMILIES
 
-    declared = json.loads((Path(folder) / "model_index.json").read_text())[component][1]
-    unknown = sorted(set(schedule.block_lists) - set(FAMILIES[declared].block_lists))
+    transformer = declared.transformers[component]
+    unknown = sorted(set(schedule.block_lists) - set(FAMILIES[transformer].block_lists))
     if unknown:
-        raise UserInputError(f"schedule '{schedule.name}' names block list '{unknown[0]}', which {declared} does not "
-                             f"have (it has: {', '.join(FAMILIES[declared].block_lists)})")
-    depths = declared_depths(folder, component)
+        raise UserInputError(f"schedule '{schedule.name}' names block list '{unknown[0]}', which {transformer} does "
+                             f"not have (it has: {', '.join(FAMILIES[transformer].block_lists)})")
+    depths = declared.depths(component)
     if depths:  # (else checked when the cache is applied)
         schedule.check_fits(depths)
 
 
-def load_schedules(args) -> dict:
+def load_schedules(args, declared) -> dict:
     """Component name -> its schedule: --cache_schedule for the transformer and, for a pipeline with two
     (Wan 2.2's experts), --cache_schedule_2 for transformer_2; each checked against the folder's config."""
     import delta_cache
-    from delta_cache.models.pipeline_folder import transformer_components
 
-    components = transformer_components(args.ckpt_dir)
+    components = list(declared.transformers)
     if len(components) == 2 and args.cache_schedule_2 is None:
         raise UserInputError("this pipeline has two transformers (Wan 2.2's experts): give --cache_schedule_2 for "
                              "transformer_2 too (profile_model.py writes one schedule each)")
@@ -85,7 +81,7 @@ def load_schedules(args) -> dict:
     schedules = {}
     for component, flag in zip(components, (args.cache_schedule, args.cache_schedule_2)):
         schedules[component] = delta_cache.load_schedule(flag)
-        check_fit(schedules[component], args.ckpt_dir, component)
+        check_fit(schedules[component], declared, component)
     return schedules
 
 
@@ -145,7 +141,7 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     from delta_cache.models.pipeline_folder import check_pipeline_folder, check_size_flag
 
-    check_pipeline_folder(args.ckpt_dir)
+    declared = check_pipeline_folder(args.ckpt_dir)
     check_seed("--seed", args.seed)
     check_size_flag(args.size)
     check_output_path("--out", args.out, folder=True)
@@ -158,7 +154,7 @@ def main(argv=None) -> None:
     from delta_cache.models.pipeline_folder import load_folder_pipeline
     from delta_cache.video import save_video
 
-    schedules = load_schedules(args)
+    schedules = load_schedules(args, declared)
     args.sample_steps = args.sample_steps or schedules["transformer"].num_steps
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -1,11 +1,13 @@
 """A diffusers pipeline folder (model_index.json) for the scripts that take one: checked before any weights load
-(`check_pipeline_folder`, `declared_depths`), loaded with every model's weights checked (`load_pipeline`), and
-the scripts' flags turned into the pipeline's arguments (`load_folder_pipeline`)."""
+(`check_pipeline_folder`, which returns what the folder declares: `DeclaredPipeline`), loaded with every model's
+weights checked (`load_pipeline`), and the scripts' flags turned into the pipeline's arguments
+(`load_folder_pipeline`)."""
 
 from __future__ import annotations
 
 import inspect
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,9 +19,29 @@ from .common import (FILE_ERRORS, check_tokenizer_vocabulary, declared_count, fi
 from .video_families import FAMILIES
 
 
-def check_pipeline_folder(folder: str | Path) -> str:
-    """The pipeline class a diffusers pipeline folder declares, after checking (from model_index.json, before any
-    weights load) that its transformer is one of `video_families.FAMILIES` and its inputs are text."""
+@dataclass(frozen=True)
+class DeclaredPipeline:
+    """What a pipeline folder's model_index.json declares, read before any weights load."""
+
+    folder: Path
+    pipeline: str  # the diffusers pipeline class
+    transformers: dict[str, str]  # component -> transformer class: "transformer" (and "transformer_2": Wan 2.2)
+
+    def depths(self, component: str = "transformer") -> dict[str, int]:
+        """Block list -> depth, from `component`/config.json (empty where it does not say)."""
+        try:
+            config = json.loads((self.folder / component / "config.json").read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            return {}
+        family = FAMILIES[self.transformers[component]]
+        depths = {name: declared_count(config.get(key)) if isinstance(config, dict) else None
+                  for name, key in zip(family.block_lists, family.depth_keys)}
+        return {} if None in depths.values() else depths
+
+
+def check_pipeline_folder(folder: str | Path) -> DeclaredPipeline:
+    """What a diffusers pipeline folder declares, after checking (from model_index.json, before any weights load)
+    that its transformers are of one of `video_families.FAMILIES` and its inputs are text."""
     folder = Path(folder)
     index = folder / "model_index.json"
     check_input_folder("--ckpt_dir", folder)
@@ -51,15 +73,8 @@ def check_pipeline_folder(folder: str | Path) -> str:
     if needs:
         raise UserInputError(f"{folder}: {pipeline} takes {needs} as input, which the scripts for pipeline folders do "
                              f"not give; use delta_cache.profile_pipeline / apply_delta_cache from Python")
-    return pipeline
-
-
-def transformer_components(folder: str | Path) -> list[str]:
-    """The pipeline's transformers by component name: ["transformer"], or ["transformer", "transformer_2"] for Wan
-    2.2's two experts (a folder `check_pipeline_folder` passed)."""
-    declared = json.loads((Path(folder) / "model_index.json").read_text())
-    return ["transformer"] + (["transformer_2"] if isinstance(declared.get("transformer_2"), list)
-                              and declared["transformer_2"][1] is not None else [])
+    transformers = {"transformer": transformer, **({"transformer_2": second} if second is not None else {})}
+    return DeclaredPipeline(folder, pipeline, transformers)
 
 
 def _input_media(pipeline: str) -> str | None:
@@ -69,20 +84,6 @@ def _input_media(pipeline: str) -> str | None:
     cls = getattr(diffusers, pipeline, None)
     parameters = inspect.signature(cls.__call__).parameters if cls is not None else {}
     return "an image" if "image" in parameters else "a video" if "video" in parameters else None
-
-
-def declared_depths(folder: str | Path, component: str = "transformer") -> dict[str, int]:
-    """Block list -> depth, from the folder's `component`/config.json (before loading; empty where unreadable)."""
-    folder = Path(folder)
-    try:
-        transformer = json.loads((folder / "model_index.json").read_text())[component][1]
-        config = json.loads((folder / component / "config.json").read_text())
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        return {}
-    counts = {"transformer_blocks": config.get("num_layers"), "blocks": config.get("num_layers"),
-              "single_transformer_blocks": config.get("num_single_layers")}
-    depths = {name: declared_count(counts.get(name)) for name in FAMILIES[transformer].block_lists}
-    return {} if None in depths.values() else depths
 
 
 def load_pipeline(folder: str | Path, device: torch.device, dtype: torch.dtype, progress: bool = True):

@@ -95,6 +95,7 @@ def _spatial_patch(transformer) -> tuple[int, int]:
 @dataclass(frozen=True)
 class VideoFamily:
     block_lists: tuple[str, ...]
+    depth_keys: tuple[str, ...]  # the transformer config's key for each block list's depth (before loading)
     branch: str  # the cache_context of the transformer calls that carry the prompt
     sample: int | None  # the prompt's sample in the batch (None: a batch of the prompt alone)
     layout: Callable  # (transformer, args, kwargs) -> ProbeSettings fields for the video's tokens
@@ -103,15 +104,17 @@ class VideoFamily:
 
 
 FAMILIES = {
-    "WanTransformer3DModel": VideoFamily(("blocks",), "cond", None, _channels_first_layout, _channels_first_latents),
-    "HunyuanVideoTransformer3DModel": VideoFamily(("transformer_blocks", "single_transformer_blocks"), "cond", None,
+    "WanTransformer3DModel": VideoFamily(("blocks",), ("num_layers",), "cond", None, _channels_first_layout,
+                                         _channels_first_latents),
+    "HunyuanVideoTransformer3DModel": VideoFamily(("transformer_blocks", "single_transformer_blocks"),
+                                                  ("num_layers", "num_single_layers"), "cond", None,
                                                   _channels_first_layout, _channels_first_latents),
     # these three batch [negative prompt, prompt] in one call
-    "CogVideoXTransformer3DModel": VideoFamily(("transformer_blocks",), "cond_uncond", -1, _cogvideox_layout,
-                                               _cogvideox_latents),
-    "LTXVideoTransformer3DModel": VideoFamily(("transformer_blocks",), "cond_uncond", -1, _ltx_layout, _ltx_latents,
-                                              mask_patch=lambda transformer: (1, 1)),
-    "MochiTransformer3DModel": VideoFamily(("transformer_blocks",), "cond_uncond", -1, _mochi_layout,
+    "CogVideoXTransformer3DModel": VideoFamily(("transformer_blocks",), ("num_layers",), "cond_uncond", -1,
+                                               _cogvideox_layout, _cogvideox_latents),
+    "LTXVideoTransformer3DModel": VideoFamily(("transformer_blocks",), ("num_layers",), "cond_uncond", -1, _ltx_layout,
+                                              _ltx_latents, mask_patch=lambda transformer: (1, 1)),
+    "MochiTransformer3DModel": VideoFamily(("transformer_blocks",), ("num_layers",), "cond_uncond", -1, _mochi_layout,
                                            _channels_first_latents),
 }
 
