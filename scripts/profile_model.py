@@ -104,6 +104,10 @@ def build_parser() -> OneLineArgumentParser:
                              "whichever the search predicts better (any); default hold")
     derive.add_argument("--warmup", type=positive_int, default=None,
                         help="warm-up steps (default: from the step-change curve)")
+    derive.add_argument("--compare_with", action="append", default=[], metavar="SCHEDULE",
+                        help="a preset or schedule file (repeatable) to judge on this profile: its compute and "
+                             "predicted error next to the profiled schedule's at the same compute (does a preset or "
+                             "the base model's schedule transfer to this model?)")
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path, required=True, help="folder for schedule.json, figures, summary, profiles/")
     out.add_argument("--name", default=None, help="schedule name (default: profiled-<task>)")
@@ -138,9 +142,9 @@ def resolve_size(args) -> tuple[int, int]:
     return video.width, video.height
 
 
-def check_diffusers_flags(args) -> None:
+def check_diffusers_flags(args):
     """--family diffusers: refuse the front ends' own flags (the pipeline has its own scheduler and inputs) and a
-    folder profile_pipeline cannot profile, before anything loads."""
+    folder profile_pipeline cannot profile, before anything loads; what the folder declares."""
     given = [flag for flag in ("sample_shift", "dit_weight", *IMAGE_FLAGS, *VACE_FLAGS)
              if getattr(args, flag, None) is not None]
     if args.task != DEFAULT_TASK:
@@ -155,10 +159,23 @@ def check_diffusers_flags(args) -> None:
     from delta_cache.models.pipeline_folder import check_pipeline_folder, check_size_flag
 
     check_size_flag(args.size)
-    check_pipeline_folder(args.ckpt_dir)
+    return check_pipeline_folder(args.ckpt_dir)
 
 
-def profile_front_end(args, width: int, height: int, prompts, mask_files):
+def load_compared(args) -> list:
+    """--compare_with's schedules, read before anything loads (a bad file is one line, not after the profiling)."""
+    from delta_cache.schedule import load_schedule
+
+    return [load_schedule(name) for name in args.compare_with]
+
+
+def check_compared_fit(compared: list, depths: dict[str, int]) -> None:
+    """The compared schedules fit the model's block lists (checked as soon as the depths are known)."""
+    for schedule in compared:
+        schedule.check_fits(depths)
+
+
+def profile_front_end(args, width: int, height: int, prompts, mask_files, compared=()):
     """Profile a wan or hunyuan_video checkpoint through the front end's loader and sampler."""
     from delta_cache.models.runner import load_runner
     from delta_cache.profiling.runner import ProfileRequest, run_profile
@@ -178,6 +195,7 @@ def profile_front_end(args, width: int, height: int, prompts, mask_files):
     model = load_runner(args.family, args.ckpt_dir, width=width, height=height, num_frames=num_frames,
                         num_steps=args.sample_steps, offload=True, progress=True, **sampler_options(args),
                         **conditions)
+    check_compared_fit(compared, {name: len(getattr(model.transformer, name)) for name in model.block_lists})
     request = ProfileRequest(prompts=prompts, block_lists=model.block_lists, mask_source=args.mask_source,
                              mask_files=mask_files, token_grid=model.token_grid, leading_tokens=model.leading_tokens,
                              patch=model.patch, max_queries=args.max_queries, high_fraction=args.high_fraction)
@@ -233,8 +251,12 @@ def derive(args, profile, name: str):
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    compared = load_compared(args)
     if args.family == "diffusers":
-        check_diffusers_flags(args)
+        declared = check_diffusers_flags(args)
+        for component in declared.transformers:
+            if declared.depths(component):  # (where the folder's config says its depths; else after profiling)
+                check_compared_fit(compared, declared.depths(component))
         width = height = None
     else:
         for flag in ("negative_prompt",) if args.negative_prompt is not None else ():
@@ -289,6 +311,7 @@ def main(argv=None) -> None:
 
     import torch
 
+    from delta_cache.profiling.derive import compare_on_profile
     from delta_cache.profiling.report import always_computed_note, write_report
 
     if args.threads is not None:
@@ -298,7 +321,7 @@ def main(argv=None) -> None:
         pipeline = profiles["transformer"].provenance["pipeline"].removesuffix("Pipeline").lower()
         default_name = f"profiled-{pipeline or 'pipeline'}"
     else:
-        profiles = {"transformer": profile_front_end(args, width, height, prompts, mask_files)}
+        profiles = {"transformer": profile_front_end(args, width, height, prompts, mask_files, compared)}
         default_name = f"profiled-{args.task.lower()}" if args.family == "wan" else "profiled-hunyuanvideo"
     experts = len(profiles) > 1  # (Wan 2.2: a schedule per expert, each in a folder of its own)
     written = {}
@@ -306,16 +329,19 @@ def main(argv=None) -> None:
         name = (args.name or default_name) + (f"-{expert}" if experts else "")
         folder = args.out / expert if experts else args.out
         schedule = derive(args, profile, name)
+        comparisons = [compare_on_profile(profile, other) for other in compared]
         folder.mkdir(parents=True, exist_ok=True)
         written[expert] = folder / "schedule.json"
         schedule.save(written[expert])
-        write_report(profile, schedule, folder)
+        write_report(profile, schedule, folder, comparisons)
         computed, total = schedule.provenance["predicted_block_evals"]
         ideal = f"ideal {total / computed:.2f}x{always_computed_note(schedule.provenance, computed, total)}"
         steps = schedule.provenance.get("profiled_steps")
         where = f" on its steps {steps[0]}-{steps[1]} of {schedule.num_steps}" if steps else ""
         print(f"wrote {written[expert]}: {computed}/{total} block evaluations per branch{where} ({ideal}), predicted "
               f"residual error {schedule.provenance['predicted_error']:.4f}; figures and summary.md in {folder}")
+        for comparison in comparisons:
+            print(f"  compared with {comparison.line}")
     if args.family == "diffusers":
         uses = "; ".join(f"delta_cache.apply_delta_cache(pipe.{expert}, \"{path}\")" for expert, path in written.items())
         flags = " ".join(f"--cache_schedule{'_2' if expert == 'transformer_2' else ''} {path}"

@@ -192,7 +192,22 @@ def test_profile_pipeline_derives_a_schedule_that_runs(tmp_path, monkeypatch):
     assert np.array_equal(again.foreground_ratio(list_name), profile.foreground_ratio(list_name))
 
     schedule = derive_for_target(profile, 1.5, name="cogvideox-tiny")
-    written = write_report(profile, schedule, tmp_path / "report")
+    # judged on the profile it came from, a schedule is matched or beaten by the search at its own compute (it is
+    # one of the candidates there), and one that holds its deltas through one long gap is beaten
+    from delta_cache.profiling.derive import compare_on_profile
+
+    itself = compare_on_profile(profile, schedule)
+    assert (itself.computed, itself.total) == tuple(schedule.provenance["predicted_block_evals"])
+    assert itself.profiled.provenance["predicted_error"] <= itself.predicted_error + 1e-6  # (rounded to 6 places)
+    refreshes = schedule.block_lists[list_name].refresh_steps
+    late = Schedule(  # the same blocks and compute: the refreshes first, then one long gap
+        name="late", num_steps=10, block_lists={list_name: BlockListSchedule(
+        schedule.block_lists[list_name].background_blocks, tuple([*range(len(refreshes) - 1), 9]), depth)})
+    judged = compare_on_profile(profile, late)
+    assert judged.computed == itself.computed
+    assert judged.profiled.provenance["predicted_error"] < judged.predicted_error, judged.line
+    written = write_report(profile, schedule, tmp_path / "report", [itself, judged])
+    assert judged.line in written[-1].read_text()
     assert all(path.is_file() for path in written)
     schedule.save(tmp_path / "schedule.json")
     saved = json.loads((tmp_path / "schedule.json").read_text())["provenance"]  # (numpy seeds as integers)
@@ -320,11 +335,24 @@ def test_profile_model_on_a_diffusers_folder(tmp_path, monkeypatch, capsys):
     pipe, list_name, depth, kwargs = tvp.cogvideox()
     pipe.save_pretrained(tmp_path / "cogvideox")
     out = tmp_path / "profile"
-    load_script(REPO / "scripts" / "profile_model.py").main([
-        "--family", "diffusers", "--ckpt_dir", str(tmp_path / "cogvideox"), "--size", "64*64", "--frame_num", "9",
-        "--sample_steps", "8", "--sample_guide_scale", "6", "--negative_prompt", "blurry", "--prompt", tvp.PROMPT,
-        "--prompt", "a blue circle moves up", "--target_speedup", "1.5", "--threads", "1", "--out", str(out)])
-    assert "delta_cache.apply_delta_cache(pipe.transformer" in capsys.readouterr().out
+    base = Schedule(name="base-model", num_steps=8, block_lists={  # (say, the schedule of the model before tuning)
+        list_name: BlockListSchedule(tuple(range(1, depth - 1)), (0, 1, 4), depth)})
+    base.save(tmp_path / "base.json")
+    argv = ["--family", "diffusers", "--ckpt_dir", str(tmp_path / "cogvideox"), "--size", "64*64", "--frame_num", "9",
+            "--sample_steps", "8", "--sample_guide_scale", "6", "--negative_prompt", "blurry", "--prompt", tvp.PROMPT,
+            "--prompt", "a blue circle moves up", "--target_speedup", "1.5", "--threads", "1"]
+    profile_model = load_script(REPO / "scripts" / "profile_model.py")
+    profile_model.main([*argv, "--out", str(out), "--compare_with", str(tmp_path / "base.json")])
+    printed = capsys.readouterr().out
+    assert "delta_cache.apply_delta_cache(pipe.transformer" in printed
+    computed = 8 * depth - 5 * (depth - 2)  # five reuse steps of the four middle blocks
+    compared = f"compared with base-model: {computed}/{8 * depth} block evaluations per branch"
+    assert compared in printed and "profiled at its compute" in printed
+    assert compared.removeprefix("compared with ") in (out / "summary.md").read_text()
+    # a schedule that does not fit the folder's transformer: one line before anything loads
+    with pytest.raises(UserInputError, match="names block list 'blocks', which this model does not have"):
+        profile_model.main([*argv, "--out", str(tmp_path / "bad"), "--compare_with", "wan2.1-t2v-14b"])
+    assert not (tmp_path / "bad").exists()
     schedule = delta_cache.load_schedule(out / "schedule.json")
     assert schedule.name == "profiled-cogvideox" and schedule.num_steps == 8
     provenance = schedule.provenance

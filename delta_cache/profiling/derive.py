@@ -172,6 +172,46 @@ def derive_for_target(profile: Profile, target_speedup: float, tolerance: float 
     return schedule
 
 
+@dataclass(frozen=True)
+class ScheduleComparison:
+    """A given schedule (a preset, one made for another model or fine-tune) on a profile, next to the schedule
+    the profile gives at the same compute: whether the given one transfers, as far as the prediction tells."""
+
+    name: str
+    computed: int  # block evaluations per branch on the profiled steps
+    total: int
+    predicted_error: float
+    profiled: Schedule | None  # least predicted error at about the same compute; None where it reuses nothing
+
+    @property
+    def line(self) -> str:
+        text = (f"{self.name}: {self.computed}/{self.total} block evaluations per branch (ideal "
+                f"{self.total / self.computed:.2f}x), predicted residual error {self.predicted_error:.4f}")
+        if self.profiled is None:
+            return text + ("; reuses nothing on these steps" if self.computed == self.total else
+                           "; no profiled schedule within 5% of its compute")
+        computed, _ = self.profiled.provenance["predicted_block_evals"]
+        return (text + f"; profiled at its compute ({computed} evaluations): "
+                       f"{self.profiled.provenance['predicted_error']:.4f}")
+
+
+def compare_on_profile(profile: Profile, schedule: Schedule,
+                       refresh_rules: tuple[str, ...] = REFRESH_RULES) -> ScheduleComparison:
+    """`schedule` on `profile`: its compute and predicted error, and the profiled schedule with the least
+    predicted error at the same compute (same forecast), to tell whether a preset or a base model's schedule
+    transfers to the profiled model (a fine-tune, another size or step count) or re-profiling pays."""
+    schedule.check_fits(profile.depths)
+    computed, total = profile.predicted_block_evals(schedule)
+    profiled = None
+    if computed < total:
+        try:
+            profiled = derive_for_target(profile, total / computed, name=f"profiled at {schedule.name}'s compute",
+                                         refresh_rules=refresh_rules, forecasts=(schedule.forecast,))
+        except UserInputError:  # (no candidate within the tolerance of this budget)
+            profiled = None
+    return ScheduleComparison(schedule.name, computed, total, profile.predicted_error(schedule), profiled)
+
+
 def _refresh_candidates(profile: Profile, warmups, refresh_rules, settle_factor: float):
     """Parameters (tau left at 0) for every distinct refresh sequence the rules give after these warm-ups."""
     seen = set()

@@ -83,8 +83,9 @@ def always_computed_note(provenance: dict, computed: int, total: int) -> str:
             f"{', '.join(extra)}, which run on every step")
 
 
-def write_report(profile: Profile, schedule: Schedule, out_dir: str | Path) -> list[Path]:
-    """foreground_ratio.png, step_change.png, schedule.png and summary.md in `out_dir`."""
+def write_report(profile: Profile, schedule: Schedule, out_dir: str | Path, comparisons=()) -> list[Path]:
+    """foreground_ratio.png, step_change.png, schedule.png and summary.md in `out_dir`; `comparisons`
+    (`derive.compare_on_profile`'s) are listed in the summary."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     warmup = int(schedule.provenance.get("warmup_steps", 1))
@@ -120,6 +121,11 @@ def write_report(profile: Profile, schedule: Schedule, out_dir: str | Path) -> l
     for list_name in profile.block_lists:
         values = ", ".join(f"{b}:{r:.2f}" for b, r in enumerate(profile.block_foreground_ratio(list_name)))
         lines.append(f"- {list_name}: {values}")
+    if comparisons:
+        lines += ["", "Given schedules on this profile, each next to the profiled schedule of least predicted error at "
+                  "its compute (the prediction ranks schedules of one compute, it does not give PSNR; "
+                  "docs/profiling.md):", ""]
+        lines += [f"- {comparison.line}" for comparison in comparisons]
     lines += ["", "Figures: `foreground_ratio.png` (R over blocks x steps), `step_change.png` (noise-prediction "
               "change per step), `schedule.png` (computed/reused grid).", ""]
     paths[3].write_text("\n".join(lines))
