@@ -70,6 +70,12 @@ def no_reuse_advice(schedule: Schedule, num_steps: int) -> str:
     return f"profile a schedule for {num_steps} steps with scripts/profile_model.py (docs/profiling.md)"
 
 
+def _is_step_span(value, num_steps: int) -> bool:
+    """A provenance's `profiled_steps`: [first, last] within the run's steps."""
+    return (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)
+            and 0 <= value[0] <= value[1] < num_steps)
+
+
 def describe(schedule: Schedule, depths: dict[str, int], num_steps: int) -> str:
     """A readable account of the plan: what is reused where, and the block evaluations per CFG branch."""
     schedule.check_fits(depths)
@@ -84,6 +90,13 @@ def describe(schedule: Schedule, depths: dict[str, int], num_steps: int) -> str:
                      f"computed on steps [{_ranges(p.refresh_steps)}]; {p.computed}/{p.total} block evaluations")
     computed, total = sum(p.computed for p in plans), sum(p.total for p in plans)
     lines.append(f"  per CFG branch: {computed}/{total} block evaluations, ideal speedup {total / computed:.2f}x")
+    own = schedule.provenance.get("profiled_steps")
+    if num_steps == schedule.num_steps and _is_step_span(own, num_steps):
+        # (a schedule for one of Wan 2.2's experts: the other steps are the other expert's, computed here on paper)
+        own_total = sum(p.depth for p in plans) * (own[1] - own[0] + 1)
+        own_computed = own_total - (total - computed)  # (every reuse step lies within its own steps)
+        lines.append(f"  made for a transformer that runs steps {own[0]}-{own[1]} (Wan 2.2's experts): on those, "
+                     f"{own_computed}/{own_total} block evaluations, ideal speedup {own_total / own_computed:.2f}x")
     if computed == total:
         lines.append(f"  it reuses nothing at {num_steps} steps: {no_reuse_advice(schedule, num_steps)}")
     return "\n".join(lines)

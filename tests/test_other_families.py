@@ -573,6 +573,10 @@ def test_profile_model_and_compare_cached_on_a_wan22_folder(tmp_path, capsys):
         assert schedule.provenance["profiled_steps"] == [own.start, own.stop - 1]
         assert (out / name / "summary.md").is_file() and (out / "profiles" / name / "000.npz").is_file()
         planned += schedule.provenance["predicted_block_evals"][0]
+        shown = load_script(REPO / "scripts" / "show_schedule.py").main([str(out / name / "schedule.json")])
+        own_computed, own_total = schedule.provenance["predicted_block_evals"]
+        assert (f"runs steps {own.start}-{own.stop - 1} (Wan 2.2's experts): on those, {own_computed}/{own_total} "
+                "block evaluations") in shown
 
     compare = load_script(REPO / "scripts" / "compare_cached.py")
     argv = ["--ckpt_dir", str(tmp_path / "wan22"), "--prompt", tvp.PROMPT, "--size", "32*32", "--frame_num", "5",
