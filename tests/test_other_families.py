@@ -91,11 +91,11 @@ def test_delta_cache_on_other_families(family, monkeypatch):
 # ---- profile_pipeline ---------------------------------------------------------------------------------
 # (frames, height, width) of the video tokens at each builder's size, and whether the self-attention puts
 # the text in front of the video (CogVideoX) or after it (Mochi), or attends over the video alone
-TOKEN_GRIDS = {"cogvideox": (3, 4, 4), "cogvideox15": (2, 4, 4), "ltx_video": (3, 8, 8), "mochi": (3, 4, 4),
-               "wan": (3, 4, 4), "wan_video_to_video": (3, 4, 4), "hunyuan_video": (3, 4, 4)}
-TEXT_FIRST = {"cogvideox": True, "cogvideox15": True, "ltx_video": False, "mochi": False, "wan": False,
-              "wan_video_to_video": False, "hunyuan_video": False}
-BATCHED = ("cogvideox", "cogvideox15", "ltx_video", "mochi")  # [negative prompt, prompt] in one call
+TOKEN_GRIDS = {"cogvideox": (3, 4, 4), "cogvideox15": (2, 4, 4), "cogvideox_i2v": (3, 4, 4), "ltx_video": (3, 8, 8),
+               "mochi": (3, 4, 4), "wan": (3, 4, 4), "wan_video_to_video": (3, 4, 4), "hunyuan_video": (3, 4, 4)}
+TEXT_FIRST = {"cogvideox": True, "cogvideox15": True, "cogvideox_i2v": True, "ltx_video": False, "mochi": False,
+              "wan": False, "wan_video_to_video": False, "hunyuan_video": False}
+BATCHED = ("cogvideox", "cogvideox15", "cogvideox_i2v", "ltx_video", "mochi")  # [negative prompt, prompt] in one call
 
 
 class _FirstAttention(TorchFunctionMode):
@@ -132,8 +132,8 @@ def _high_attention_tokens(query, key, mask, scale, grid, text_first, fraction=0
     return top.reshape(grid).numpy()
 
 
-@pytest.mark.parametrize("family", ["cogvideox", "cogvideox15", "ltx_video", "mochi", "wan", "wan_video_to_video",
-                                    "hunyuan_video"])
+@pytest.mark.parametrize("family", ["cogvideox", "cogvideox15", "cogvideox_i2v", "ltx_video", "mochi", "wan",
+                                    "wan_video_to_video", "hunyuan_video"])
 def test_profile_pipeline_finds_the_video_tokens(family, tmp_path):
     """The profiler reads the prompt's video tokens in each family: the high-attention tokens it records in the
     last block at step 0 of a guided run are those of the prompt's run alone (where the video sits in the

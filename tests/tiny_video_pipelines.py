@@ -1,5 +1,5 @@
 """Tiny diffusers video pipelines of the families the front ends do not build (random weights, in memory):
-CogVideoX, LTX-Video, Mochi, and Wan 2.2's two experts. Each builder returns (pipe, block list name, depth, the
+CogVideoX (text- and image-to-video), LTX-Video, Mochi, and Wan 2.2's two experts. Each builder returns (pipe, block list name, depth, the
 pipeline's keyword arguments for a short run with classifier-free guidance)."""
 
 from __future__ import annotations
@@ -46,6 +46,26 @@ def cogvideox(seed: int = 0, version: str = "1.0"):
 
 def cogvideox15(seed: int = 0):
     return cogvideox(seed, version="1.5")
+
+
+def cogvideox_i2v(seed: int = 0):
+    """CogVideoXImageToVideoPipeline: the image's latents concatenated to the video's on the channels (twice the
+    transformer's input channels), rotary position embeddings, [negative prompt, prompt] in one call."""
+    import numpy as np
+    from diffusers import CogVideoXImageToVideoPipeline, CogVideoXTransformer3DModel
+    from PIL import Image
+
+    base, list_name, depth, kwargs = cogvideox(seed)
+    torch.manual_seed(seed)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=2,
+        text_embed_dim=32, num_layers=DEPTH, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
+        temporal_compression_ratio=4, max_text_seq_length=226, use_rotary_positional_embeddings=True,
+        use_learned_positional_embeddings=False).eval()
+    pipe = CogVideoXImageToVideoPipeline(tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae,
+                                         transformer=transformer, scheduler=base.scheduler)
+    image = Image.fromarray((np.random.RandomState(seed).rand(64, 64, 3) * 255).astype(np.uint8))
+    return pipe, list_name, depth, {**kwargs, "image": image}
 
 
 def ltx_video(seed: int = 0):
