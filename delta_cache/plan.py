@@ -49,6 +49,18 @@ def plan(schedule: Schedule, depths: dict[str, int], num_steps: int) -> list[Blo
     return plans
 
 
+def block_evals_on_steps(schedule: Schedule, depths: dict[str, int], num_steps: int, steps: range) -> tuple[int, int]:
+    """(computed, total) block evaluations per branch of a transformer that runs only `steps` of a run of
+    `num_steps` (one of Wan 2.2's experts); its first step is computed whatever the schedule says (no delta yet)."""
+    computed = total = 0
+    for block_list in plan(schedule, depths, num_steps):
+        refresh = set(block_list.refresh_steps) | {steps.start}
+        total += block_list.depth * len(steps)
+        computed += block_list.depth * len(steps) - len(block_list.background_blocks) * sum(
+            1 for step in steps if step not in refresh)
+    return computed, total
+
+
 def schedule_depths(schedule: Schedule) -> dict[str, int]:
     """The depths a schedule file records (`num_blocks`); one line naming the list that has none."""
     missing = [name for name, bl in schedule.block_lists.items() if bl.num_blocks is None]

@@ -74,20 +74,24 @@ class BlockListSchedule:
         """Refresh steps of a run with `num_steps` steps, for a schedule made on `schedule_steps` steps.
 
         Rule (documented in docs/schedule-format.md): run step i covers the schedule interval
-        [i*S/N, (i+1)*S/N). It is a refresh step if that interval starts inside the warm-up, or if it
-        contains a refresh step of the schedule. With N == S this is the schedule itself; with N < S no
-        refresh is lost; with N > S the warm-up keeps its share of the trajectory and each later
-        refresh step maps to exactly one run step.
+        [i*S/N, (i+1)*S/N). It is a refresh step if that interval starts inside the warm-up, reaches into the
+        final stretch of refresh steps (the last steps all computed), or contains a refresh step of the
+        schedule. With N == S this is the schedule itself; with N < S no refresh is lost; with N > S the
+        warm-up and the final stretch keep their share of the trajectory and each other refresh step maps to
+        exactly one run step.
         """
         if num_steps == schedule_steps:
             return frozenset(self.refresh_steps)
         warmup = self.warmup_steps()
         refresh = set(self.refresh_steps)
+        final = 0  # length of the final stretch S-1, S-2, ... of refresh steps
+        while schedule_steps - 1 - final in refresh:
+            final += 1
         result = set()
         for i in range(num_steps):
             # interval [lo, hi) in schedule steps, kept in exact integer arithmetic (times num_steps)
             lo, hi = i * schedule_steps, (i + 1) * schedule_steps
-            if lo < warmup * num_steps:
+            if lo < warmup * num_steps or hi > (schedule_steps - final) * num_steps:
                 result.add(i)
                 continue
             # schedule steps k with lo <= k*N < hi, i.e. ceil(lo/N) <= k < ceil(hi/N)

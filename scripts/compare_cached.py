@@ -82,6 +82,14 @@ def load_schedules(args, declared) -> dict:
     for component, flag in zip(components, (args.cache_schedule, args.cache_schedule_2)):
         schedules[component] = delta_cache.load_schedule(flag)
         check_fit(schedules[component], declared, component)
+        made_for = schedules[component].provenance.get("transformer")
+        if len(components) == 2 and made_for in components and made_for != component:
+            raise UserInputError(f"{flag} was profiled for {made_for} (its provenance says so), but is given for "
+                                 f"{component}: swap --cache_schedule and --cache_schedule_2")
+    step_counts = {schedule.num_steps for schedule in schedules.values()}
+    if len(step_counts) > 1 and args.sample_steps is None:
+        counts = " and ".join(map(str, sorted(step_counts)))
+        raise UserInputError(f"the two schedules are made for different step counts ({counts}): give --sample_steps")
     return schedules
 
 
@@ -119,22 +127,26 @@ class LoopTimer:
 
 
 def plan_line(pipe, schedules: dict, num_steps: int) -> str:
-    """What the schedules will do in a run of `num_steps` steps, before it runs."""
+    """What the schedules will do in a run of `num_steps` steps, before it runs (for Wan 2.2's experts, each on
+    the steps it runs, read off the pipeline's scheduler and boundary)."""
     import delta_cache
+    from delta_cache.models.experts import expert_steps
+    from delta_cache.plan import block_evals_on_steps
 
-    if len(schedules) == 1:
-        planned, total = schedules["transformer"].predicted_block_evals(
-            delta_cache.model_block_lists(pipe.transformer), num_steps)
-        return (f"cache plan for {num_steps} steps: {planned}/{total} block evaluations per branch"
-                + ("; this schedule reuses no block at this step count" if planned == total else ""))
-    # (each expert runs only its own steps; the others are refresh steps in its schedule, so counting the block
-    # evaluations each one skips is right on any steps, while its total would count steps it never runs)
-    skipped = []
-    for component, schedule in schedules.items():
-        planned, total = schedule.predicted_block_evals(delta_cache.model_block_lists(getattr(pipe, component)),
-                                                        num_steps)
-        skipped.append(f"{component} skips {total - planned}")
-    return f"cache plan for {num_steps} steps: {', '.join(skipped)} block evaluations per branch"
+    depths = {name: delta_cache.model_block_lists(getattr(pipe, name)) for name in schedules}
+    steps = expert_steps(pipe, num_steps) if len(schedules) > 1 else None
+    if steps is None:
+        steps = {name: range(num_steps) for name in schedules}
+    counts = {name: block_evals_on_steps(schedule, depths[name], num_steps, steps[name])
+              for name, schedule in schedules.items() if len(steps[name])}
+    planned, total = (sum(count[i] for count in counts.values()) for i in (0, 1))
+    parts = ""
+    if len(schedules) > 1:
+        parts = " (" + ", ".join(f"{name} on steps {steps[name].start}-{steps[name].stop - 1}: {c}/{t}"
+                                 for name, (c, t) in counts.items()) + ")"
+    return (f"cache plan for {num_steps} steps: {planned}/{total} block evaluations per branch{parts}, ideal "
+            f"{total / planned:.2f}x" + ("; these schedules reuse no block at this step count" if planned == total
+                                         else ""))
 
 
 def main(argv=None) -> None:

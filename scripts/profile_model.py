@@ -324,11 +324,13 @@ def main(argv=None) -> None:
         profiles = {"transformer": profile_front_end(args, width, height, prompts, mask_files, compared)}
         default_name = f"profiled-{args.task.lower()}" if args.family == "wan" else "profiled-hunyuanvideo"
     experts = len(profiles) > 1  # (Wan 2.2: a schedule per expert, each in a folder of its own)
+    # every schedule derived before any is written: one that cannot be made leaves no other beside old files
+    schedules = {expert: derive(args, profile, (args.name or default_name) + (f"-{expert}" if experts else ""))
+                 for expert, profile in profiles.items()}
     written = {}
     for expert, profile in profiles.items():
-        name = (args.name or default_name) + (f"-{expert}" if experts else "")
         folder = args.out / expert if experts else args.out
-        schedule = derive(args, profile, name)
+        schedule = schedules[expert]
         comparisons = [compare_on_profile(profile, other) for other in compared]
         folder.mkdir(parents=True, exist_ok=True)
         written[expert] = folder / "schedule.json"

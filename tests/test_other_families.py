@@ -305,11 +305,55 @@ def test_profile_experts_profiles_each_of_wan22s_experts_on_its_own_steps(tmp_pa
     written = write_report(profiles["transformer_2"], schedules["transformer_2"], tmp_path / "report")
     assert f"steps {low.start}-{steps - 1} of the run's {steps}" in written[-1].read_text()
 
+    # A longer run: each expert's plan on the steps the scheduler gives it (the high-noise expert computes every
+    # step after its own share, the low-noise one every step before) is what the cache does.
+    from delta_cache.models.experts import expert_steps
+    from delta_cache.plan import block_evals_on_steps
+
+    longer = expert_steps(pipe, 20)
+    for name in handles:
+        delta_cache.remove_delta_cache(getattr(pipe, name))
+        handles[name] = delta_cache.apply_delta_cache(getattr(pipe, name), schedules[name])
+    _run(pipe, kwargs, steps=20)
+    for name, handle in handles.items():
+        planned = block_evals_on_steps(schedules[name], {list_name: depth}, 20, longer[name])
+        assert all((b["computed_block_evals"], b["total_block_evals"]) == planned
+                   for b in handle.stats()["branches"].values()), (name, planned, handle.stats()["branches"])
+    high_refresh = schedules["transformer"].block_lists[list_name].refresh_steps_for(20, steps)
+    assert set(range(-(-high.stop * 20 // steps), 20)) <= high_refresh
+
+    # A schedule on the run's grid not made for the expert: judged on the expert's steps as the cache runs it
+    # (its first step computed, whatever the schedule says)
+    for handle_name in handles:
+        delta_cache.remove_delta_cache(getattr(pipe, handle_name))
+    for refresh in ((0, 1, 4, 8), (0, 1, 2, 3)):
+        plain = Schedule(name="plain", num_steps=steps, block_lists={
+            list_name: BlockListSchedule(tuple(range(depth)), refresh, depth)})
+        predicted = profiles["transformer_2"].predicted_block_evals(plain)
+        profiles["transformer_2"].predicted_error(plain)  # (no step before the expert's first one is read)
+        handle = delta_cache.apply_delta_cache(pipe.transformer_2, plain)
+        _run(pipe, kwargs, steps=steps)
+        assert all((b["computed_block_evals"], b["total_block_evals"]) == predicted
+                   for b in handle.stats()["branches"].values()), (refresh, predicted, handle.stats())
+        handle.remove()
+
 
 def test_profile_pipeline_refuses_what_it_cannot_profile():
     pipe, _, _, kwargs = tvp.wan22()
     with pytest.raises(UserInputError, match="two transformers .* delta_cache.profile_experts"):
         profile_pipeline(pipe, [tvp.PROMPT], **kwargs)
+    # before any generation: an expert the run gives no step, one module as both experts
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda *_: calls.append(1))
+    with pytest.raises(UserInputError, match="with 1 steps and boundary_ratio 0.875, transformer_2 runs no step"):
+        delta_cache.profile_experts(pipe, [tvp.PROMPT], num_inference_steps=1, **kwargs)
+    pipe.register_to_config(boundary_ratio=None)
+    with pytest.raises(UserInputError, match="has a transformer_2 but no boundary_ratio"):
+        delta_cache.profile_experts(pipe, [tvp.PROMPT], num_inference_steps=4, **kwargs)
+    pipe.transformer_2 = pipe.transformer
+    with pytest.raises(UserInputError, match="transformer and transformer_2 are the same module"):
+        delta_cache.profile_experts(pipe, [tvp.PROMPT], num_inference_steps=4, **kwargs)
+    assert not calls
     pipe, _, _, kwargs = tvp.cogvideox()
     with pytest.raises(UserInputError, match="sets output_type itself"):
         profile_pipeline(pipe, [tvp.PROMPT], output_type="np", **kwargs)
@@ -588,8 +632,19 @@ def test_profile_model_and_compare_cached_on_a_wan22_folder(tmp_path, capsys):
     assert f"({2 * planned}/{2 * steps * depth} block evaluations)" in printed, printed
     assert (tmp_path / "compare" / "cached.mp4").is_file()
 
+    plan = next(line for line in printed.splitlines() if line.startswith("cache plan"))
+    assert plan.startswith(f"cache plan for {steps} steps: {planned}/{steps * depth} block evaluations per branch")
+
     with pytest.raises(UserInputError, match="give --cache_schedule_2 for transformer_2 too"):
         compare.main([*argv, "--out", str(tmp_path / "bad")])
+    swapped = [*argv[:-1], str(out / "transformer_2" / "schedule.json"),
+               "--cache_schedule_2", str(out / "transformer" / "schedule.json"), "--out", str(tmp_path / "bad")]
+    with pytest.raises(UserInputError, match="was profiled for transformer_2 .* swap --cache_schedule and"):
+        compare.main(swapped)
+    Schedule(name="fifty", num_steps=50, block_lists={  # (a schedule for another step count)
+        list_name: BlockListSchedule((1, 2), tuple(range(0, 50, 2)), depth)}).save(tmp_path / "fifty.json")
+    with pytest.raises(UserInputError, match=r"different step counts \(10 and 50\): give --sample_steps"):
+        compare.main([*argv, "--cache_schedule_2", str(tmp_path / "fifty.json"), "--out", str(tmp_path / "bad")])
     pipe, *_ = tvp.wan()
     pipe.save_pretrained(tmp_path / "wan")
     with pytest.raises(UserInputError, match="--cache_schedule_2 is for a pipeline with two transformers"):

@@ -129,6 +129,11 @@ def test_step_rescaling_rule():
     # More steps: the warm-up keeps its share (7 of 50 -> 14 of 100), later refreshes map one-to-one.
     steps = sorted(bl.refresh_steps_for(100, 50))
     assert steps[:14] == list(range(14)) and steps[14:] == [24, 36, 48, 60, 72, 84, 96]
+    # A final stretch of refresh steps keeps its share too: the high-noise expert of Wan 2.2 computes every step
+    # after its own (0-5 of 12), also in a longer run, where one-to-one mapping would leave gaps (reuse) there.
+    expert = dc.BlockListSchedule((0, 1, 2), (0, 1, 3, *range(5, 12)), 3)
+    assert sorted(expert.refresh_steps_for(20, 12)) == [0, 1, 2, 3, 5, *range(8, 20)]
+    assert sorted(expert.refresh_steps_for(6, 12)) == [0, 1, *range(2, 6)]
 
 
 def _committed_block_counts(ckpt) -> tuple[dict[str, int], str]:

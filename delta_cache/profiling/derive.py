@@ -163,7 +163,11 @@ def derive_for_target(profile: Profile, target_speedup: float, tolerance: float 
             if error < best_error:
                 best, best_error = params, error
     if best is None:
-        raise UserInputError(f"no schedule reaches {target_speedup}x within {tolerance:.0%} on this profile "
+        first, run_steps = profile.step_window
+        which = ("" if (first, run_steps) == (0, profile.num_steps) else
+                 f" of {profile.provenance.get('transformer', 'the transformer')} (its steps {first}-"
+                 f"{first + profile.num_steps - 1} of {run_steps})")
+        raise UserInputError(f"no schedule reaches {target_speedup}x within {tolerance:.0%} on this profile{which} "
                              f"({total} block evaluations); try a smaller target or a longer warm-up")
     schedule = derive_schedule(profile, best, name=name)
     schedule.provenance["target_speedup"] = target_speedup

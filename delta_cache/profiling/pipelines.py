@@ -123,6 +123,10 @@ def profile_experts(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,)
             raise UserInputError(f"the {name} is compiled (torch.compile): profile it before compiling")
     transformer = transformers["transformer"]
     family = video_family(transformer)
+    if transformers.get("transformer_2") is transformer:
+        raise UserInputError("the pipeline's transformer and transformer_2 are the same module: profile it with "
+                             "profile_pipeline after setting pipe.transformer_2 = None")
+    _check_expert_steps(pipe, pipe_kwargs)
     for name, module in transformers.items():
         if type(module) is not type(transformer):
             raise UserInputError(f"the pipeline's transformers are of different classes ({type(transformer).__name__}"
@@ -207,6 +211,23 @@ def profile_experts(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,)
     if mask_digests is not None:  # (the masks' contents: a resume with other masks must not reuse the profiles)
         provenance["mask_files"] = mask_digests
     return run_profiles(transformers, denoise, request, out_dir=out_dir, resume=resume, provenance=provenance)
+
+
+def _check_expert_steps(pipe, pipe_kwargs) -> None:
+    """Before any generation: each of Wan 2.2's experts runs some step (else the profile of one would be empty)."""
+    from ..models.experts import default_steps, expert_steps
+
+    if getattr(pipe, "transformer_2", None) is None:
+        return
+    if getattr(getattr(pipe, "config", None), "boundary_ratio", 0) is None:
+        raise UserInputError(f"{type(pipe).__name__} has a transformer_2 but no boundary_ratio, so it runs transformer "
+                             f"on every step: nothing to profile for transformer_2")
+    num_steps = pipe_kwargs.get("num_inference_steps", default_steps(pipe))
+    steps = expert_steps(pipe, num_steps) if isinstance(num_steps, int) and num_steps > 0 else None
+    for name, own in (steps or {}).items():
+        if not len(own):
+            raise UserInputError(f"with {num_steps} steps and boundary_ratio {pipe.config.boundary_ratio}, {name} runs no "
+                                 f"step: nothing to profile for it (give more steps)")
 
 
 def _checked_arguments(prompts, seeds, max_queries, high_fraction, mask_source, mask_files, pipe_kwargs

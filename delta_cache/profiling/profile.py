@@ -153,14 +153,15 @@ class Profile:
         return dataclasses.replace(schedule, num_steps=total, block_lists=block_lists)
 
     def profile_schedule(self, schedule: Schedule) -> Schedule:
-        """The inverse of `run_schedule`: a schedule on the run's steps, restricted to the profile's (schedules on
-        another step count are left as they are: they are mapped by the step-count rule)."""
+        """What `schedule` does on the profile's steps, as the cache runs it there (the inverse of `run_schedule`
+        for a schedule placed by it): mapped to the run's step count (the step-count rule), restricted to the
+        profile's steps, with the first of them computed (the transformer holds no delta before it)."""
         first, total = self.step_window
-        if (first, total) == (0, self.num_steps) or schedule.num_steps != total:
+        if (first, total) == (0, self.num_steps):
             return schedule
         last = first + self.num_steps
-        block_lists = {name: dataclasses.replace(bl, refresh_steps=tuple(
-                           s - first for s in bl.refresh_steps if first <= s < last))
+        block_lists = {name: dataclasses.replace(bl, refresh_steps=tuple({0, *(
+                           s - first for s in bl.refresh_steps_for(total, schedule.num_steps) if first <= s < last)}))
                        for name, bl in schedule.block_lists.items()}
         return dataclasses.replace(schedule, num_steps=self.num_steps, block_lists=block_lists)
 
@@ -198,7 +199,8 @@ class Profile:
             for list_name, block_list in schedule.block_lists.items():
                 cached, total_norm = self._background_sums(index, list_name, block_list.background_blocks)
                 steps = len(total_norm)
-                refresh_set = block_list.refresh_steps_for(steps, schedule.num_steps)
+                # (the first step is computed whatever the schedule says: no delta is held before it)
+                refresh_set = block_list.refresh_steps_for(steps, schedule.num_steps) | {0}
                 refresh = sorted(refresh_set)
                 reuse = np.array([s not in refresh_set for s in range(steps)])
                 if reuse.any():
