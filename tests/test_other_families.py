@@ -221,15 +221,15 @@ def test_profile_pipeline_derives_a_schedule_that_runs(tmp_path, monkeypatch):
     assert abs(total / planned - 1.5) <= 0.05 * 1.5
 
 
-@pytest.mark.parametrize("family", ["ltx_video", "mochi", "wan_video_to_video", "hunyuan_video"])
+@pytest.mark.parametrize("family", ["ltx_video", "mochi", "wan_video_to_video", "wan22_ti2v", "hunyuan_video"])
 def test_profiled_schedules_run_as_planned_on_each_family(family, monkeypatch):
     """Every family from profile to cache: the schedule derived at 1.5x computes exactly the planned block
-    evaluations in each branch the pipeline makes (batched, named, or unnamed prompt and negative prompt; both of
-    HunyuanVideo's block lists)."""
+    evaluations in each branch the pipeline makes (batched, named, or unnamed prompt and negative prompt; a
+    timestep per token, as Wan 2.2 TI2V-5B; both of HunyuanVideo's block lists)."""
     import diffusers.models.transformers as transformers
 
     blocks = {"ltx_video": _block_class("ltx_video"), "mochi": _block_class("mochi"),
-              "wan_video_to_video": _block_class("wan"),
+              "wan_video_to_video": _block_class("wan"), "wan22_ti2v": _block_class("wan"),
               "hunyuan_video": (transformers.transformer_hunyuan_video.HunyuanVideoTransformerBlock,
                                 transformers.transformer_hunyuan_video.HunyuanVideoSingleTransformerBlock)}[family]
     calls = count_block_calls(monkeypatch, blocks=blocks)
@@ -243,7 +243,7 @@ def test_profiled_schedules_run_as_planned_on_each_family(family, monkeypatch):
     branches = handle.stats()["branches"]
     assert all(b["computed_block_evals"] == planned and b["calls"] == 8 for b in branches.values()), branches
     assert calls["blocks"] == planned * len(branches) and abs(total / planned - 1.5) <= 0.05 * 1.5
-    assert len(branches) == (2 if family == "wan_video_to_video" else 1)
+    assert len(branches) == (2 if family.startswith("wan") else 1)
 
 
 def _expert_steps(pipe, steps: int) -> tuple[range, range]:

@@ -1,5 +1,6 @@
 """Tiny diffusers video pipelines of the families the front ends do not build (random weights, in memory):
-CogVideoX (text- and image-to-video), LTX-Video, Mochi, and Wan 2.2's two experts. Each builder returns (pipe, block list name, depth, the
+CogVideoX (text- and image-to-video), LTX-Video, Mochi, Wan 2.2's two experts and its TI2V-5B's per-token
+timesteps. Each builder returns (pipe, block list name, depth, the
 pipeline's keyword arguments for a short run with classifier-free guidance)."""
 
 from __future__ import annotations
@@ -131,6 +132,18 @@ def wan22(seed: int = 0):
                        boundary_ratio=0.875)
     kwargs = dict(negative_prompt="blurry", height=32, width=32, num_frames=5, guidance_scale=5.0,
                   guidance_scale_2=3.0, max_sequence_length=16)
+    return pipe, "blocks", DEPTH, kwargs
+
+
+def wan22_ti2v(seed: int = 0):
+    """WanPipeline with `expand_timesteps`, as Wan 2.2 TI2V-5B: one transformer, a timestep per video token."""
+    from diffusers import WanPipeline
+
+    base = tiny_wan_pipeline(num_layers=DEPTH, seed=seed)
+    pipe = WanPipeline(tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae,
+                       transformer=base.transformer, scheduler=base.scheduler, expand_timesteps=True)
+    kwargs = dict(negative_prompt="blurry", height=64, width=64, num_frames=9, guidance_scale=5.0,
+                  max_sequence_length=16)
     return pipe, "blocks", DEPTH, kwargs
 
 
