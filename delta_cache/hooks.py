@@ -383,8 +383,14 @@ class DeltaCacheHandle:
         after an interrupted run whose successor has the same shape and no step index (HunyuanVideo, VACE)."""
         self._state_manager.reset()
 
-    def predicted_block_evals(self, num_steps: int) -> tuple[int, int]:
-        """(computed, total) block evaluations the schedule plans for one branch of a `num_steps`-step run."""
+    def predicted_block_evals(self, num_steps: int, steps: range | None = None) -> tuple[int, int]:
+        """(computed, total) block evaluations the schedule plans for one branch of a `num_steps`-step run; with
+        `steps`, for a transformer that runs only those (one of Wan 2.2's experts: `steps` from
+        `delta_cache.models.experts.expert_steps(pipe, num_steps)[name]`), which computes its first one."""
+        if steps is not None:
+            from .plan import block_evals_on_steps
+
+            return block_evals_on_steps(self.schedule, self._stats.block_list_depths, num_steps, steps)
         return self.schedule.predicted_block_evals(self._stats.block_list_depths, num_steps)
 
     def remove(self) -> None:

@@ -308,7 +308,6 @@ def test_profile_experts_profiles_each_of_wan22s_experts_on_its_own_steps(tmp_pa
     # A longer run: each expert's plan on the steps the scheduler gives it (the high-noise expert computes every
     # step after its own share, the low-noise one every step before) is what the cache does.
     from delta_cache.models.experts import expert_steps
-    from delta_cache.plan import block_evals_on_steps
 
     longer = expert_steps(pipe, 20)
     for name in handles:
@@ -316,7 +315,7 @@ def test_profile_experts_profiles_each_of_wan22s_experts_on_its_own_steps(tmp_pa
         handles[name] = delta_cache.apply_delta_cache(getattr(pipe, name), schedules[name])
     _run(pipe, kwargs, steps=20)
     for name, handle in handles.items():
-        planned = block_evals_on_steps(schedules[name], {list_name: depth}, 20, longer[name])
+        planned = handle.predicted_block_evals(20, steps=longer[name])
         assert all((b["computed_block_evals"], b["total_block_evals"]) == planned
                    for b in handle.stats()["branches"].values()), (name, planned, handle.stats()["branches"])
     high_refresh = schedules["transformer"].block_lists[list_name].refresh_steps_for(20, steps)
