@@ -4,8 +4,9 @@ A cache's per-branch state belongs to one generation. Pipelines reset it after a
 run (an exception, Ctrl-C) leaves it behind, and the next run must not inherit its deltas or step count. A
 call starts a new generation when the latents change shape, when the pipeline's step index starts again or
 goes back, or, for pipelines that pass no step index (HunyuanVideo, Wan i2v and VACE), when the timestep rises
-(a denoising run's timesteps fall from call to call; a second-order sampler repeats one), or, where no
-timestep can be read, when the branch has counted a whole run.
+(a denoising run's timesteps fall from call to call; a second-order sampler repeats one, on other latents) or
+the same call comes again (same timestep and latents: a rerun of a run cut short after its first step), or,
+where no timestep can be read, when the branch has counted a whole run.
 
 Calls a pipeline makes outside any `cache_context` are named here too (`UnnamedBranches`): some pipelines
 (HunyuanVideo image-to-video and its SkyReels variant, Wan video-to-video) call the transformer for the prompt
@@ -21,16 +22,19 @@ import torch
 
 @dataclass(frozen=True)
 class CallInfo:
-    """What a transformer call says about where it is: its latents' shape and its (largest) timestep."""
+    """What a transformer call says about where it is: its latents' shape, its (largest) timestep and a
+    fingerprint of its latents (their sum and sum of squares)."""
 
     latent_shape: tuple | None
     timestep: float | None
+    fingerprint: tuple[float, float] | None = None
 
     @classmethod
     def of(cls, args, kwargs, step_index: int | None) -> "CallInfo":
         """From a diffusers video transformer's arguments: `hidden_states` (first) and the `timestep` keyword
-        (as diffusers' pipelines pass it; a positional second argument is not guessed at). The timestep is only
-        read where the pipeline passes no `step_index` (reading it costs a host sync on a GPU)."""
+        (as diffusers' pipelines pass it; a positional second argument is not guessed at). The timestep and the
+        fingerprint are only read where the pipeline passes no `step_index` (reading them costs a host sync on a
+        GPU)."""
         hidden_states = kwargs.get("hidden_states", args[0] if args else None)
         timestep = kwargs.get("timestep") if step_index is None else None
         shape = tuple(hidden_states.shape) if isinstance(hidden_states, torch.Tensor) else None
@@ -38,7 +42,11 @@ class CallInfo:
             timestep = float(timestep.detach().float().max()) if timestep.numel() else None
         elif not isinstance(timestep, (int, float)):
             timestep = None
-        return cls(shape, timestep)
+        fingerprint = None
+        if step_index is None and shape is not None and hidden_states.numel():
+            latents = hidden_states.detach().float()
+            fingerprint = tuple(torch.stack([latents.sum(), latents.square().sum()]).tolist())
+        return cls(shape, timestep, fingerprint)
 
 
 def starts_new_generation(previous: CallInfo | None, num_calls: int, last_step: int, call: CallInfo,
@@ -54,7 +62,10 @@ def starts_new_generation(previous: CallInfo | None, num_calls: int, last_step: 
     if call.timestep is not None and previous.timestep is not None:
         # A rising timestep starts a run. A falling one continues it, also past the step count the cache was
         # given (a longer run than configured: those calls are computed, not taken for a second run); an equal
-        # one is a second-order sampler's second call of a step.
+        # one is a second-order sampler's second call of a step (on other latents), or, on the same latents, the
+        # same call again: the first call of a rerun after a run cut short between its first two steps.
+        if call.timestep == previous.timestep:
+            return call.fingerprint is not None and call.fingerprint == previous.fingerprint
         return call.timestep > previous.timestep
     return bool(num_steps) and num_calls >= num_steps
 

@@ -572,9 +572,31 @@ def test_unnamed_calls_repeated_interrupted_or_compiled():
         hook.remove()
         assert torch.equal(_guided_loop(transformer, named=False), clean)
 
+    # a run cut short between its first two steps (in the sampler or a callback, outside any transformer call):
+    # the rerun's first calls repeat the first step's exactly (same timestep and latents) and start afresh, where
+    # before they were taken for a second-order sampler's second call and counted as step 1
+    for named in (False, True):
+        _first_step_only(transformer, named)
+        assert torch.equal(_guided_loop(transformer, named=named), _guided_loop(transformer, named=named))
+    _first_step_only(transformer, named=False)
+    assert torch.equal(_guided_loop(transformer, named=False), clean)
+
     transformer.compile(backend="eager")
     with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
         assert torch.equal(_guided_loop(transformer, named=False), clean)
+
+
+def _first_step_only(transformer, named: bool) -> None:
+    """The first step of `_guided_loop`'s run and no more: a run interrupted after it (no end-of-run reset)."""
+    import contextlib
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 16, 3, 4, 4, generator=generator)
+    text, negative = torch.randn(2, 1, 8, 32, generator=generator)
+    for name, embeddings in (("cond", text), ("uncond", negative)):
+        with transformer.cache_context(name) if named else contextlib.nullcontext():
+            transformer(hidden_states=x, timestep=torch.tensor([999]), encoder_hidden_states=embeddings,
+                        return_dict=False)
 
 
 @pytest.mark.parametrize("cache", ["teacache", "step_skipping"])
