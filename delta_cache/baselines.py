@@ -37,7 +37,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
-from .generations import UnnamedBranches
+from .generations import CallInfo, UnnamedBranches, starts_new_generation
 from .hooks import DEFAULT_BRANCH, apply_delta_cache, default_branch, model_block_lists, remove_delta_cache
 from .schedule import compress_ranges
 
@@ -150,6 +150,8 @@ class _StepSkipState(BaseState):
     def reset(self) -> None:
         self.num_calls = 0
         self.last_output = None
+        self.step = 0
+        self.last_call: CallInfo | None = None
 
 
 class StepSkippingHook(ModelHook):
@@ -170,9 +172,14 @@ class StepSkippingHook(ModelHook):
         with default_branch(self.state_manager, self._unnamed, args, kwargs):
             context = self.state_manager.context
             state: _StepSkipState = self.state_manager.get_state()
+            call = CallInfo.of(args, kwargs, context.step_index)
+            if starts_new_generation(state.last_call, state.num_calls, state.step, call, context.step_index,
+                                     self.num_steps):
+                state.reset()  # (after an interrupted run, as the delta cache does)
+            state.last_call = call
             # WanPipeline passes the step index; HunyuanVideoPipeline does not: count this branch's calls.
             step = context.step_index if context.step_index is not None else state.num_calls
-            state.num_calls += 1
+            state.num_calls, state.step = state.num_calls + 1, step
             if state.last_output is None or step in self.computed_steps or step >= self.num_steps:
                 state.last_output = self.fn_ref.original_forward(*args, **kwargs)
                 self.computed_calls += 1

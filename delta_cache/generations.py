@@ -74,28 +74,38 @@ class UnnamedBranches:
     """Branch names for calls made outside any `cache_context`: the first call at a timestep is `base`; further
     calls at the same timestep on the same latents with another text (`encoder_hidden_states`) are the step's
     other branches (a prompt's and a negative prompt's calls in a pipeline that does not name them) and get
-    `base_2`, `base_3`, ... A second-order sampler's second call at a timestep (other latents) and a call repeated
-    with the same inputs stay in `base`."""
+    `base_2`, `base_3`, ... A call with the text of one of them is that branch again (a repeated call, or the
+    first calls of a rerun after a run cut short at its first step). A second-order sampler's second call at a
+    timestep (other latents) starts the naming again at `base`."""
 
     def __init__(self, base: str):
         self.base = base
         self.reset()
 
     def reset(self) -> None:
-        self._last: tuple | None = None  # (timestep, latents, text) of the last unnamed call; tensors kept until reset
-        self._index = 0
+        # (the timestep and latents of the current step's calls, and each branch's text; tensors kept until reset)
+        self._timestep: float | None = None
+        self._latents = None
+        self._texts: list = []
 
     @torch.compiler.disable  # (per-call Python decisions: a compiled transformer must not guard on them)
     def name(self, args, kwargs) -> str:
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         text = kwargs.get("encoder_hidden_states")
         timestep = CallInfo.of(args, kwargs, None).timestep
-        last = self._last
-        another_branch = (last is not None and timestep is not None and timestep == last[0]
-                          and _equal(hidden, last[1]) and _equal(text, last[2]) is False)
-        self._index = self._index + 1 if another_branch else 0
-        self._last = (timestep, *(x.detach() if isinstance(x, torch.Tensor) else None for x in (hidden, text)))
-        return self.base if self._index == 0 else f"{self.base}_{self._index + 1}"
+        kept = text.detach() if isinstance(text, torch.Tensor) else None
+        same_step = (bool(self._texts) and timestep is not None and timestep == self._timestep
+                     and _equal(hidden, self._latents))
+        if not same_step:
+            self._timestep = timestep
+            self._latents = hidden.detach() if isinstance(hidden, torch.Tensor) else None
+            self._texts = [kept]
+            return self.base
+        index = next((i for i, earlier in enumerate(self._texts) if _equal(text, earlier) is not False), None)
+        if index is None:
+            self._texts.append(kept)
+            index = len(self._texts) - 1
+        return self.base if index == 0 else f"{self.base}_{index + 1}"
 
 
 def _equal(a, b) -> bool | None:

@@ -580,6 +580,8 @@ def test_unnamed_calls_repeated_interrupted_or_compiled():
         assert torch.equal(_guided_loop(transformer, named=named), _guided_loop(transformer, named=named))
     _first_step_only(transformer, named=False)
     assert torch.equal(_guided_loop(transformer, named=False), clean)
+    assert set(handle.stats()["branches"]) == {"default", "default_2", "cond", "uncond"}  # (the rerun's calls are
+    # the same two branches again, not a third and a fourth)
 
     transformer.compile(backend="eager")
     with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
@@ -615,3 +617,6 @@ def test_other_caches_keep_unnamed_prompt_and_negative_prompt_apart(cache):
     else:
         baselines.apply_step_skipping(transformer, computed_steps=(0, 2, 4, 5), num_steps=6)
     assert torch.equal(_guided_loop(transformer, named=True), _guided_loop(transformer, named=False))
+    clean = _guided_loop(transformer, named=False)
+    _first_step_only(transformer, named=False)  # (a run cut short after its first step: the rerun starts afresh)
+    assert torch.equal(_guided_loop(transformer, named=False), clean)
