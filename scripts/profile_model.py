@@ -316,6 +316,12 @@ def main(argv=None) -> None:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if compared and args.family != "diffusers":  # (from the checkpoint's config, before minutes of loading)
+        from delta_cache.models.runner import declared_depths
+
+        depths = declared_depths(args.family, args.ckpt_dir, task=args.task, dit_weight=args.dit_weight)
+        if depths:
+            check_compared_fit(compared, depths)
     if args.family == "diffusers":
         profiles = profile_diffusers_folder(args, mask_files)
         pipeline = profiles["transformer"].provenance["pipeline"].removesuffix("Pipeline").lower()
@@ -327,22 +333,23 @@ def main(argv=None) -> None:
     # every schedule derived before any is written: one that cannot be made leaves no other beside old files
     schedules = {expert: derive(args, profile, (args.name or default_name) + (f"-{expert}" if experts else ""))
                  for expert, profile in profiles.items()}
+    comparisons = {expert: [compare_on_profile(profile, other) for other in compared]
+                   for expert, profile in profiles.items()}
     written = {}
     for expert, profile in profiles.items():
         folder = args.out / expert if experts else args.out
         schedule = schedules[expert]
-        comparisons = [compare_on_profile(profile, other) for other in compared]
         folder.mkdir(parents=True, exist_ok=True)
         written[expert] = folder / "schedule.json"
         schedule.save(written[expert])
-        write_report(profile, schedule, folder, comparisons)
+        write_report(profile, schedule, folder, comparisons[expert])
         computed, total = schedule.provenance["predicted_block_evals"]
         ideal = f"ideal {total / computed:.2f}x{always_computed_note(schedule.provenance, computed, total)}"
         steps = schedule.provenance.get("profiled_steps")
         where = f" on its steps {steps[0]}-{steps[1]} of {schedule.num_steps}" if steps else ""
         print(f"wrote {written[expert]}: {computed}/{total} block evaluations per branch{where} ({ideal}), predicted "
               f"residual error {schedule.provenance['predicted_error']:.4f}; figures and summary.md in {folder}")
-        for comparison in comparisons:
+        for comparison in comparisons[expert]:
             print(f"  compared with {comparison.line}")
     if args.family == "diffusers":
         uses = "; ".join(f"delta_cache.apply_delta_cache(pipe.{expert}, \"{path}\")" for expert, path in written.items())

@@ -2,6 +2,7 @@
 LTX-Video, Mochi (which batch [negative prompt, prompt] in one call and give no step index), Wan 2.2's two
 experts, `profile_pipeline` on each family and `profile_experts` on Wan 2.2."""
 
+import itertools
 import json
 from pathlib import Path
 
@@ -199,6 +200,7 @@ def test_profile_pipeline_derives_a_schedule_that_runs(tmp_path, monkeypatch):
     itself = compare_on_profile(profile, schedule)
     assert (itself.computed, itself.total) == tuple(schedule.provenance["predicted_block_evals"])
     assert itself.profiled.provenance["predicted_error"] <= itself.predicted_error + 1e-6  # (rounded to 6 places)
+    assert itself.profiled.provenance["predicted_block_evals"][0] <= itself.computed  # (never more compute)
     refreshes = schedule.block_lists[list_name].refresh_steps
     late = Schedule(  # the same blocks and compute: the refreshes first, then one long gap
         name="late", num_steps=10, block_lists={list_name: BlockListSchedule(
@@ -206,6 +208,24 @@ def test_profile_pipeline_derives_a_schedule_that_runs(tmp_path, monkeypatch):
     judged = compare_on_profile(profile, late)
     assert judged.computed == itself.computed
     assert judged.profiled.provenance["predicted_error"] < judged.predicted_error, judged.line
+    assert 0.95 * judged.computed <= judged.profiled.provenance["predicted_block_evals"][0] <= judged.computed
+    # one that reuses almost nothing: the search may not answer with a schedule that reuses nothing (error 0)
+    light = compare_on_profile(profile, Schedule(name="light", num_steps=10, block_lists={
+        list_name: BlockListSchedule((2,), tuple(range(9)), depth)}))
+    assert light.profiled is None or light.profiled.provenance["predicted_block_evals"][0] <= light.computed
+    # with the linear forecast, it is compared with linear schedules; a schedule made for another step count is
+    # counted as the cache runs it at the profile's (counted here with the real cache)
+    linear = compare_on_profile(profile, Schedule(name="twenty", num_steps=20, forecast="linear", block_lists={
+        list_name: BlockListSchedule(tuple(range(1, depth - 1)), (0, 1, 2, 6, 10, 14, 18), depth)}))
+    assert linear.profiled.forecast == "linear" and "made for 20 steps, run at 10" in linear.line
+    handle = delta_cache.apply_delta_cache(pipe.transformer, Schedule(  # (CogVideoX does not say its step count)
+        name="twenty", num_steps=20, forecast="linear",
+        block_lists={list_name: BlockListSchedule(tuple(range(1, depth - 1)), (0, 1, 2, 6, 10, 14, 18), depth)}),
+        num_inference_steps=10)
+    calls["blocks"] = 0
+    _run(pipe, kwargs, steps=10)
+    handle.remove()
+    assert calls["blocks"] == linear.computed < linear.total
     written = write_report(profile, schedule, tmp_path / "report", [itself, judged])
     assert judged.line in written[-1].read_text()
     assert all(path.is_file() for path in written)
@@ -284,6 +304,16 @@ def test_profile_experts_profiles_each_of_wan22s_experts_on_its_own_steps(tmp_pa
     assert again["transformer_2"].step_window == (low.start, steps)
 
     schedules = {name: derive_for_target(profile, 1.5) for name, profile in profiles.items()}
+    for name, profile in profiles.items():  # the error the search saw is the placed schedule's on the run's steps
+        for schedule in (schedules[name], derive_for_target(profile, 1.5, forecasts=("linear",))):
+            assert schedule.provenance["predicted_error"] == pytest.approx(profile.predicted_error(schedule), abs=1e-6)
+    # the linear forecast's warm-up is the run's: a schedule whose warm-up ends before the expert's steps draws a
+    # line from the expert's second refresh on (the hooks' rule), so it predicts otherwise than holding
+    lines = {forecast: profiles["transformer_2"].predicted_error(Schedule(
+        name="run-grid", num_steps=steps, forecast=forecast, block_lists={list_name: BlockListSchedule(
+            tuple(range(depth)), (0, 1, low.start + 1, low.start + 2, low.start + 4), depth)}))
+        for forecast in ("hold", "linear")}
+    assert lines["linear"] != pytest.approx(lines["hold"])
     handles = {}
     for name, schedule in schedules.items():
         own = high if name == "transformer" else low
@@ -309,15 +339,23 @@ def test_profile_experts_profiles_each_of_wan22s_experts_on_its_own_steps(tmp_pa
     # step after its own share, the low-noise one every step before) is what the cache does.
     from delta_cache.models.experts import expert_steps
 
-    longer = expert_steps(pipe, 20)
-    for name in handles:
-        delta_cache.remove_delta_cache(getattr(pipe, name))
-        handles[name] = delta_cache.apply_delta_cache(getattr(pipe, name), schedules[name])
-    _run(pipe, kwargs, steps=20)
-    for name, handle in handles.items():
-        planned = handle.predicted_block_evals(20, steps=longer[name])
-        assert all((b["computed_block_evals"], b["total_block_evals"]) == planned
-                   for b in handle.stats()["branches"].values()), (name, planned, handle.stats()["branches"])
+    # (and a schedule on the run's grid not made for the low-noise expert, which may reuse at its first step)
+    plain = Schedule(name="plain", num_steps=steps, block_lists={
+        list_name: BlockListSchedule(tuple(range(depth)), (0, 1, 4, 8), depth)})
+    first_step_forced = False
+    for run_steps, low_noise_schedule in itertools.product((7, 13, 20), (schedules["transformer_2"], plain)):
+        own_steps = expert_steps(pipe, run_steps)
+        for name, schedule in (("transformer", schedules["transformer"]), ("transformer_2", low_noise_schedule)):
+            delta_cache.remove_delta_cache(getattr(pipe, name))
+            handles[name] = delta_cache.apply_delta_cache(getattr(pipe, name), schedule)
+            mapped = schedule.block_lists[list_name].refresh_steps_for(run_steps, steps)
+            first_step_forced |= own_steps[name].start not in mapped
+        _run(pipe, kwargs, steps=run_steps)
+        for name, handle in handles.items():
+            planned = handle.predicted_block_evals(run_steps, steps=own_steps[name])
+            assert all((b["computed_block_evals"], b["total_block_evals"]) == planned
+                       for b in handle.stats()["branches"].values()), (name, planned, handle.stats()["branches"])
+    assert first_step_forced  # (a run in which an expert computes its first step though the schedule reuses there)
     high_refresh = schedules["transformer"].block_lists[list_name].refresh_steps_for(20, steps)
     assert set(range(-(-high.stop * 20 // steps), 20)) <= high_refresh
 
@@ -325,11 +363,11 @@ def test_profile_experts_profiles_each_of_wan22s_experts_on_its_own_steps(tmp_pa
     # (its first step computed, whatever the schedule says)
     for handle_name in handles:
         delta_cache.remove_delta_cache(getattr(pipe, handle_name))
-    for refresh in ((0, 1, 4, 8), (0, 1, 2, 3)):
+    for refresh in (plain.block_lists[list_name].refresh_steps, (0, 1, 2, 3)):
         plain = Schedule(name="plain", num_steps=steps, block_lists={
             list_name: BlockListSchedule(tuple(range(depth)), refresh, depth)})
         predicted = profiles["transformer_2"].predicted_block_evals(plain)
-        profiles["transformer_2"].predicted_error(plain)  # (no step before the expert's first one is read)
+        assert np.isfinite(profiles["transformer_2"].predicted_error(plain))  # (no step before the expert's first)
         handle = delta_cache.apply_delta_cache(pipe.transformer_2, plain)
         _run(pipe, kwargs, steps=steps)
         assert all((b["computed_block_evals"], b["total_block_evals"]) == predicted

@@ -366,6 +366,17 @@ def test_profile_cli_writes_a_schedule_that_generate_uses(tmp_path, monkeypatch,
                              env=env, capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
         assert not (tmp_path / "bad").exists()
+    # --compare_with a schedule that does not fit: one line from the checkpoint's config, before loading
+    import delta_cache.models.runner as runner
+
+    with monkeypatch.context() as patched:
+        patched.setattr(runner, "load_runner", lambda *a, **k: pytest.fail("loaded before the compare check"))
+        for preset, message in (("hunyuanvideo-720p", "names block list 'transformer_blocks', which this model"),
+                                ("wan2.1-t2v-14b", "made for 40 blocks in 'blocks', but this model has 6")):
+            with pytest.raises(dc.UserInputError, match=message):
+                load_script(REPO / "scripts" / "profile_model.py").main([
+                    "--ckpt_dir", str(ckpt), "--prompt", "x", "--compare_with", preset, "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
     # re-derived from the saved profile (in this process): the curve rule and the linear forecast reach the file
     load_script(REPO / "scripts" / "profile_model.py").main([
         "--ckpt_dir", str(ckpt), "--size", "32*32", "--frame_num", "9", "--sample_steps", "10", "--prompt",

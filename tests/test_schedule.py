@@ -134,6 +134,8 @@ def test_step_rescaling_rule():
     expert = dc.BlockListSchedule((0, 1, 2), (0, 1, 3, *range(5, 12)), 3)
     assert sorted(expert.refresh_steps_for(20, 12)) == [0, 1, 2, 3, 5, *range(8, 20)]
     assert sorted(expert.refresh_steps_for(6, 12)) == [0, 1, *range(2, 6)]
+    final = dc.BlockListSchedule((1,), (0, 10, 20, 30, 47, 48, 49), 3)  # (docs/schedule-format.md's example)
+    assert sorted(final.refresh_steps_for(100, 50)) == [0, 1, 20, 40, 60, *range(94, 100)]
 
 
 def _committed_block_counts(ckpt) -> tuple[dict[str, int], str]:

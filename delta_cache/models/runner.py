@@ -80,6 +80,20 @@ def load_runner(family: str, ckpt_dir, *, width: int, height: int, num_frames: i
                 device=device or pick_device(), offload=offload, progress=progress, **options)
 
 
+def declared_depths(family: str, ckpt_dir, *, task: str | None = None, dit_weight=None) -> dict[str, int] | None:
+    """Block list -> depth of `load_runner`'s checkpoint, from its config before anything loads (None where it does
+    not say; the loader then reports why)."""
+    if family == "wan":
+        from .wan.checkpoint import declared_block_depths, declared_transformer_config
+
+        return declared_block_depths(declared_transformer_config(ckpt_dir), task)
+    from .hunyuan_video.checkpoint import declared_block_depths, declared_transformer_config
+    from .hunyuan_video.runner import transformer_paths
+
+    weights, _, diffusers_folder = transformer_paths(ckpt_dir, dit_weight)
+    return declared_block_depths(declared_transformer_config(weights, diffusers_folder))
+
+
 def place(pipe, device: torch.device, offload: bool, progress: bool) -> None:
     """Move the pipeline's models to the device, or let diffusers offload them there one at a time."""
     if device.type == "cuda" and offload:

@@ -114,7 +114,7 @@ def derive_schedule(profile: Profile, params: DerivationParams, name: str = "pro
     provenance.update({"source": "profiled", "tau": params.tau, "refresh_rule": params.refresh_rule, **refresh,
                        "warmup_steps": warmup, "settle_factor": params.settle_factor, "forecast": params.forecast,
                        "predicted_block_evals": [computed, total], "predicted_speedup": round(total / computed, 4),
-                       "predicted_error": round(profile.predicted_error(candidate), 6)})
+                       "predicted_error": round(profile.candidate_error(candidate), 6)})
     refresh_text = (f"refresh intervals {params.t_max} -> {params.t_min}" if params.refresh_threshold is None else
                     f"refreshed where the step change accumulates to {params.refresh_threshold:.4g}")
     description = (f"Profiled schedule: blocks with foreground ratio < {params.tau:.3f} cached; warm-up {warmup} "
@@ -133,9 +133,10 @@ def derive_schedule(profile: Profile, params: DerivationParams, name: str = "pro
 
 def derive_for_target(profile: Profile, target_speedup: float, tolerance: float = 0.05,
                       warmup: int | None = None, settle_factor: float = 2.0, name: str = "profiled",
-                      refresh_rules: tuple[str, ...] = REFRESH_RULES, forecasts: tuple[str, ...] = ("hold",)
-                      ) -> Schedule:
-    """The schedule with the least predicted error whose compute is within `tolerance` of the budget."""
+                      refresh_rules: tuple[str, ...] = REFRESH_RULES, forecasts: tuple[str, ...] = ("hold",),
+                      max_block_evals: int | None = None) -> Schedule:
+    """The schedule with the least predicted error whose compute is within `tolerance` of the budget (and, with
+    `max_block_evals`, at most that many block evaluations per branch on the profiled steps)."""
     if target_speedup < 1.0:
         raise UserInputError(f"--target_speedup must be >= 1, got {target_speedup}")
     unknown = set(refresh_rules) - set(REFRESH_RULES)
@@ -157,9 +158,10 @@ def derive_for_target(profile: Profile, target_speedup: float, tolerance: float 
             params = dataclasses.replace(refresh_params, tau=float(tau), forecast=forecast)
             candidate, _ = _build(profile, params, block_ratios)
             computed, _ = candidate.predicted_block_evals(profile.depths, profile.num_steps)
-            if abs(computed - budget) > tolerance * budget:
+            if abs(computed - budget) > tolerance * budget or (max_block_evals is not None
+                                                                and computed > max_block_evals):
                 continue
-            error = profile.predicted_error(candidate)
+            error = profile.candidate_error(candidate)
             if error < best_error:
                 best, best_error = params, error
     if best is None:
@@ -179,21 +181,26 @@ def derive_for_target(profile: Profile, target_speedup: float, tolerance: float 
 @dataclass(frozen=True)
 class ScheduleComparison:
     """A given schedule (a preset, one made for another model or fine-tune) on a profile, next to the schedule
-    the profile gives at the same compute: whether the given one transfers, as far as the prediction tells."""
+    the profile gives at the same compute or less: whether the given one transfers, as far as the prediction
+    tells."""
 
     name: str
     computed: int  # block evaluations per branch on the profiled steps
     total: int
     predicted_error: float
-    profiled: Schedule | None  # least predicted error at about the same compute; None where it reuses nothing
+    profiled: Schedule | None  # least predicted error at no more compute (within 5% below); None: none there
+    where: str = ""  # which steps the counts are of, where that is not simply the schedule's own run
+    always_computed: int = 0  # evaluations outside any schedule (VACE's control blocks), for the ideal speedup
 
     @property
     def line(self) -> str:
-        text = (f"{self.name}: {self.computed}/{self.total} block evaluations per branch (ideal "
-                f"{self.total / self.computed:.2f}x), predicted residual error {self.predicted_error:.4f}")
+        extra = self.always_computed
+        text = (f"{self.name}{self.where}: {self.computed}/{self.total} block evaluations per branch (ideal "
+                f"{(self.total + extra) / (self.computed + extra):.2f}x), predicted residual error "
+                f"{self.predicted_error:.4f}")
         if self.profiled is None:
             return text + ("; reuses nothing on these steps" if self.computed == self.total else
-                           "; no profiled schedule within 5% of its compute")
+                           "; no profiled schedule within 5% below its compute")
         computed, _ = self.profiled.provenance["predicted_block_evals"]
         return (text + f"; profiled at its compute ({computed} evaluations): "
                        f"{self.profiled.provenance['predicted_error']:.4f}")
@@ -201,19 +208,31 @@ class ScheduleComparison:
 
 def compare_on_profile(profile: Profile, schedule: Schedule,
                        refresh_rules: tuple[str, ...] = REFRESH_RULES) -> ScheduleComparison:
-    """`schedule` on `profile`: its compute and predicted error, and the profiled schedule with the least
-    predicted error at the same compute (same forecast), to tell whether a preset or a base model's schedule
-    transfers to the profiled model (a fine-tune, another size or step count) or re-profiling pays."""
+    """`schedule` on `profile`: its compute and predicted error on the profiled steps (mapped as the cache runs it:
+    another step count by the step-count rule, an expert's steps), and the profiled schedule with the least
+    predicted error at no more compute (within 5% below it) and the same forecast, to tell whether a preset or a
+    base model's schedule transfers to the profiled model (a fine-tune, another size or step count) or
+    re-profiling pays."""
     schedule.check_fits(profile.depths)
     computed, total = profile.predicted_block_evals(schedule)
     profiled = None
     if computed < total:
         try:
             profiled = derive_for_target(profile, total / computed, name=f"profiled at {schedule.name}'s compute",
-                                         refresh_rules=refresh_rules, forecasts=(schedule.forecast,))
-        except UserInputError:  # (no candidate within the tolerance of this budget)
+                                         refresh_rules=refresh_rules, forecasts=(schedule.forecast,),
+                                         max_block_evals=computed)
+        except UserInputError:  # (no candidate within 5% below this budget)
             profiled = None
-    return ScheduleComparison(schedule.name, computed, total, profile.predicted_error(schedule), profiled)
+    first, run_steps = profile.step_window
+    where = []
+    if schedule.num_steps != run_steps:
+        where.append(f"made for {schedule.num_steps} steps, run at {run_steps}")
+    if (first, run_steps) != (0, profile.num_steps):
+        where.append(f"on {profile.provenance.get('transformer', 'the transformer')}'s steps {first}-"
+                     f"{first + profile.num_steps - 1}")
+    always = sum((profile.provenance.get("always_computed_block_evals") or {}).values())
+    return ScheduleComparison(schedule.name, computed, total, profile.predicted_error(schedule), profiled,
+                              f" ({'; '.join(where)})" if where else "", always)
 
 
 def _refresh_candidates(profile: Profile, warmups, refresh_rules, settle_factor: float):

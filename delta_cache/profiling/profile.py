@@ -153,12 +153,11 @@ class Profile:
         return dataclasses.replace(schedule, num_steps=total, block_lists=block_lists)
 
     def profile_schedule(self, schedule: Schedule) -> Schedule:
-        """What `schedule` does on the profile's steps, as the cache runs it there (the inverse of `run_schedule`
-        for a schedule placed by it): mapped to the run's step count (the step-count rule), restricted to the
-        profile's steps, with the first of them computed (the transformer holds no delta before it)."""
+        """What `schedule` (on the run's steps, or another step count) does on the profile's steps, as the cache runs
+        it (the inverse of `run_schedule` for a schedule placed by it): mapped to the run's step count (the
+        step-count rule), restricted to the profile's steps, with the first of them computed (the transformer holds
+        no delta before it)."""
         first, total = self.step_window
-        if (first, total) == (0, self.num_steps):
-            return schedule
         last = first + self.num_steps
         block_lists = {name: dataclasses.replace(bl, refresh_steps=tuple({0, *(
                            s - first for s in bl.refresh_steps_for(total, schedule.num_steps) if first <= s < last)}))
@@ -181,9 +180,18 @@ class Profile:
         return np.mean([p.output_change for p in self.prompts], axis=0)
 
     def predicted_error(self, schedule: Schedule) -> float:
-        """Predicted error of the reused residuals: per prompt, the sum over reuse steps of their relative
-        drift (every reuse step adds its error; a mean over reuse steps would reward adding cheap ones); the
-        mean over prompts.
+        """Predicted error of `schedule` (on the run's steps) on the profiled steps (`candidate_error`), as the cache
+        runs it there (`profile_schedule`), with the linear forecast's warm-up counted on the run's steps as the
+        hooks count it."""
+        first, total = self.step_window
+        warmups = {name: warmup_length(bl.refresh_steps_for(total, schedule.num_steps)) - first
+                   for name, bl in schedule.block_lists.items()}
+        return self._error(self.profile_schedule(schedule), warmups)
+
+    def candidate_error(self, candidate: Schedule) -> float:
+        """Predicted error of the reused residuals of a schedule on the profile's own steps (derivation's
+        candidates): per prompt, the sum over reuse steps of their relative drift (every reuse step adds its
+        error; a mean over reuse steps would reward adding cheap ones); the mean over prompts.
 
         At a reuse step s with last refresh r, the cached blocks contribute B[r] (or, with the schedule's
         linear forecast, B[r] extrapolated through the refresh before r) instead of B[s], where B is
@@ -192,7 +200,9 @@ class Profile:
         residuals of the block list at s|. A first-order proxy: how the drift propagates through the later
         steps is not modelled (docs/profiling.md has how well it ranks measured schedules).
         """
-        schedule = self.profile_schedule(schedule)
+        return self._error(candidate, None)
+
+    def _error(self, schedule: Schedule, warmups: dict[str, int] | None) -> float:
         errors = []
         for index, prompt in enumerate(self.prompts):
             error = 0.0
@@ -202,9 +212,11 @@ class Profile:
                 # (the first step is computed whatever the schedule says: no delta is held before it)
                 refresh_set = block_list.refresh_steps_for(steps, schedule.num_steps) | {0}
                 refresh = sorted(refresh_set)
+                warmup = warmup_length(refresh) if warmups is None else warmups[list_name]
                 reuse = np.array([s not in refresh_set for s in range(steps)])
                 if reuse.any():
-                    reused = cached[reuse] - _forecast(cached, refresh, np.flatnonzero(reuse), schedule.forecast)
+                    reused = cached[reuse] - _forecast(cached, refresh, np.flatnonzero(reuse), schedule.forecast,
+                                                       warmup)
                     error += float(np.sum(np.linalg.norm(reused, axis=1) / np.maximum(total_norm[reuse], 1e-12)))
             errors.append(error)
         return float(np.mean(errors))
@@ -220,15 +232,16 @@ class Profile:
         return self._sums_cache[key]
 
 
-def _forecast(cached: np.ndarray, refresh: list[int], reuse_steps: np.ndarray, forecast: str) -> np.ndarray:
-    """What the cache adds at each reuse step, as the hooks compute it (hooks.DeltaCacheBlockHook)."""
+def _forecast(cached: np.ndarray, refresh: list[int], reuse_steps: np.ndarray, forecast: str,
+              warmup: int) -> np.ndarray:
+    """What the cache adds at each reuse step, as the hooks compute it (hooks.DeltaCacheBlockHook); `warmup`: the
+    schedule's warm-up length in these steps' numbering (the run's, less the profile's first step)."""
     position = np.searchsorted(refresh, reuse_steps, side="right") - 1  # index of the last refresh
     last = np.asarray(refresh)[position]
     held = cached[last]
     if forecast != "linear":
         return held
     earlier = np.asarray(refresh)[np.maximum(position - 1, 0)]
-    warmup = warmup_length(refresh)
     has_line = (position >= 1) & (earlier >= warmup - 1)  # no line through two warm-up steps (the hooks' rule)
     slope = np.where(has_line, (reuse_steps - last) / np.maximum(last - earlier, 1), 0.0)
     return held + (held - cached[earlier]) * slope[:, None]

@@ -13,6 +13,17 @@ from .checkpoint import find_diffusers_folder, load_hunyuan_video_components
 from .pipeline import build_pipeline, decode, default_text_encoding, denoise, encode, token_grid
 
 
+def transformer_paths(ckpt_dir, dit_weight=None) -> tuple[Path, Path, Path | None]:
+    """(transformer weights, model base, diffusers folder or None) of `ckpt_dir` (upstream's ckpts/ layout or a
+    diffusers folder) and `dit_weight` (default: the model base's standard transformer file)."""
+    if dit_weight is None:
+        dit_weight = Path(ckpt_dir) / Path(config.DEFAULT_DIT_WEIGHT).relative_to("ckpts")
+    diffusers_folder = find_diffusers_folder(dit_weight, ckpt_dir)
+    if diffusers_folder is not None:
+        return diffusers_folder, diffusers_folder, diffusers_folder
+    return config.dit_weight_file(dit_weight, "module"), Path(ckpt_dir), None
+
+
 def load_hunyuan_video_runner(ckpt_dir, *, width: int, height: int, num_frames: int, num_steps: int,
                               device: torch.device, offload: bool = False, progress: bool = False,
                               dit_weight=None, shift: float | None = None,
@@ -26,13 +37,7 @@ def load_hunyuan_video_runner(ckpt_dir, *, width: int, height: int, num_frames: 
     """
     shift = config.FLOW_SHIFT if shift is None else shift
     guide_scale = config.EMBEDDED_GUIDANCE_SCALE if guide_scale is None else guide_scale
-    if dit_weight is None:
-        dit_weight = Path(ckpt_dir) / Path(config.DEFAULT_DIT_WEIGHT).relative_to("ckpts")
-    diffusers_folder = find_diffusers_folder(dit_weight, ckpt_dir)
-    if diffusers_folder is not None:
-        dit_weight = model_base = diffusers_folder
-    else:
-        dit_weight, model_base = config.dit_weight_file(dit_weight, "module"), Path(ckpt_dir)
+    dit_weight, model_base, _ = transformer_paths(ckpt_dir, dit_weight)
     cuda = device.type == "cuda"
     half, bf16 = (torch.float16, torch.bfloat16) if cuda else (torch.float32, torch.float32)
     dtypes = dict(dtype=bf16, vae_dtype=half, text_encoder_dtype=half, text_encoder_2_dtype=half)
