@@ -9,7 +9,33 @@ from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockR
 from .errors import UserInputError
 
 
+# Video transformer blocks diffusers' registry does not describe (0.42): (module, class, index of the hidden
+# states in the return value, index of the text's or None). Read off their forward: SkyReels-V2's block returns
+# the hidden states alone (as Wan's), HunyuanVideo 1.5's returns (hidden_states, encoder_hidden_states).
+_UNREGISTERED_VIDEO_BLOCKS = (
+    ("diffusers.models.transformers.transformer_skyreels_v2", "SkyReelsV2TransformerBlock", 0, None),
+    ("diffusers.models.transformers.transformer_hunyuan_video15", "HunyuanVideo15TransformerBlock", 0, 1),
+)
+
+
+def register_video_blocks() -> None:
+    """Describe those blocks in diffusers' registry, where diffusers has them and does not yet describe them
+    itself, so that the caches and the profiler find and read them as they do the registered ones."""
+    import importlib
+
+    TransformerBlockRegistry._register()
+    for module_name, class_name, hidden_index, text_index in _UNREGISTERED_VIDEO_BLOCKS:
+        try:
+            block_class = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError):  # (a diffusers without this model)
+            continue
+        if block_class not in TransformerBlockRegistry._registry:
+            TransformerBlockRegistry.register(block_class, TransformerBlockMetadata(
+                return_hidden_states_index=hidden_index, return_encoder_hidden_states_index=text_index))
+
+
 def block_metadata(block: torch.nn.Module) -> TransformerBlockMetadata:
+    register_video_blocks()
     try:
         return TransformerBlockRegistry.get(type(block))
     except ValueError:

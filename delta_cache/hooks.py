@@ -422,7 +422,7 @@ def check_transformer(transformer, caller: str) -> None:
 
 def model_block_lists(transformer: torch.nn.Module) -> dict[str, int]:
     """Block lists of a transformer (direct `nn.ModuleList` children of registered block classes) -> depth."""
-    TransformerBlockRegistry._register()
+    block_streams.register_video_blocks()
     found = {}
     for name, child in transformer.named_children():
         if isinstance(child, torch.nn.ModuleList) and len(child) and type(child[0]) in TransformerBlockRegistry._registry:

@@ -28,7 +28,8 @@ from delta_cache.errors import UserInputError  # noqa: E402
 
 # Frames per second the released models are shown at (the mp4s only; nothing is computed from it).
 FPS = {"CogVideoXTransformer3DModel": 8, "LTXVideoTransformer3DModel": 24, "MochiTransformer3DModel": 30,
-       "WanTransformer3DModel": 16, "HunyuanVideoTransformer3DModel": 24}
+       "WanTransformer3DModel": 16, "HunyuanVideoTransformer3DModel": 24, "SkyReelsV2Transformer3DModel": 24,
+       "HunyuanVideo15Transformer3DModel": 24}
 
 
 def build_parser() -> OneLineArgumentParser:

@@ -37,7 +37,9 @@ def _block_class(family: str):
             "ltx_video": transformers.transformer_ltx.LTXVideoTransformerBlock,
             "mochi": transformers.transformer_mochi.MochiTransformerBlock,
             "wan": transformers.transformer_wan.WanTransformerBlock,
-            "wan22": transformers.transformer_wan.WanTransformerBlock}[family]
+            "wan22": transformers.transformer_wan.WanTransformerBlock,
+            "skyreels_v2": transformers.transformer_skyreels_v2.SkyReelsV2TransformerBlock,
+            "hunyuan_video15": transformers.transformer_hunyuan_video15.HunyuanVideo15TransformerBlock}[family]
 
 
 def _run(pipe, kwargs, steps=STEPS, **extra):
@@ -55,7 +57,7 @@ def _schedule(list_name, depth, refresh):
                     block_lists={list_name: BlockListSchedule(tuple(range(1, depth - 1)), tuple(refresh), depth)})
 
 
-@pytest.mark.parametrize("family", ["cogvideox", "ltx_video", "mochi", "wan22"])
+@pytest.mark.parametrize("family", ["cogvideox", "ltx_video", "mochi", "wan22", "skyreels_v2"])
 def test_delta_cache_on_other_families(family, monkeypatch):
     calls = count_block_calls(monkeypatch, blocks=_block_class(family))
     pipe, list_name, depth, kwargs = getattr(tvp, family)()
@@ -79,6 +81,9 @@ def test_delta_cache_on_other_families(family, monkeypatch):
             stats = handle.stats()
             assert set(stats["branches"]) == {"cond", "uncond"}
             assert stats["computed_block_evals"] < stats["total_block_evals"]
+    elif family == "skyreels_v2":  # two named branches a step, counted without a step index
+        assert set(handles[0].stats()["branches"]) == {"cond", "uncond"}
+        assert computed == 2 * (STEPS * depth - (STEPS - len(refresh)) * (depth - 2))
     else:  # one batched call a step, counted without a step index from the pipeline
         assert set(handles[0].stats()["branches"]) == {"cond_uncond"}
         assert computed == STEPS * depth - (STEPS - len(refresh)) * (depth - 2)
@@ -93,9 +98,10 @@ def test_delta_cache_on_other_families(family, monkeypatch):
 # (frames, height, width) of the video tokens at each builder's size, and whether the self-attention puts
 # the text in front of the video (CogVideoX) or after it (Mochi), or attends over the video alone
 TOKEN_GRIDS = {"cogvideox": (3, 4, 4), "cogvideox15": (2, 4, 4), "cogvideox_i2v": (3, 4, 4), "ltx_video": (3, 8, 8),
-               "mochi": (3, 4, 4), "wan": (3, 4, 4), "wan_video_to_video": (3, 4, 4), "hunyuan_video": (3, 4, 4)}
+               "mochi": (3, 4, 4), "wan": (3, 4, 4), "wan_video_to_video": (3, 4, 4), "hunyuan_video": (3, 4, 4),
+               "skyreels_v2": (3, 4, 4)}
 TEXT_FIRST = {"cogvideox": True, "cogvideox15": True, "cogvideox_i2v": True, "ltx_video": False, "mochi": False,
-              "wan": False, "wan_video_to_video": False, "hunyuan_video": False}
+              "wan": False, "wan_video_to_video": False, "hunyuan_video": False, "skyreels_v2": False}
 BATCHED = ("cogvideox", "cogvideox15", "cogvideox_i2v", "ltx_video", "mochi")  # [negative prompt, prompt] in one call
 
 
@@ -134,7 +140,7 @@ def _high_attention_tokens(query, key, mask, scale, grid, text_first, fraction=0
 
 
 @pytest.mark.parametrize("family", ["cogvideox", "cogvideox15", "cogvideox_i2v", "ltx_video", "mochi", "wan",
-                                    "wan_video_to_video", "hunyuan_video"])
+                                    "wan_video_to_video", "hunyuan_video", "skyreels_v2"])
 def test_profile_pipeline_finds_the_video_tokens(family, tmp_path):
     """The profiler reads the prompt's video tokens in each family: the high-attention tokens it records in the
     last block at step 0 of a guided run are those of the prompt's run alone (where the video sits in the
@@ -143,7 +149,7 @@ def test_profile_pipeline_finds_the_video_tokens(family, tmp_path):
     grid = TOKEN_GRIDS[family]
     last_block = getattr(pipe.transformer, list_name)[-1]
     alone = {k: v for k, v in kwargs.items() if k != "negative_prompt"}  # the prompt alone: a batch of one
-    if family in BATCHED or family.startswith("wan"):
+    if family in BATCHED or family.startswith(("wan", "skyreels")):
         alone["guidance_scale"] = 1.0
     with _FirstAttention(last_block) as capture:
         _run(pipe, alone, steps=2)
@@ -241,7 +247,8 @@ def test_profile_pipeline_derives_a_schedule_that_runs(tmp_path, monkeypatch):
     assert abs(total / planned - 1.5) <= 0.05 * 1.5
 
 
-@pytest.mark.parametrize("family", ["ltx_video", "mochi", "wan_video_to_video", "wan22_ti2v", "hunyuan_video"])
+@pytest.mark.parametrize("family", ["ltx_video", "mochi", "wan_video_to_video", "wan22_ti2v", "skyreels_v2",
+                                    "hunyuan_video"])
 def test_profiled_schedules_run_as_planned_on_each_family(family, monkeypatch):
     """Every family from profile to cache: the schedule derived at 1.5x computes exactly the planned block
     evaluations in each branch the pipeline makes (batched, named, or unnamed prompt and negative prompt; a
@@ -250,6 +257,7 @@ def test_profiled_schedules_run_as_planned_on_each_family(family, monkeypatch):
 
     blocks = {"ltx_video": _block_class("ltx_video"), "mochi": _block_class("mochi"),
               "wan_video_to_video": _block_class("wan"), "wan22_ti2v": _block_class("wan"),
+              "skyreels_v2": _block_class("skyreels_v2"),
               "hunyuan_video": (transformers.transformer_hunyuan_video.HunyuanVideoTransformerBlock,
                                 transformers.transformer_hunyuan_video.HunyuanVideoSingleTransformerBlock)}[family]
     calls = count_block_calls(monkeypatch, blocks=blocks)
@@ -263,7 +271,7 @@ def test_profiled_schedules_run_as_planned_on_each_family(family, monkeypatch):
     branches = handle.stats()["branches"]
     assert all(b["computed_block_evals"] == planned and b["calls"] == 8 for b in branches.values()), branches
     assert calls["blocks"] == planned * len(branches) and abs(total / planned - 1.5) <= 0.05 * 1.5
-    assert len(branches) == (2 if family.startswith("wan") else 1)
+    assert len(branches) == (2 if family.startswith(("wan", "skyreels")) else 1)
 
 
 def _expert_steps(pipe, steps: int) -> tuple[range, range]:
@@ -688,3 +696,87 @@ def test_profile_model_and_compare_cached_on_a_wan22_folder(tmp_path, capsys):
         compare.main(["--ckpt_dir", str(tmp_path / "wan"), *argv[2:], "--cache_schedule_2", "wan2.1-t2v-14b",
                       "--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
+
+
+def _tiny_hunyuan_video15():
+    """A tiny HunyuanVideo 1.5 transformer (text-to-video) and the arguments of one call, as HunyuanVideo15Pipeline
+    makes them (its text encoders, Qwen2.5-VL and ByT5, are not built here: the transformer is called directly)."""
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    torch.manual_seed(0)
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=4, num_refiner_layers=1,
+        text_embed_dim=32, text_embed_2_dim=16, image_embed_dim=24, rope_axes_dim=(4, 6, 6), target_size=64,
+        task_type="t2v").eval()
+    generator = torch.Generator().manual_seed(0)
+    texts = {name: dict(encoder_hidden_states=torch.randn(1, 8, 32, generator=generator),
+                        encoder_attention_mask=torch.tensor([[True] * 6 + [False] * 2]),
+                        encoder_hidden_states_2=torch.randn(1, 5, 16, generator=generator),
+                        encoder_attention_mask_2=torch.ones(1, 5, dtype=torch.bool), image_embeds=torch.zeros(1, 4, 24))
+             for name in ("pred_cond", "pred_uncond")}
+    return transformer, torch.randn(1, 9, 3, 4, 4, generator=generator), texts
+
+
+def _hunyuan_video15_loop(transformer, latents, texts, steps=(999.0, 700.0, 400.0, 100.0)):
+    """HunyuanVideo15Pipeline's loop, reduced: per timestep, the guider's two calls in their cache contexts."""
+    outputs = []
+    with torch.no_grad():
+        for t in steps:
+            for name, text in texts.items():
+                with transformer.cache_context(name):
+                    outputs.append(transformer(hidden_states=latents, timestep=torch.tensor([t]), return_dict=False,
+                                               **text)[0])
+    transformer._reset_stateful_cache()
+    return torch.stack(outputs)
+
+
+def test_hunyuan_video15_blocks_cached_and_profiled(monkeypatch):
+    """HunyuanVideo 1.5, whose blocks diffusers' registry does not describe: the cache finds them (both streams),
+    changes nothing when every step refreshes, skips what it counts; the probe finds the video tokens in front of
+    the text in its attention (the prompt's high-attention tokens of the last block at the first step)."""
+    from delta_cache.models.video_families import FAMILIES
+    from delta_cache.profiling.probe import ProbeSettings, ProfileProbe
+
+    calls = count_block_calls(monkeypatch, blocks=_block_class("hunyuan_video15"))
+    transformer, latents, texts = _tiny_hunyuan_video15()
+    assert delta_cache.model_block_lists(transformer) == {"transformer_blocks": 4}
+    plain = _hunyuan_video15_loop(transformer, latents, texts)
+    schedule = lambda refresh: Schedule(name="t", num_steps=4, block_lists={  # noqa: E731
+        "transformer_blocks": BlockListSchedule((1, 2), refresh, 4)})
+    handle = delta_cache.apply_delta_cache(transformer, schedule((0, 1, 2, 3)))
+    assert torch.equal(_hunyuan_video15_loop(transformer, latents, texts), plain)
+    handle.remove()
+    handle = delta_cache.apply_delta_cache(transformer, schedule((0, 2)))
+    calls["blocks"] = 0
+    cached = _hunyuan_video15_loop(transformer, latents, texts)
+    assert calls["blocks"] == handle.stats()["computed_block_evals"] == 2 * (16 - 2 * 2)
+    assert set(handle.stats()["branches"]) == {"pred_cond", "pred_uncond"} and not torch.equal(cached, plain)
+    handle.remove()
+    assert torch.equal(_hunyuan_video15_loop(transformer, latents, texts), plain)
+
+    last_block = transformer.transformer_blocks[-1]
+    with _FirstAttention(last_block) as capture:
+        _hunyuan_video15_loop(transformer, latents, {"pred_cond": texts["pred_cond"]}, steps=(999.0,))
+    expected = _high_attention_tokens(*capture.captured, (3, 4, 4), text_first=False)
+    family = FAMILIES["HunyuanVideo15Transformer3DModel"]
+
+    def probed(calls):
+        probe = ProfileProbe(transformer, list(family.block_lists),
+                             ProbeSettings(token_grid=None, branch=family.branch, max_queries=10_000),
+                             layout=family.layout)
+        try:
+            _hunyuan_video15_loop(transformer, latents, calls, steps=(999.0,))
+        finally:
+            probe.detach()
+        return probe
+
+    probe = probed(texts)
+    assert probe.token_grid == (3, 4, 4)
+    recorded = np.unpackbits(probe.record.high_attention["transformer_blocks"][0][-1])[:48].astype(bool)
+    assert np.array_equal(recorded.reshape(3, 4, 4), expected)
+    # and the residuals it records are the prompt's call's (the guider's "pred_cond"), not the negative prompt's
+    sketch = probe.record.sketches["transformer_blocks"][0][-1]
+    np.testing.assert_allclose(sketch, probed({"pred_cond": texts["pred_cond"]}).record.sketches[
+        "transformer_blocks"][0][-1], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(sketch, probed({"pred_cond": texts["pred_uncond"]}).record.sketches[
+        "transformer_blocks"][0][-1], rtol=1e-3, atol=1e-4)

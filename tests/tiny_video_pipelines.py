@@ -1,6 +1,6 @@
 """Tiny diffusers video pipelines of the families the front ends do not build (random weights, in memory):
 CogVideoX (text- and image-to-video), LTX-Video, Mochi, Wan 2.2's two experts and its TI2V-5B's per-token
-timesteps. Each builder returns (pipe, block list name, depth, the
+timesteps, SkyReels-V2. Each builder returns (pipe, block list name, depth, the
 pipeline's keyword arguments for a short run with classifier-free guidance)."""
 
 from __future__ import annotations
@@ -142,6 +142,24 @@ def wan22_ti2v(seed: int = 0):
     base = tiny_wan_pipeline(num_layers=DEPTH, seed=seed)
     pipe = WanPipeline(tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae,
                        transformer=base.transformer, scheduler=base.scheduler, expand_timesteps=True)
+    kwargs = dict(negative_prompt="blurry", height=64, width=64, num_frames=9, guidance_scale=5.0,
+                  max_sequence_length=16)
+    return pipe, "blocks", DEPTH, kwargs
+
+
+def skyreels_v2(seed: int = 0):
+    """SkyReelsV2Pipeline: a Wan-architecture transformer whose blocks diffusers' registry does not describe
+    (the cache registers them), prompt and negative prompt in named branches without a step index."""
+    from diffusers import SkyReelsV2Pipeline, SkyReelsV2Transformer3DModel
+
+    base = tiny_wan_pipeline(num_layers=DEPTH, seed=seed)
+    torch.manual_seed(seed)
+    transformer = SkyReelsV2Transformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=DEPTH, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32).eval()
+    pipe = SkyReelsV2Pipeline(tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae,
+                              transformer=transformer, scheduler=base.scheduler)
     kwargs = dict(negative_prompt="blurry", height=64, width=64, num_frames=9, guidance_scale=5.0,
                   max_sequence_length=16)
     return pipe, "blocks", DEPTH, kwargs

@@ -109,6 +109,12 @@ FAMILIES = {
     "HunyuanVideoTransformer3DModel": VideoFamily(("transformer_blocks", "single_transformer_blocks"),
                                                   ("num_layers", "num_single_layers"), "cond", None,
                                                   _channels_first_layout, _channels_first_latents),
+    # a Wan-architecture model (SkyReels-V2's text- and image-to-video pipelines; not its diffusion forcing ones,
+    # whose frames run at different timesteps) and HunyuanVideo 1.5 (its guider names the prompt's calls)
+    "SkyReelsV2Transformer3DModel": VideoFamily(("blocks",), ("num_layers",), "cond", None, _channels_first_layout,
+                                                _channels_first_latents),
+    "HunyuanVideo15Transformer3DModel": VideoFamily(("transformer_blocks",), ("num_layers",), "pred_cond", None,
+                                                    _channels_first_layout, _channels_first_latents),
     # these three batch [negative prompt, prompt] in one call
     "CogVideoXTransformer3DModel": VideoFamily(("transformer_blocks",), ("num_layers",), "cond_uncond", -1,
                                                _cogvideox_layout, _cogvideox_latents),

@@ -34,6 +34,7 @@ from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.hooks.hooks import BaseState, StateManager
 from torch.overrides import TorchFunctionMode
 
+from ..block_streams import register_video_blocks
 from ..errors import UserInputError
 from ..generations import UnnamedBranches
 
@@ -205,6 +206,7 @@ class ProfileProbe:
 
     # ---- hooks ---------------------------------------------------------------------------------
     def _attach(self) -> None:
+        register_video_blocks()  # (the blocks diffusers' registry does not describe yet: SkyReels-V2, HunyuanVideo 1.5)
         for list_name in self.block_lists:
             for index, block in enumerate(getattr(self.transformer, list_name)):
                 registry = HookRegistry.check_if_exists_or_initialize(block)
