@@ -37,7 +37,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
-from .generations import CallInfo, UnnamedBranches, starts_new_generation
+from .generations import CallInfo, UnnamedBranches, repeats_last_call, starts_new_generation
 from .hooks import DEFAULT_BRANCH, apply_delta_cache, default_branch, model_block_lists, remove_delta_cache
 from .schedule import compress_ranges
 
@@ -170,22 +170,30 @@ class StepSkippingHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         with default_branch(self.state_manager, self._unnamed, args, kwargs):
-            context = self.state_manager.context
             state: _StepSkipState = self.state_manager.get_state()
-            call = CallInfo.of(args, kwargs, context.step_index)
-            if starts_new_generation(state.last_call, state.num_calls, state.step, call, context.step_index,
-                                     self.num_steps):
-                state.reset()  # (after an interrupted run, as the delta cache does)
-            state.last_call = call
-            # WanPipeline passes the step index; HunyuanVideoPipeline does not: count this branch's calls.
-            step = context.step_index if context.step_index is not None else state.num_calls
-            state.num_calls, state.step = state.num_calls + 1, step
+            step = self._step(state, args, kwargs)
             if state.last_output is None or step in self.computed_steps or step >= self.num_steps:
                 state.last_output = self.fn_ref.original_forward(*args, **kwargs)
                 self.computed_calls += 1
                 return state.last_output
             self.skipped_calls += 1
             return _clone_output(state.last_output)  # callers must not be able to alter the cached output
+
+    @torch.compiler.disable  # (per-call Python decisions, as the delta cache's)
+    def _step(self, state: _StepSkipState, args, kwargs) -> int:
+        """This call's step, after a new generation's reset (an interrupted run, as the delta cache does)."""
+        context = self.state_manager.context
+        call = CallInfo.of(args, kwargs, context.step_index)
+        if starts_new_generation(state.last_call, state.num_calls, state.step, call, context.step_index,
+                                 self.num_steps):
+            state.reset()
+        same_step = repeats_last_call(state.last_call, call)
+        state.last_call = call
+        # WanPipeline passes the step index; HunyuanVideoPipeline does not: count this branch's calls.
+        if context.step_index is not None or not same_step:
+            state.step = context.step_index if context.step_index is not None else state.num_calls
+            state.num_calls += 1
+        return state.step
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state_manager.reset()

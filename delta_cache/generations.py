@@ -4,9 +4,11 @@ A cache's per-branch state belongs to one generation. Pipelines reset it after a
 run (an exception, Ctrl-C) leaves it behind, and the next run must not inherit its deltas or step count. A
 call starts a new generation when the latents change shape, when the pipeline's step index starts again or
 goes back, or, for pipelines that pass no step index (HunyuanVideo, Wan i2v and VACE), when the timestep rises
-(a denoising run's timesteps fall from call to call; a second-order sampler repeats one, on other latents) or
-the same call comes again (same timestep and latents: a rerun of a run cut short after its first step), or,
-where no timestep can be read, when the branch has counted a whole run.
+(a denoising run's timesteps fall from call to call; a second-order sampler repeats one, on other latents), or,
+where no timestep can be read, when the branch has counted a whole run. The same call again (same timestep and
+latents, `repeats_last_call`) is the same step again: a rerun's first call after a run cut short after its first
+step, or a pipeline calling twice with identical inputs (an empty prompt and negative prompt without cache
+contexts).
 
 Calls a pipeline makes outside any `cache_context` are named here too (`UnnamedBranches`): some pipelines
 (HunyuanVideo image-to-video and its SkyReels variant, Wan video-to-video) call the transformer for the prompt
@@ -36,17 +38,28 @@ class CallInfo:
         fingerprint are only read where the pipeline passes no `step_index` (reading them costs a host sync on a
         GPU)."""
         hidden_states = kwargs.get("hidden_states", args[0] if args else None)
-        timestep = kwargs.get("timestep") if step_index is None else None
+        timestep = call_timestep(kwargs) if step_index is None else None
         shape = tuple(hidden_states.shape) if isinstance(hidden_states, torch.Tensor) else None
-        if isinstance(timestep, torch.Tensor):
-            timestep = float(timestep.detach().float().max()) if timestep.numel() else None
-        elif not isinstance(timestep, (int, float)):
-            timestep = None
         fingerprint = None
         if step_index is None and shape is not None and hidden_states.numel():
             latents = hidden_states.detach().float()
             fingerprint = tuple(torch.stack([latents.sum(), latents.square().sum()]).tolist())
         return cls(shape, timestep, fingerprint)
+
+
+def call_timestep(kwargs) -> float | None:
+    """The (largest) `timestep` keyword of a transformer call, as a number (None where there is none)."""
+    timestep = kwargs.get("timestep")
+    if isinstance(timestep, torch.Tensor):
+        return float(timestep.detach().float().max()) if timestep.numel() else None
+    return timestep if isinstance(timestep, (int, float)) else None
+
+
+def repeats_last_call(previous: CallInfo | None, call: CallInfo) -> bool:
+    """Whether `call` is the branch's last call again (same timestep and latents; only known where the pipeline
+    passes no step index): the same step again, not the next one."""
+    return (previous is not None and call.fingerprint is not None and call.timestep is not None
+            and call.timestep == previous.timestep and call.fingerprint == previous.fingerprint)
 
 
 def starts_new_generation(previous: CallInfo | None, num_calls: int, last_step: int, call: CallInfo,
@@ -62,10 +75,8 @@ def starts_new_generation(previous: CallInfo | None, num_calls: int, last_step: 
     if call.timestep is not None and previous.timestep is not None:
         # A rising timestep starts a run. A falling one continues it, also past the step count the cache was
         # given (a longer run than configured: those calls are computed, not taken for a second run); an equal
-        # one is a second-order sampler's second call of a step (on other latents), or, on the same latents, the
-        # same call again: the first call of a rerun after a run cut short between its first two steps.
-        if call.timestep == previous.timestep:
-            return call.fingerprint is not None and call.fingerprint == previous.fingerprint
+        # one is a second-order sampler's second call of a step (on other latents), or the same call again
+        # (`repeats_last_call`).
         return call.timestep > previous.timestep
     return bool(num_steps) and num_calls >= num_steps
 
@@ -92,7 +103,7 @@ class UnnamedBranches:
     def name(self, args, kwargs) -> str:
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         text = kwargs.get("encoder_hidden_states")
-        timestep = CallInfo.of(args, kwargs, None).timestep
+        timestep = call_timestep(kwargs)
         kept = text.detach() if isinstance(text, torch.Tensor) else None
         same_step = (bool(self._texts) and timestep is not None and timestep == self._timestep
                      and _equal(hidden, self._latents))

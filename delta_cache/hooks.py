@@ -30,7 +30,7 @@ from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
 from . import block_streams
 from .errors import UserInputError
-from .generations import CallInfo, UnnamedBranches, starts_new_generation
+from .generations import CallInfo, UnnamedBranches, repeats_last_call, starts_new_generation
 from .schedule import Schedule, load_schedule, warmup_length
 from .stats import DeltaCacheStats
 
@@ -144,18 +144,23 @@ class DeltaCacheRootHook(ModelHook):
 
     @torch.compiler.disable  # per-step Python decisions; compiling the whole transformer must not guard on them
     def _start_call(self, module: torch.nn.Module, args, kwargs) -> None:
+        if kwargs.get("enable_diffusion_forcing"):  # (SkyReels-V2's diffusion-forcing pipelines)
+            raise UserInputError("the delta cache does not run diffusion forcing (frames at different noise levels in "
+                                 "one call, steps of a window that moves along the video): its schedule's steps do not "
+                                 "describe these calls; use SkyReels-V2's text- or image-to-video pipeline")
         context = self.state_manager.context
         state: BranchState = self.state_manager.get_state()
         call = CallInfo.of(args, kwargs, context.step_index)
         num_steps = context.num_inference_steps or self.config.num_inference_steps or self.schedule.num_steps
         if starts_new_generation(state.last_call, state.num_calls, state.step, call, context.step_index, num_steps):
             state.reset()  # e.g. after an interrupted run, which skipped the pipeline's end-of-call reset
+        same_step = repeats_last_call(state.last_call, call)  # (e.g. a rerun's first call after a cut first step)
         state.last_call = call
         if self.schedule.forecast == "linear":  # (only its trust check needs the other ranks; read per call:
             state.token_group = token_split_group(module)  # context parallelism comes after the cache hooks)
-        step = context.step_index if context.step_index is not None else state.num_calls
+        step = context.step_index if context.step_index is not None else state.step if same_step else state.num_calls
         state.counted_steps = num_steps if context.step_index is None else None
-        state.num_calls += 1
+        state.num_calls += 0 if same_step else 1
         state.step = step
         for list_name in self.runs_per_list:
             refresh_steps = self._refresh_steps(list_name, num_steps)  # (also fills in the warm-up length)

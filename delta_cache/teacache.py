@@ -35,7 +35,7 @@ from diffusers.hooks.hooks import BaseState, StateManager
 
 from . import block_streams
 from .errors import UserInputError
-from .generations import CallInfo, UnnamedBranches, starts_new_generation
+from .generations import CallInfo, UnnamedBranches, repeats_last_call, starts_new_generation
 from .hooks import _HANDLE_ATTR as DELTA_CACHE_HANDLE_ATTR
 from .hooks import DEFAULT_BRANCH, check_transformer, default_branch, detach_hooks, model_block_lists
 
@@ -100,6 +100,7 @@ class _BranchState(BaseState):
         self.previous_indicator: torch.Tensor | None = None
         self.accumulated = 0.0
         self.skip_now = False
+        self.same_step = False  # this call repeats the last one (same timestep and latents): decide as it did
         self.stack_input: torch.Tensor | None = None
         self.residual: torch.Tensor | None = None
         self.previous_output: torch.Tensor | None = None  # calibration: the last call's output
@@ -145,11 +146,14 @@ class _TeaCacheRootHook(ModelHook):
         num_steps = context.num_inference_steps or self.config.num_inference_steps
         if starts_new_generation(state.last_call, state.num_calls, state.step, call, context.step_index, num_steps):
             state.reset()  # a new generation without the pipeline's end-of-call reset (an interrupted run)
+        same_step = repeats_last_call(state.last_call, call)  # (the same call again: the same step again)
+        state.same_step = same_step and state.residual is not None
         state.last_call = call
         state.num_steps = num_steps
         # WanPipeline passes the step index; HunyuanVideoPipeline does not: count this branch's calls.
-        state.step = context.step_index if context.step_index is not None else state.num_calls
-        state.num_calls += 1
+        if context.step_index is not None or not same_step:
+            state.step = context.step_index if context.step_index is not None else state.num_calls
+            state.num_calls += 1
         state.indicator = None
 
     @torch.compiler.disable
@@ -217,6 +221,11 @@ class _TeaCacheBlockHook(ModelHook):
         if state.num_steps is None:
             raise UserInputError("TeaCache needs num_inference_steps (this pipeline does not pass it)")
         hidden = block_streams.input_streams(self.metadata, args, kwargs)[0]
+        if state.same_step and not self.config.calibrate:  # the step's decision again, nothing accumulated
+            self.stats.computed_calls += not state.skip_now
+            self.stats.skipped_calls += state.skip_now
+            state.stack_input = None if state.skip_now else hidden
+            return
         compute = (self.config.calibrate or state.residual is None or state.residual.shape != hidden.shape
                    or state.previous_indicator is None
                    or state.step < self.config.first_computed_steps or state.step >= state.num_steps - 1)

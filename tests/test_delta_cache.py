@@ -1,5 +1,7 @@
 """The cache semantics (method.md section 2) on hand-checkable dummy models and on a tiny WanPipeline."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -490,7 +492,7 @@ def test_block_level_group_offloading_enabled_first_is_refused():
 
 
 @torch.no_grad()
-def _guided_loop(transformer, named: bool, second_order: bool = False):
+def _guided_loop(transformer, named: bool, second_order: bool = False, same_texts: bool = False):
     """A denoising loop calling the transformer for a prompt and a negative prompt at each timestep, inside
     cache contexts (`named`, as WanPipeline) or outside any (as diffusers' Wan video-to-video, HunyuanVideo
     image-to-video pipelines do); with `second_order`, one branch called twice a timestep on other
@@ -500,6 +502,8 @@ def _guided_loop(transformer, named: bool, second_order: bool = False):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(1, 16, 3, 4, 4, generator=generator)
     text, negative = torch.randn(2, 1, 8, 32, generator=generator)
+    if same_texts:  # (an empty prompt with the default empty negative prompt)
+        negative = text.clone()
 
     def call(name, latents, embeddings, t):
         with transformer.cache_context(name) if named else contextlib.nullcontext():
@@ -583,6 +587,13 @@ def test_unnamed_calls_repeated_interrupted_or_compiled():
     assert set(handle.stats()["branches"]) == {"default", "default_2", "cond", "uncond"}  # (the rerun's calls are
     # the same two branches again, not a third and a fourth)
 
+    # prompt and negative prompt alike, without cache contexts: one branch whose second call of each step is the
+    # same step again (it took the same deltas), so the run is the named one's, with no step-count warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(_guided_loop(transformer, named=False, same_texts=True),
+                           _guided_loop(transformer, named=True, same_texts=True))
+
     transformer.compile(backend="eager")
     with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
         assert torch.equal(_guided_loop(transformer, named=False), clean)
@@ -620,3 +631,6 @@ def test_other_caches_keep_unnamed_prompt_and_negative_prompt_apart(cache):
     clean = _guided_loop(transformer, named=False)
     _first_step_only(transformer, named=False)  # (a run cut short after its first step: the rerun starts afresh)
     assert torch.equal(_guided_loop(transformer, named=False), clean)
+    # (prompt and negative prompt alike: one branch, the second call of a step the same step again)
+    assert torch.equal(_guided_loop(transformer, named=True, same_texts=True),
+                       _guided_loop(transformer, named=False, same_texts=True))

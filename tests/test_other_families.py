@@ -383,6 +383,19 @@ def test_profile_experts_profiles_each_of_wan22s_experts_on_its_own_steps(tmp_pa
         handle.remove()
 
 
+def test_delta_cache_refuses_diffusion_forcing():
+    """SkyReels-V2's diffusion-forcing pipelines call the transformer with frames at different noise levels: one
+    line at the first call."""
+    pipe, list_name, depth, _ = tvp.skyreels_v2()
+    handle = delta_cache.apply_delta_cache(pipe.transformer, _schedule(list_name, depth, (0, 2)))
+    latents, text = torch.randn(1, 16, 3, 4, 4), torch.randn(1, 8, 32)
+    with torch.no_grad(), pytest.raises(UserInputError, match="does not run diffusion forcing"):
+        with pipe.transformer.cache_context("cond"):
+            pipe.transformer(hidden_states=latents, timestep=torch.tensor([[999, 999, 500]]),
+                             encoder_hidden_states=text, enable_diffusion_forcing=True, return_dict=False)
+    handle.remove()
+
+
 def test_profile_pipeline_refuses_what_it_cannot_profile():
     pipe, _, _, kwargs = tvp.wan22()
     with pytest.raises(UserInputError, match="two transformers .* delta_cache.profile_experts"):

@@ -15,8 +15,8 @@ where they lie in the run; `run_schedule` places a schedule derived on them into
 
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
