@@ -37,7 +37,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
-from .generations import CallInfo, UnnamedBranches, repeats_last_call, starts_new_generation
+from .generations import CallInfo, UnnamedBranches, advance
 from .hooks import DEFAULT_BRANCH, apply_delta_cache, default_branch, model_block_lists, remove_delta_cache
 from .schedule import compress_ranges
 
@@ -183,16 +183,7 @@ class StepSkippingHook(ModelHook):
     def _step(self, state: _StepSkipState, args, kwargs) -> int:
         """This call's step, after a new generation's reset (an interrupted run, as the delta cache does)."""
         context = self.state_manager.context
-        call = CallInfo.of(args, kwargs, context.step_index)
-        if starts_new_generation(state.last_call, state.num_calls, state.step, call, context.step_index,
-                                 self.num_steps):
-            state.reset()
-        same_step = repeats_last_call(state.last_call, call)
-        state.last_call = call
-        # WanPipeline passes the step index; HunyuanVideoPipeline does not: count this branch's calls.
-        if context.step_index is not None or not same_step:
-            state.step = context.step_index if context.step_index is not None else state.num_calls
-            state.num_calls += 1
+        advance(state, CallInfo.of(args, kwargs, context.step_index), context.step_index, self.num_steps)
         return state.step
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:

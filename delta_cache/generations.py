@@ -81,6 +81,20 @@ def starts_new_generation(previous: CallInfo | None, num_calls: int, last_step: 
     return bool(num_steps) and num_calls >= num_steps
 
 
+def advance(state, call: CallInfo, step_index: int | None, num_steps: int | None) -> None:
+    """Move a cache's branch state to `call`: reset it when the call starts another generation; then the call's
+    step is the pipeline's step index, or, where there is none, the last step again for the same call again and
+    else the next counted one. `state` holds `num_calls` (the calls counted as steps), `step`, `last_call` and
+    `reset()`."""
+    if starts_new_generation(state.last_call, state.num_calls, state.step, call, step_index, num_steps):
+        state.reset()  # (an interrupted run skipped the pipeline's end-of-run reset)
+    same_step = repeats_last_call(state.last_call, call)
+    state.last_call = call
+    if step_index is not None or not same_step:
+        state.step = step_index if step_index is not None else state.num_calls
+        state.num_calls += 1
+
+
 class UnnamedBranches:
     """Branch names for calls made outside any `cache_context`: the first call at a timestep is `base`; further
     calls at the same timestep on the same latents with another text (`encoder_hidden_states`) are the step's

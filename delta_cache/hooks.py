@@ -30,7 +30,7 @@ from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
 from . import block_streams
 from .errors import UserInputError
-from .generations import CallInfo, UnnamedBranches, repeats_last_call, starts_new_generation
+from .generations import CallInfo, UnnamedBranches, advance
 from .schedule import Schedule, load_schedule, warmup_length
 from .stats import DeltaCacheStats
 
@@ -102,7 +102,7 @@ class BranchState(BaseState):
         self.reset()
 
     def reset(self) -> None:
-        self.num_calls = 0
+        self.num_calls = 0  # calls counted as steps (the same call again is not: generations.advance)
         self.refresh_now: dict[str, bool] = {}  # block list -> is the current call a refresh step
         self.run_inputs: dict[tuple[str, int], tuple] = {}  # inputs of a run's first block, until its last
         self.kept_outputs: dict[tuple[str, int], tuple] = {}  # output of a block the model adds to, until the next
@@ -113,7 +113,7 @@ class BranchState(BaseState):
         self.delta_steps: dict[tuple[str, int], int] = {}  # run -> the step its delta was recorded at
         self.previous: dict[tuple[str, int], tuple[int, tuple]] = {}  # run -> (step, deltas) one refresh earlier
         self.line_trusted: dict[tuple[str, int], bool] = {}  # run -> the line's last forecast beat holding
-        self.last_call: CallInfo | None = None  # shape and timestep of this branch's last call
+        self.last_call: CallInfo | None = None  # shape, timestep and fingerprint of this branch's last call
         self.counted_steps: int | None = None  # the step count calls were counted against (no step index given)
         self.token_group = None  # the ranks holding the other tokens under context parallelism (linear forecast)
 
@@ -150,18 +150,12 @@ class DeltaCacheRootHook(ModelHook):
                                  "describe these calls; use SkyReels-V2's text- or image-to-video pipeline")
         context = self.state_manager.context
         state: BranchState = self.state_manager.get_state()
-        call = CallInfo.of(args, kwargs, context.step_index)
         num_steps = context.num_inference_steps or self.config.num_inference_steps or self.schedule.num_steps
-        if starts_new_generation(state.last_call, state.num_calls, state.step, call, context.step_index, num_steps):
-            state.reset()  # e.g. after an interrupted run, which skipped the pipeline's end-of-call reset
-        same_step = repeats_last_call(state.last_call, call)  # (e.g. a rerun's first call after a cut first step)
-        state.last_call = call
+        advance(state, CallInfo.of(args, kwargs, context.step_index), context.step_index, num_steps)
+        step = state.step
         if self.schedule.forecast == "linear":  # (only its trust check needs the other ranks; read per call:
             state.token_group = token_split_group(module)  # context parallelism comes after the cache hooks)
-        step = context.step_index if context.step_index is not None else state.step if same_step else state.num_calls
         state.counted_steps = num_steps if context.step_index is None else None
-        state.num_calls += 0 if same_step else 1
-        state.step = step
         for list_name in self.runs_per_list:
             refresh_steps = self._refresh_steps(list_name, num_steps)  # (also fills in the warm-up length)
             refresh = step >= num_steps or step in refresh_steps
@@ -184,9 +178,10 @@ class DeltaCacheRootHook(ModelHook):
         # against the step count the cache was given: a run of another length followed the wrong plan.
         for name, state in self.state_manager._state_cache.items():
             if state.counted_steps is not None and state.num_calls != state.counted_steps:
-                warnings.warn(f"delta cache: branch '{name}' made {state.num_calls} transformer calls, but the cache "
-                              f"planned {state.counted_steps} steps (this pipeline does not say its step count): "
-                              f"apply it with num_inference_steps={state.num_calls}", stacklevel=2)
+                warnings.warn(f"delta cache: branch '{name}' made {state.num_calls} transformer calls (each a step; a "
+                              f"call repeated exactly is not counted), but the cache planned {state.counted_steps} "
+                              f"steps (this pipeline does not say its step count): apply it with "
+                              f"num_inference_steps={state.num_calls}", stacklevel=2)
         self.state_manager.reset()
         self._unnamed.reset()
         return module
@@ -384,8 +379,10 @@ class DeltaCacheHandle:
 
     def reset(self) -> None:
         """Forget every branch's deltas and step count: the next call starts a generation. Pipelines do this
-        after each complete run, and the cache notices a new run by its step index or latent shape; call it
-        after an interrupted run whose successor has the same shape and no step index (HunyuanVideo, VACE)."""
+        after each complete run, and the cache notices a new run by its step index, latent shape or a rising
+        timestep (generations.py); call it after an interrupted run that none of these tells from its successor:
+        one cut short between its first two steps and followed by a run with another seed or input, in a pipeline
+        without a step index (HunyuanVideo, VACE), or one whose calls carry no timestep."""
         self._state_manager.reset()
 
     def predicted_block_evals(self, num_steps: int, steps: range | None = None) -> tuple[int, int]:

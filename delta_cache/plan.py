@@ -105,8 +105,7 @@ def describe(schedule: Schedule, depths: dict[str, int], num_steps: int) -> str:
     own = schedule.provenance.get("profiled_steps")
     if num_steps == schedule.num_steps and _is_step_span(own, num_steps):
         # (a schedule for one of Wan 2.2's experts: the other steps are the other expert's, computed here on paper)
-        own_total = sum(p.depth for p in plans) * (own[1] - own[0] + 1)
-        own_computed = own_total - (total - computed)  # (every reuse step lies within its own steps)
+        own_computed, own_total = block_evals_on_steps(schedule, depths, num_steps, range(own[0], own[1] + 1))
         lines.append(f"  made for a transformer that runs steps {own[0]}-{own[1]} (Wan 2.2's experts): on those, "
                      f"{own_computed}/{own_total} block evaluations, ideal speedup {own_total / own_computed:.2f}x")
     if computed == total:

@@ -35,7 +35,7 @@ from diffusers.hooks.hooks import BaseState, StateManager
 
 from . import block_streams
 from .errors import UserInputError
-from .generations import CallInfo, UnnamedBranches, repeats_last_call, starts_new_generation
+from .generations import CallInfo, UnnamedBranches, advance
 from .hooks import _HANDLE_ATTR as DELTA_CACHE_HANDLE_ATTR
 from .hooks import DEFAULT_BRANCH, check_transformer, default_branch, detach_hooks, model_block_lists
 
@@ -94,7 +94,7 @@ class _BranchState(BaseState):
     def reset(self) -> None:
         self.num_calls = 0
         self.step = 0
-        self.last_call: CallInfo | None = None  # shape and timestep of this branch's last call
+        self.last_call: CallInfo | None = None  # shape, timestep and fingerprint of this branch's last call
         self.num_steps: int | None = None  # this call's step count (the pipeline's, else the config's)
         self.indicator: torch.Tensor | None = None  # this call's
         self.previous_indicator: torch.Tensor | None = None
@@ -142,18 +142,12 @@ class _TeaCacheRootHook(ModelHook):
     def _start_call(self, args, kwargs) -> None:
         context = self.state_manager.context
         state: _BranchState = self.state_manager.get_state()
-        call = CallInfo.of(args, kwargs, context.step_index)
         num_steps = context.num_inference_steps or self.config.num_inference_steps
-        if starts_new_generation(state.last_call, state.num_calls, state.step, call, context.step_index, num_steps):
-            state.reset()  # a new generation without the pipeline's end-of-call reset (an interrupted run)
-        same_step = repeats_last_call(state.last_call, call)  # (the same call again: the same step again)
-        state.same_step = same_step and state.residual is not None
-        state.last_call = call
+        counted = state.num_calls
+        advance(state, CallInfo.of(args, kwargs, context.step_index), context.step_index, num_steps)
+        # (the same call again, not counted as a step: repeat the step's decision)
+        state.same_step = state.num_calls == counted and counted > 0 and state.residual is not None
         state.num_steps = num_steps
-        # WanPipeline passes the step index; HunyuanVideoPipeline does not: count this branch's calls.
-        if context.step_index is not None or not same_step:
-            state.step = context.step_index if context.step_index is not None else state.num_calls
-            state.num_calls += 1
         state.indicator = None
 
     @torch.compiler.disable

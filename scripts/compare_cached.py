@@ -80,12 +80,12 @@ def load_schedules(args, declared) -> dict:
     if len(components) == 1 and args.cache_schedule_2 is not None:
         raise UserInputError("--cache_schedule_2 is for a pipeline with two transformers (Wan 2.2); this one has one")
     schedules = {}
-    for component, flag in zip(components, (args.cache_schedule, args.cache_schedule_2)):
-        schedules[component] = delta_cache.load_schedule(flag)
+    for component, given in zip(components, (args.cache_schedule, args.cache_schedule_2)):
+        schedules[component] = delta_cache.load_schedule(given)
         check_fit(schedules[component], declared, component)
         made_for = schedules[component].provenance.get("transformer")
         if len(components) == 2 and made_for in components and made_for != component:
-            raise UserInputError(f"{flag} was profiled for {made_for} (its provenance says so), but is given for "
+            raise UserInputError(f"{given} was profiled for {made_for} (its provenance says so), but is given for "
                                  f"{component}: swap --cache_schedule and --cache_schedule_2")
     step_counts = {schedule.num_steps for schedule in schedules.values()}
     if len(step_counts) > 1 and args.sample_steps is None:

@@ -9,9 +9,9 @@ against a foreground mask, and writes a schedule JSON plus figures and a summary
         --frame_num 81 --prompts prompts.txt --target_speedup 2.0 --out profiles/wan14b
     python Wan2.1/generate.py ... --cache_schedule profiles/wan14b/schedule.json
 
-`--family diffusers` profiles a diffusers pipeline folder instead (CogVideoX, LTX-Video, Mochi, Wan,
-HunyuanVideo in diffusers' layout, e.g. a fine-tune saved with save_pretrained) through
-`delta_cache.profile_experts`; its schedule is for `delta_cache.apply_delta_cache` from Python. A Wan 2.2 folder
+`--family diffusers` profiles a diffusers pipeline folder instead (CogVideoX, LTX-Video, Mochi, Wan, Wan 2.2,
+HunyuanVideo, HunyuanVideo 1.5, SkyReels-V2 in diffusers' layout, e.g. a fine-tune saved with save_pretrained)
+through `delta_cache.profile_experts`; its schedule is for `delta_cache.apply_delta_cache` from Python. A Wan 2.2 folder
 (two experts, `transformer` and `transformer_2`) gets one schedule each, in --out/transformer and
 --out/transformer_2.
 
@@ -142,7 +142,7 @@ def resolve_size(args) -> tuple[int, int]:
     return video.width, video.height
 
 
-def check_diffusers_flags(args):
+def check_diffusers_flags(args) -> "DeclaredPipeline":  # noqa: F821 (imported when called: it loads torch)
     """--family diffusers: refuse the front ends' own flags (the pipeline has its own scheduler and inputs) and a
     folder profile_pipeline cannot profile, before anything loads; what the folder declares."""
     given = [flag for flag in ("sample_shift", "dit_weight", *IMAGE_FLAGS, *VACE_FLAGS)
@@ -233,7 +233,7 @@ def profile_diffusers_folder(args, mask_files) -> dict:
                            **call)
 
 
-def derive(args, profile, name: str):
+def schedule_from_profile(args, profile, name: str):
     """The schedule from `profile`, by --tau or --target_speedup (default 2x)."""
     from delta_cache.profiling.derive import REFRESH_RULES, DerivationParams, derive_for_target, derive_schedule
     from delta_cache.schedule import FORECASTS
@@ -255,8 +255,9 @@ def main(argv=None) -> None:
     if args.family == "diffusers":
         declared = check_diffusers_flags(args)
         for component in declared.transformers:
-            if declared.depths(component):  # (where the folder's config says its depths; else after profiling)
-                check_compared_fit(compared, declared.depths(component))
+            depths = declared.depths(component)
+            if depths:  # (where the folder's config says its depths; else after profiling)
+                check_compared_fit(compared, depths)
         width = height = None
     else:
         for flag in ("negative_prompt",) if args.negative_prompt is not None else ():
@@ -331,8 +332,8 @@ def main(argv=None) -> None:
         default_name = f"profiled-{args.task.lower()}" if args.family == "wan" else "profiled-hunyuanvideo"
     experts = len(profiles) > 1  # (Wan 2.2: a schedule per expert, each in a folder of its own)
     # every schedule derived before any is written: one that cannot be made leaves no other beside old files
-    schedules = {expert: derive(args, profile, (args.name or default_name) + (f"-{expert}" if experts else ""))
-                 for expert, profile in profiles.items()}
+    names = {expert: (args.name or default_name) + (f"-{expert}" if experts else "") for expert in profiles}
+    schedules = {expert: schedule_from_profile(args, profile, names[expert]) for expert, profile in profiles.items()}
     comparisons = {expert: [compare_on_profile(profile, other) for other in compared]
                    for expert, profile in profiles.items()}
     written = {}
@@ -352,7 +353,8 @@ def main(argv=None) -> None:
         for comparison in comparisons[expert]:
             print(f"  compared with {comparison.line}")
     if args.family == "diffusers":
-        uses = "; ".join(f"delta_cache.apply_delta_cache(pipe.{expert}, \"{path}\")" for expert, path in written.items())
+        uses = "; ".join(f"delta_cache.apply_delta_cache(pipe.{expert}, \"{path}\")"
+                         for expert, path in written.items())
         flags = " ".join(f"--cache_schedule{'_2' if expert == 'transformer_2' else ''} {path}"
                          for expert, path in written.items())
         print(f"use it from Python: {uses}; try it on a prompt first: scripts/compare_cached.py --ckpt_dir "

@@ -465,8 +465,8 @@ def test_a_run_longer_or_shorter_than_configured_without_step_index(monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert run(4) == 4 * 4 - 2 * 4  # as planned, no warning
-    with pytest.warns(UserWarning, match="made 8 transformer calls, but the cache planned 4 steps .* "
-                                         "num_inference_steps=8"):
+    with pytest.warns(UserWarning, match=r"made 8 transformer calls \(each a step.*\), but the cache planned 4 steps "
+                                         ".* num_inference_steps=8"):
         assert run(8) == 4 * 4 - 2 * 4 + 4 * 4  # steps 4-7 computed (they were a second 4-step run: 8 reused)
 
 
@@ -577,8 +577,8 @@ def test_unnamed_calls_repeated_interrupted_or_compiled():
         assert torch.equal(_guided_loop(transformer, named=False), clean)
 
     # a run cut short between its first two steps (in the sampler or a callback, outside any transformer call):
-    # the rerun's first calls repeat the first step's exactly (same timestep and latents) and start afresh, where
-    # before they were taken for a second-order sampler's second call and counted as step 1
+    # the rerun's first calls repeat the first step's exactly (same timestep and latents) and are step 0 again,
+    # where before they were taken for a second-order sampler's second call and counted as step 1
     for named in (False, True):
         _first_step_only(transformer, named)
         assert torch.equal(_guided_loop(transformer, named=named), _guided_loop(transformer, named=named))
@@ -629,7 +629,7 @@ def test_other_caches_keep_unnamed_prompt_and_negative_prompt_apart(cache):
         baselines.apply_step_skipping(transformer, computed_steps=(0, 2, 4, 5), num_steps=6)
     assert torch.equal(_guided_loop(transformer, named=True), _guided_loop(transformer, named=False))
     clean = _guided_loop(transformer, named=False)
-    _first_step_only(transformer, named=False)  # (a run cut short after its first step: the rerun starts afresh)
+    _first_step_only(transformer, named=False)  # (a run cut short after its first step: the rerun's step 0 again)
     assert torch.equal(_guided_loop(transformer, named=False), clean)
     # (prompt and negative prompt alike: one branch, the second call of a step the same step again)
     assert torch.equal(_guided_loop(transformer, named=True, same_texts=True),

@@ -383,9 +383,9 @@ def test_profile_experts_profiles_each_of_wan22s_experts_on_its_own_steps(tmp_pa
         handle.remove()
 
 
-def test_delta_cache_refuses_diffusion_forcing():
+def test_delta_cache_and_profiler_refuse_diffusion_forcing():
     """SkyReels-V2's diffusion-forcing pipelines call the transformer with frames at different noise levels: one
-    line at the first call."""
+    line at the first call, from the cache and from the profiler."""
     pipe, list_name, depth, _ = tvp.skyreels_v2()
     handle = delta_cache.apply_delta_cache(pipe.transformer, _schedule(list_name, depth, (0, 2)))
     latents, text = torch.randn(1, 16, 3, 4, 4), torch.randn(1, 8, 32)
@@ -394,6 +394,14 @@ def test_delta_cache_refuses_diffusion_forcing():
             pipe.transformer(hidden_states=latents, timestep=torch.tensor([[999, 999, 500]]),
                              encoder_hidden_states=text, enable_diffusion_forcing=True, return_dict=False)
     handle.remove()
+    from delta_cache.profiling.probe import ProbeSettings, ProfileProbe
+
+    probe = ProfileProbe(pipe.transformer, [list_name], ProbeSettings(token_grid=(3, 2, 2)))
+    with torch.no_grad(), pytest.raises(UserInputError, match="does not profile diffusion forcing"):
+        with pipe.transformer.cache_context("cond"):
+            pipe.transformer(hidden_states=latents, timestep=torch.tensor([[999, 999, 500]]),
+                             encoder_hidden_states=text, enable_diffusion_forcing=True, return_dict=False)
+    probe.detach()
 
 
 def test_profile_pipeline_refuses_what_it_cannot_profile():
@@ -403,7 +411,7 @@ def test_profile_pipeline_refuses_what_it_cannot_profile():
     # before any generation: an expert the run gives no step, one module as both experts
     calls = []
     pipe.transformer.register_forward_pre_hook(lambda *_: calls.append(1))
-    with pytest.raises(UserInputError, match="with 1 steps and boundary_ratio 0.875, transformer_2 runs no step"):
+    with pytest.raises(UserInputError, match="num_inference_steps=1 and boundary_ratio 0.875, transformer_2 runs no"):
         delta_cache.profile_experts(pipe, [tvp.PROMPT], num_inference_steps=1, **kwargs)
     pipe.register_to_config(boundary_ratio=None)
     with pytest.raises(UserInputError, match="has a transformer_2 but no boundary_ratio"):
@@ -449,7 +457,7 @@ def test_profile_model_on_a_diffusers_folder(tmp_path, monkeypatch, capsys):
     assert "delta_cache.apply_delta_cache(pipe.transformer" in printed
     computed = 8 * depth - 5 * (depth - 2)  # five reuse steps of the four middle blocks
     compared = f"compared with base-model: {computed}/{8 * depth} block evaluations per branch"
-    assert compared in printed and "profiled at its compute" in printed
+    assert compared in printed and "profiled at no more compute" in printed
     assert compared.removeprefix("compared with ") in (out / "summary.md").read_text()
     # a schedule that does not fit the folder's transformer: one line before anything loads
     with pytest.raises(UserInputError, match="names block list 'blocks', which this model does not have"):
@@ -481,6 +489,8 @@ def test_profile_model_on_a_diffusers_folder(tmp_path, monkeypatch, capsys):
     (["--ckpt_dir", "{tmp}/flux"], "does not know where FluxTransformer2DModel's video tokens are"),
     (["--ckpt_dir", "{tmp}/mixed"], "second transformer is a CogVideoXTransformer3DModel, its first a "
                                      "WanTransformer3DModel"),
+    (["--ckpt_dir", "{tmp}/no_boundary"], "has a transformer_2 but no boundary_ratio in model_index.json"),
+    (["--ckpt_dir", "{tmp}/forcing"], "SkyReelsV2DiffusionForcingPipeline runs frames at different noise levels"),
     (["--ckpt_dir", "{tmp}/i2v"], "CogVideoXImageToVideoPipeline takes an image as input"),
 ])
 def test_profile_model_diffusers_refuses_before_loading(tmp_path, flags, message):
@@ -490,6 +500,8 @@ def test_profile_model_diffusers_refuses_before_loading(tmp_path, flags, message
             ("flux", "FluxTransformer2DModel", [None, None], "FluxPipeline"),
             ("wan22", "WanTransformer3DModel", [None, None], "WanPipeline"),
             ("mixed", "WanTransformer3DModel", ["diffusers", "CogVideoXTransformer3DModel"], "WanPipeline"),
+            ("no_boundary", "WanTransformer3DModel", ["diffusers", "WanTransformer3DModel"], "WanPipeline"),
+            ("forcing", "SkyReelsV2Transformer3DModel", [None, None], "SkyReelsV2DiffusionForcingPipeline"),
             ("i2v", "CogVideoXTransformer3DModel", [None, None], "CogVideoXImageToVideoPipeline")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "model_index.json").write_text(json.dumps(

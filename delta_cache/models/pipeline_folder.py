@@ -69,6 +69,13 @@ def check_pipeline_folder(folder: str | Path) -> DeclaredPipeline:
         raise UserInputError(f"{folder}: the pipeline's second transformer is a {second}, its first a {transformer}; "
                              f"the scripts for pipeline folders take two transformers of one class (Wan 2.2's experts)")
     pipeline = str(declared.get("_class_name") or "pipeline")
+    if "DiffusionForcing" in pipeline:
+        raise UserInputError(f"{folder}: {pipeline} runs frames at different noise levels in one call (diffusion "
+                             f"forcing), which the delta cache does not run; use SkyReels-V2's text-to-video pipeline")
+    boundary = declared.get("boundary_ratio")
+    if second is not None and not isinstance(boundary, (int, float)):
+        raise UserInputError(f"{folder}: the pipeline has a transformer_2 but no boundary_ratio in model_index.json, "
+                             f"so it runs transformer on every step: nothing for transformer_2 to profile or cache")
     needs = _input_media(pipeline)
     if needs:
         raise UserInputError(f"{folder}: {pipeline} takes {needs} as input, which the scripts for pipeline folders do "

@@ -12,7 +12,7 @@
 - `derive_for_target`: searches tau, the refresh rule's parameters (T_max and T_min, or the threshold) and
   (unless given) the warm-up length, from 1 step to a fifth of the steps plus the curve's value, for
   schedules whose block evaluations are within `tolerance` of total / target_speedup, and returns the one
-  with the least predicted error (`Profile.predicted_error`).
+  with the least predicted error (`Profile.candidate_error`).
 
 A profile of a transformer that runs part of a generation (Wan 2.2's experts) is derived on its own steps, and
 the schedule placed into the run's (`Profile.run_schedule`): its own warm-up and refresh steps, every block
@@ -121,9 +121,8 @@ def derive_schedule(profile: Profile, params: DerivationParams, name: str = "pro
                    f"steps; {refresh_text}.")
     if params.forecast != "hold":
         description += f" Reuse steps extrapolate the deltas ({params.forecast} forecast)."
-    first, run_steps = profile.step_window
-    if (first, run_steps) != (0, profile.num_steps):
-        last = first + profile.num_steps - 1
+    if profile.covers_part_of_run:
+        first, last, run_steps = profile.own_steps[0], profile.own_steps[-1], profile.step_window[1]
         provenance["profiled_steps"] = [first, last]
         description += (f" Made for steps {first}-{last} of {run_steps} (the steps this transformer runs; warm-up and "
                         f"refresh steps counted from step {first}); every block is computed on the other steps.")
@@ -165,10 +164,9 @@ def derive_for_target(profile: Profile, target_speedup: float, tolerance: float 
             if error < best_error:
                 best, best_error = params, error
     if best is None:
-        first, run_steps = profile.step_window
-        which = ("" if (first, run_steps) == (0, profile.num_steps) else
-                 f" of {profile.provenance.get('transformer', 'the transformer')} (its steps {first}-"
-                 f"{first + profile.num_steps - 1} of {run_steps})")
+        own = profile.own_steps
+        which = (f" of {profile.provenance.get('transformer', 'the transformer')} (its steps {own[0]}-{own[-1]} of "
+                 f"{profile.step_window[1]})" if profile.covers_part_of_run else "")
         raise UserInputError(f"no schedule reaches {target_speedup}x within {tolerance:.0%} on this profile{which} "
                              f"({total} block evaluations); try a smaller target or a longer warm-up")
     schedule = derive_schedule(profile, best, name=name)
@@ -202,7 +200,7 @@ class ScheduleComparison:
             return text + ("; reuses nothing on these steps" if self.computed == self.total else
                            "; no profiled schedule within 5% below its compute")
         computed, _ = self.profiled.provenance["predicted_block_evals"]
-        return (text + f"; profiled at its compute ({computed} evaluations): "
+        return (text + f"; profiled at no more compute ({computed} evaluations): "
                        f"{self.profiled.provenance['predicted_error']:.4f}")
 
 
@@ -223,13 +221,12 @@ def compare_on_profile(profile: Profile, schedule: Schedule,
                                          max_block_evals=computed)
         except UserInputError:  # (no candidate within 5% below this budget)
             profiled = None
-    first, run_steps = profile.step_window
+    run_steps, own = profile.step_window[1], profile.own_steps
     where = []
     if schedule.num_steps != run_steps:
         where.append(f"made for {schedule.num_steps} steps, run at {run_steps}")
-    if (first, run_steps) != (0, profile.num_steps):
-        where.append(f"on {profile.provenance.get('transformer', 'the transformer')}'s steps {first}-"
-                     f"{first + profile.num_steps - 1}")
+    if profile.covers_part_of_run:
+        where.append(f"on {profile.provenance.get('transformer', 'the transformer')}'s steps {own[0]}-{own[-1]}")
     always = sum((profile.provenance.get("always_computed_block_evals") or {}).values())
     return ScheduleComparison(schedule.name, computed, total, profile.predicted_error(schedule), profiled,
                               f" ({'; '.join(where)})" if where else "", always)

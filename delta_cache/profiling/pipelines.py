@@ -2,8 +2,9 @@
 
 `scripts/profile_model.py` profiles what the front ends load (upstream Wan2.1 and HunyuanVideo checkpoints);
 this is the same profiler for a pipeline a user already has: a fine-tune or a LoRA, a hub checkpoint in
-diffusers' layout, or another family (CogVideoX, LTX-Video, Mochi). Where each family's video tokens are is in
-`models.video_families`; everything else (probe, masks, profile, derivation, report) is shared.
+diffusers' layout, or another family (CogVideoX, LTX-Video, Mochi, SkyReels-V2, HunyuanVideo 1.5). Where each
+family's video tokens are is in `models.video_families`; everything else (probe, masks, profile, derivation,
+report) is shared.
 
 `profile_experts(pipe, prompts, ...)` is the same for a pipeline with two transformers (Wan 2.2's high- and
 low-noise experts, `transformer` and `transformer_2`): both are profiled in the same generations, each on the
@@ -23,6 +24,7 @@ import torch
 
 from ..errors import UserInputError
 from ..models.common import first_line
+from ..models.experts import EXPERTS
 from ..models.video_families import _patches, video_family
 from .masks import load_mask_file
 from .profile import Profile
@@ -114,7 +116,7 @@ def profile_experts(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,)
         for name, profile in profiles.items():
             delta_cache.apply_delta_cache(getattr(pipe, name), derive_for_target(profile, 2.0))
     """
-    names = [name for name in ("transformer", "transformer_2") if getattr(pipe, name, None) is not None]
+    names = [name for name in EXPERTS if getattr(pipe, name, None) is not None]
     if "transformer" not in names:
         raise UserInputError(f"{type(pipe).__name__} has no transformer to profile")
     transformers = {name: getattr(pipe, name) for name in names}
@@ -226,8 +228,9 @@ def _check_expert_steps(pipe, pipe_kwargs) -> None:
     steps = expert_steps(pipe, num_steps) if isinstance(num_steps, int) and num_steps > 0 else None
     for name, own in (steps or {}).items():
         if not len(own):
-            raise UserInputError(f"with {num_steps} steps and boundary_ratio {pipe.config.boundary_ratio}, {name} runs no "
-                                 f"step: nothing to profile for it (give more steps)")
+            raise UserInputError(f"with num_inference_steps={num_steps} and boundary_ratio "
+                                 f"{pipe.config.boundary_ratio}, {name} runs no step: nothing to profile for it (give "
+                                 f"more steps)")
 
 
 def _checked_arguments(prompts, seeds, max_queries, high_fraction, mask_source, mask_files, pipe_kwargs

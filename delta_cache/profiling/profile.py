@@ -138,13 +138,24 @@ class Profile:
                                  f"profile every prompt with the same step count and sampler settings")
         return windows.pop()
 
+    @property
+    def own_steps(self) -> range:
+        """The run's steps this profile covers (all of them for a transformer that runs every step)."""
+        first, _ = self.step_window
+        return range(first, first + self.num_steps)
+
+    @property
+    def covers_part_of_run(self) -> bool:
+        """Whether the profiled transformer runs only some of the run's steps (one of Wan 2.2's experts)."""
+        return self.step_window != (0, self.num_steps)
+
     def run_schedule(self, schedule: Schedule) -> Schedule:
         """A schedule made on the profile's steps, placed into the run's: its refresh steps shifted to the run's
         step indices, and every block computed on the steps outside the profile's (which this transformer does not
         run; if a run gives it more, they are computed). The same schedule for a transformer of every step."""
-        first, total = self.step_window
-        if (first, total) == (0, self.num_steps):
+        if not self.covers_part_of_run:
             return schedule
+        first, total = self.step_window
         last = first + self.num_steps
         outside = [*range(first), *range(last, total)]
         block_lists = {name: dataclasses.replace(bl, refresh_steps=tuple(sorted(
@@ -165,8 +176,11 @@ class Profile:
         return dataclasses.replace(schedule, num_steps=self.num_steps, block_lists=block_lists)
 
     def predicted_block_evals(self, schedule: Schedule) -> tuple[int, int]:
-        """(computed, total) block evaluations of one branch of `schedule` on the profiled steps."""
-        return self.profile_schedule(schedule).predicted_block_evals(self.depths, self.num_steps)
+        """(computed, total) block evaluations of one branch of `schedule` (on the run's steps) on the profiled
+        steps, as the cache runs it there."""
+        from ..plan import block_evals_on_steps
+
+        return block_evals_on_steps(schedule, self.depths, self.step_window[1], self.own_steps)
 
     def foreground_ratio(self, list_name: str) -> np.ndarray:
         """(steps, blocks), mean over prompts."""

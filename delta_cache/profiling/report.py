@@ -95,10 +95,11 @@ def write_report(profile: Profile, schedule: Schedule, out_dir: str | Path, comp
     plot_step_change(profile, warmup, paths[1])
     plot_schedule(schedule, profile.depths, paths[2])
     computed, total = profile.predicted_block_evals(schedule)
-    first, run_steps = profile.step_window
-    steps = (f"{profile.num_steps}" if (first, run_steps) == (0, profile.num_steps) else
-             f"{profile.num_steps} (steps {first}-{first + profile.num_steps - 1} of the run's {run_steps}: the ones "
-             f"this transformer runs; the counts below are of these)")
+    own = profile.own_steps
+    steps = f"{profile.num_steps}"
+    if profile.covers_part_of_run:
+        steps += (f" (steps {own[0]}-{own[-1]} of the run's {profile.step_window[1]}: the ones this transformer runs; "
+                  f"the counts below are of these)")
     lines = [
         f"# Profile and schedule `{schedule.name}`", "",
         f"- prompts: {len(profile.prompts)}; steps: {steps}; token grid (frames, h, w): "
