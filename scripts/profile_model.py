@@ -88,6 +88,9 @@ def build_parser() -> OneLineArgumentParser:
     derive.add_argument("--tau", type=bounded_float(0), default=None, help="cache blocks with R < tau (default: --target_speedup)")
     derive.add_argument("--target_speedup", type=bounded_float(1), default=None,
                         help="pick tau and refresh intervals for this block-evaluation speedup (default 2.0)")
+    derive.add_argument("--target_speedup_2", type=bounded_float(1), default=None,
+                        help="Wan 2.2 folders: the target of transformer_2, the low-noise expert (default: "
+                             "--target_speedup); the experts may tolerate reuse differently")
     derive.add_argument("--t_max", type=positive_int, default=None,
                         help=f"first refresh interval after the warm-up (with --tau; default {T_MAX})")
     derive.add_argument("--t_min", type=positive_int, default=None,
@@ -233,8 +236,9 @@ def profile_diffusers_folder(args, mask_files) -> dict:
                            **call)
 
 
-def schedule_from_profile(args, profile, name: str):
-    """The schedule from `profile`, by --tau or --target_speedup (default 2x)."""
+def schedule_from_profile(args, profile, name: str, expert: str = "transformer"):
+    """The schedule from `profile`, by --tau or --target_speedup (default 2x; --target_speedup_2 for Wan 2.2's
+    second expert)."""
     from delta_cache.profiling.derive import REFRESH_RULES, DerivationParams, derive_for_target, derive_schedule
     from delta_cache.schedule import FORECASTS
 
@@ -245,6 +249,8 @@ def schedule_from_profile(args, profile, name: str):
     rules = REFRESH_RULES if args.refresh_rule == "any" else (args.refresh_rule,)
     forecasts = FORECASTS if args.forecast == "any" else (args.forecast,)
     target = 2.0 if args.target_speedup is None else args.target_speedup
+    if expert == "transformer_2" and args.target_speedup_2 is not None:
+        target = args.target_speedup_2
     return derive_for_target(profile, target, warmup=args.warmup, name=name, refresh_rules=rules,
                              forecasts=forecasts)
 
@@ -254,6 +260,9 @@ def main(argv=None) -> None:
     compared = load_compared(args)
     if args.family == "diffusers":
         declared = check_diffusers_flags(args)
+        if args.target_speedup_2 is not None and "transformer_2" not in declared.transformers:
+            raise UserInputError("--target_speedup_2 is for a pipeline with two transformers (Wan 2.2); this one has "
+                                 "one")
         for component in declared.transformers:
             depths = declared.depths(component)
             if depths:  # (where the folder's config says its depths; else after profiling)
@@ -277,8 +286,10 @@ def main(argv=None) -> None:
         raise UserInputError("--image, --first_frame and --last_frame are for the wan image tasks")
     elif any(getattr(args, flag) is not None for flag in VACE_FLAGS):
         raise UserInputError("--src_video, --src_mask and --src_ref_images are for the wan vace tasks")
-    if args.tau is not None and args.target_speedup is not None:
+    if args.tau is not None and (args.target_speedup is not None or args.target_speedup_2 is not None):
         raise UserInputError("give --tau or --target_speedup, not both")
+    if args.target_speedup_2 is not None and args.family != "diffusers":
+        raise UserInputError("--target_speedup_2 is for --family diffusers on a Wan 2.2 folder (two experts)")
     if args.refresh_threshold is not None and (args.tau is None or args.refresh_threshold <= 0):
         raise UserInputError("--refresh_threshold needs --tau and a value > 0 (--target_speedup searches it)")
     if args.forecast == "any" and args.tau is not None:
@@ -333,7 +344,8 @@ def main(argv=None) -> None:
     experts = len(profiles) > 1  # (Wan 2.2: a schedule per expert, each in a folder of its own)
     # every schedule derived before any is written: one that cannot be made leaves no other beside old files
     names = {expert: (args.name or default_name) + (f"-{expert}" if experts else "") for expert in profiles}
-    schedules = {expert: schedule_from_profile(args, profile, names[expert]) for expert, profile in profiles.items()}
+    schedules = {expert: schedule_from_profile(args, profile, names[expert], expert)
+                 for expert, profile in profiles.items()}
     comparisons = {expert: [compare_on_profile(profile, other) for other in compared]
                    for expert, profile in profiles.items()}
     written = {}

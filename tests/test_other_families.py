@@ -490,6 +490,7 @@ def test_profile_model_on_a_diffusers_folder(tmp_path, monkeypatch, capsys):
     (["--ckpt_dir", "{tmp}/mixed"], "second transformer is a CogVideoXTransformer3DModel, its first a "
                                      "WanTransformer3DModel"),
     (["--ckpt_dir", "{tmp}/no_boundary"], "has a transformer_2 but no boundary_ratio in model_index.json"),
+    (["--target_speedup_2", "1.5"], "--target_speedup_2 is for a pipeline with two transformers (Wan 2.2)"),
     (["--ckpt_dir", "{tmp}/forcing"], "SkyReelsV2DiffusionForcingPipeline runs frames at different noise levels"),
     (["--ckpt_dir", "{tmp}/i2v"], "CogVideoXImageToVideoPipeline takes an image as input"),
 ])
@@ -677,7 +678,7 @@ def test_profile_model_and_compare_cached_on_a_wan22_folder(tmp_path, capsys):
     load_script(REPO / "scripts" / "profile_model.py").main([
         "--family", "diffusers", "--ckpt_dir", str(tmp_path / "wan22"), "--size", "32*32", "--frame_num", "5",
         "--sample_steps", str(steps), "--negative_prompt", "blurry", "--prompt", tvp.PROMPT, "--target_speedup", "1.5",
-        "--threads", "1", "--out", str(out)])
+        "--target_speedup_2", "1.2", "--threads", "1", "--out", str(out)])
     printed = capsys.readouterr().out
     assert "delta_cache.apply_delta_cache(pipe.transformer_2" in printed and "--cache_schedule_2" in printed
     planned = 0
@@ -687,6 +688,7 @@ def test_profile_model_and_compare_cached_on_a_wan22_folder(tmp_path, capsys):
         assert schedule.provenance["profiled_steps"] == [own.start, own.stop - 1]
         assert (out / name / "summary.md").is_file() and (out / "profiles" / name / "000.npz").is_file()
         planned += schedule.provenance["predicted_block_evals"][0]
+        assert schedule.provenance["target_speedup"] == (1.5 if name == "transformer" else 1.2)
         shown = load_script(REPO / "scripts" / "show_schedule.py").main([str(out / name / "schedule.json")])
         own_computed, own_total = schedule.provenance["predicted_block_evals"]
         assert (f"runs steps {own.start}-{own.stop - 1} (Wan 2.2's experts): on those, {own_computed}/{own_total} "
