@@ -554,6 +554,29 @@ def test_profile_pipeline_refuses_runs_it_would_get_wrong(tmp_path):
     assert not any(getattr(m, "_diffusers_hook", None) and m._diffusers_hook.hooks for m in pipe.transformer.modules())
 
 
+def test_profile_pipeline_without_step_callbacks():
+    """A pipeline that takes no callback_on_step_end (HunyuanVideo 1.5's) is profiled from its latent output and its
+    scheduler's steps: the same profile as with the callback."""
+    from diffusers import WanPipeline
+
+    class NoCallbacks(WanPipeline):
+        def __call__(self, prompt, generator=None, output_type="np", return_dict=True, **kwargs):
+            for name in ("callback_on_step_end", "callback_on_step_end_tensor_inputs"):
+                if name in kwargs:  # (as a pipeline without them answers)
+                    raise TypeError(f"__call__() got an unexpected keyword argument '{name}'")
+            return super().__call__(prompt=prompt, generator=generator, output_type=output_type,
+                                    return_dict=return_dict, **kwargs)
+
+    pipe, list_name, depth, kwargs = tvp.wan()
+    with_callbacks = profile_pipeline(pipe, [tvp.PROMPT], num_inference_steps=4, **kwargs).prompts[0]
+    bare = NoCallbacks(**pipe.components)
+    without = profile_pipeline(bare, [tvp.PROMPT], num_inference_steps=4, **kwargs).prompts[0]
+    assert with_callbacks.mask.any() and np.array_equal(without.mask, with_callbacks.mask)
+    np.testing.assert_array_equal(without.sketches[list_name], with_callbacks.sketches[list_name])
+    with pytest.raises(UserInputError, match="NoCallbacks takes no callback_on_step_end"):
+        profile_pipeline(bare, [tvp.PROMPT], num_inference_steps=4, callback_on_step_end=lambda *a: {}, **kwargs)
+
+
 def test_profile_pipeline_keeps_the_users_callback():
     """A callback passed to profile_pipeline runs at every step with the tensors it asks for, and latents it
     returns are the ones the mask is made from (here zeros: a video without change has no foreground)."""

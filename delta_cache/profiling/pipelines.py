@@ -14,6 +14,7 @@ steps it runs, and each gets its own profile, from which its own schedule is der
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import numbers
 from pathlib import Path
@@ -183,13 +184,24 @@ def profile_experts(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,)
                 raise UserInputError(f"{type(pipe).__name__} does not say which of its {steps} steps each transformer "
                                      f"runs (step_index and num_inference_steps in its cache_context); not supported")
 
+    # A pipeline without step callbacks (HunyuanVideo 1.5's) gives its final latents as its output instead; its
+    # steps are its scheduler's.
+    takes_callbacks = "callback_on_step_end" in inspect.signature(type(pipe).__call__).parameters
+    if not takes_callbacks and their_callback is not None:
+        raise UserInputError(f"{type(pipe).__name__} takes no callback_on_step_end")
+
     def denoise(prompt: str, seed: int) -> torch.Tensor:
         seen.clear()
+        generator = torch.Generator(device).manual_seed(seed)
         try:
-            pipe(prompt=prompt, generator=torch.Generator(device).manual_seed(seed), output_type="latent",
-                 callback_on_step_end=keep_latents,
-                 callback_on_step_end_tensor_inputs=["latents", *(x for x in their_inputs if x != "latents")],
-                 **pipe_kwargs)
+            if takes_callbacks:
+                pipe(prompt=prompt, generator=generator, output_type="latent", callback_on_step_end=keep_latents,
+                     callback_on_step_end_tensor_inputs=["latents", *(x for x in their_inputs if x != "latents")],
+                     **pipe_kwargs)
+            else:
+                output = pipe(prompt=prompt, generator=generator, output_type="latent", return_dict=False,
+                              **pipe_kwargs)
+                seen["latents"], seen["steps"] = output[0], len(pipe.scheduler.timesteps)
         except UserInputError:
             raise
         except (ValueError, TypeError) as err:  # (a pipeline's checks of its inputs, an unknown keyword: one line)
