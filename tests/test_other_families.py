@@ -248,7 +248,7 @@ def test_profile_pipeline_derives_a_schedule_that_runs(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("family", ["ltx_video", "mochi", "wan_video_to_video", "wan22_ti2v", "skyreels_v2",
-                                    "hunyuan_video"])
+                                    "hunyuan_video", "hunyuan_video15"])
 def test_profiled_schedules_run_as_planned_on_each_family(family, monkeypatch):
     """Every family from profile to cache: the schedule derived at 1.5x computes exactly the planned block
     evaluations in each branch the pipeline makes (batched, named, or unnamed prompt and negative prompt; a
@@ -257,7 +257,7 @@ def test_profiled_schedules_run_as_planned_on_each_family(family, monkeypatch):
 
     blocks = {"ltx_video": _block_class("ltx_video"), "mochi": _block_class("mochi"),
               "wan_video_to_video": _block_class("wan"), "wan22_ti2v": _block_class("wan"),
-              "skyreels_v2": _block_class("skyreels_v2"),
+              "skyreels_v2": _block_class("skyreels_v2"), "hunyuan_video15": _block_class("hunyuan_video15"),
               "hunyuan_video": (transformers.transformer_hunyuan_video.HunyuanVideoTransformerBlock,
                                 transformers.transformer_hunyuan_video.HunyuanVideoSingleTransformerBlock)}[family]
     calls = count_block_calls(monkeypatch, blocks=blocks)
@@ -271,7 +271,7 @@ def test_profiled_schedules_run_as_planned_on_each_family(family, monkeypatch):
     branches = handle.stats()["branches"]
     assert all(b["computed_block_evals"] == planned and b["calls"] == 8 for b in branches.values()), branches
     assert calls["blocks"] == planned * len(branches) and abs(total / planned - 1.5) <= 0.05 * 1.5
-    assert len(branches) == (2 if family.startswith(("wan", "skyreels")) else 1)
+    assert len(branches) == (2 if family.startswith(("wan", "skyreels", "hunyuan_video15")) else 1)
 
 
 def _expert_steps(pipe, steps: int) -> tuple[range, range]:

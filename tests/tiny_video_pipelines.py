@@ -1,6 +1,6 @@
 """Tiny diffusers video pipelines of the families the front ends do not build (random weights, in memory):
 CogVideoX (text- and image-to-video), LTX-Video, Mochi, Wan 2.2's two experts and its TI2V-5B's per-token
-timesteps, SkyReels-V2. Each builder returns (pipe, block list name, depth, the
+timesteps, SkyReels-V2, HunyuanVideo 1.5. Each builder returns (pipe, block list name, depth, the
 pipeline's keyword arguments for a short run with classifier-free guidance)."""
 
 from __future__ import annotations
@@ -163,6 +163,36 @@ def skyreels_v2(seed: int = 0):
     kwargs = dict(negative_prompt="blurry", height=64, width=64, num_frames=9, guidance_scale=5.0,
                   max_sequence_length=16)
     return pipe, "blocks", DEPTH, kwargs
+
+
+def hunyuan_video15(seed: int = 0):
+    """HunyuanVideo15Pipeline: its blocks are not in diffusers' registry (the cache registers them), its guider
+    names the calls pred_cond / pred_uncond, it takes no step callbacks. The Qwen2.5-VL text model reads the
+    chat-formatted prompt (padded to its fixed 1108 tokens) through the tiny word tokenizer."""
+    from diffusers import (AutoencoderKLHunyuanVideo15, ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler,
+                           HunyuanVideo15Pipeline, HunyuanVideo15Transformer3DModel)
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = "{% for message in messages %}{{ message['content'] }} {% endfor %}"
+    text_encoder = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, bos_token_id=None, eos_token_id=None,
+        rope_scaling={"type": "default", "mrope_section": [1, 1, 2]})).eval()
+    glyph_encoder = T5EncoderModel(T5Config(vocab_size=384, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4,
+                                            relative_attention_num_buckets=8)).eval()
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=DEPTH,
+        num_refiner_layers=1, text_embed_dim=32, text_embed_2_dim=16, image_embed_dim=24, rope_axes_dim=(4, 6, 6),
+        target_size=64, task_type="t2v").eval()
+    vae = AutoencoderKLHunyuanVideo15(latent_channels=4, block_out_channels=(8,) * 5, layers_per_block=1,
+                                      spatial_compression_ratio=16, temporal_compression_ratio=4).eval()
+    pipe = HunyuanVideo15Pipeline(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+                                  scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=glyph_encoder,
+                                  tokenizer_2=ByT5Tokenizer(), guider=ClassifierFreeGuidance(guidance_scale=6.0))
+    kwargs = dict(negative_prompt="blurry", height=64, width=64, num_frames=9)
+    return pipe, "transformer_blocks", DEPTH, kwargs
 
 
 def hunyuan_video(seed: int = 0):
