@@ -7,7 +7,7 @@ cache), PSNR/SSIM of the cached video against the uncached one, and writes both 
     python scripts/compare_cached.py --ckpt_dir ./CogVideoX-5b --cache_schedule profiles/cogvideox5b/schedule.json \
         --size 720*480 --frame_num 49 --sample_guide_scale 6 --prompt "a corgi runs along a beach" --out compare
 
-The denoising loop is timed from the transformer's first call to the end of the last step (text encoding
+The denoising loop is timed from the transformer's first call to the end of its last one (text encoding
 and decoding are the same in both runs and left out); an untimed two-step run first warms the device up.
 A Wan 2.2 folder (two experts) takes a schedule for each: `--cache_schedule` for `transformer` (the high-noise
 steps) and `--cache_schedule_2` for `transformer_2` (the low-noise steps), as profile_model.py writes them.
@@ -95,12 +95,15 @@ def load_schedules(args, declared) -> dict:
 
 
 class LoopTimer:
-    """Seconds from the transformer's first call to the end of the last denoising step of one pipeline call; the
-    first call's video size is checked against the transformer's patch first (one line, not a shape error)."""
+    """Seconds from the first transformer call to the end of the last one in one pipeline call (the denoising
+    loop; read with forward hooks, so pipelines without step callbacks are timed alike, and Wan 2.2's two experts);
+    the first call's video size is checked against the transformer's patch first (one line, not a shape error)."""
 
-    def __init__(self, transformer, device):
+    def __init__(self, transformers, device):
         self.device, self.start, self.end = device, None, None
-        self._hook = transformer.register_forward_pre_hook(self._first_call, with_kwargs=True)
+        self._hooks = [hook for transformer in transformers for hook in (
+            transformer.register_forward_pre_hook(self._call_starts, with_kwargs=True),
+            transformer.register_forward_hook(self._call_ends))]
 
     def _sync(self) -> float:
         import torch
@@ -109,19 +112,19 @@ class LoopTimer:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def _first_call(self, module, args, kwargs):
+    def _call_starts(self, module, args, kwargs):
         if self.start is None:
             from delta_cache.models.video_families import video_family
 
             video_family(module).layout(module, args, kwargs)
             self.start = self._sync()
 
-    def step_end(self, pipe, step, timestep, tensors):
+    def _call_ends(self, module, args, output):
         self.end = self._sync()
-        return {}
 
     def remove(self) -> None:
-        self._hook.remove()
+        for hook in self._hooks:
+            hook.remove()
 
     def seconds(self) -> float:
         return self.end - self.start
@@ -175,10 +178,10 @@ def main(argv=None) -> None:
     execution_device = getattr(pipe, "_execution_device", None) or pipe.transformer.device
 
     def generate(**overrides):
-        timer = LoopTimer(pipe.transformer, execution_device)
+        timer = LoopTimer([getattr(pipe, component) for component in schedules], execution_device)
         try:
             frames = pipe(prompt=args.prompt, generator=torch.Generator(execution_device).manual_seed(args.seed),
-                          callback_on_step_end=timer.step_end, **{"output_type": "np", **call, **overrides}).frames[0]
+                          **{"output_type": "np", **call, **overrides}).frames[0]
         except UserInputError:
             raise
         except ValueError as err:  # (the pipeline's checks of its inputs)

@@ -830,3 +830,25 @@ def test_hunyuan_video15_blocks_cached_and_profiled(monkeypatch):
         "transformer_blocks"][0][-1], rtol=1e-4, atol=1e-5)
     assert not np.allclose(sketch, probed({"pred_cond": texts["pred_uncond"]}).record.sketches[
         "transformer_blocks"][0][-1], rtol=1e-3, atol=1e-4)
+
+
+def test_profile_model_and_compare_cached_on_a_hunyuan_video15_folder(tmp_path, capsys):
+    """A saved HunyuanVideo 1.5 pipeline (no step callbacks; the guider's branches): profile_model.py writes its
+    schedule, compare_cached.py times its denoising loop from the transformer's calls and counts what it planned."""
+    from script_loader import load_script
+
+    pipe, list_name, depth, kwargs = tvp.hunyuan_video15()
+    pipe.save_pretrained(tmp_path / "hv15")
+    size = ["--size", "64*64", "--frame_num", "9", "--prompt", tvp.PROMPT, "--threads", "1"]
+    load_script(REPO / "scripts" / "profile_model.py").main([
+        "--family", "diffusers", "--ckpt_dir", str(tmp_path / "hv15"), "--sample_steps", "8", *size,
+        "--target_speedup", "1.5", "--out", str(tmp_path / "profile")])
+    schedule = delta_cache.load_schedule(tmp_path / "profile" / "schedule.json")
+    planned, total = schedule.provenance["predicted_block_evals"]
+    assert schedule.provenance["pipeline"] == "HunyuanVideo15Pipeline" and total == 8 * depth
+    capsys.readouterr()
+    load_script(REPO / "scripts" / "compare_cached.py").main([
+        "--ckpt_dir", str(tmp_path / "hv15"), "--cache_schedule", str(tmp_path / "profile" / "schedule.json"), *size,
+        "--out", str(tmp_path / "compare")])
+    printed = capsys.readouterr().out
+    assert f"({2 * planned}/{2 * total} block evaluations)" in printed and "measured speedup" in printed, printed
