@@ -96,37 +96,47 @@ def load_schedules(args, declared) -> dict:
 
 class LoopTimer:
     """Seconds from the first transformer call to the end of the last one in one pipeline call (the denoising
-    loop; read with forward hooks, so pipelines without step callbacks are timed alike, and Wan 2.2's two experts);
-    the first call's video size is checked against the transformer's patch first (one line, not a shape error)."""
+    loop; read with forward hooks, so pipelines without step callbacks are timed alike, and Wan 2.2's two experts).
+    On a GPU with CUDA events, so the timing itself never makes the host wait; the first call's video size is
+    checked against the transformer's patch first (one line, not a shape error)."""
 
     def __init__(self, transformers, device):
-        self.device, self.start, self.end = device, None, None
+        import torch
+
+        self.cuda = device.type == "cuda"
+        self.started = False
+        self.start = self.end = None  # (perf_counter times on the CPU)
+        if self.cuda:
+            self._start_event, self._end_event = (torch.cuda.Event(enable_timing=True) for _ in range(2))
         self._hooks = [hook for transformer in transformers for hook in (
             transformer.register_forward_pre_hook(self._call_starts, with_kwargs=True),
             transformer.register_forward_hook(self._call_ends))]
 
-    def _sync(self) -> float:
-        import torch
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
     def _call_starts(self, module, args, kwargs):
-        if self.start is None:
+        if not self.started:
             from delta_cache.models.video_families import video_family
 
             video_family(module).layout(module, args, kwargs)
-            self.start = self._sync()
+            self.started = True
+            if self.cuda:
+                self._start_event.record()
+            else:
+                self.start = time.perf_counter()
 
     def _call_ends(self, module, args, output):
-        self.end = self._sync()
+        if self.cuda:
+            self._end_event.record()  # (re-recorded at each call: it ends up at the last one)
+        else:
+            self.end = time.perf_counter()
 
     def remove(self) -> None:
         for hook in self._hooks:
             hook.remove()
 
     def seconds(self) -> float:
+        if self.cuda:
+            self._end_event.synchronize()
+            return self._start_event.elapsed_time(self._end_event) / 1000
         return self.end - self.start
 
 
@@ -184,7 +194,9 @@ def main(argv=None) -> None:
                           **{"output_type": "np", **call, **overrides}).frames[0]
         except UserInputError:
             raise
-        except ValueError as err:  # (the pipeline's checks of its inputs)
+        except (ValueError, TypeError) as err:  # (the pipeline's checks of its inputs, an argument it does not take)
+            if isinstance(err, TypeError) and "argument" not in str(err):
+                raise
             raise UserInputError(f"{type(pipe).__name__}: {str(err).splitlines()[0]}") from None
         finally:
             timer.remove()

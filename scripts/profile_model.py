@@ -257,6 +257,10 @@ def schedule_from_profile(args, profile, name: str, expert: str = "transformer")
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    if args.tau is not None and args.target_speedup is not None:
+        raise UserInputError("give --tau or --target_speedup, not both")
+    if args.tau is not None and args.target_speedup_2 is not None:
+        raise UserInputError("--target_speedup_2 is for --target_speedup (with --tau, both experts take that tau)")
     compared = load_compared(args)
     if args.family == "diffusers":
         declared = check_diffusers_flags(args)
@@ -286,8 +290,6 @@ def main(argv=None) -> None:
         raise UserInputError("--image, --first_frame and --last_frame are for the wan image tasks")
     elif any(getattr(args, flag) is not None for flag in VACE_FLAGS):
         raise UserInputError("--src_video, --src_mask and --src_ref_images are for the wan vace tasks")
-    if args.tau is not None and (args.target_speedup is not None or args.target_speedup_2 is not None):
-        raise UserInputError("give --tau or --target_speedup, not both")
     if args.target_speedup_2 is not None and args.family != "diffusers":
         raise UserInputError("--target_speedup_2 is for --family diffusers on a Wan 2.2 folder (two experts)")
     if args.refresh_threshold is not None and (args.tau is None or args.refresh_threshold <= 0):

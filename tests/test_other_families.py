@@ -423,6 +423,8 @@ def test_profile_pipeline_refuses_what_it_cannot_profile():
     pipe, _, _, kwargs = tvp.cogvideox()
     with pytest.raises(UserInputError, match="sets output_type itself"):
         profile_pipeline(pipe, [tvp.PROMPT], output_type="np", **kwargs)
+    with pytest.raises(UserInputError, match="sets return_dict itself"):
+        profile_pipeline(pipe, [tvp.PROMPT], return_dict=False, **kwargs)
     with pytest.raises(UserInputError, match="non-empty list"):
         profile_pipeline(pipe, tvp.PROMPT, **kwargs)
     with pytest.raises(UserInputError, match="mask_source"):
@@ -491,6 +493,7 @@ def test_profile_model_on_a_diffusers_folder(tmp_path, monkeypatch, capsys):
                                      "WanTransformer3DModel"),
     (["--ckpt_dir", "{tmp}/no_boundary"], "has a transformer_2 but no boundary_ratio in model_index.json"),
     (["--target_speedup_2", "1.5"], "--target_speedup_2 is for a pipeline with two transformers (Wan 2.2)"),
+    (["--tau", "0.3", "--target_speedup_2", "1.5"], "--target_speedup_2 is for --target_speedup (with --tau"),
     (["--ckpt_dir", "{tmp}/forcing"], "SkyReelsV2DiffusionForcingPipeline runs frames at different noise levels"),
     (["--ckpt_dir", "{tmp}/i2v"], "CogVideoXImageToVideoPipeline takes an image as input"),
 ])
@@ -560,12 +563,13 @@ def test_profile_pipeline_without_step_callbacks():
     from diffusers import WanPipeline
 
     class NoCallbacks(WanPipeline):
-        def __call__(self, prompt, generator=None, output_type="np", return_dict=True, **kwargs):
-            for name in ("callback_on_step_end", "callback_on_step_end_tensor_inputs"):
-                if name in kwargs:  # (as a pipeline without them answers)
-                    raise TypeError(f"__call__() got an unexpected keyword argument '{name}'")
+        def __call__(self, prompt, generator=None, output_type="np", return_dict=True, negative_prompt=None,
+                     height=480, width=832, num_frames=81, num_inference_steps=50, guidance_scale=5.0,
+                     max_sequence_length=512):
             return super().__call__(prompt=prompt, generator=generator, output_type=output_type,
-                                    return_dict=return_dict, **kwargs)
+                                    return_dict=return_dict, negative_prompt=negative_prompt, height=height,
+                                    width=width, num_frames=num_frames, num_inference_steps=num_inference_steps,
+                                    guidance_scale=guidance_scale, max_sequence_length=max_sequence_length)
 
     pipe, list_name, depth, kwargs = tvp.wan()
     with_callbacks = profile_pipeline(pipe, [tvp.PROMPT], num_inference_steps=4, **kwargs).prompts[0]
@@ -849,6 +853,6 @@ def test_profile_model_and_compare_cached_on_a_hunyuan_video15_folder(tmp_path, 
     capsys.readouterr()
     load_script(REPO / "scripts" / "compare_cached.py").main([
         "--ckpt_dir", str(tmp_path / "hv15"), "--cache_schedule", str(tmp_path / "profile" / "schedule.json"), *size,
-        "--out", str(tmp_path / "compare")])
+        "--sample_guide_scale", "3", "--out", str(tmp_path / "compare")])  # (its guider's scale: no such argument)
     printed = capsys.readouterr().out
     assert f"({2 * planned}/{2 * total} block evaluations)" in printed and "measured speedup" in printed, printed

@@ -160,4 +160,9 @@ def load_folder_pipeline(args):
                         ("negative_prompt", args.negative_prompt)):
         if value is not None:
             call[name] = value
+    guider = getattr(pipe, "guider", None)
+    if "guidance_scale" in call and "guidance_scale" not in inspect.signature(type(pipe).__call__).parameters:
+        if guider is None or not hasattr(guider, "new"):
+            raise UserInputError(f"--sample_guide_scale: {type(pipe).__name__} takes no guidance scale")
+        pipe.guider = guider.new(guidance_scale=call.pop("guidance_scale"))  # (HunyuanVideo 1.5: its guider's)
     return pipe, call

@@ -186,7 +186,9 @@ def profile_experts(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,)
 
     # A pipeline without step callbacks (HunyuanVideo 1.5's) gives its final latents as its output instead; its
     # steps are its scheduler's.
-    takes_callbacks = "callback_on_step_end" in inspect.signature(type(pipe).__call__).parameters
+    parameters = inspect.signature(type(pipe).__call__).parameters
+    takes_callbacks = "callback_on_step_end" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())  # (a wrapper passes them on)
     if not takes_callbacks and their_callback is not None:
         raise UserInputError(f"{type(pipe).__name__} takes no callback_on_step_end")
 
@@ -201,7 +203,9 @@ def profile_experts(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,)
             else:
                 output = pipe(prompt=prompt, generator=generator, output_type="latent", return_dict=False,
                               **pipe_kwargs)
-                seen["latents"], seen["steps"] = output[0], len(pipe.scheduler.timesteps)
+                # (the steps it ran: fewer than the scheduler's where an input video's strength trims them)
+                seen["latents"] = output[0]
+                seen["steps"] = getattr(pipe, "_num_timesteps", None) or len(pipe.scheduler.timesteps)
         except UserInputError:
             raise
         except (ValueError, TypeError) as err:  # (a pipeline's checks of its inputs, an unknown keyword: one line)
@@ -259,7 +263,7 @@ def _checked_arguments(prompts, seeds, max_queries, high_fraction, mask_source, 
         raise UserInputError(f"high_fraction must be between 0 and 1, got {high_fraction}")
     if not isinstance(max_queries, numbers.Integral) or max_queries < 1:
         raise UserInputError(f"max_queries must be a positive integer, got {max_queries!r}")
-    for name in ("prompt", "generator", "output_type"):
+    for name in ("prompt", "generator", "output_type", "return_dict"):
         if name in pipe_kwargs:
             raise UserInputError(f"profile_pipeline sets {name} itself; leave it out of the pipeline arguments")
     if pipe_kwargs.get("num_videos_per_prompt", 1) != 1:
