@@ -38,13 +38,18 @@ class CallInfo:
         fingerprint are only read where the pipeline passes no `step_index` (reading them costs a host sync on a
         GPU)."""
         hidden_states = kwargs.get("hidden_states", args[0] if args else None)
-        timestep = call_timestep(kwargs) if step_index is None else None
         shape = tuple(hidden_states.shape) if isinstance(hidden_states, torch.Tensor) else None
-        fingerprint = None
-        if step_index is None and shape is not None and hidden_states.numel():
-            latents = hidden_states.detach().float()
-            fingerprint = tuple(torch.stack([latents.sum(), latents.square().sum()]).tolist())
-        return cls(shape, timestep, fingerprint)
+        if step_index is not None:
+            return cls(shape, None)
+        timestep = kwargs.get("timestep")
+        if shape is None or not hidden_states.numel():
+            return cls(shape, call_timestep(kwargs))
+        latents = hidden_states.detach().float()
+        sums = [latents.sum(), latents.square().sum()]
+        if isinstance(timestep, torch.Tensor) and timestep.numel():  # (read in the same host sync as the sums)
+            *sums, largest = torch.stack([*sums, timestep.detach().float().max().to(latents.device)]).tolist()
+            return cls(shape, largest, tuple(sums))
+        return cls(shape, call_timestep(kwargs), tuple(torch.stack(sums).tolist()))
 
 
 def call_timestep(kwargs) -> float | None:
