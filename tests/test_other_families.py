@@ -856,3 +856,46 @@ def test_profile_model_and_compare_cached_on_a_hunyuan_video15_folder(tmp_path, 
         "--sample_guide_scale", "3", "--out", str(tmp_path / "compare")])  # (its guider's scale: no such argument)
     printed = capsys.readouterr().out
     assert f"({2 * planned}/{2 * total} block evaluations)" in printed and "measured speedup" in printed, printed
+
+
+def test_profile_model_and_compare_cached_on_a_skyreels_v2_folder(tmp_path, capsys):
+    """A saved SkyReels-V2 pipeline (blocks registered by delta_cache, named branches without a step index): the
+    folder scripts profile it and run its schedule as planned."""
+    from script_loader import load_script
+
+    pipe, list_name, depth, kwargs = tvp.skyreels_v2()
+    pipe.save_pretrained(tmp_path / "skyreels")
+    size = ["--size", "64*64", "--frame_num", "9", "--prompt", tvp.PROMPT, "--threads", "1"]
+    load_script(REPO / "scripts" / "profile_model.py").main([
+        "--family", "diffusers", "--ckpt_dir", str(tmp_path / "skyreels"), "--sample_steps", "8", *size,
+        "--target_speedup", "1.5", "--out", str(tmp_path / "profile")])
+    schedule = delta_cache.load_schedule(tmp_path / "profile" / "schedule.json")
+    planned, total = schedule.provenance["predicted_block_evals"]
+    assert schedule.provenance["model"] == "SkyReelsV2Transformer3DModel" and total == 8 * depth
+    capsys.readouterr()
+    load_script(REPO / "scripts" / "compare_cached.py").main([
+        "--ckpt_dir", str(tmp_path / "skyreels"), "--cache_schedule", str(tmp_path / "profile" / "schedule.json"),
+        *size, "--out", str(tmp_path / "compare")])
+    assert f"({2 * planned}/{2 * total} block evaluations)" in capsys.readouterr().out
+
+
+def test_profile_pipeline_without_step_callbacks_counts_the_steps_it_ran():
+    """An input video's strength trims the run's steps below the scheduler's: a pipeline without step callbacks is
+    profiled on the steps it ran (its _num_timesteps), as with callbacks."""
+    from diffusers import WanVideoToVideoPipeline
+
+    class NoCallbacks(WanVideoToVideoPipeline):
+        def __call__(self, prompt, video, generator=None, output_type="np", return_dict=True, strength=0.8,
+                     negative_prompt=None, height=480, width=832, num_inference_steps=50, guidance_scale=5.0,
+                     max_sequence_length=512):
+            return super().__call__(prompt=prompt, video=video, generator=generator, output_type=output_type,
+                                    return_dict=return_dict, strength=strength, negative_prompt=negative_prompt,
+                                    height=height, width=width, num_inference_steps=num_inference_steps,
+                                    guidance_scale=guidance_scale, max_sequence_length=max_sequence_length)
+
+    pipe, list_name, depth, kwargs = tvp.wan_video_to_video()
+    kwargs = {**kwargs, "strength": 0.5}
+    with_callbacks = profile_pipeline(pipe, [tvp.PROMPT], num_inference_steps=6, **kwargs)
+    without = profile_pipeline(NoCallbacks(**pipe.components), [tvp.PROMPT], num_inference_steps=6, **kwargs)
+    assert without.num_steps == with_callbacks.num_steps == 3
+    np.testing.assert_array_equal(without.prompts[0].sketches[list_name], with_callbacks.prompts[0].sketches[list_name])
