@@ -836,47 +836,32 @@ def test_hunyuan_video15_blocks_cached_and_profiled(monkeypatch):
         "transformer_blocks"][0][-1], rtol=1e-3, atol=1e-4)
 
 
-def test_profile_model_and_compare_cached_on_a_hunyuan_video15_folder(tmp_path, capsys):
-    """A saved HunyuanVideo 1.5 pipeline (no step callbacks; the guider's branches): profile_model.py writes its
-    schedule, compare_cached.py times its denoising loop from the transformer's calls and counts what it planned."""
+@pytest.mark.parametrize("family, pipeline, extra", [
+    # no step callbacks; the guider's branches; --sample_guide_scale sets the guider (the pipeline takes no scale)
+    ("hunyuan_video15", "HunyuanVideo15Pipeline", ["--sample_guide_scale", "3"]),
+    # blocks registered by delta_cache; named branches without a step index
+    ("skyreels_v2", "SkyReelsV2Pipeline", []),
+])
+def test_profile_model_and_compare_cached_on_saved_folders(family, pipeline, extra, tmp_path, capsys):
+    """A saved HunyuanVideo 1.5 or SkyReels-V2 pipeline: profile_model.py writes its schedule, compare_cached.py
+    times its denoising loop from the transformer's calls and counts, in both branches, what it planned."""
     from script_loader import load_script
 
-    pipe, list_name, depth, kwargs = tvp.hunyuan_video15()
-    pipe.save_pretrained(tmp_path / "hv15")
+    pipe, list_name, depth, kwargs = getattr(tvp, family)()
+    pipe.save_pretrained(tmp_path / family)
     size = ["--size", "64*64", "--frame_num", "9", "--prompt", tvp.PROMPT, "--threads", "1"]
     load_script(REPO / "scripts" / "profile_model.py").main([
-        "--family", "diffusers", "--ckpt_dir", str(tmp_path / "hv15"), "--sample_steps", "8", *size,
+        "--family", "diffusers", "--ckpt_dir", str(tmp_path / family), "--sample_steps", "8", *size,
         "--target_speedup", "1.5", "--out", str(tmp_path / "profile")])
     schedule = delta_cache.load_schedule(tmp_path / "profile" / "schedule.json")
     planned, total = schedule.provenance["predicted_block_evals"]
-    assert schedule.provenance["pipeline"] == "HunyuanVideo15Pipeline" and total == 8 * depth
+    assert schedule.provenance["pipeline"] == pipeline and total == 8 * depth
     capsys.readouterr()
     load_script(REPO / "scripts" / "compare_cached.py").main([
-        "--ckpt_dir", str(tmp_path / "hv15"), "--cache_schedule", str(tmp_path / "profile" / "schedule.json"), *size,
-        "--sample_guide_scale", "3", "--out", str(tmp_path / "compare")])  # (its guider's scale: no such argument)
+        "--ckpt_dir", str(tmp_path / family), "--cache_schedule", str(tmp_path / "profile" / "schedule.json"), *size,
+        *extra, "--out", str(tmp_path / "compare")])
     printed = capsys.readouterr().out
     assert f"({2 * planned}/{2 * total} block evaluations)" in printed and "measured speedup" in printed, printed
-
-
-def test_profile_model_and_compare_cached_on_a_skyreels_v2_folder(tmp_path, capsys):
-    """A saved SkyReels-V2 pipeline (blocks registered by delta_cache, named branches without a step index): the
-    folder scripts profile it and run its schedule as planned."""
-    from script_loader import load_script
-
-    pipe, list_name, depth, kwargs = tvp.skyreels_v2()
-    pipe.save_pretrained(tmp_path / "skyreels")
-    size = ["--size", "64*64", "--frame_num", "9", "--prompt", tvp.PROMPT, "--threads", "1"]
-    load_script(REPO / "scripts" / "profile_model.py").main([
-        "--family", "diffusers", "--ckpt_dir", str(tmp_path / "skyreels"), "--sample_steps", "8", *size,
-        "--target_speedup", "1.5", "--out", str(tmp_path / "profile")])
-    schedule = delta_cache.load_schedule(tmp_path / "profile" / "schedule.json")
-    planned, total = schedule.provenance["predicted_block_evals"]
-    assert schedule.provenance["model"] == "SkyReelsV2Transformer3DModel" and total == 8 * depth
-    capsys.readouterr()
-    load_script(REPO / "scripts" / "compare_cached.py").main([
-        "--ckpt_dir", str(tmp_path / "skyreels"), "--cache_schedule", str(tmp_path / "profile" / "schedule.json"),
-        *size, "--out", str(tmp_path / "compare")])
-    assert f"({2 * planned}/{2 * total} block evaluations)" in capsys.readouterr().out
 
 
 def test_profile_pipeline_without_step_callbacks_counts_the_steps_it_ran():
