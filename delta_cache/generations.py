@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import UserInputError
+
 
 @dataclass(frozen=True)
 class CallInfo:
@@ -86,18 +88,28 @@ def starts_new_generation(previous: CallInfo | None, num_calls: int, last_step: 
     return bool(num_steps) and num_calls >= num_steps
 
 
-def advance(state, call: CallInfo, step_index: int | None, num_steps: int | None) -> None:
+def advance(state, call: CallInfo, step_index: int | None, num_steps: int | None) -> bool:
     """Move a cache's branch state to `call`: reset it when the call starts another generation; then the call's
     step is the pipeline's step index, or, where there is none, the last step again for the same call again and
     else the next counted one. `state` holds `num_calls` (the calls counted as steps), `step`, `last_call` and
-    `reset()`."""
+    `reset()`. Returns whether the call is the last step again (then not counted)."""
     if starts_new_generation(state.last_call, state.num_calls, state.step, call, step_index, num_steps):
         state.reset()  # (an interrupted run skipped the pipeline's end-of-run reset)
-    same_step = repeats_last_call(state.last_call, call)
+    same_step = step_index is None and repeats_last_call(state.last_call, call)
     state.last_call = call
-    if step_index is not None or not same_step:
+    if not same_step:
         state.step = step_index if step_index is not None else state.num_calls
         state.num_calls += 1
+    return same_step
+
+
+def refuse_diffusion_forcing(kwargs, refusal: str) -> None:
+    """One line for a call with SkyReels-V2's diffusion forcing (frames at different noise levels in one call, a
+    window of steps moving along the video), which no step of a schedule or a profile describes."""
+    if kwargs.get("enable_diffusion_forcing"):
+        raise UserInputError(f"{refusal} diffusion forcing (frames at different noise levels in one call, steps of "
+                             f"a window that moves along the video); use SkyReels-V2's text- or image-to-video "
+                             f"pipeline")
 
 
 class UnnamedBranches:

@@ -30,7 +30,7 @@ from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
 from . import block_streams
 from .errors import UserInputError
-from .generations import CallInfo, UnnamedBranches, advance
+from .generations import CallInfo, UnnamedBranches, advance, refuse_diffusion_forcing
 from .schedule import Schedule, load_schedule, warmup_length
 from .stats import DeltaCacheStats
 
@@ -144,10 +144,7 @@ class DeltaCacheRootHook(ModelHook):
 
     @torch.compiler.disable  # per-step Python decisions; compiling the whole transformer must not guard on them
     def _start_call(self, module: torch.nn.Module, args, kwargs) -> None:
-        if kwargs.get("enable_diffusion_forcing"):  # (SkyReels-V2's diffusion-forcing pipelines)
-            raise UserInputError("the delta cache does not run diffusion forcing (frames at different noise levels in "
-                                 "one call, steps of a window that moves along the video): its schedule's steps do not "
-                                 "describe these calls; use SkyReels-V2's text- or image-to-video pipeline")
+        refuse_diffusion_forcing(kwargs, "the delta cache does not run")
         context = self.state_manager.context
         state: BranchState = self.state_manager.get_state()
         num_steps = context.num_inference_steps or self.config.num_inference_steps or self.schedule.num_steps

@@ -143,10 +143,8 @@ class _TeaCacheRootHook(ModelHook):
         context = self.state_manager.context
         state: _BranchState = self.state_manager.get_state()
         num_steps = context.num_inference_steps or self.config.num_inference_steps
-        counted = state.num_calls
-        advance(state, CallInfo.of(args, kwargs, context.step_index), context.step_index, num_steps)
-        # (the same call again, not counted as a step: repeat the step's decision)
-        state.same_step = state.num_calls == counted and counted > 0 and state.residual is not None
+        same_step = advance(state, CallInfo.of(args, kwargs, context.step_index), context.step_index, num_steps)
+        state.same_step = same_step and state.residual is not None  # (then the step's decision again)
         state.num_steps = num_steps
         state.indicator = None
 

@@ -36,7 +36,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..block_streams import register_video_blocks
 from ..errors import UserInputError
-from ..generations import UnnamedBranches
+from ..generations import UnnamedBranches, refuse_diffusion_forcing
 
 _ROOT_HOOK = "delta_profile_root"
 _BLOCK_HOOK = "delta_profile_block"
@@ -121,10 +121,7 @@ class _ProbeRootHook(ModelHook):
         self._unnamed = UnnamedBranches("unnamed")
 
     def new_forward(self, module, *args, **kwargs):
-        if kwargs.get("enable_diffusion_forcing"):  # (SkyReels-V2's diffusion-forcing pipelines, as the cache does)
-            raise UserInputError("the profiler does not profile diffusion forcing (frames at different noise levels "
-                                 "in one call): the delta cache does not run it; profile SkyReels-V2's text- or "
-                                 "image-to-video pipeline")
+        refuse_diffusion_forcing(kwargs, "the profiler does not profile")
         context = self.state_manager._context
         if context is None:  # the first call of a timestep: pipelines that name no branch call the prompt's first
             active = self._unnamed.name(args, kwargs) == self._unnamed.base
