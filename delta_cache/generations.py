@@ -4,10 +4,11 @@ A cache's per-branch state belongs to one generation. Pipelines reset it after a
 run (an exception, Ctrl-C) leaves it behind, and the next run must not inherit its deltas or step count. A
 call starts a new generation when the latents change shape, when the pipeline's step index starts again or
 goes back, or, for pipelines that pass no step index (HunyuanVideo, Wan i2v and VACE), when the timestep rises
-(a denoising run's timesteps fall from call to call; a second-order sampler repeats one, on other latents), or,
-where no timestep can be read, when the branch has counted a whole run. The same call again (same timestep and
-latents, `repeats_last_call`) is the same step again: a rerun's first call after a run cut short after its first
-step, or a pipeline calling twice with identical inputs (an empty prompt and negative prompt without cache
+(a denoising run's timesteps fall from call to call; a second-order sampler repeats one, on other latents, but
+never its first, so the first call's timestep again on other latents starts a run too), or, where no timestep
+can be read, when the branch has counted a whole run. The same call again (same timestep and latents,
+`repeats_last_call`) is the same step again: a rerun's first call after a run cut short after its first step,
+or a pipeline calling twice with identical inputs (an empty prompt and negative prompt without cache
 contexts).
 
 Calls a pipeline makes outside any `cache_context` are named here too (`UnnamedBranches`): some pipelines
@@ -83,7 +84,11 @@ def starts_new_generation(previous: CallInfo | None, num_calls: int, last_step: 
         # A rising timestep starts a run. A falling one continues it, also past the step count the cache was
         # given (a longer run than configured: those calls are computed, not taken for a second run); an equal
         # one is a second-order sampler's second call of a step (on other latents), or the same call again
-        # (`repeats_last_call`).
+        # (`repeats_last_call`). diffusers' second-order samplers (Heun, KDPM2) call their first timestep once,
+        # so the first call's timestep again on other latents is another run's first call (after a run cut short
+        # between its first two steps).
+        if call.timestep == previous.timestep and num_calls == 1:
+            return not repeats_last_call(previous, call)
         return call.timestep > previous.timestep
     return bool(num_steps) and num_calls >= num_steps
 

@@ -378,8 +378,9 @@ class DeltaCacheHandle:
         """Forget every branch's deltas and step count: the next call starts a generation. Pipelines do this
         after each complete run, and the cache notices a new run by its step index, latent shape or a rising
         timestep (generations.py); call it after an interrupted run that none of these tells from its successor:
-        one cut short between its first two steps and followed by a run with another seed or input, in a pipeline
-        without a step index (HunyuanVideo, VACE), or one whose calls carry no timestep."""
+        in a pipeline without a step index (HunyuanVideo, VACE), one followed by a run that starts below the
+        timestep it was cut at (a video-to-video run with a lower strength), or one whose calls carry no
+        timestep."""
         self._state_manager.reset()
 
     def predicted_block_evals(self, num_steps: int, steps: range | None = None) -> tuple[int, int]:

@@ -492,14 +492,14 @@ def test_block_level_group_offloading_enabled_first_is_refused():
 
 
 @torch.no_grad()
-def _guided_loop(transformer, named: bool, second_order: bool = False, same_texts: bool = False):
+def _guided_loop(transformer, named: bool, second_order: bool = False, same_texts: bool = False, seed: int = 0):
     """A denoising loop calling the transformer for a prompt and a negative prompt at each timestep, inside
     cache contexts (`named`, as WanPipeline) or outside any (as diffusers' Wan video-to-video, HunyuanVideo
     image-to-video pipelines do); with `second_order`, one branch called twice a timestep on other
-    latents (a Heun-like sampler)."""
+    latents after the first timestep (as diffusers' Heun samplers: their timesteps are t0, t1, t1, t2, t2, ...)."""
     import contextlib
 
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     x = torch.randn(1, 16, 3, 4, 4, generator=generator)
     text, negative = torch.randn(2, 1, 8, 32, generator=generator)
     if same_texts:  # (an empty prompt with the default empty negative prompt)
@@ -511,9 +511,11 @@ def _guided_loop(transformer, named: bool, second_order: bool = False, same_text
                                return_dict=False)[0]
 
     for t in (999, 800, 600, 400, 200, 100):
-        if second_order:
+        if second_order and t != 999:
             first = call("cond", x, text, t)
             x = x - 0.05 * first - 0.05 * call("cond", x - 0.1 * first, text, t)
+        elif second_order:
+            x = x - 0.1 * call("cond", x, text, t)
         else:
             cond, uncond = call("cond", x, text, t), call("uncond", x, negative, t)
             x = x - 0.1 * (uncond + 5.0 * (cond - uncond))
@@ -537,10 +539,10 @@ def test_calls_without_a_cache_context_keep_prompt_and_negative_prompt_apart():
     assert {name: b["calls"] for name, b in branches.items()} == {"cond": 6, "uncond": 6, "default": 6, "default_2": 6}
     assert branches["default_2"]["computed_block_evals"] == branches["uncond"]["computed_block_evals"] < 36
     handle.reset()
-    with pytest.warns(UserWarning, match="made 12 transformer calls"):  # (two a step: the sampler's, not branches)
+    with pytest.warns(UserWarning, match="made 11 transformer calls"):  # (two a step: the sampler's, not branches)
         _guided_loop(transformer, named=False, second_order=True)
     assert set(handle.stats()["branches"]) == {"cond", "uncond", "default", "default_2"}  # (no new branch)
-    assert handle.stats()["branches"]["default"]["calls"] == 6 + 12
+    assert handle.stats()["branches"]["default"]["calls"] == 6 + 11
     dc.remove_delta_cache(transformer)
 
 
@@ -586,6 +588,12 @@ def test_unnamed_calls_repeated_interrupted_or_compiled():
     assert torch.equal(_guided_loop(transformer, named=False), clean)
     assert set(handle.stats()["branches"]) == {"default", "default_2", "cond", "uncond"}  # (the rerun's calls are
     # the same two branches again, not a third and a fourth)
+    # ... followed by a run with another seed: its first calls repeat the first timestep on other latents, which
+    # no second-order sampler does (they call their first timestep once), so they start the run afresh
+    other_seed = _guided_loop(transformer, named=False, seed=1)
+    for named in (False, True):
+        _first_step_only(transformer, named)
+        assert torch.equal(_guided_loop(transformer, named=named, seed=1), other_seed)
 
     # prompt and negative prompt alike, without cache contexts: one branch whose second call of each step is the
     # same step again (it took the same deltas), so the run is the named one's, with no step-count warning
@@ -631,6 +639,9 @@ def test_other_caches_keep_unnamed_prompt_and_negative_prompt_apart(cache):
     clean = _guided_loop(transformer, named=False)
     _first_step_only(transformer, named=False)  # (a run cut short after its first step: the rerun's step 0 again)
     assert torch.equal(_guided_loop(transformer, named=False), clean)
+    other_seed = _guided_loop(transformer, named=False, seed=1)
+    _first_step_only(transformer, named=False)  # (... followed by another seed's run: its step 0, not step 1)
+    assert torch.equal(_guided_loop(transformer, named=False, seed=1), other_seed)
     # (prompt and negative prompt alike: one branch, the second call of a step the same step again)
     assert torch.equal(_guided_loop(transformer, named=True, same_texts=True),
                        _guided_loop(transformer, named=False, same_texts=True))
