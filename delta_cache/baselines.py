@@ -325,7 +325,7 @@ class FirstBlockCache:
     def attach(self, transformer) -> None:
         from diffusers.hooks import FirstBlockCacheConfig
 
-        transformer.enable_cache(FirstBlockCacheConfig(threshold=self.threshold))
+        _enable_diffusers_cache(transformer, FirstBlockCacheConfig(threshold=self.threshold))
 
     def detach(self, transformer) -> dict:
         _disable_diffusers_cache(transformer)
@@ -354,7 +354,7 @@ class MagCache:
                               mag_ratios=torch.tensor(self.mag_ratios, dtype=torch.float32))
 
     def attach(self, transformer) -> None:
-        transformer.enable_cache(self.config())
+        _enable_diffusers_cache(transformer, self.config())
 
     def detach(self, transformer) -> dict:
         _disable_diffusers_cache(transformer)
@@ -440,6 +440,15 @@ def _restore_child_order(root: torch.nn.Module, order: dict[torch.nn.Module, lis
             module._modules[name] = module._modules.pop(name)
 
 
+def _enable_diffusers_cache(transformer, config) -> None:
+    """`transformer.enable_cache(config)`, after describing the video blocks diffusers' registry lacks
+    (SkyReels-V2, HunyuanVideo 1.5), which its caches look up when they attach."""
+    from .block_streams import register_video_blocks
+
+    register_video_blocks()
+    transformer.enable_cache(config)
+
+
 def _disable_diffusers_cache(transformer) -> None:
     if getattr(transformer, "_cache_config", None) is not None:
         transformer.disable_cache()
@@ -457,7 +466,7 @@ def calibrate_mag_ratios(transformer, num_steps: int, run: Callable[[], None]) -
     from diffusers.hooks import MagCacheConfig
 
     printed = io.StringIO()
-    transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=num_steps))
+    _enable_diffusers_cache(transformer, MagCacheConfig(calibrate=True, num_inference_steps=num_steps))
     try:
         with contextlib.redirect_stdout(printed):
             run()

@@ -884,3 +884,33 @@ def test_profile_pipeline_without_step_callbacks_counts_the_steps_it_ran():
     without = profile_pipeline(NoCallbacks(**pipe.components), [tvp.PROMPT], num_inference_steps=6, **kwargs)
     assert without.num_steps == with_callbacks.num_steps == 3
     np.testing.assert_array_equal(without.prompts[0].sketches[list_name], with_callbacks.prompts[0].sketches[list_name])
+
+
+@pytest.mark.parametrize("family", ["skyreels_v2", "hunyuan_video15"])
+def test_diffusers_caches_in_our_harness_find_blocks_diffusers_does_not_register(family):
+    """diffusers' FirstBlockCache and MagCache, as the comparison harness attaches them, on the families whose
+    blocks diffusers' registry lacks, in a fresh process (nothing of delta_cache has registered them yet)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys, torch
+sys.path.insert(0, {str(REPO / 'tests')!r})
+torch.set_num_threads(1)
+import tiny_video_pipelines as tvp
+from delta_cache import baselines
+pipe, _, _, kwargs = getattr(tvp, {family!r})()
+pipe.set_progress_bar_config(disable=True)
+def run():
+    pipe(prompt=tvp.PROMPT, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np",
+         **kwargs)
+ratios = baselines.calibrate_mag_ratios(pipe.transformer, 4, run)
+for cache in (baselines.FirstBlockCache(0.5), baselines.MagCache(0.5, ratios, 4)):
+    cache.attach(pipe.transformer)
+    run()
+    cache.detach(pipe.transformer)
+print("ran", len(ratios))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ran 4" in result.stdout
