@@ -207,16 +207,27 @@ def main(argv: list[str] | None = None) -> None:
         _sample(args, schedule, group)
 
 
+def check_model_flags(args, dit_weight, guidance_embeds: bool | None, text_encoder_layers: int | None) -> None:
+    """--model against the transformer's guidance embedder, --hidden-state-skip-layer against the text encoder's
+    depth (each skipped where it is not known)."""
+    if guidance_embeds is not None and bool(guidance_embeds) != config.GUIDANCE_EMBEDDED[args.model]:
+        has = "has" if guidance_embeds else "has no"
+        raise UserInputError(f"--model {args.model} does not match {dit_weight}, which {has} a guidance embedder")
+    if text_encoder_layers is not None and args.hidden_state_skip_layer > text_encoder_layers:
+        raise UserInputError(f"--hidden-state-skip-layer {args.hidden_state_skip_layer} exceeds the text encoder's "
+                             f"{text_encoder_layers} layers")
+
+
 def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
-    import numpy as np
     import torch
     from loguru import logger
 
     from delta_cache.cli import check_declared_model, log_cache_plan, summary_line
-    from delta_cache.models.hunyuan_video.checkpoint import (declared_block_depths, declared_transformer_config,
-                                                             find_diffusers_folder, load_hunyuan_video_components)
+    from delta_cache.models.hunyuan_video.checkpoint import (declared_block_depths, declared_text_encoder_layers,
+                                                             declared_transformer_config, find_diffusers_folder,
+                                                             load_hunyuan_video_components)
     from delta_cache.models.hunyuan_video.pipeline import TextEncoding, build_pipeline, generate, token_grid
-    from delta_cache.video import save_video
+    from delta_cache.video import save_video, to_uint8_as_upstream
 
     if group.is_parallel:
         args.seeds = parallel.from_rank0(args.seeds)  # random seeds are drawn per process
@@ -241,18 +252,17 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
     declared = declared_transformer_config(dit_weight, diffusers_folder, args.load_key)
     check_declared_model(declared, declared_block_depths(declared), schedule, group.ulysses_degree,
                          "--ulysses-degree", ring_supported=False)
+    # --model and --hidden-state-skip-layer against the files' configs before ~25 GB load (again after loading,
+    # for a checkpoint whose config does not say)
+    check_model_flags(args, dit_weight, declared.get("guidance_embeds"), declared_text_encoder_layers(model_base))
     logger.info(f"loading HunyuanVideo: transformer {dit_weight}, VAE and text encoders from {model_base} "
                 f"({device}, {', '.join(f'{k}={v}' for k, v in dtypes.items())})")
     components = load_hunyuan_video_components(
         dit_weight, model_base, load_key=args.load_key, use_fp8=args.use_fp8, vae_name=args.vae, **dtypes,
     )
     transformer = components.transformer
-    if transformer.config.guidance_embeds != config.GUIDANCE_EMBEDDED[args.model]:
-        has = "has" if transformer.config.guidance_embeds else "has no"
-        raise UserInputError(f"--model {args.model} does not match {dit_weight}, which {has} a guidance embedder")
-    if args.hidden_state_skip_layer > components.text_encoder.config.num_hidden_layers:
-        raise UserInputError(f"--hidden-state-skip-layer {args.hidden_state_skip_layer} exceeds the text encoder's "
-                             f"{components.text_encoder.config.num_hidden_layers} layers")
+    check_model_flags(args, dit_weight, transformer.config.guidance_embeds,
+                      components.text_encoder.config.num_hidden_layers)
     transformer.rope.theta = float(args.rope_theta)  # not stored in the checkpoint
 
     handle = None
@@ -275,7 +285,9 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
             pipe.enable_model_cpu_offload(device=device)
         else:
             pipe.to(device)
-    autocast = device.type == "cuda" and not args.disable_autocast
+    # Upstream runs the loop under bf16/fp16 autocast (plain diffusers does not: --disable-autocast matches it);
+    # an fp32 run has none (autocast to fp32 is refused by torch with a warning and turned off anyway).
+    autocast = device.type == "cuda" and not args.disable_autocast and dtypes["dtype"] != torch.float32
     vae_autocast = autocast and dtypes["vae_dtype"] != torch.float32
 
     height, width = (config.align_to(size) for size in args.video_size)
@@ -321,8 +333,7 @@ def _sample(args, schedule, group: parallel.ProcessGroup) -> None:
         if not group.is_main:  # every rank holds the same video; rank 0 writes it
             continue
         save_path = save_dir / config.output_file_name(seed, args.prompt)
-        frames = (np.clip(result.frames, 0.0, 1.0) * 255).astype(np.uint8)  # upstream truncates, not rounds
-        save_video(frames, save_path, fps=config.SAMPLE_FPS)
+        save_video(to_uint8_as_upstream(result.frames), save_path, fps=config.SAMPLE_FPS, quality=config.VIDEO_QUALITY)
         print(f"Sample save to: {save_path}")
         print(summary_line(result.denoise_seconds, handle.stats() if handle is not None else None,
                            processes=group.world_size, teacache_stats=teacache.stats if teacache is not None else None))

@@ -178,8 +178,8 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     from delta_cache.cli import log_cache_plan, summary_line
     from delta_cache.models.wan import context_parallel
     from delta_cache.models.wan.checkpoint import load_wan_components
-    from delta_cache.models.wan.pipeline import build_pipeline, generate, token_grid
-    from delta_cache.video import save_image, save_video
+    from delta_cache.models.wan.pipeline import build_pipeline, generate, place_pipeline, token_grid
+    from delta_cache.video import save_image, save_video, to_uint8_as_upstream
 
     parallel.log_from_main_only(group)
     if args.sample_guide_scale < 1:  # (at 1 both give the conditional prediction)
@@ -214,7 +214,7 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     logger.info(f"loading {args.task} from {args.ckpt_dir} ({device}, {dtype})")
     components = load_wan_components(
         args.ckpt_dir, task=args.task, dtype=dtype,
-        text_encoder_dtype=torch.float32 if text_device.type == "cpu" else torch.bfloat16,
+        text_encoder_dtype=dtype,  # (upstream keeps T5 in bf16 on the CPU too with --t5_cpu)
     )
 
     handle = None
@@ -245,15 +245,7 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     if not group.is_main:
         pipe.set_progress_bar_config(disable=True)  # one progress bar, rank 0's
     if device.type == "cuda":
-        if offload:
-            if args.t5_cpu:
-                pipe._exclude_from_cpu_offload.append("text_encoder")
-            pipe.enable_model_cpu_offload(device=device)
-        else:
-            for name in ("transformer", "vae", "image_encoder") + (() if args.t5_cpu else ("text_encoder",)):
-                module = getattr(pipe, name, None)
-                if module is not None:
-                    module.to(device)
+        place_pipeline(pipe, device, offload=offload, text_encoder_on_cpu=args.t5_cpu)
     if group.is_parallel:  # after the cache hooks, which must come first
         # VACE denoises one more latent frame per reference image, in front of the video's
         reference_frames = len(vace.reference_images) * pipe.vae_scale_factor_temporal if vace is not None else 0
@@ -292,7 +284,7 @@ def _generate(args, schedule, group: parallel.ProcessGroup) -> None:
     if args.task.startswith("t2i"):
         save_image(result.frames[0], save_path)
     else:
-        save_video(result.frames, save_path, fps=tasks.SAMPLE_FPS)
+        save_video(to_uint8_as_upstream(result.frames), save_path, fps=tasks.SAMPLE_FPS)
     print(f"Saving generated {'image' if args.task.startswith('t2i') else 'video'} to {save_path}")  # as upstream
     always_computed = None
     if handle is not None and vace is not None:  # the control blocks are not cached: count them in

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, NoReturn
 
@@ -207,8 +208,10 @@ def check_seed(flag: str, seed: int | None, count: int = 1) -> None:
 
 def check_output_path(flag: str, path, folder: bool = False, suffixes: tuple[str, ...] = ()) -> None:
     """Before a long run: `path` (a file, or with `folder` a folder) can be written: it is not a folder (a
-    file), its suffix is one of `suffixes` (when given), and the nearest of its parents that exists is a folder.
-    UserInputError (one line) otherwise."""
+    file), its suffix is one of `suffixes` (when given), and the nearest of its parents that exists (the folder
+    itself where it exists) is a folder in which a file can be made (tried with a temporary file, removed at
+    once: permission bits say nothing for root, read-only mounts or /proc). UserInputError (one line)
+    otherwise."""
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
         raise UserInputError(f"{flag} {path} is {'a file' if folder else 'a folder'}; give a "
@@ -220,6 +223,12 @@ def check_output_path(flag: str, path, folder: bool = False, suffixes: tuple[str
         parent = parent.parent
     if not parent.is_dir():
         raise UserInputError(f"{flag} {path}: {parent} is a file, so nothing can be written under it")
+    where = path if folder and path.is_dir() else parent
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as err:
+        raise UserInputError(f"{flag} {path}: cannot create files in {where} ({err.strerror or err})") from None
 
 
 def summary_line(denoise_seconds: float, cache_stats: dict | None, processes: int = 1,

@@ -24,6 +24,16 @@ def to_uint8_frames(frames) -> np.ndarray:
     return frames
 
 
+def to_uint8_as_upstream(frames) -> np.ndarray:
+    """(F, H, W, C) float in [0, 1] -> uint8 as both upstream scripts write their videos: scaled by 255 and
+    truncated (torch's and numpy's float-to-uint8 conversion), not rounded. (Wan's t2i images round, as
+    torchvision's save_image: `to_uint8_frames`.)"""
+    import numpy as np
+
+    frames = np.asarray(frames)
+    return frames if frames.dtype == np.uint8 else (np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def to_vae_input(videos) -> torch.Tensor:
     """uint8 videos, each (F, H, W, 3) -> (B, 3, F, H, W) float32 in [-1, 1], as the VAEs take them."""
     import numpy as np
@@ -53,15 +63,16 @@ def _atomic_output(path: Path, suffix: str):
             os.remove(tmp)
 
 
-def save_video(frames, path: str | os.PathLike, fps: int) -> Path:
-    """Encode frames to an H.264 mp4 (yuv420p, as the upstream scripts do) via imageio-ffmpeg."""
+def save_video(frames, path: str | os.PathLike, fps: int, quality: int = 8) -> Path:
+    """Encode frames to an H.264 mp4 (yuv420p, as the upstream scripts do) via imageio-ffmpeg, at imageio's
+    `quality` (0-10: Wan2.1's cache_video gives 8; HunyuanVideo's imageio.mimsave leaves imageio's 5)."""
     import imageio.v2 as imageio
 
     path = Path(path)
     frames = to_uint8_frames(frames)
     with _atomic_output(path, path.suffix or ".mp4") as tmp:
         writer = imageio.get_writer(
-            tmp, fps=fps, codec="libx264", quality=8, pixelformat="yuv420p", macro_block_size=1,
+            tmp, fps=fps, codec="libx264", quality=quality, pixelformat="yuv420p", macro_block_size=1,
             ffmpeg_log_level="error",
         )
         try:

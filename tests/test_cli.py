@@ -43,9 +43,13 @@ def test_output_paths_are_checked_before_a_long_run(tmp_path):
     check_output_path("--save-path", tmp_path / "results", folder=True)
     for args, message in [(("--save_file", tmp_path), "is a folder; give a file name"),
                           (("--save_file", tmp_path / "a_file" / "v.mp4"), "a_file is a file, so nothing can be written"),
-                          (("--save-path", tmp_path / "a_file", True), "is a file; give a folder")]:
+                          (("--save-path", tmp_path / "a_file", True), "is a file; give a folder"),
+                          # (no permission bit stops root; /proc takes no new files from anyone)
+                          (("--save-path", "/proc/results", True), "cannot create files in /proc"),
+                          (("--save_file", "/proc/v.mp4"), "cannot create files in /proc")]:
         with pytest.raises(UserInputError, match=message):
             check_output_path(*args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # (the tries leave nothing behind)
 
 
 @pytest.mark.parametrize("script, flags", [

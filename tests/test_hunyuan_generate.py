@@ -109,6 +109,9 @@ def test_upstream_facts():
     assert config.prompt_template(1, "dit-llm-encode", "dit-llm-encode-video")["crop_start"] == 36
     name = config.output_file_name(7, "a/b " + "x" * 200, now=datetime(2025, 1, 2, 3, 4, 5))
     assert name == "2025-01-02-03:04:05_seed7_ab " + "x" * 96 + ".mp4"  # cut at 100, then drop "/"
+    chinese = config.output_file_name(7, "一只猫在草地上走" * 20, now=datetime(2025, 1, 2, 3, 4, 5))
+    assert len(chinese.encode()) <= 255 and chinese.endswith(".mp4")  # (100 characters are 300 bytes)
+    assert chinese.startswith("2025-01-02-03:04:05_seed7_一只猫在草地上走一只猫") and len(chinese.encode()) > 240
     assert config.output_dir("./results", "") == Path("./results")
     assert config.output_dir("./results", "run2") == Path("./results_run2")
     assert config.vae_latent_channels("884-16c-hy") == 16
@@ -418,6 +421,24 @@ def test_bad_input_after_loading_is_a_user_error(sample_video, ckpt, tmp_path, m
     with pytest.raises(UserInputError, match=message):
         sample_video.main(list(map(str, _bad_input_args(ckpt, args))))
     assert list(workdir.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "HYVideo-T/2"], r"--model HYVideo-T/2 does not match .* which has a guidance embedder"),
+    (["--hidden-state-skip-layer", "5"], r"--hidden-state-skip-layer 5 exceeds the text encoder's 3 layers"),
+])
+def test_model_flags_that_do_not_fit_the_files_are_refused_before_loading(sample_video, ckpt, tmp_path, monkeypatch,
+                                                                          args, message):
+    from delta_cache.models.hunyuan_video import checkpoint
+
+    def no_loading(*_, **__):
+        raise AssertionError("the weights were loaded")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MODEL_BASE", str(ckpt))
+    monkeypatch.setattr(checkpoint, "load_hunyuan_video_components", no_loading)
+    with pytest.raises(UserInputError, match=message):
+        sample_video.main(list(map(str, _bad_input_args(ckpt, args))))
 
 
 def test_vae_and_text_encoders_come_from_model_base_env(sample_video, ckpt, tmp_path, monkeypatch):

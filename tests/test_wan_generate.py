@@ -414,3 +414,24 @@ def test_t2i_on_a_checkpoint_with_a_native_video_length_makes_one_frame(ckpt40, 
 
     with Image.open(tmp_path / "image.jpg") as image:
         assert image.format == "JPEG" and image.size == (64, 48)
+
+
+def test_t5_cpu_with_model_offload_keeps_t5_on_the_cpu():
+    """--t5_cpu on one GPU (model CPU offload on): diffusers hooks every model of the offload sequence, T5 too, so
+    its hook must come off; the pipeline still runs on the GPU, and no other pipeline's exclusions change. (Hooks
+    are placed without touching the device, so this runs without a GPU.)"""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    import tiny_wan
+    from delta_cache.models.wan.pipeline import place_pipeline
+
+    pipe = tiny_wan.tiny_wan_pipeline(num_layers=2)
+    place_pipeline(pipe, torch.device("cuda"), offload=True, text_encoder_on_cpu=True)
+    assert not hasattr(pipe.text_encoder, "_hf_hook") and hasattr(pipe.transformer, "_hf_hook")
+    assert pipe._execution_device == torch.device("cuda:0")
+    assert all(p.device.type == "cpu" for p in pipe.text_encoder.parameters())
+    assert DiffusionPipeline._exclude_from_cpu_offload == []
+    other = tiny_wan.tiny_wan_pipeline(num_layers=2)
+    place_pipeline(other, torch.device("cuda"), offload=True, text_encoder_on_cpu=False)
+    assert other.text_encoder._hf_hook.execution_device == torch.device("cuda:0")

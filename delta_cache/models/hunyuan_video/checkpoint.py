@@ -91,6 +91,16 @@ def declared_transformer_config(dit_weight, diffusers_folder: Path | None, load_
         return {}
 
 
+def declared_text_encoder_layers(model_base: Path) -> int | None:
+    """The text encoder's `num_hidden_layers` from its config.json, read before anything loads (None where it
+    does not say; the loader then reports a missing or broken file)."""
+    try:
+        layers = json.loads((Path(model_base) / TEXT_ENCODER_DIR / "config.json").read_text()).get("num_hidden_layers")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return layers if isinstance(layers, int) and not isinstance(layers, bool) else None
+
+
 def declared_block_depths(config: dict) -> dict[str, int] | None:
     """Block list -> depth from a `declared_transformer_config`; None where it does not say."""
     depths = {"transformer_blocks": declared_count(config.get("num_layers")),

@@ -141,7 +141,16 @@ def output_dir(save_path: str, save_path_suffix: str) -> Path:
     return Path(save_path if save_path_suffix == "" else f"{save_path}_{save_path_suffix}")
 
 
+VIDEO_QUALITY = 5  # imageio's default, which upstream's imageio.mimsave keeps
+MAX_NAME_BYTES = 255  # a file name's limit on the usual file systems (ext4, XFS, btrfs, APFS)
+
+
 def output_file_name(seed: int, prompt: str, now: datetime | None = None) -> str:
-    """Upstream's name: `{%Y-%m-%d-%H:%M:%S}_seed{seed}_{prompt[:100] without '/'}.mp4`."""
+    """Upstream's name: `{%Y-%m-%d-%H:%M:%S}_seed{seed}_{prompt[:100] without '/'}.mp4`, with the prompt cut
+    further where the name would pass 255 bytes (100 characters of Chinese are 300 bytes in UTF-8; upstream fails
+    to write such a video after generating it)."""
     stamp = (now or datetime.now()).strftime("%Y-%m-%d-%H:%M:%S")
-    return f"{stamp}_seed{seed}_{prompt[:100].replace('/', '')}.mp4"
+    text = prompt[:100].replace("/", "")
+    while len(f"{stamp}_seed{seed}_{text}.mp4".encode()) > MAX_NAME_BYTES:
+        text = text[:-1]
+    return f"{stamp}_seed{seed}_{text}.mp4"

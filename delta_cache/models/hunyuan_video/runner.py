@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from ...video import to_uint8_as_upstream
 from ..runner import ModelRunner, place
 from . import config
 from .checkpoint import find_diffusers_folder, load_hunyuan_video_components
@@ -53,9 +53,6 @@ def load_hunyuan_video_runner(ckpt_dir, *, width: int, height: int, num_frames: 
                        num_inference_steps=num_steps, embedded_guidance_scale=guide_scale, cfg_scale=1.0, seed=seed,
                        text=text, autocast_dtype=torch.bfloat16 if cuda else None, start=start)
 
-    def to_uint8(frames: np.ndarray) -> np.ndarray:
-        return (np.clip(frames, 0.0, 1.0) * 255).astype(np.uint8)  # sample_video.py truncates, as upstream
-
     return ModelRunner(
         pipe=pipe, transformer=components.transformer,
         block_lists=["transformer_blocks", "single_transformer_blocks"],
@@ -63,7 +60,7 @@ def load_hunyuan_video_runner(ckpt_dir, *, width: int, height: int, num_frames: 
         patch=(components.transformer.config.patch_size,) * 2, width=width, height=height, num_frames=num_frames,
         num_steps=num_steps, fps=config.SAMPLE_FPS, generate=generate,
         decode=lambda latents: decode(pipe, latents, autocast_dtype=torch.float16 if cuda else None)[0],
-        to_uint8=to_uint8, encode=lambda frames: encode(pipe, frames), model_name="HunyuanVideo",
+        to_uint8=to_uint8_as_upstream, encode=lambda frames: encode(pipe, frames), model_name="HunyuanVideo",
         cache_num_steps=num_steps,
         settings={"sample_solver": "euler", "sample_shift": shift, "sample_guide_scale": guide_scale,  # embedded
                   "device": str(device), "dtype": str(bf16).replace("torch.", "")})

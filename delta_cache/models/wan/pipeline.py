@@ -72,6 +72,34 @@ def build_pipeline(components, *, image_to_video: bool, solver: str, shift: floa
                        transformer=components.transformer, scheduler=scheduler)
 
 
+def place_pipeline(pipe, device: torch.device, *, offload: bool, text_encoder_on_cpu: bool) -> None:
+    """Put the pipeline's models on `device`, or let diffusers' model CPU offload bring each there when it runs;
+    with `text_encoder_on_cpu` (upstream's --t5_cpu) T5 stays on the CPU either way.
+
+    Model offload hooks every model of the pipeline's offload sequence, T5 included (its exclusion list only
+    spares models outside the sequence, and moves those to the GPU), so T5's hook comes off afterwards; the
+    exclusion is still set, on this pipeline alone, so that `_execution_device` does not read the CPU from it.
+    """
+    if device.type != "cuda":
+        pipe.to(device)
+        return
+    if offload:
+        if text_encoder_on_cpu:
+            from accelerate.hooks import remove_hook_from_module
+
+            pipe._exclude_from_cpu_offload = [*pipe._exclude_from_cpu_offload, "text_encoder"]
+            pipe.enable_model_cpu_offload(device=device)
+            remove_hook_from_module(pipe.text_encoder, recurse=True)
+            pipe.text_encoder.to("cpu")
+        else:
+            pipe.enable_model_cpu_offload(device=device)
+        return
+    for name in ("transformer", "vae", "image_encoder") + (() if text_encoder_on_cpu else ("text_encoder",)):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.to(device)
+
+
 @torch.no_grad()
 def denoise(pipe, *, prompt: str, negative_prompt: str, width: int, height: int, num_frames: int,
             num_inference_steps: int, guidance_scale: float, seed: int, image=None, last_image=None,

@@ -19,7 +19,7 @@ def load_wan_runner(ckpt_dir, *, width: int, height: int, num_frames: int, num_s
     `image` (and `last_image`), PIL images as `inputs.read_input_frames` gives them; width and height are
     then the output size (`tasks.i2v_output_size`). VACE conditions every prompt on `vace`
     (`inputs.VaceInputs`, whose size and frame count are the run's)."""
-    from ...video import to_uint8_frames
+    from ...video import to_uint8_as_upstream
 
     if shift is None:
         shift = tasks.task_defaults(task, f"{width}*{height}").sample_shift
@@ -47,7 +47,7 @@ def load_wan_runner(ckpt_dir, *, width: int, height: int, num_frames: int, num_s
         token_grid=grid, leading_tokens=reference_frames * grid[1] * grid[2],
         patch=tuple(components.transformer.config.patch_size[1:]), width=width, height=height,
         num_frames=num_frames, num_steps=num_steps, fps=tasks.SAMPLE_FPS, generate=generate,
-        decode=lambda latents: decode(pipe, latents)[0], to_uint8=to_uint8_frames,
+        decode=lambda latents: decode(pipe, latents)[0], to_uint8=to_uint8_as_upstream,
         encode=lambda frames: encode(pipe, frames), model_name=f"Wan2.1 {task}",
         settings={"task": task, "sample_solver": solver, "sample_shift": shift, "sample_guide_scale": guide_scale,
                   "device": str(device), "dtype": str(dtype).replace("torch.", "")},
