@@ -2,14 +2,16 @@
 """How well do the weight-free mask sources find the subjects of videos that show their prompt?
 
 Renders the first --num_videos synthetic videos of --split (`make_video(i, split)`) at the checkpoint's
-native size, encodes them with the checkpoint's own VAE, and prints one markdown table: the mean IoU of
-each mask source (the profiler's default motion mask, the motion mask with k fixed for each --clusters k,
-and the PCA mask) against the rendered masks on the token grid. The transformer is not run: this measures
-the mask method apart from how well the model draws. `masks.MOTION_CLUSTERS` was chosen with it on the
-training split (docs/profiling.md). With --videos generated, the model instead generates each prompt
-(seed i, uncached, the front end's default sampler settings) and the masks of its final latents are scored
-against the foreground of its decoded frames, the true masks of scripts/profile_evidence.py (about 25 s a
-video for the tiny Wan model on one CPU thread).
+native size, encodes them with the checkpoint's own VAE (and decodes them again, the video a generation
+would give), and prints one markdown table: the mean IoU of each mask source (the profiler's default video
+motion mask, with each --cells count of cells per token side; the latent motion mask, with k fixed for each
+--clusters k; the PCA mask) against the rendered masks on the token grid. The transformer is not run: this
+measures the mask method apart from how well the model draws. `masks.MOTION_CLUSTERS` and
+`masks.VIDEO_CELLS_PER_TOKEN` were chosen with it on the training split (docs/profiling.md). With --videos
+generated, the model instead generates each prompt (seed i, uncached, the front end's default sampler
+settings) and the masks of its final latents and decoded video are scored against the foreground of its
+decoded frames, the true masks of scripts/profile_evidence.py (about 25 s a video for the tiny Wan model on
+one CPU thread).
 
     python scripts/check_masks.py --family wan --split train
     python scripts/check_masks.py --family wan --split eval --videos generated
@@ -38,7 +40,9 @@ def build_parser() -> OneLineArgumentParser:
                    help="rendered synthetic videos through the VAE (default), or the model's own generations")
     p.add_argument("--num_videos", type=positive_int, default=16, help="videos make_video(i, split), i < N (16)")
     p.add_argument("--clusters", type=positive_int, nargs="+", default=[2, 3, 4, 5, 6],
-                   help="cluster counts k of the motion mask to compare, each held fixed (default 2 3 4 5 6)")
+                   help="cluster counts k of the latent motion mask to compare, each held fixed (default 2 3 4 5 6)")
+    p.add_argument("--cells", type=positive_int, nargs="*", default=[1, 2, 4, 8],
+                   help="cells per token side of the video motion mask to compare (default 1 2 4 8)")
     p.add_argument("--threads", type=positive_int, default=1, help="CPU threads")
     return p
 
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     if native is None:
         raise UserInputError(f"{ckpt} has no tiny_model.json: this check renders the synthetic videos a tiny "
                              "trained model was trained on, at its native size")
-    sources = mask_sources(args.clusters)
+    sources = mask_sources(args.clusters, args.cells)
     runner = load_runner(args.family, ckpt, width=native.width, height=native.height, num_frames=native.num_frames)
     with torch.no_grad():
         if args.videos == "generated":

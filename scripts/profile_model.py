@@ -78,8 +78,9 @@ def build_parser() -> OneLineArgumentParser:
     prompts.add_argument("--prompts", type=Path, help="a text file with one prompt per line")
     prompts.add_argument("--seeds", type=int, nargs="+", default=[42], help="seeds; every prompt runs with each")
     probe = p.add_argument_group("probe")
-    probe.add_argument("--mask_source", default="motion", choices=["motion", "pca", "files"],
-                       help="foreground masks: the moving subjects of the predicted latent, PCA clustering, or .npy files")
+    probe.add_argument("--mask_source", default="video_motion", choices=["video_motion", "motion", "pca", "files"],
+                       help="foreground masks: the moving subjects of the decoded video (default), of the final "
+                            "latents (no VAE decode), PCA clustering of the latents, or .npy files")
     probe.add_argument("--mask_dir", type=Path, help="for --mask_source files: 000.npy, 001.npy, ... per prompt run")
     probe.add_argument("--max_queries", type=positive_int, default=256, help="sampled queries per attention map")
     probe.add_argument("--high_fraction", type=float, default=0.25,
@@ -128,7 +129,10 @@ def read_prompt_texts(args) -> list[str]:
     if args.prompts is not None:
         if not args.prompts.is_file():
             raise UserInputError(f"--prompts {args.prompts}: no such file")
-        texts += [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
+        from_file = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
+        if not from_file:
+            raise UserInputError(f"--prompts {args.prompts}: the file has no prompt (one per line)")
+        texts += from_file
     if not texts:
         raise UserInputError("give at least one --prompt or a --prompts file")
     return texts
@@ -200,6 +204,7 @@ def profile_front_end(args, width: int, height: int, prompts, mask_files, compar
                         **conditions)
     check_compared_fit(compared, {name: len(getattr(model.transformer, name)) for name in model.block_lists})
     request = ProfileRequest(prompts=prompts, block_lists=model.block_lists, mask_source=args.mask_source,
+                             decode=model.decode,
                              mask_files=mask_files, token_grid=model.token_grid, leading_tokens=model.leading_tokens,
                              patch=model.patch, max_queries=args.max_queries, high_fraction=args.high_fraction)
     provenance = {"model": model.model_name, "ckpt_dir": str(args.ckpt_dir), "size": args.size,
@@ -278,6 +283,12 @@ def main(argv=None) -> None:
         if args.dtype != "auto":
             raise UserInputError("--dtype is for --family diffusers (the front ends load upstream's dtypes)")
         width, height = resolve_size(args)
+    # (the frame count is known here for the front ends and where given for a folder; VACE's source video may
+    # change it, so a short one is still refused after its first generation)
+    needed = {"video_motion": 2, "motion": 5}.get(args.mask_source)
+    if needed and args.frame_num is not None and args.frame_num < needed:
+        raise UserInputError(f"--mask_source {args.mask_source} needs at least {needed} frames (--frame_num "
+                             f"{args.frame_num}); use --mask_source pca or files")
     prompts = read_prompts(args)
     if args.family == "wan":
         check_image_flags(args.task, args)

@@ -171,12 +171,15 @@ def test_profile_pipeline_finds_the_video_tokens(family, tmp_path):
                                rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("mask_source", ["video_motion", "motion"])
 @pytest.mark.parametrize("family", ["cogvideox15", "ltx_video", "mochi"])
-def test_profile_pipeline_motion_masks_on_the_token_grid(family):
-    """The final latents reach the motion mask on the token grid: CogVideoX 1.5's two latent frames per token,
-    LTX-Video's packed tokens, Mochi's channels-first latents."""
+def test_profile_pipeline_motion_masks_on_the_token_grid(family, mask_source):
+    """The decoded video (default) or the final latents reach the motion mask on the token grid: CogVideoX 1.5's
+    two latent frames per token, LTX-Video's packed tokens and 8 video frames per token frame, Mochi's
+    channels-first latents and 6 video frames per token frame."""
     pipe, list_name, depth, kwargs = getattr(tvp, family)()
-    profile = profile_pipeline(pipe, [tvp.PROMPT], num_inference_steps=3, **kwargs)
+    profile = profile_pipeline(pipe, [tvp.PROMPT], num_inference_steps=3, mask_source=mask_source, **kwargs)
+    assert profile.provenance["mask_source"] == mask_source
     mask = profile.prompts[0].mask
     assert mask.shape == TOKEN_GRIDS[family] and 0 < mask.sum() < mask.size
 
@@ -583,7 +586,8 @@ def test_profile_pipeline_without_step_callbacks():
 
 def test_profile_pipeline_keeps_the_users_callback():
     """A callback passed to profile_pipeline runs at every step with the tensors it asks for, and latents it
-    returns are the ones the mask is made from (here zeros: a video without change has no foreground)."""
+    returns are the ones the (latent motion) mask is made from (here zeros: latents without change have no
+    foreground)."""
     pipe, list_name, depth, kwargs = tvp.wan()
     steps = []
 
@@ -593,7 +597,7 @@ def test_profile_pipeline_keeps_the_users_callback():
 
     with pytest.raises(UserInputError, match="the foreground mask for prompt .* is empty"):
         profile_pipeline(pipe, [tvp.PROMPT], num_inference_steps=3, callback_on_step_end=zero_at_the_end,
-                         callback_on_step_end_tensor_inputs=["prompt_embeds"], **kwargs)
+                         callback_on_step_end_tensor_inputs=["prompt_embeds"], mask_source="motion", **kwargs)
     assert steps == [(step, ("latents", "prompt_embeds")) for step in range(3)]
 
 
@@ -705,7 +709,8 @@ def test_profile_model_and_compare_cached_on_a_wan22_folder(tmp_path, capsys):
     load_script(REPO / "scripts" / "profile_model.py").main([
         "--family", "diffusers", "--ckpt_dir", str(tmp_path / "wan22"), "--size", "32*32", "--frame_num", "5",
         "--sample_steps", str(steps), "--negative_prompt", "blurry", "--prompt", tvp.PROMPT, "--target_speedup", "1.5",
-        "--target_speedup_2", "1.2", "--threads", "1", "--out", str(out)])
+        "--target_speedup_2", "1.2", "--threads", "1", "--out", str(out),
+        "--mask_source", "motion"])  # (random weights: their decoded video shows no subject)
     printed = capsys.readouterr().out
     assert "delta_cache.apply_delta_cache(pipe.transformer_2" in printed and "--cache_schedule_2" in printed
     planned = 0

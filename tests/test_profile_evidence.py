@@ -136,8 +136,11 @@ def test_outputs_and_one_table(run, capsys):
     data = json.loads((out / "evidence.json").read_text())
     assert data["preset"] == "wan2.1-t2v-14b" and len(data["eval_pairs"]) == 1 and data["truth"] == "generated"
     assert set(data["eval_pairs"][0]["iou"]) == {"motion/generated", "motion/rendered", "generated/rendered",
-                                                 "rendered_motion/rendered"}
+                                                 "rendered_motion/rendered", "latent_motion/generated",
+                                                 "latent_motion/rendered"}
     assert "rendered_motion" in data["eval_pairs"][0]["mask_tokens"] and "rendered_motion vs rendered" in text
+    assert "latent_motion vs generated" in text  # (the profiler's motion source, beside its default)
+    assert data["variants"][1]["schedule"]["provenance"]["mask_source"] == "video_motion"
     assert data["foreground_ratio"]["generated"] is not None and data["foreground_ratio"]["motion"] is not None
     assert data["run"]["width"] == 96 and data["run"]["num_frames"] == 5 and data["run"]["num_steps"] == STEPS
     keys = [v["key"] for v in data["variants"]]

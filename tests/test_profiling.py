@@ -126,6 +126,56 @@ def test_motion_mask_of_a_still_video_is_empty_and_needs_two_latent_frames():
     assert mask_iou(masks.motion_mask(latents), truth) >= 0.5
 
 
+def _small_square_video(frames=17, size=128, side=24, step=1):
+    """uint8 frames (F, size, size, 3): a flat square about a token across (tokens of 16x16 pixels) moving right
+    `step` pixels a frame (less than its width between frames: its inside does not change) over a still, textured
+    background of two shades; and its pixel mask (F, size, size)."""
+    rng = np.random.default_rng(0)
+    background = np.where(np.arange(size)[None, :, None] < size // 3, [40.0, 90.0, 40.0], [150.0, 150.0, 170.0])
+    background = np.broadcast_to(background, (size, size, 3)) + rng.normal(0, 6, (size, size, 3))
+    video = np.repeat(background[None], frames, axis=0)
+    mask = np.zeros((frames, size, size), dtype=bool)
+    for f in range(frames):
+        mask[f, 50:50 + side, 44 + step * f: 44 + step * f + side] = True
+    video[mask] = [200.0, 60.0, 40.0]
+    return np.clip(video + rng.normal(0, 2, video.shape), 0, 255).astype(np.uint8), mask
+
+
+def test_video_motion_mask_finds_a_small_subject_whole_on_the_token_grid():
+    frames, pixels = _small_square_video()
+    grid = (5, 8, 8)
+    truth = masks.pixel_mask_to_tokens(pixels, grid)
+    assert truth.any()
+    found = masks.video_motion_mask(frames, grid)
+    assert found.shape == grid and found.dtype == bool
+    assert mask_iou(found, truth) >= 0.9
+    # One cell per token: a token the square half covers averages its colour with the background's (0.23 here).
+    assert mask_iou(masks.video_motion_mask(frames, grid, cells_per_token=1), truth) < 0.4
+    assert np.array_equal(masks.video_motion_mask(frames.astype(np.float32) / 255, grid), found)  # uint8 or 0-1
+    assert np.array_equal(masks.video_motion_mask(frames, grid), found)  # deterministic (seeded k-means)
+    # Frame differences alone mark the square's leading and trailing edges, a sliver of each token.
+    change = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=-1) > 30
+    edges = masks.pixel_mask_to_tokens(np.concatenate([change[:1], change]), grid)
+    assert mask_iou(edges, truth) < 0.2
+
+
+def test_video_motion_mask_of_a_still_video_is_empty_and_bad_frames_get_one_line():
+    frames, _ = _small_square_video()
+    assert not masks.video_motion_mask(np.repeat(frames[:1], 9, axis=0), (3, 8, 8)).any()
+    with pytest.raises(dc.UserInputError, match="at least 2 video frames"):
+        masks.video_motion_mask(frames[:1], (1, 8, 8))
+    with pytest.raises(dc.UserInputError, match=r"frames \(F, H, W, 3\)"):
+        masks.video_motion_mask(frames[..., 0], (5, 8, 8))
+
+
+def test_kmeans_labels_fits_a_sample_of_many_rows_and_labels_them_all():
+    rng = np.random.default_rng(0)
+    rows = np.concatenate([rng.normal(0, 0.1, (3000, 3)), rng.normal(5, 0.1, (1000, 3))])
+    labels = masks.kmeans_labels(rows, 2, max_fit_rows=500)
+    assert labels.shape == (4000,) and len(set(labels[:3000])) == 1 and len(set(labels[3000:])) == 1
+    assert labels[0] != labels[-1]
+
+
 def test_pca_mask_finds_a_subject_that_differs_in_colour_from_a_textured_background():
     latents, truth = _flat_square_moving_slowly(first_frame_offset=0.0)
     found = masks.pca_mask(latents)
@@ -413,11 +463,14 @@ def test_profile_cli_writes_a_schedule_that_generate_uses(tmp_path, monkeypatch,
     (["--t_max", "3"], "--t_max is for --tau"),  # (was ignored: --target_speedup searches the intervals)
     (["--tau", "0.3", "--refresh_threshold", "0.1", "--t_min", "3"], "--t_min is for --tau with the paper's"),
     (["--warmup", "20", "--sample_steps", "10"], "--warmup 20 leaves no step to reuse of --sample_steps 10"),
+    (["--prompts", "{empty}"], "the file has no prompt (one per line)"),
 ])
 def test_profile_cli_refuses_bad_values_before_loading(tmp_path, capsys, flags, message):
     from script_loader import load_script
 
-    argv = ["--ckpt_dir", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "out"), *flags]
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    argv = ["--ckpt_dir", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "out"),
+            *(flag.format(empty=tmp_path / "empty.txt") for flag in flags)]
     with pytest.raises((SystemExit, dc.UserInputError)) as raised:
         load_script(REPO / "scripts" / "profile_model.py").main(argv)
     text = str(raised.value) if isinstance(raised.value, dc.UserInputError) else capsys.readouterr().err
@@ -433,6 +486,7 @@ def test_profile_cli_hunyuan_video_covers_both_block_lists(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "profile_model.py"), "--family", "hunyuan_video",
                            "--ckpt_dir", str(model_base), "--size", "32*32", "--frame_num", "9", "--sample_steps", "8",
                            "--prompt", "cat walk on grass", "--tau", "0.3", "--t_max", "3", "--t_min", "2",
+                           "--mask_source", "motion",  # (random weights: their decoded video shows no subject)
                            "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     schedule = dc.load_schedule(out / "schedule.json")

@@ -8,8 +8,9 @@ positions are not in the prompt, so a generation puts its objects elsewhere; `tr
 masks anyway, and the report always shows how far apart the two are.) With it, the profiling method
 (method.md section 4) can be checked directly:
 
-1. **Motion masks**: the mask the profiler builds from the predicted clean latent (`runner.foreground_mask`,
-   source "motion") against the true mask on the token grid (`masks.pixel_mask_to_tokens`): IoU.
+1. **Motion masks**: the mask the profiler builds by default from the decoded video (`runner.foreground_mask`,
+   source "video_motion") against the true mask on the token grid (`masks.pixel_mask_to_tokens`): IoU; the
+   latent motion mask (source "motion") as a diagnostic.
 2. **Equal compute**: the model is profiled on training-split prompts (true masks; motion masks from the
    same runs), then several background-block sets are run at the block-evaluation count of a paper preset
    (the same number of background blocks per block list and the preset's own refresh steps, so only *which*
@@ -148,16 +149,20 @@ def generated_foreground(frames: np.ndarray) -> np.ndarray:
     return analyse_video(to_uint8_frames(frames)).foreground
 
 
-def token_masks(model: ModelRunner, latents: torch.Tensor, generated: np.ndarray, rendered: np.ndarray) -> dict:
-    """The three token masks of one generation: motion (as the profiler builds it), generated, rendered.
+def token_masks(model: ModelRunner, latents: torch.Tensor, frames: np.ndarray, generated: np.ndarray,
+                rendered: np.ndarray) -> dict:
+    """The token masks of one generation: motion (as the profiler builds it by default, from the decoded
+    `frames`), latent_motion (the profiler's "motion" source, from the final latents), generated, rendered.
 
     `generated` and `rendered` are pixel masks (F, H, W): `generated_foreground` of the decoded video and the
     rendered synthetic video's mask.
     """
-    request = profile_runner.ProfileRequest(prompts=[], block_lists=model.block_lists, token_grid=model.token_grid,
-                                            patch=model.patch, mask_source="motion")
-    return {"motion": profile_runner.foreground_mask(request, 0, latents),  # exactly what the profiler would use
-            "generated": masks.pixel_mask_to_tokens(generated, model.token_grid),
+    found = {}
+    for kind, source in (("motion", "video_motion"), ("latent_motion", "motion")):
+        request = profile_runner.ProfileRequest(prompts=[], block_lists=model.block_lists, token_grid=model.token_grid,
+                                                patch=model.patch, mask_source=source, decode=lambda _: frames)
+        found[kind] = profile_runner.foreground_mask(request, 0, latents)  # exactly what the profiler would use
+    return {**found, "generated": masks.pixel_mask_to_tokens(generated, model.token_grid),
             "rendered": masks.pixel_mask_to_tokens(rendered, model.token_grid)}
 
 
@@ -189,9 +194,9 @@ def make_references(model: ModelRunner, num_pairs: int) -> list[Reference]:
         video = make_video(index, "eval", num_frames=model.num_frames, height=model.height, width=model.width)
         latents, seconds = model.generate(video.prompt, index)
         frames = model.decode(latents)
-        found = token_masks(model, latents, generated_foreground(frames), video.mask)
+        found = token_masks(model, latents, frames, generated_foreground(frames), video.mask)
         # The mask method on a video that shows its prompt: the rendered video through the model's own VAE.
-        found["rendered_motion"] = masks.motion_mask(model.encode(video.frames)[0].float().cpu().numpy(), model.patch)
+        found["rendered_motion"] = masks.video_motion_mask(model.decode(model.encode(video.frames)), model.token_grid)
         references.append(Reference(
             index=index, prompt=video.prompt, seed=index, frames=frames, seconds=seconds,
             agrees=check_video(to_uint8_frames(frames), video.scene).agrees, token_masks=found))
@@ -246,7 +251,7 @@ def profile_training_prompts(model: ModelRunner, settings: EvidenceSettings, out
                 probe.detach()
             frames = model.decode(latents)
             generated = generated_foreground(frames)
-            found = token_masks(model, latents, generated, video.mask)
+            found = token_masks(model, latents, frames, generated, video.mask)
             if not found[settings.truth].any():
                 skip()
                 continue
@@ -271,7 +276,8 @@ def profile_training_prompts(model: ModelRunner, settings: EvidenceSettings, out
                   "prompts": [p for _, p, _ in result.chosen], "seeds": [settings.profile_seed],
                   "max_queries": settings.max_queries, "high_fraction": settings.high_fraction}
     for kind, profiles in per_kind.items():
-        source = {**provenance, "mask_source": "motion"} if kind == "motion" else dict(provenance)
+        source = ({**provenance, "mask_source": "video_motion", "masks": "the profiler's default: the moving subjects "
+                   "of the decoded video"} if kind == "motion" else dict(provenance))
         result.profiles[kind] = Profile(profiles, provenance=source) if profiles else None
     if out is not None:
         (out / "profile_masks").mkdir(parents=True, exist_ok=True)
@@ -322,11 +328,13 @@ def equal_compute_variants(preset: Schedule, truth: Profile, motion: Profile | N
     preset.check_fits(depths)
     common = {**provenance, "compute_matched_to": preset.name, "refresh_steps_from": preset.name}
 
-    def build(key, label, background, how):
+    def build(key, label, background, how, masks_from: Profile | None = None):
         description = (f"{label}: {how}; the same number of background blocks and the same refresh steps as the "
                        f"preset {preset.name}, so the same block evaluations.")
+        mask_provenance = {} if masks_from is None else {
+            k: v for k, v in masks_from.provenance.items() if k.startswith("mask")}
         schedule = equal_compute_schedule(preset, background, name=key, description=description,
-                                          provenance={**common, "selection": how})
+                                          provenance={**common, **mask_provenance, "selection": how})
         return VariantResult(key=key, section="equal compute", label=label, schedule=schedule)
 
     ratio = {name: truth.block_foreground_ratio(name) for name in counts}
@@ -337,7 +345,8 @@ def equal_compute_variants(preset: Schedule, truth: Profile, motion: Profile | N
         motion_ratio = {name: motion.block_foreground_ratio(name) for name in counts}
         variants.append(build("profiled-motion-masks", "profiled, motion masks (lowest R)",
                               {n: lowest_ratio_blocks(motion_ratio[n], counts[n]) for n in counts},
-                              "the blocks with the lowest foreground ratio R (motion masks) per block list"))
+                              "the blocks with the lowest foreground ratio R (motion masks) per block list",
+                              masks_from=motion))
     variants.append(build("reversed", "reversed (highest R)",
                           {n: highest_ratio_blocks(ratio[n], counts[n]) for n in counts},
                           "the blocks with the HIGHEST foreground ratio R (true masks): the reversed choice"))

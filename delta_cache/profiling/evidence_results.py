@@ -261,6 +261,8 @@ class EvidenceResult:
         diagnostic = (f"IoU {self._iou_text('motion', other)}; IoU {self._iou_text('generated', 'rendered')}; "
                       f"IoU {self._iou_text('rendered_motion', 'rendered')} (rendered_motion: the motion mask of the "
                       "rendered video through the model's VAE); "
+                      f"IoU {self._iou_text('latent_motion', self.truth)} (latent_motion: the mask from the final "
+                      "latents, --mask_source motion); "
                       f"prompt agreement {sum(r.agrees for r in self.references)}/{pairs}")
         rows.append(f"| masks (diagnostic) | other mask pairs | | | | | | | {diagnostic} |")
         first = next((v for v in self.variants if not v.error), None)
@@ -318,7 +320,7 @@ class EvidenceResult:
 
         ious = self.eval_ious
         pairs = [("motion", "generated"), ("motion", "rendered"), ("generated", "rendered"),
-                 ("rendered_motion", "rendered")]
+                 ("rendered_motion", "rendered"), ("latent_motion", "generated"), ("latent_motion", "rendered")]
         return {
             "family": self.family, "ckpt_dir": self.ckpt_dir, "run": self.runner_info, "truth": self.truth,
             "truth_means": TRUTH_SOURCES[self.truth], "preset": self.preset.name, "psnr_cap_db": PSNR_CAP,

@@ -3,8 +3,8 @@ synthetic videos, encoded by a checkpoint's own VAE, against their rendered mask
 the model's own uncached generations against what they show (the synthetic-data analyser's foreground).
 
 The rendered videos test the mask method apart from the transformer: a model that does not draw its
-prompts gives low IoUs on its generations whatever the method. `MOTION_CLUSTERS` was chosen with them on
-the training split.
+prompts gives low IoUs on its generations whatever the method. `MOTION_CLUSTERS` and
+`VIDEO_CELLS_PER_TOKEN` were chosen with them on the training split.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .evidence_results import mask_iou
 class EncodedVideo:
     prompt: str
     latents: np.ndarray  # (C, F, H, W): the VAE's code of the rendered frames, or a generation's final latents
+    frames: np.ndarray  # (F, H, W, 3) floats in [0, 1]: those latents decoded
     truth: np.ndarray  # (frames, h, w) bool: the rendered (or generated) foreground on the token grid
 
 
@@ -36,8 +37,9 @@ def encode_rendered(model, split: str, count: int) -> list[EncodedVideo]:
     videos = []
     for index in tqdm(range(count), desc=f"encoding rendered {split} videos", dynamic_ncols=True):
         video = make_video(index, split, num_frames=model.num_frames, height=model.height, width=model.width)
-        latents = model.encode(video.frames)[0].float().cpu().numpy()
-        videos.append(EncodedVideo(prompt=video.prompt, latents=latents,
+        latents = model.encode(video.frames)
+        videos.append(EncodedVideo(prompt=video.prompt, latents=latents[0].float().cpu().numpy(),
+                                   frames=model.decode(latents),
                                    truth=masks.pixel_mask_to_tokens(video.mask, model.token_grid)))
     return videos
 
@@ -55,28 +57,38 @@ def generate_videos(model, split: str, count: int) -> list[EncodedVideo]:
     for index in tqdm(range(count), desc=f"generating {split} prompts", dynamic_ncols=True):
         video = make_video(index, split, num_frames=model.num_frames, height=model.height, width=model.width)
         latents, _ = model.generate(video.prompt, index)
-        truth = masks.pixel_mask_to_tokens(generated_foreground(model.decode(latents)), model.token_grid)
-        videos.append(EncodedVideo(prompt=video.prompt, latents=latents[0].float().cpu().numpy(), truth=truth))
+        frames = model.decode(latents)
+        truth = masks.pixel_mask_to_tokens(generated_foreground(frames), model.token_grid)
+        videos.append(EncodedVideo(prompt=video.prompt, latents=latents[0].float().cpu().numpy(), frames=frames,
+                                   truth=truth))
     return videos
 
 
-def mask_sources(clusters: Sequence[int]) -> dict:
-    """label -> function(latents, patch) -> token mask: the default motion mask, the motion mask with k fixed
-    for each k in `clusters` (no growing k), and PCA."""
+def mask_sources(clusters: Sequence[int], cells: Sequence[int] = ()) -> dict:
+    """label -> function(video: EncodedVideo, patch) -> token mask: the profiler's default (the video motion
+    mask), the video motion mask with each of `cells` cells per token side, the latent motion mask (the
+    "motion" source) and with k fixed for each k in `clusters` (no growing k), and PCA."""
     if not clusters or min(clusters) < 2:  # one cluster has no other to tell motion from
         raise UserInputError("--clusters: give one or more cluster counts >= 2")
-    sources = {"motion (default)": masks.motion_mask}  # k = MOTION_CLUSTERS, growing while the moving side is a majority
+    if any(c < 1 for c in cells):
+        raise UserInputError("--cells: give cell counts >= 1")
+    sources = {"video motion (default)": lambda v, patch: masks.video_motion_mask(v.frames, v.truth.shape)}
+    for c in cells:
+        sources[f"video motion, {c} cells per token side"] = (
+            lambda v, patch, c=c: masks.video_motion_mask(v.frames, v.truth.shape, cells_per_token=c))
+    # the latent motion mask: k = MOTION_CLUSTERS, growing while the moving side is a majority
+    sources["latent motion"] = lambda v, patch: masks.motion_mask(v.latents, patch)
     for k in clusters:
-        sources[f"motion, k = {k}"] = (
-            lambda latents, patch, k=k: masks.motion_mask(latents, patch, clusters=k, max_clusters=k))
-    sources["pca"] = masks.pca_mask
+        sources[f"latent motion, k = {k}"] = (
+            lambda v, patch, k=k: masks.motion_mask(v.latents, patch, clusters=k, max_clusters=k))
+    sources["pca"] = lambda v, patch: masks.pca_mask(v.latents, patch)
     return sources
 
 
 def score_sources(videos: Sequence[EncodedVideo], sources: dict, patch: tuple[int, int]) -> dict[str, list[float]]:
     """label -> IoU per video; videos whose rendered mask covers no token are left out (nothing to find)."""
     scored = [v for v in videos if v.truth.any()]
-    return {label: [mask_iou(find(v.latents, patch), v.truth) for v in scored] for label, find in sources.items()}
+    return {label: [mask_iou(find(v, patch), v.truth) for v in scored] for label, find in sources.items()}
 
 
 def markdown_table(scores: dict[str, list[float]]) -> str:

@@ -1,8 +1,9 @@
 """Foreground masks on the video-token grid (frames, height, width) after VAE and patching.
 
 Sources (pluggable, all weight-free):
-- `motion_mask`: the moving subjects of the predicted clean latent: its change between latent frames decides
-  which appearance clusters (k-means of the tokens' latents) are foreground;
+- `video_motion_mask`: the moving subjects of the decoded video (the pipeline's output): the change of small
+  cells of pixels between frames decides which colour clusters are foreground (the profiler's default);
+- `motion_mask`: the same on the predicted clean latent, at token resolution, where no decoded video is at hand;
 - `pca_mask`: 2-means clustering of a 3-component PCA of the latent (the paper's PCA image, with
   clustering instead of SAM2, which needs downloaded weights);
 - `pixel_mask_to_tokens`: ground-truth or user-supplied pixel masks (F, H, W), e.g. from our synthetic data;
@@ -84,7 +85,62 @@ def motion_mask(latents: np.ndarray, patch: tuple[int, int] = (2, 2), clusters: 
         return np.zeros(motion.shape, dtype=bool)
     pooled = np.stack([_pool_patches(channel, patch) for channel in latents])  # (C, F, h, w)
     pooled = pooled - np.median(pooled.reshape(*pooled.shape[:2], -1), axis=2)[:, :, None, None]
-    features = pooled.reshape(pooled.shape[0], -1).T
+    return _moving_side(pooled.reshape(pooled.shape[0], -1).T, motion, clusters, max_clusters)
+
+
+VIDEO_CELLS_PER_TOKEN = 8  # cells per token side of video_motion_mask (chosen on training videos, docs/profiling.md)
+
+
+def video_motion_mask(frames: np.ndarray, token_grid: tuple[int, int, int], temporal_stride: int = 4,
+                      cells_per_token: int = VIDEO_CELLS_PER_TOKEN, clusters: int = MOTION_CLUSTERS,
+                      max_clusters: int = MOTION_MAX_CLUSTERS) -> np.ndarray:
+    """frames (F, H, W, 3) of the decoded video -> bool token mask `token_grid` (frames, h, w) of its moving
+    subjects.
+
+    `motion_mask`'s method at a finer grain: a token of a video VAE with a 2x2 patch covers 16x16 pixels, and a
+    subject a token or two across is lost among a token's latents, while its pixels keep its colour. Each frame
+    is averaged into `cells_per_token` x `cells_per_token` cells per token; a cell's colour less its frame's
+    median colour is its appearance, the RMS change of its colour to the previous and next frame its motion
+    (the decoded video has no causal VAE's first-frame offset); appearance clusters on the moving side of
+    Otsu's cut are foreground (k growing as in `motion_mask`); the cell mask goes onto the token grid as a pixel
+    mask does (`pixel_mask_to_tokens`: foreground where half a token's cells are, over its video frames).
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise UserInputError(f"video motion masks need frames (F, H, W, 3), got shape {frames.shape}")
+    if frames.shape[0] < 2:
+        raise UserInputError("video motion masks need at least 2 video frames; use --mask_source pca")
+    cells = _pool_cells(frames, (token_grid[1] * cells_per_token, token_grid[2] * cells_per_token))
+    change = np.sqrt((np.diff(cells, axis=0) ** 2).mean(axis=-1))  # (F - 1, hc, wc)
+    motion = np.concatenate([change[:1], (change[:-1] + change[1:]) / 2, change[-1:]], axis=0)
+    if np.ptp(motion) == 0:
+        return np.zeros(token_grid, dtype=bool)
+    appearance = cells - np.median(cells.reshape(cells.shape[0], -1, 3), axis=1)[:, None, None, :]
+    found = _moving_side(appearance.reshape(-1, 3), motion, clusters, max_clusters)
+    return pixel_mask_to_tokens(found, token_grid, temporal_stride)
+
+
+def _pool_cells(frames: np.ndarray, cells: tuple[int, int]) -> np.ndarray:
+    """(F, H, W, 3) -> (F, hc, wc, 3) float32: each pixel averaged into the cell it lies in (sizes need not be
+    multiples), frame by frame (a 720p video in float is gigabytes); values in 0-1 (uint8 frames are scaled)."""
+    _, height, width, _ = frames.shape
+    hc, wc = min(cells[0], height), min(cells[1], width)
+    rows, cols = np.arange(height) * hc // height, np.arange(width) * wc // width
+    cell = (rows[:, None] * wc + cols[None, :]).ravel()
+    counts = np.bincount(cell, minlength=hc * wc)
+    scale = 255.0 if frames.dtype == np.uint8 else 1.0
+    pooled = np.empty((frames.shape[0], hc * wc, 3), dtype=np.float32)
+    for index, frame in enumerate(frames):
+        for channel in range(3):
+            pooled[index, :, channel] = np.bincount(cell, weights=frame[..., channel].ravel().astype(np.float64),
+                                                    minlength=hc * wc) / counts / scale
+    return pooled.reshape(frames.shape[0], hc, wc, 3)
+
+
+def _moving_side(features: np.ndarray, motion: np.ndarray, clusters: int, max_clusters: int) -> np.ndarray:
+    """Mask (motion's shape) of the appearance clusters of `features` (one row per entry of `motion`) on the
+    moving side, k from `clusters`, growing to `max_clusters` while the moving side is a majority; if no k
+    leaves a minority, the split with the fewest foreground entries."""
     best = None
     for k in range(clusters, max(clusters, max_clusters) + 1):
         found = _moving_clusters(features, motion, min(k, motion.size))
@@ -106,19 +162,35 @@ def _moving_clusters(features: np.ndarray, motion: np.ndarray, k: int) -> np.nda
     return np.isin(labels, moving).reshape(motion.shape)
 
 
-def kmeans_labels(features: np.ndarray, k: int, restarts: int = 10, iterations: int = 30) -> np.ndarray:
+KMEANS_MAX_FIT_ROWS = 100_000  # k-means fits on a seeded sample of this many rows at most (a 720p video's cells)
+
+
+def kmeans_labels(features: np.ndarray, k: int, restarts: int = 10, iterations: int = 30,
+                  max_fit_rows: int = KMEANS_MAX_FIT_ROWS) -> np.ndarray:
     """(N, D) -> cluster label per row: scipy's k-means from k-means++ starts (seeds 0 .. restarts - 1), the
-    run with the lowest within-cluster sum of squares (a single start varies a lot on a few hundred tokens)."""
+    run with the lowest within-cluster sum of squares (a single start varies a lot on a few hundred tokens).
+    More than `max_fit_rows` rows: the centres are fitted on a seeded sample of them, every row takes its
+    nearest centre."""
     features = np.asarray(features, dtype=np.float64)
-    best_error, best_labels = np.inf, None
+    sample = features
+    if len(features) > max_fit_rows:
+        sample = features[np.random.default_rng(0).choice(len(features), max_fit_rows, replace=False)]
+    best_error, best_centers = np.inf, None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "One of the clusters is empty": fewer distinct rows than k is fine
         for seed in range(restarts):
-            centers, labels = kmeans2(features, k, iter=iterations, minit="++", seed=seed, missing="warn")
-            error = float(((features - centers[labels]) ** 2).sum())
+            centers, labels = kmeans2(sample, k, iter=iterations, minit="++", seed=seed, missing="warn")
+            error = float(((sample - centers[labels]) ** 2).sum())
             if error < best_error:
-                best_error, best_labels = error, labels
-    return best_labels
+                best_error, best_centers, best_labels = error, centers, labels
+    if sample is features:
+        return best_labels
+    chunks = np.array_split(features, -(-len(features) // 1_000_000))  # (bounded memory for the distances)
+    return np.concatenate([_nearest(chunk, best_centers) for chunk in chunks])
+
+
+def _nearest(rows: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    return np.argmin(((rows[:, None, :] - centers[None]) ** 2).sum(axis=-1), axis=1)
 
 
 def pca_mask(latents: np.ndarray, patch: tuple[int, int] = (2, 2)) -> np.ndarray:

@@ -82,7 +82,8 @@ def _temporal_stride(pipe, transformer) -> int:
 
 
 def profile_pipeline(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), out_dir: str | Path | None = None,
-                     resume: bool = False, mask_source: str = "motion", mask_files: Sequence[str | Path] | None = None,
+                     resume: bool = False, mask_source: str = "video_motion",
+                     mask_files: Sequence[str | Path] | None = None,
                      max_queries: int = 256, high_fraction: float = 0.25, provenance: dict | None = None,
                      **pipe_kwargs) -> Profile:
     """Profile `pipe` (a diffusers video pipeline) on every prompt and seed: one uncached generation each.
@@ -91,8 +92,9 @@ def profile_pipeline(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,
     negative_prompt, ...): profile with the settings the schedule is for. The result is what
     `derive_for_target(profile, 2.0)` or `derive_schedule(profile, params)` turn into a schedule, and
     `write_report(profile, schedule, folder)` draws. With `out_dir`, each prompt's profile is saved as it is
-    done and `resume=True` skips those already there. `mask_source`: "motion" or "pca" (from the final latents),
-    or "files" with one .npy mask per prompt and seed in `mask_files` (token grid or pixels, see
+    done and `resume=True` skips those already there. `mask_source`: "video_motion" (the moving subjects of the
+    video the pipeline decodes), "motion" or "pca" (from the final latents; the pipeline then skips its VAE
+    decode), or "files" with one .npy mask per prompt and seed in `mask_files` (token grid or pixels, see
     docs/profiling.md). `provenance`: entries to add to the profile's (and so the schedule's) provenance.
     A pipeline with two transformers (Wan 2.2) is profiled by `profile_experts`.
     """
@@ -105,7 +107,8 @@ def profile_pipeline(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,
 
 
 def profile_experts(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,), out_dir: str | Path | None = None,
-                    resume: bool = False, mask_source: str = "motion", mask_files: Sequence[str | Path] | None = None,
+                    resume: bool = False, mask_source: str = "video_motion",
+                    mask_files: Sequence[str | Path] | None = None,
                     max_queries: int = 256, high_fraction: float = 0.25, provenance: dict | None = None,
                     **pipe_kwargs) -> dict[str, Profile]:
     """`profile_pipeline` for a pipeline with one or two transformers: {"transformer": Profile} or, for Wan 2.2's
@@ -192,33 +195,43 @@ def profile_experts(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,)
     if not takes_callbacks and their_callback is not None:
         raise UserInputError(f"{type(pipe).__name__} takes no callback_on_step_end")
 
-    def denoise(prompt: str, seed: int) -> torch.Tensor:
+    # The video motion mask reads the video the pipeline decodes; the other sources skip the decode.
+    output_type = "np" if mask_source == "video_motion" else "latent"
+
+    def denoise(prompt: str, seed: int) -> torch.Tensor | None:
         seen.clear()
         generator = torch.Generator(device).manual_seed(seed)
         try:
             if takes_callbacks:
-                pipe(prompt=prompt, generator=generator, output_type="latent", callback_on_step_end=keep_latents,
-                     callback_on_step_end_tensor_inputs=["latents", *(x for x in their_inputs if x != "latents")],
-                     **pipe_kwargs)
+                inputs = ["latents", *(x for x in their_inputs if x != "latents")]
+                output = pipe(prompt=prompt, generator=generator, output_type=output_type, return_dict=False,
+                              callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=inputs,
+                              **pipe_kwargs)
             else:
-                output = pipe(prompt=prompt, generator=generator, output_type="latent", return_dict=False,
+                output = pipe(prompt=prompt, generator=generator, output_type=output_type, return_dict=False,
                               **pipe_kwargs)
                 # (the steps it ran: fewer than the scheduler's where an input video's strength trims them)
-                seen["latents"] = output[0]
                 seen["steps"] = getattr(pipe, "_num_timesteps", None) or len(pipe.scheduler.timesteps)
+                if output_type == "latent":
+                    seen["latents"] = output[0]
+            if output_type == "np":
+                seen["frames"] = np.asarray(output[0][0])
         except UserInputError:
             raise
         except (ValueError, TypeError) as err:  # (a pipeline's checks of its inputs, an unknown keyword: one line)
             if isinstance(err, TypeError) and "argument" not in str(err):
                 raise
             raise UserInputError(f"{type(pipe).__name__}: {first_line(err)}") from None
-        if "latents" not in seen or "grid" not in seen:
+        if "grid" not in seen or not ("latents" in seen or "frames" in seen):
             raise UserInputError(f"{type(pipe).__name__} ran no denoising step for {prompt!r}")
+        if "latents" not in seen:  # (a pipeline without step callbacks that decoded its video: the mask reads that)
+            return None
         return family.latents(seen["latents"].detach().float().cpu(), transformer, seen["grid"]).unsqueeze(0)
 
     request = ProfileRequest(prompts=pairs, block_lists=list(family.block_lists), token_grid=None, layout=layout,
                              branch=family.branch, sample=family.sample, patch=family.mask_patch(transformer),
                              check_record=one_call_per_step, mask_source=mask_source, mask_files=mask_files,
+                             decode=lambda latents: seen["frames"],
                              mask_temporal_stride=_temporal_stride(pipe, transformer), max_queries=max_queries,
                              high_fraction=high_fraction)
     provenance = {**(provenance or {}), "model": type(transformer).__name__,
@@ -269,8 +282,8 @@ def _checked_arguments(prompts, seeds, max_queries, high_fraction, mask_source, 
     if pipe_kwargs.get("num_videos_per_prompt", 1) != 1:
         raise UserInputError("profile_pipeline profiles one video per prompt and seed: leave num_videos_per_prompt at 1 "
                              "(give more seeds instead)")
-    if mask_source not in ("motion", "pca", "files"):
-        raise UserInputError(f"mask_source must be motion, pca or files, got {mask_source!r}")
+    if mask_source not in ("video_motion", "motion", "pca", "files"):
+        raise UserInputError(f"mask_source must be video_motion, motion, pca or files, got {mask_source!r}")
     if (mask_files is not None) != (mask_source == "files"):
         raise UserInputError("mask_files go with mask_source='files' (one per prompt and seed), and only with it")
     return [int(s) for s in seeds], int(max_queries)

@@ -48,7 +48,8 @@ class PromptProfile:
         first_step, total_steps = _step_window(record)
         frames_with_mask = [f for f in range(token_grid[0]) if mask[f].any()]
         if not frames_with_mask:
-            raise UserInputError(f"the foreground mask for prompt {prompt!r} is empty: nothing to profile against")
+            raise UserInputError(f"the foreground mask for prompt {prompt!r} is empty: nothing to profile against "
+                                 f"(nothing moves in its video? another prompt or seed, or another mask source)")
         tokens = int(np.prod(token_grid))
         ratios = {}
         for list_name, steps in record.high_attention.items():

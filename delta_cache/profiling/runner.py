@@ -22,7 +22,7 @@ from . import masks
 from .probe import ProbeRecord, ProbeSettings, ProfileProbe
 from .profile import Profile, PromptProfile
 
-MASK_SOURCES = ("motion", "pca", "files", "ground_truth")
+MASK_SOURCES = ("video_motion", "motion", "pca", "files", "ground_truth")
 
 
 @dataclass
@@ -39,6 +39,8 @@ class ProfileRequest:
     mask_temporal_stride: int = 4  # video frames per token frame, for pixel mask files
     patch: tuple[int, int] = (2, 2)
     mask_source: str = "motion"
+    # the decoded video (F, H, W, 3) of a generation's final latents (1, C, F, H, W), for mask_source "video_motion"
+    decode: Callable[[torch.Tensor], np.ndarray] | None = None
     mask_files: list[Path] | None = None  # one per prompt, for mask_source "files"
     ground_truth_masks: list[np.ndarray] | None = None  # pixel masks (F, H, W), for "ground_truth"
     max_queries: int = 256
@@ -52,6 +54,10 @@ def foreground_mask(request: ProfileRequest, index: int, latents: torch.Tensor,
     """The token mask (frames, h, w) of prompt `index`'s foreground; `latents` (1, C, F, H, W) are its final latents,
     `token_grid` the run's (default: the request's)."""
     token_grid = token_grid or request.token_grid
+    if request.mask_source == "video_motion":
+        if request.decode is None:
+            raise UserInputError("mask source video_motion needs the decoded video of each generation; use motion")
+        return masks.video_motion_mask(request.decode(latents), token_grid, request.mask_temporal_stride)
     if request.mask_source == "motion":
         return masks.motion_mask(latents[0].float().cpu().numpy(), request.patch)
     if request.mask_source == "pca":
