@@ -304,6 +304,8 @@ def load_schedule(name_or_path: "str | Path | Schedule") -> Schedule:
     text = str(name_or_path)
     path = Path(text)
     if path.suffix.lower() == ".json" or path.is_file() or "/" in text or "\\" in text:  # (a folder: a preset)
+        if path.is_dir():
+            raise ScheduleError(f"schedule {path} is a folder; give a schedule .json file (or a preset name)")
         if not path.is_file():
             raise ScheduleError(f"schedule file not found: {path}")
         source = str(path)
@@ -314,7 +316,9 @@ def load_schedule(name_or_path: "str | Path | Schedule") -> Schedule:
     else:
         presets = list_presets()
         if text.lower() not in presets:
-            raise ScheduleError(f"unknown schedule preset '{text}'; presets: {', '.join(presets)} (or a .json path)")
+            what = (f"'{text}' is a folder, not a schedule file or a preset" if path.is_dir()
+                    else f"unknown schedule preset '{text}'")
+            raise ScheduleError(f"{what}; presets: {', '.join(presets)} (or a .json path)")
         source = f"preset {text.lower()}"
         raw = (resources.files("delta_cache") / "presets" / f"{text.lower()}.json").read_text()
     try:

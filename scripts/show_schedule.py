@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source checkout without installing
 
-from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli  # noqa: E402
+from delta_cache.cli import OneLineArgumentParser, check_output_path, positive_int, run_cli  # noqa: E402
 from delta_cache.errors import UserInputError  # noqa: E402
 from delta_cache.plan import describe, schedule_depths  # noqa: E402
 from delta_cache.schedule import list_presets, load_schedule  # noqa: E402
@@ -29,7 +29,7 @@ def depth_flag(value: str) -> tuple[str, int]:
 
 
 def build_parser() -> OneLineArgumentParser:
-    p = OneLineArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("schedule", nargs="?", default=None,
                    help="a preset name or a schedule JSON file (none: list the presets)")
     p.add_argument("--steps", type=positive_int, default=None,
@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> str:
     num_steps = args.steps or schedule.num_steps
     text = describe(schedule, depths, num_steps)  # (checks that the schedule fits the depths)
     if args.png is not None:
-        if args.png.suffix.lower() != ".png" or args.png.is_dir() or not args.png.parent.is_dir():
+        if not args.png.parent.is_dir():
             raise UserInputError(f"--png {args.png}: expected a .png file in an existing folder")
+        check_output_path("--png", args.png, suffixes=(".png",))
         from delta_cache.profiling.report import plot_schedule
 
         plot_schedule(schedule, depths, args.png, num_steps)

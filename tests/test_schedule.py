@@ -32,6 +32,11 @@ def test_preset_names_are_case_insensitive_and_unknown_names_list_presets(tmp_pa
     assert dc.load_schedule("wan2.1-t2v-14b").name == "wan2.1-t2v-14b"
     with pytest.raises(dc.ScheduleError, match="unknown schedule preset 'nope'.*wan2.1-t2v-14b"):
         dc.load_schedule("nope")
+    (tmp_path / "profile").mkdir()  # (scripts/profile_model.py's --out, given instead of its schedule.json)
+    with pytest.raises(dc.ScheduleError, match="'profile' is a folder, not a schedule file or a preset"):
+        dc.load_schedule("profile")
+    with pytest.raises(dc.ScheduleError, match="schedule profile is a folder; give a schedule .json file"):
+        dc.load_schedule("profile/")
 
 
 def test_ranges_expand_and_compress():

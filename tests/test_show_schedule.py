@@ -60,14 +60,24 @@ def test_presets_are_listed_and_described_at_other_step_counts(tmp_path):
     (["wan2.1-t2v-14b", "--depths", "blocks"], "--depths takes LIST=BLOCKS"),
     (["wan2.1-t2v-14b", "--steps", "0"], "--steps: must be >= 1"),
     (["wan2.1-t2v-14b", "--png", "no/such/folder/grid.png"], "expected a .png file in an existing folder"),
+    (["wan2.1-t2v-14b", "--png", "grid.jpg"], "the file name must end in .png"),
+    (["wan2.1-t2v-14b", "--png", "/proc/grid.png"], "cannot create files in /proc"),
+    (["{folder}"], "is a folder, not a schedule file or a preset"),
     (["{schedule}"], "does not record num_blocks for blocks; give the model's depths"),
 ])
 def test_bad_input_is_one_line(tmp_path, argv, message):
     schedule = tmp_path / "bare.json"
     schedule.write_text(json.dumps({"format_version": 1, "num_steps": 10, "block_lists": {
         "blocks": {"background_blocks": [1], "refresh_steps": [0, 5]}}}))
-    proc = subprocess.run([sys.executable, str(SHOW), *(a.format(schedule=schedule) for a in argv)], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, str(SHOW), *(a.format(schedule=schedule, folder=tmp_path.name)
+                                                        for a in argv)], cwd=tmp_path.parent,
                           capture_output=True, text=True, timeout=60)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
     assert proc.stdout == "" and list(tmp_path.iterdir()) == [schedule]
+
+
+def test_help_gives_the_whole_first_paragraph():
+    proc = subprocess.run([sys.executable, str(SHOW), "--help"], capture_output=True, text=True, timeout=60)
+    text = " ".join(proc.stdout.split())
+    assert proc.returncode == 0 and "and the block evaluations it leaves per CFG branch" in text

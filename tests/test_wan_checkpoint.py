@@ -465,10 +465,11 @@ def test_garbage_and_incomplete_files_are_one_line(ckpts, tmp_path):
     with pytest.raises(CheckpointError, match=r"transformer \(the Wan transformer\): the weights lack 1 of the "
                                               r"model's tensors, e.g. blocks\.0\.attn1\.norm_q\.weight"):
         load_wan_components(folder, task="t2v-14B")
-    # a tokenizer folder without its vocabulary still loads, knowing only its special tokens
+    # a tokenizer folder without its vocabulary would load, knowing only its special tokens (the vocabulary
+    # check behind it is tested on a diffusers folder in test_other_families.py)
     ckpt = _copy(ckpts["upstream"], tmp_path / "no_vocabulary")
     (ckpt / keys.TOKENIZER_DIR / "tokenizer.json").unlink()
-    with pytest.raises(CheckpointError, match=r"the tokenizer knows none of the words of a plain prompt"):
+    with pytest.raises(CheckpointError, match=r"umt5-xxl: it has no tokenizer.json or spiece.model"):
         load_wan_components(ckpt, task="t2v-14B")
 
 
@@ -610,3 +611,19 @@ def test_cli_bad_arguments(tmp_path, capsys):
     for family in ("wan", "hunyuan_video"):  # (both writers: the HunyuanVideo one wrote into it)
         with pytest.raises(UserInputError, match="is not empty"):
             script.main(["--family", family, "--out", str(tmp_path / "full")])
+
+
+def test_a_tokenizer_folder_without_its_files_names_them(ckpts, tmp_path):
+    ckpt = _copy(ckpts["upstream"], tmp_path)
+    for path in (ckpt / "google" / "umt5-xxl").iterdir():
+        path.unlink()
+    with pytest.raises(CheckpointError, match=r"cannot load the tokenizer from .*umt5-xxl: it has no tokenizer.json "
+                                              r"or spiece.model$"):
+        load_wan_components(ckpt, task="t2v-14B")
+
+
+def test_a_malformed_model_index_is_refused(ckpts, tmp_path):
+    ckpt = _copy(ckpts["diffusers"], tmp_path)
+    (ckpt / "model_index.json").write_text("{")
+    with pytest.raises(CheckpointError, match=r"model_index\.json: cannot read it as JSON"):
+        load_wan_components(ckpt, task="t2v-14B")

@@ -3,6 +3,7 @@ be read become one clear line (`CheckpointError`)."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 from contextlib import contextmanager
@@ -31,6 +32,17 @@ def first_line(err: BaseException) -> str:
     """An exception's message in one line (its first, at most 300 characters), or its type's name."""
     text = str(err).strip() or type(err).__name__
     return text.splitlines()[0][:300]
+
+
+def read_model_index(path: Path) -> dict:
+    """A diffusers folder's model_index.json as a dict; a file that is not a JSON object is one line."""
+    try:
+        index = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read it as JSON ({first_line(err)})") from None
+    if not isinstance(index, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return index
 
 
 @contextmanager

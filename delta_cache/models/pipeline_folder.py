@@ -15,7 +15,7 @@ import torch
 from ..cli import check_input_folder
 from ..errors import CheckpointError, UserInputError
 from .common import (FILE_ERRORS, check_tokenizer_vocabulary, declared_count, first_line, from_pretrained_checked,
-                     library_warnings_off)
+                     library_warnings_off, read_model_index)
 from .video_families import FAMILIES
 
 
@@ -47,12 +47,7 @@ def check_pipeline_folder(folder: str | Path) -> DeclaredPipeline:
     check_input_folder("--ckpt_dir", folder)
     if not index.is_file():
         raise CheckpointError(f"{folder}: not a diffusers pipeline folder (no model_index.json)")
-    try:
-        declared = json.loads(index.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise CheckpointError(f"{index}: cannot read it as JSON ({err})") from None
-    if not isinstance(declared, dict):
-        raise CheckpointError(f"{index}: expected a JSON object")
+    declared = read_model_index(index)
 
     def component_class(name):
         entry = declared.get(name)

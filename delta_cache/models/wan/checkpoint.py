@@ -23,7 +23,8 @@ from transformers import (AutoTokenizer, PretrainedConfig, PreTrainedModel, PreT
 
 from ...cli import set_offline
 from ...errors import CheckpointError, UserInputError
-from ..common import FILE_ERRORS, check_tokenizer_vocabulary, declared_count, first_line, from_pretrained_checked
+from ..common import (FILE_ERRORS, check_tokenizer_vocabulary, declared_count, first_line, from_pretrained_checked,
+                      read_model_index)
 from . import keys
 from .tasks import TASKS, is_image_to_video, is_vace
 
@@ -67,6 +68,7 @@ def load_wan_components(
         raise CheckpointError(f"checkpoint folder not found: {root} (--ckpt_dir)")
     text_encoder_dtype = text_encoder_dtype or dtype
     if (root / DIFFUSERS_INDEX_FILE).is_file():
+        read_model_index(root / DIFFUSERS_INDEX_FILE)  # (only the layout's mark here, but a broken one is refused)
         components = _load_diffusers_layout(root, task, dtype, text_encoder_dtype, vae_dtype)
     else:
         components = _load_upstream_layout(root, task, dtype, text_encoder_dtype, vae_dtype)
@@ -527,7 +529,12 @@ def _assign(model, state_dict: dict, source: Path, dtype) -> None:
         raise CheckpointError(f"{source}: weights do not match the {type(model).__name__} derived from the files: {detail}") from None
 
 
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model")  # either serves (google/umt5-xxl ships both)
+
+
 def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(f"cannot load the tokenizer from {path}: it has no {' or '.join(TOKENIZER_FILES)}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except FILE_ERRORS as err:
