@@ -159,6 +159,17 @@ def test_video_motion_mask_finds_a_small_subject_whole_on_the_token_grid():
     assert mask_iou(edges, truth) < 0.2
 
 
+def test_video_motion_mask_of_a_video_missing_its_leading_frames():
+    """HunyuanVideo image-to-video (latent_concat) drops its first 4 decoded frames: the tokens still get a mask,
+    the missing frames taken as the first one, still."""
+    frames, pixels = _small_square_video()
+    grid = (5, 8, 8)
+    truth = masks.pixel_mask_to_tokens(pixels, grid)
+    found = masks.video_motion_mask(frames[4:], grid)
+    assert found.shape == grid and mask_iou(found[2:], truth[2:]) >= 0.9
+    assert found[0].any() and found[1].any()
+
+
 def test_video_motion_mask_of_a_still_video_is_empty_and_bad_frames_get_one_line():
     frames, _ = _small_square_video()
     assert not masks.video_motion_mask(np.repeat(frames[:1], 9, axis=0), (3, 8, 8)).any()
@@ -444,6 +455,12 @@ def test_profile_cli_writes_a_schedule_that_generate_uses(tmp_path, monkeypatch,
             "--ckpt_dir", str(ckpt), "--size", "32*32", "--frame_num", "9", "--sample_steps", "8", "--prompt",
             "a red square", "--max_queries", "16", "--threads", "1", "--out", str(out), "--resume"])
     assert {p.name: p.read_bytes() for p in (out / "profiles").iterdir()} == saved
+    # (profiles of the old default mask source: the line says how to reuse them)
+    with pytest.raises(dc.UserInputError, match=r"other settings \(mask_source 'video_motion' -> 'motion'\); give "
+                                                r"--mask_source video_motion .* to reuse them"):
+        load_script(REPO / "scripts" / "profile_model.py").main([
+            "--ckpt_dir", str(ckpt), "--size", "32*32", "--frame_num", "9", "--sample_steps", "10", "--prompt",
+            "a red square", "--max_queries", "16", "--mask_source", "motion", "--out", str(out), "--resume"])
     with pytest.raises(dc.UserInputError, match=r"other settings \(sample_guide_scale 5.0 -> 1.0\)"):
         load_script(REPO / "scripts" / "profile_model.py").main([
             "--ckpt_dir", str(ckpt), "--size", "32*32", "--frame_num", "9", "--sample_steps", "10", "--prompt",

@@ -432,6 +432,9 @@ def test_t5_cpu_with_model_offload_keeps_t5_on_the_cpu():
     assert pipe._execution_device == torch.device("cuda:0")
     assert all(p.device.type == "cpu" for p in pipe.text_encoder.parameters())
     assert DiffusionPipeline._exclude_from_cpu_offload == []
+    pipe.maybe_free_model_hooks()  # (what the pipeline calls at the end of each run: it offloads anew)
+    assert not hasattr(pipe.text_encoder, "_hf_hook") and hasattr(pipe.transformer, "_hf_hook")
+    assert all(p.device.type == "cpu" for p in pipe.text_encoder.parameters())
     other = tiny_wan.tiny_wan_pipeline(num_layers=2)
     place_pipeline(other, torch.device("cuda"), offload=True, text_encoder_on_cpu=False)
     assert other.text_encoder._hf_hook.execution_device == torch.device("cuda:0")

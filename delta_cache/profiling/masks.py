@@ -110,6 +110,11 @@ def video_motion_mask(frames: np.ndarray, token_grid: tuple[int, int, int], temp
         raise UserInputError(f"video motion masks need frames (F, H, W, 3), got shape {frames.shape}")
     if frames.shape[0] < 2:
         raise UserInputError("video motion masks need at least 2 video frames; use --mask_source pca")
+    needed = 1 + temporal_stride * (token_grid[0] - 1)
+    if frames.shape[0] < needed:  # a pipeline that drops leading frames from its output (HunyuanVideo image-to-video
+        # with latent_concat drops 4, its conditioning image's): they take its first frame, still, so the tokens
+        # the video lacks are marked where its first frame shows the subject
+        frames = np.concatenate([np.repeat(frames[:1], needed - frames.shape[0], axis=0), frames])
     cells = _pool_cells(frames, (token_grid[1] * cells_per_token, token_grid[2] * cells_per_token))
     change = np.sqrt((np.diff(cells, axis=0) ** 2).mean(axis=-1))  # (F - 1, hc, wc)
     motion = np.concatenate([change[:1], (change[:-1] + change[1:]) / 2, change[-1:]], axis=0)

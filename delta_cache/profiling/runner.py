@@ -92,8 +92,11 @@ def _check_resumable(folder: Path, provenance: dict) -> None:
     changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
     if changed:
         details = ", ".join(f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:3])
+        # (the default mask source changed from motion to video_motion on 2026-12-08)
+        hint = (f"give --mask_source {saved['mask_source']} (mask_source={saved['mask_source']!r}) to reuse them, "
+                if changed == ["mask_source"] else "")
         raise UserInputError(f"--resume: the profiles in {folder} were made with other settings ({details}); "
-                             f"use another --out, or drop --resume to profile again")
+                             f"{hint}use another --out, or drop --resume to profile again")
 
 
 def run_profile(transformer: torch.nn.Module, denoise: Callable[[str, int], torch.Tensor], request: ProfileRequest,

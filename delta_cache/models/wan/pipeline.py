@@ -77,8 +77,9 @@ def place_pipeline(pipe, device: torch.device, *, offload: bool, text_encoder_on
     with `text_encoder_on_cpu` (upstream's --t5_cpu) T5 stays on the CPU either way.
 
     Model offload hooks every model of the pipeline's offload sequence, T5 included (its exclusion list only
-    spares models outside the sequence, and moves those to the GPU), so T5's hook comes off afterwards; the
-    exclusion is still set, on this pipeline alone, so that `_execution_device` does not read the CPU from it.
+    spares models outside the sequence, and moves those to the GPU), so T5's hook comes off afterwards, and again
+    after every generation (the pipeline's end-of-call `maybe_free_model_hooks` offloads anew); the exclusion is
+    still set, on this pipeline alone, so that `_execution_device` does not read the CPU from it.
     """
     if device.type != "cuda":
         pipe.to(device)
@@ -87,10 +88,18 @@ def place_pipeline(pipe, device: torch.device, *, offload: bool, text_encoder_on
         if text_encoder_on_cpu:
             from accelerate.hooks import remove_hook_from_module
 
+            def keep_text_encoder_on_cpu():
+                remove_hook_from_module(pipe.text_encoder, recurse=True)
+                pipe.text_encoder.to("cpu")
+
+            def free_model_hooks(free=pipe.maybe_free_model_hooks):
+                free()
+                keep_text_encoder_on_cpu()
+
             pipe._exclude_from_cpu_offload = [*pipe._exclude_from_cpu_offload, "text_encoder"]
             pipe.enable_model_cpu_offload(device=device)
-            remove_hook_from_module(pipe.text_encoder, recurse=True)
-            pipe.text_encoder.to("cpu")
+            keep_text_encoder_on_cpu()
+            pipe.maybe_free_model_hooks = free_model_hooks  # (this pipeline's own, called at the end of each run)
         else:
             pipe.enable_model_cpu_offload(device=device)
         return
