@@ -67,6 +67,21 @@ def test_otsu_and_masks():
     assert masks.pixel_mask_to_tokens(at_the_edge, (1, 30, 52))[0, 13:16, -1].all()
 
 
+def test_pixel_masks_onto_token_frames_of_a_temporal_patch_over_unpadded_latents():
+    """CogVideoX 1.5 (4 frames a latent frame, 2 latent frames a token frame) at 85 frames: 22 latent frames, not
+    padded, 11 token frames; token frame k >= 1 covers latent frames 2k, 2k+1, video frames 8k-3 .. 8k+4, and
+    token frame 0 frames 0 .. 4. (Padded runs, e.g. 81 frames, give 1 + 8(T - 1) frames: the usual groups.)"""
+    frames = np.zeros((85, 8, 8), dtype=bool)
+    for k in range(1, 11):  # token frame k's subject: its own column, on exactly its 8 video frames
+        frames[8 * k - 3: 8 * k + 5, :, k % 8] = True
+    frames[0:5, :, 0] = True
+    tokens = masks.pixel_mask_to_tokens(frames, (11, 1, 8), temporal_stride=8)
+    assert [int(np.flatnonzero(t[0])[0]) if t.any() else None for t in tokens] == [0] + [k % 8 for k in range(1, 11)]
+    assert all(t.sum() == 1 for t in tokens)
+    padded = masks.pixel_mask_to_tokens(np.ones((81, 8, 8), dtype=bool), (11, 1, 8), temporal_stride=8)
+    assert padded.all()
+
+
 def _flat_square_moving_slowly(frames=5, size=32, side=8, first_frame_offset=0.8):
     """Latents (16, F, size, size): a square of even colour (4x4 tokens) moving right by a quarter of its width
     per latent frame over a static textured background, and its true token mask (patch 2x2)."""

@@ -216,12 +216,18 @@ def pixel_mask_to_tokens(mask: np.ndarray, token_grid: tuple[int, int, int], tem
                          min_coverage: float = 0.5) -> np.ndarray:
     """Pixel mask (F, H, W) -> token mask: a token is foreground when >= min_coverage of its pixels are.
 
-    Latent frame 0 is video frame 0; latent frame k >= 1 covers video frames s(k-1)+1 .. sk for a temporal stride
-    s (causal VAE; 4 for Wan, HunyuanVideo and CogVideoX).
+    Token frame 0 is video frame 0; token frame k >= 1 covers video frames s(k-1)+1 .. sk for a temporal stride
+    s (video frames per token frame: a causal VAE's 4 for Wan, HunyuanVideo and CogVideoX, times the
+    transformer's temporal patch). A video 0 < e < s frames longer than that is a temporal patch over latents the
+    pipeline did not pad (CogVideoX 1.5 with an even latent count): token frame 0 then covers frames 0 .. e, and
+    every later one s frames from there.
     """
     mask = np.asarray(mask, dtype=np.float32)
     frames, height, width = token_grid
-    groups = [mask[:1]] + [mask[1 + temporal_stride * (k - 1): 1 + temporal_stride * k] for k in range(1, frames)]
+    extra = mask.shape[0] - (1 + temporal_stride * (frames - 1))
+    first = extra + 1 if 0 < extra < temporal_stride else 1
+    groups = [mask[:first]] + [mask[first + temporal_stride * (k - 1): first + temporal_stride * k]
+                               for k in range(1, frames)]
     if any(g.shape[0] == 0 for g in groups):
         needed = 2 + temporal_stride * (frames - 2) if frames > 1 else 1
         raise UserInputError(f"mask has {mask.shape[0]} frames; {frames} token frames need at least {needed} video "
