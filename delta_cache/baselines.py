@@ -271,7 +271,8 @@ class TeaCache:
 
         self.config = TeaCacheConfig(threshold=threshold, coefficients=tuple(settings.coefficients),
                                      indicator=settings.indicator, num_inference_steps=num_steps,
-                                     first_computed_steps=settings.first_computed_steps)
+                                     first_computed_steps=settings.first_computed_steps,
+                                     last_step_computed=settings.last_step_computed)
         self.coefficients_source = coefficients_source
         self.tuning: TuneResult | None = None
         self._handle = None

@@ -111,7 +111,8 @@ def apply_teacache_from_flags(transformer, settings, threshold: float, num_infer
 
     return apply_teacache(transformer, TeaCacheConfig(
         threshold=threshold, coefficients=settings.coefficients, indicator=settings.indicator,
-        num_inference_steps=num_inference_steps, first_computed_steps=settings.first_computed_steps))
+        num_inference_steps=num_inference_steps, first_computed_steps=settings.first_computed_steps,
+        last_step_computed=settings.last_step_computed))
 
 
 def add_compile_flag(parser: argparse.ArgumentParser) -> None:

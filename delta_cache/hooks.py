@@ -273,7 +273,7 @@ class DeltaCacheBlockHook(ModelHook):
             # (a step refreshed twice, e.g. by a sampler that calls the model twice a step, overwrites its delta)
             shift = self.run_key in state.deltas and state.delta_steps[self.run_key] != state.step
             if self.forecast == "linear" and shift:
-                line = self._extrapolate(state, state.step)
+                line = self._extrapolate(state, state.step, next(d.device for d in deltas if d is not None))
                 if line is not None:  # the line's forecast for this step, checked against the computed deltas
                     state.line_trusted[self.run_key] = _closer(line, deltas, than=state.deltas[self.run_key],
                                                                group=state.token_group)
@@ -289,22 +289,22 @@ class DeltaCacheBlockHook(ModelHook):
         self.stats.record_skip(self.state_manager.context.name, self.list_name)
         streams = self._input_streams(args, kwargs)
         if self.is_run_first:
-            streams = tuple(
-                None if x is None else self._add_delta(x, d) for x, d in zip(streams, self._forecast_deltas(state))
-            )
+            device = next(x.device for x in streams if x is not None)
+            streams = tuple(None if x is None else self._add_delta(x, d)
+                            for x, d in zip(streams, self._forecast_deltas(state, device)))
         return self._pack(streams)
 
-    def _forecast_deltas(self, state: BranchState) -> tuple:
+    def _forecast_deltas(self, state: BranchState, device: torch.device) -> tuple:
         """The run's deltas for this step: the last refresh's (hold), or with the linear forecast the line's
         (`_extrapolate`) while the line's forecast of the last refresh was closer than holding would have been;
         otherwise they hold (a closed loop can amplify a bad line: each refresh sees the error it caused)."""
         deltas = state.deltas[self.run_key]
         if self.forecast != "linear" or not state.line_trusted.get(self.run_key, True):
             return deltas
-        line = self._extrapolate(state, state.step)
+        line = self._extrapolate(state, state.step, device)
         return deltas if line is None else line
 
-    def _extrapolate(self, state: BranchState, step: int) -> tuple | None:
+    def _extrapolate(self, state: BranchState, step: int, device: torch.device) -> tuple | None:
         """The run's deltas at `step` on the line (in step index) through the last two refreshes' deltas, or
         None without such a line. The line needs its earlier point at or after the last warm-up step: the
         warm-up's steps change fastest (that is why they are computed), and a line through two of them
@@ -318,7 +318,10 @@ class DeltaCacheBlockHook(ModelHook):
         if last_step == earlier_step:
             return None
         slope = (step - last_step) / (last_step - earlier_step)
-        return tuple(None if d is None else d + (d - e) * slope for d, e in zip(deltas, earlier))
+        # (on the activations' device: with delta_device="cpu" the buffers are there, and activation-sized
+        # arithmetic on the CPU every reuse step would cost more than the copies)
+        return tuple(None if d is None else _line(d.to(device, non_blocking=True), e.to(device, non_blocking=True),
+                                                   slope) for d, e in zip(deltas, earlier))
 
     # ---- streams: (hidden_states, encoder_hidden_states or None) ---------------------------------------
     def _input_streams(self, args, kwargs) -> tuple:
@@ -350,6 +353,10 @@ class DeltaCacheBlockHook(ModelHook):
     def _add_delta(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         # (added in the wider of the two dtypes, then back to the activations')
         return (x + delta.to(x.device, non_blocking=True)).to(x.dtype)
+
+
+def _line(last: torch.Tensor, earlier: torch.Tensor, slope: float) -> torch.Tensor:
+    return last + (last - earlier) * slope
 
 
 class DeltaCacheHandle:

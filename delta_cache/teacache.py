@@ -5,7 +5,8 @@ compared with the previous call's: d = mean|x - x_prev| / mean|x_prev|. A polyno
 estimate of how much the model's output changes, and the estimates accumulate. While the sum stays below
 `threshold`, the whole block stack is skipped and the last computed call's stack residual (stack output -
 stack input, image tokens) is added to the stack input instead; otherwise every block runs, the residual is
-refreshed and the sum restarts at 0. The first `first_computed_steps` steps and the last step always run.
+refreshed and the sum restarts at 0. The first `first_computed_steps` steps and the last step always run
+(the last one but in TeaCache's Wan "ret_steps" mode: `last_step_computed`).
 
 Indicators (which tensor x is; the family adapters say which one each model uses):
 - "timestep_embedding": the time embedding (`condition_embedder` output 0; Wan2.1, TeaCache's default mode);
@@ -55,6 +56,7 @@ class TeaCacheSettings:
     thresholds: tuple[float, float] | None  # (slow, fast); None when unpublished
     indicator: str
     first_computed_steps: int
+    last_step_computed: bool = True  # (TeaCache's Wan "ret_steps" mode leaves the last step to the indicator)
 
 
 @dataclass
@@ -68,6 +70,8 @@ class TeaCacheConfig:
         num_inference_steps: the run's step count (the last step always runs); None: the pipeline's
             `cache_context` value.
         first_computed_steps: steps at the start that always run (1; TeaCache's Wan "ret_steps" mode: 5).
+        last_step_computed: the last step always runs (False in TeaCache's Wan "ret_steps" mode, where the
+            accumulated change decides it as any other).
         calibrate: compute every call and record (indicator change, output change) pairs.
     """
 
@@ -76,6 +80,7 @@ class TeaCacheConfig:
     indicator: str
     num_inference_steps: int | None = None
     first_computed_steps: int = 1
+    last_step_computed: bool = True
     calibrate: bool = False
 
     def __post_init__(self) -> None:
@@ -220,7 +225,8 @@ class _TeaCacheBlockHook(ModelHook):
             return
         compute = (self.config.calibrate or state.residual is None or state.residual.shape != hidden.shape
                    or state.previous_indicator is None
-                   or state.step < self.config.first_computed_steps or state.step >= state.num_steps - 1)
+                   or state.step < self.config.first_computed_steps
+                   or state.step >= state.num_steps - (1 if self.config.last_step_computed else 0))
         if state.previous_indicator is not None and (self.config.calibrate or not compute):
             change = relative_l1(indicator, state.previous_indicator)
             if self.config.calibrate:

@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import delta_cache  # noqa: E402
 from delta_cache.cli import OneLineArgumentParser, positive_int, run_cli  # noqa: E402
+from delta_cache.errors import UserInputError  # noqa: E402
 
 
 def latent_grid(tokens: int) -> tuple[int, int, int]:
@@ -164,9 +165,15 @@ def denoise_loop(bench: Bench, latents, steps: int, untimed_steps: int = 0) -> f
     return time.perf_counter() - start
 
 
+def refreshes(forecast: str) -> list[int]:
+    """The all-reuse schedule's refresh steps: step 0, and for the linear forecast step 2 as well (a line needs
+    two refreshes after the warm-up, so that the timed reuse steps after it extrapolate, not hold)."""
+    return [0, 2] if forecast == "linear" else [0]
+
+
 def all_reuse_schedule(transformer: torch.nn.Module, steps: int, forecast: str) -> "delta_cache.Schedule":
-    """Every block of every list reused on every step after step 0."""
-    lists = {name: {"background_blocks": list(range(depth)), "refresh_steps": [0]}
+    """Every block of every list reused on every step but `refreshes(forecast)`."""
+    lists = {name: {"background_blocks": list(range(depth)), "refresh_steps": refreshes(forecast)}
              for name, depth in delta_cache.model_block_lists(transformer).items()}
     return delta_cache.Schedule.from_dict({"format_version": 1, "name": "all-reuse", "num_steps": steps,
                                            "forecast": forecast, "block_lists": lists})
@@ -191,16 +198,20 @@ def blocks_pass_through(transformer: torch.nn.Module):
 
 def hook_cost(bench: Bench, latents, steps: int, forecast: str) -> float:
     """Seconds the cache adds to a call that skips every block: calls with every block reused against calls
-    whose blocks do nothing, both timed over steps 1 .. steps - 1 (step 0 computes the deltas)."""
+    whose blocks do nothing, both timed over the steps after the last refresh (`refreshes`: those compute the
+    deltas, and the linear forecast's line)."""
+    untimed = refreshes(forecast)[-1] + 1
+    if steps <= untimed:
+        raise UserInputError(f"--steps {steps}: the hook cost needs more than {untimed} steps")
     with blocks_pass_through(bench.transformer):
-        bare = denoise_loop(bench, latents, steps, untimed_steps=1)
+        bare = denoise_loop(bench, latents, steps, untimed_steps=untimed)
     delta_cache.apply_delta_cache(bench.transformer, all_reuse_schedule(bench.transformer, steps, forecast),
                                   num_inference_steps=steps)
     try:
-        reused = denoise_loop(bench, latents, steps, untimed_steps=1)
+        reused = denoise_loop(bench, latents, steps, untimed_steps=untimed)
     finally:
         delta_cache.remove_delta_cache(bench.transformer)
-    return max(reused - bare, 0.0) / ((steps - 1) * len(bench.branches))
+    return max(reused - bare, 0.0) / ((steps - untimed) * len(bench.branches))
 
 
 def main() -> None:

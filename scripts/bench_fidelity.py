@@ -349,7 +349,7 @@ def measure_video(model, frames, path: Path, scene, reference) -> tuple[dict, ob
     from delta_cache.video import read_video, save_video
 
     uint8 = model.to_uint8(frames)
-    encoded = read_video(save_video(uint8, path, fps=model.fps))
+    encoded = read_video(save_video(uint8, path, fps=model.fps, quality=model.video_quality))  # (as its front end)
     ref_frames, ref_encoded = (frames, encoded) if reference is None else reference[:2]
     before_mp4, after_mp4 = fidelity(frames, ref_frames), fidelity(encoded, ref_encoded)
     check = check_video(uint8, scene)

@@ -154,11 +154,20 @@ def main(argv: list[str] | None = None) -> None:
              f"{len(VBENCH_DIMENSIONS)} dimensions.", "",
              "| method | VBench* | LPIPS | PSNR | SSIM | FID* |", "|---|---:|---:|---:|---:|---:|",
              f"| {REFERENCE} | {format_metric(vbench.get(REFERENCE), '.4f')} | - | - | - | - |"]
+    identical = {}
     for method, rows in scores.items():
+        # (a video identical to its reference has an infinite PSNR: left out of the mean and counted, as
+        # bench_fidelity.py does, else one such video makes the method's mean infinite)
+        identical[method] = sum(math.isinf(row["psnr"]) for row in rows)
+        psnr = [row["psnr"] for row in rows if not math.isinf(row["psnr"])]
+        means = {"psnr": (sum(psnr) / len(psnr)) if psnr else (math.inf if rows else None),
+                 **{key: mean_of_present([row[key] for row in rows]) for key in ("lpips", "ssim", "fid")}}
         cells = [format_metric(vbench.get(method), ".4f")] + [
-            format_metric(mean_of_present([row[key] for row in rows]), spec)
+            format_metric(means[key], spec)
             for key, spec in (("lpips", ".4f"), ("psnr", ".2f"), ("ssim", ".4f"), ("fid", ".2f"))]
         lines.append(f"| {method} | {' | '.join(cells)} |")
+    lines += [f"\nPSNR of {method}: {count} of {len(scores[method])} videos identical to the reference (infinite), "
+              f"left out of its mean." for method, count in identical.items() if count]
     table = "\n".join(lines)
     print(table)
     if args.out:

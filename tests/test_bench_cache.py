@@ -33,24 +33,33 @@ def test_blocks_pass_through_returns_inputs_and_restores_the_blocks():
     assert "forward" not in vars(block)
 
 
-def test_all_reuse_schedule_skips_every_block_after_the_first_step():
+def test_all_reuse_schedule_skips_every_block_after_the_first_step(monkeypatch):
+    """Every block reused but on step 0 (hold) or steps 0 and 2 (linear: the timed steps after them extrapolate,
+    on a line through two refreshes, rather than hold)."""
+    import delta_cache.hooks as hooks
+
     bench = _tiny_hunyuan_bench()
-    steps = 4
-    schedule = bench_cache.all_reuse_schedule(bench.transformer, steps, "linear")
-    assert schedule.forecast == "linear"
-    handle = dc.apply_delta_cache(bench.transformer, schedule, num_inference_steps=steps)
+    steps = 5
     computed = []  # a block's attention runs only when the block itself computes
     blocks = [*bench.transformer.transformer_blocks, *bench.transformer.single_transformer_blocks]
     for block in blocks:
         block.attn.register_forward_hook(lambda *_: computed.append(1))
     latents = torch.randn(1, 16, 1, 8, 8)
-    bench_cache.denoise_loop(bench, latents, steps)
-    assert len(computed) == len(blocks) == 5  # step 0 only
-    stats = handle.stats()
-    assert stats["total_block_evals"] == steps * 5 and stats["computed_block_evals"] == 5
-    dc.remove_delta_cache(bench.transformer)
-    cost = bench_cache.hook_cost(bench, latents, steps, forecast="hold")
-    assert cost >= 0.0
+    for forecast, refreshes in (("hold", 1), ("linear", 2)):
+        schedule = bench_cache.all_reuse_schedule(bench.transformer, steps, forecast)
+        assert schedule.forecast == forecast
+        handle = dc.apply_delta_cache(bench.transformer, schedule, num_inference_steps=steps)
+        computed.clear()
+        bench_cache.denoise_loop(bench, latents, steps)
+        assert len(computed) == len(blocks) * refreshes and len(blocks) == 5
+        stats = handle.stats()
+        assert stats["total_block_evals"] == steps * 5 and stats["computed_block_evals"] == 5 * refreshes
+        dc.remove_delta_cache(bench.transformer)
+    lines = []
+    monkeypatch.setattr(hooks, "_line", lambda *a: lines.append(1) or a[0])
+    assert bench_cache.hook_cost(bench, latents, steps, forecast="hold") >= 0.0 and not lines
+    assert bench_cache.hook_cost(bench, latents, steps, forecast="linear") >= 0.0
+    assert len(lines) >= 2  # (the reuse steps 3 and 4 of each list's run extrapolated)
     assert not hasattr(bench.transformer, "_delta_cache_handle")  # the measurement leaves the model bare
 
 

@@ -94,6 +94,8 @@ def test_scores_as_the_paper_computes_them(folders, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| uncached | 0.7567 | - | - | - | - |" in table
     assert "| same | n/a | " in table and "| inf | 1.0000 |" in table
+    assert "PSNR of same: 2 of 2 videos identical to the reference (infinite), left out of its mean." in table
+    assert "PSNR of noisy" not in table
     noisy_psnr = np.mean([row["psnr"] for row in results["videos"]["noisy"]])
     assert f"| noisy | 0.7350 | n/a | {noisy_psnr:.2f} |" in table
 

@@ -43,6 +43,7 @@ class ModelRunner:
     model_name: str
     settings: dict = field(default_factory=dict)  # sampler settings, for reports and provenance
     cache_num_steps: int | None = None  # for pipelines that do not pass the step count to the cache
+    video_quality: int = 8  # imageio's mp4 quality the front end writes (Wan2.1 8, HunyuanVideo 5)
     leading_tokens: int = 0  # tokens before the video's in the blocks' sequence (VACE: reference images)
 
     @property

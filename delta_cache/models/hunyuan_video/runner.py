@@ -61,6 +61,6 @@ def load_hunyuan_video_runner(ckpt_dir, *, width: int, height: int, num_frames: 
         num_steps=num_steps, fps=config.SAMPLE_FPS, generate=generate,
         decode=lambda latents: decode(pipe, latents, autocast_dtype=torch.float16 if cuda else None)[0],
         to_uint8=to_uint8_as_upstream, encode=lambda frames: encode(pipe, frames), model_name="HunyuanVideo",
-        cache_num_steps=num_steps,
+        cache_num_steps=num_steps, video_quality=config.VIDEO_QUALITY,
         settings={"sample_solver": "euler", "sample_shift": shift, "sample_guide_scale": guide_scale,  # embedded
                   "device": str(device), "dtype": str(bf16).replace("torch.", "")})

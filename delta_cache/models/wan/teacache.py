@@ -36,5 +36,6 @@ def teacache_settings(task: str, width: int, height: int, indicator: str = "time
     if (key, indicator) not in _COEFFICIENTS:
         known = sorted({k for k, _ in _COEFFICIENTS})
         raise UserInputError(f"TeaCache published no Wan2.1 coefficients for {key} ({indicator}); it has {', '.join(known)}")
+    # (the "ret_steps" mode, the timestep projection, runs its first 5 steps and leaves the last to the indicator)
     return TeaCacheSettings(_COEFFICIENTS[key, indicator], _THRESHOLDS.get((key, indicator)), indicator,
-                               FIRST_COMPUTED_STEPS[indicator])
+                            FIRST_COMPUTED_STEPS[indicator], last_step_computed=indicator != "timestep_projection")
