@@ -252,6 +252,9 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     make_bench, default_schedule = FAMILIES[args.family]
     schedule = delta_cache.load_schedule(args.schedule or default_schedule)  # a bad file fails before the build
+    if not args.compile and args.steps <= refreshes(schedule.forecast)[-1] + 1:
+        raise UserInputError(f"--steps {args.steps}: the hook cost of a {schedule.forecast}-forecast schedule needs "
+                             f"more than {refreshes(schedule.forecast)[-1] + 1} steps")
     bench = make_bench(args, dtype)
     schedule.check_fits(delta_cache.model_block_lists(bench.transformer))  # (before the table starts)
     if args.compile:

@@ -78,6 +78,9 @@ def test_pixel_masks_onto_token_frames_of_a_temporal_patch_over_unpadded_latents
     tokens = masks.pixel_mask_to_tokens(frames, (11, 1, 8), temporal_stride=8)
     assert [int(np.flatnonzero(t[0])[0]) if t.any() else None for t in tokens] == [0] + [k % 8 for k in range(1, 11)]
     assert all(t.sum() == 1 for t in tokens)
+    # every frame of each group, exactly (a group one frame off would miss one: coverage below 1)
+    exact = masks.pixel_mask_to_tokens(frames, (11, 1, 8), temporal_stride=8, min_coverage=1.0)
+    assert np.array_equal(exact, tokens)
     padded = masks.pixel_mask_to_tokens(np.ones((81, 8, 8), dtype=bool), (11, 1, 8), temporal_stride=8)
     assert padded.all()
 
