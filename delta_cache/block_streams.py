@@ -3,6 +3,8 @@ the block: (hidden_states, encoder_hidden_states or None). Shared by the caches 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 
@@ -18,6 +20,7 @@ _UNREGISTERED_VIDEO_BLOCKS = (
 )
 
 
+@functools.cache  # (once a process: the caches call it for every block they attach to)
 def register_video_blocks() -> None:
     """Describe those blocks in diffusers' registry, where diffusers has them and does not yet describe them
     itself, so that the caches and the profiler find and read them as they do the registered ones."""

@@ -177,6 +177,7 @@ def main(argv=None) -> None:
 
     import delta_cache
     from delta_cache.metrics import fidelity
+    from delta_cache.models.common import pipeline_input_error
     from delta_cache.models.pipeline_folder import load_folder_pipeline
     from delta_cache.video import save_video
 
@@ -195,9 +196,10 @@ def main(argv=None) -> None:
         except UserInputError:
             raise
         except (ValueError, TypeError) as err:  # (the pipeline's checks of its inputs, an argument it does not take)
-            if isinstance(err, TypeError) and "argument" not in str(err):
+            refusal = pipeline_input_error(pipe, err)
+            if refusal is None:
                 raise
-            raise UserInputError(f"{type(pipe).__name__}: {str(err).splitlines()[0]}") from None
+            raise refusal from None
         finally:
             timer.remove()
         return frames, timer.seconds()

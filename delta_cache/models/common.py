@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UserInputError
 
 # What loaders raise on unreadable, truncated, garbage or inconsistent files (a pickle of garbage raises
 # IndexError, a config of the wrong type TypeError or AttributeError, a zero head count ZeroDivisionError).
@@ -32,6 +32,14 @@ def first_line(err: BaseException) -> str:
     """An exception's message in one line (its first, at most 300 characters), or its type's name."""
     text = str(err).strip() or type(err).__name__
     return text.splitlines()[0][:300]
+
+
+def pipeline_input_error(pipe, err: Exception) -> UserInputError | None:
+    """A diffusers pipeline's refusal of its inputs as one line: its own checks (ValueError) or an argument it does
+    not take (a TypeError naming it); None for any other error, which is a bug to show whole."""
+    if isinstance(err, ValueError) or (isinstance(err, TypeError) and "argument" in str(err)):
+        return UserInputError(f"{type(pipe).__name__}: {first_line(err)}")
+    return None
 
 
 def read_model_index(path: Path) -> dict:

@@ -126,20 +126,29 @@ def video_motion_mask(frames: np.ndarray, token_grid: tuple[int, int, int], temp
 
 
 def _pool_cells(frames: np.ndarray, cells: tuple[int, int]) -> np.ndarray:
-    """(F, H, W, 3) -> (F, hc, wc, 3) float32: each pixel averaged into the cell it lies in (sizes need not be
-    multiples), frame by frame (a 720p video in float is gigabytes); values in 0-1 (uint8 frames are scaled)."""
+    """(F, H, W, 3) -> (F, hc, wc, 3) float32 cell means (`_cell_means`); values in 0-1 (uint8 frames are scaled)."""
     _, height, width, _ = frames.shape
-    hc, wc = min(cells[0], height), min(cells[1], width)
+    return _cell_means(frames, (min(cells[0], height), min(cells[1], width)), dtype=np.float32,
+                       scale=255.0 if frames.dtype == np.uint8 else 1.0)
+
+
+def _cell_means(frames: np.ndarray, cells: tuple[int, int], dtype=np.float64, scale: float = 1.0) -> np.ndarray:
+    """(F, H, W) or (F, H, W, C) -> (F, hc, wc[, C]) in `dtype`: each pixel averaged (in float64, then divided by
+    `scale`) into the cell it lies in, also when the sizes are not multiples (a mask at a source video's
+    resolution); one frame at a time (a 720p video in float is gigabytes)."""
+    height, width = frames.shape[1:3]
+    hc, wc = cells
     rows, cols = np.arange(height) * hc // height, np.arange(width) * wc // width
     cell = (rows[:, None] * wc + cols[None, :]).ravel()
     counts = np.bincount(cell, minlength=hc * wc)
-    scale = 255.0 if frames.dtype == np.uint8 else 1.0
-    pooled = np.empty((frames.shape[0], hc * wc, 3), dtype=np.float32)
+    channels = frames.shape[3:]
+    means = np.empty((frames.shape[0], hc * wc, int(np.prod(channels))), dtype=dtype)
     for index, frame in enumerate(frames):
-        for channel in range(3):
-            pooled[index, :, channel] = np.bincount(cell, weights=frame[..., channel].ravel().astype(np.float64),
-                                                    minlength=hc * wc) / counts / scale
-    return pooled.reshape(frames.shape[0], hc, wc, 3)
+        planes = frame.reshape(height * width, -1)
+        for channel in range(planes.shape[1]):
+            means[index, :, channel] = np.bincount(cell, weights=planes[:, channel].astype(np.float64),
+                                                   minlength=hc * wc) / counts / scale
+    return means.reshape(frames.shape[0], hc, wc, *channels)
 
 
 def _moving_side(features: np.ndarray, motion: np.ndarray, clusters: int, max_clusters: int) -> np.ndarray:
@@ -237,14 +246,7 @@ def pixel_mask_to_tokens(mask: np.ndarray, token_grid: tuple[int, int, int], tem
     pixels_h, pixels_w = mask.shape[1:]
     if pixels_h < height or pixels_w < width:
         raise UserInputError(f"mask of {pixels_h}x{pixels_w} pixels is smaller than the token grid")
-    # Each pixel belongs to the token it lies in, also when the sizes are not multiples (a mask at the
-    # source video's resolution): coverage = mean over the token's pixels.
-    rows = np.arange(pixels_h) * height // pixels_h
-    cols = np.arange(pixels_w) * width // pixels_w
-    cell = (rows[:, None] * width + cols[None, :]).ravel()
-    counts = np.bincount(cell, minlength=height * width)
-    coverage = np.stack([np.bincount(cell, weights=f.ravel(), minlength=height * width) / counts for f in per_frame])
-    return coverage.reshape(frames, height, width) >= min_coverage
+    return _cell_means(per_frame, (height, width)) >= min_coverage  # (coverage: the mean over a token's pixels)
 
 
 def load_mask_file(path: str | Path, token_grid: tuple[int, int, int], temporal_stride: int = 4) -> np.ndarray:

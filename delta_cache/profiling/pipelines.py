@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import UserInputError
-from ..models.common import first_line
+from ..models.common import first_line, pipeline_input_error
 from ..models.experts import EXPERTS
 from ..models.video_families import _patches, video_family
 from .masks import load_mask_file
@@ -219,9 +219,10 @@ def profile_experts(pipe, prompts: Sequence[str], *, seeds: Sequence[int] = (0,)
         except UserInputError:
             raise
         except (ValueError, TypeError) as err:  # (a pipeline's checks of its inputs, an unknown keyword: one line)
-            if isinstance(err, TypeError) and "argument" not in str(err):
+            refusal = pipeline_input_error(pipe, err)
+            if refusal is None:
                 raise
-            raise UserInputError(f"{type(pipe).__name__}: {first_line(err)}") from None
+            raise refusal from None
         if "grid" not in seen or not ("latents" in seen or "frames" in seen):
             raise UserInputError(f"{type(pipe).__name__} ran no denoising step for {prompt!r}")
         if "latents" not in seen:  # (a pipeline without step callbacks that decoded its video: the mask reads that)
